@@ -1,0 +1,1 @@
+"""SSL benchmark harness core: knows no method, dataset or suite by name."""

@@ -1,0 +1,68 @@
+"""The command line: ``python run_bench.py method=... suite=... [budget=...] [stage=...]``.
+
+User mistakes (an unknown name, a bad option, unreadable data) print one line and exit with 2.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = {"method": "METHODS", "suite": "SUITES", "backbone": "BACKBONES", "protocol": "PROTOCOLS"}
+
+
+def _fail(msg: str) -> "None":
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def preflight(argv: list[str]) -> list[str]:
+    """Check registry names on the command line before Hydra, and pick the default budget."""
+    import bench.protocols  # noqa: F401  (registers protocols)
+    import datasets  # noqa: F401
+    import methods  # noqa: F401
+    from bench import registry
+
+    has_budget = False
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key == "budget":
+            has_budget = True
+            for v in value.split(","):
+                if not (CONF_DIR / "budget" / f"{v}.yaml").is_file():
+                    known = sorted(p.stem for p in (CONF_DIR / "budget").glob("*.yaml"))
+                    _fail(f"unknown budget {v!r}. Known budgets: {', '.join(known)}")
+        if key in GROUPS and value not in ("null", ""):
+            reg = getattr(registry, GROUPS[key])
+            for v in value.split(","):
+                if v not in reg:
+                    _fail(reg.unknown_message(v))
+    if not has_budget:
+        import torch
+
+        argv = argv + [f"budget={'standard' if torch.cuda.is_available() else 'quick'}"]
+    return argv
+
+
+def main() -> int:
+    sys.argv = [sys.argv[0]] + preflight(sys.argv[1:])
+    import hydra
+    from omegaconf import DictConfig
+
+    from bench.registry import UnknownNameError
+    from datasets.base import DataError
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def app(cfg: DictConfig) -> None:
+        from bench import runner
+
+        try:
+            runner.run(cfg)
+        except (runner.UserError, DataError, UnknownNameError) as e:
+            _fail(str(e))
+
+    app()
+    return 0

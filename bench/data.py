@@ -1,0 +1,126 @@
+"""Preprocessing and loaders shared by pretraining and the protocols.
+
+Volumes are preprocessed once (HU window to [0, 1], optional resampling to a target spacing) and
+kept in memory; 3D training samples are random ROI crops, evaluation runs on whole volumes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    a_min: float = -175.0
+    a_max: float = 250.0
+    spacing: tuple[float, ...] | None = None   # resample to this spacing (mm); None keeps the native grid
+
+    def key(self) -> str:
+        return f"w{self.a_min:g}_{self.a_max:g}_s{'x'.join(f'{v:g}' for v in self.spacing) if self.spacing else 'native'}"
+
+
+def preprocess(sample: dict[str, Any], pp: Preprocess) -> dict[str, Any]:
+    image = sample["image"].astype(np.float32)
+    label = sample.get("label")
+    spacing = tuple(sample["spacing"])
+    if pp.spacing is not None and tuple(pp.spacing) != spacing:
+        from scipy import ndimage
+
+        zoom = [s / t for s, t in zip(spacing, pp.spacing)]
+        image = np.stack([ndimage.zoom(c, zoom, order=1) for c in image])
+        if label is not None:
+            label = ndimage.zoom(label, zoom, order=0)
+        spacing = tuple(pp.spacing)
+    image = np.clip((image - pp.a_min) / (pp.a_max - pp.a_min), 0.0, 1.0).astype(np.float32)
+    out = dict(sample, image=image, spacing=spacing)
+    if label is not None:
+        out["label"] = label.astype(np.int64)
+    return out
+
+
+def pad_to(image: np.ndarray, roi: Sequence[int], value: float = 0.0) -> np.ndarray:
+    """Pad the spatial dims of [C, *S] (or [*S]) symmetrically up to ``roi``."""
+    spatial = image.shape[-len(roi):]
+    pads = [(0, 0)] * (image.ndim - len(roi)) + [((max(r - s, 0)) // 2, max(r - s, 0) - (max(r - s, 0)) // 2)
+                                                 for s, r in zip(spatial, roi)]
+    return np.pad(image, pads, constant_values=value) if any(p != (0, 0) for p in pads) else image
+
+
+def random_crop(arrays: list[np.ndarray], roi: Sequence[int], rng: np.random.Generator,
+                center: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Crop the same ROI from each [.., *S] array; ``center`` (voxel) biases the crop to contain it."""
+    spatial = arrays[0].shape[-len(roi):]
+    starts = []
+    for i, (s, r) in enumerate(zip(spatial, roi)):
+        hi = s - r
+        if center is None:
+            starts.append(int(rng.integers(0, hi + 1)))
+        else:
+            starts.append(int(np.clip(center[i] - r // 2 + rng.integers(-r // 4, r // 4 + 1), 0, hi)))
+    sl = tuple(slice(a, a + r) for a, r in zip(starts, roi))
+    return [a[(Ellipsis,) + sl] for a in arrays]
+
+
+class PretrainDataset(Dataset):
+    """Unlabelled volumes -> method views; ``samples`` sets the epoch length (loader re-iterates)."""
+
+    def __init__(self, volumes: list[np.ndarray], roi: Sequence[int], views: Callable[[dict, np.random.Generator], dict],
+                 samples: int, seed: int) -> None:
+        self.volumes, self.roi, self.views, self.samples, self.seed = volumes, tuple(roi), views, samples, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, i, torch.initial_seed() % 2**31 if info else 0,
+                                     int(torch.randint(0, 2**31 - 1, (1,)))])
+        vol = self.volumes[int(rng.integers(len(self.volumes)))]
+        return self.views({"image": vol, "roi": self.roi}, rng)
+
+
+class SegTrainDataset(Dataset):
+    """Random ROI crops from labelled volumes; half of them centred on a foreground voxel."""
+
+    def __init__(self, cases: list[dict[str, Any]], roi: Sequence[int], samples: int, pos_fraction: float = 0.5,
+                 intensity_aug: bool = True) -> None:
+        self.cases, self.roi, self.samples = cases, tuple(roi), samples
+        self.pos_fraction, self.intensity_aug = pos_fraction, intensity_aug
+        self.fg = [np.argwhere(c["label"] > 0) for c in cases]
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([i, int(torch.randint(0, 2**31 - 1, (1,)))])
+        k = int(rng.integers(len(self.cases)))
+        image = pad_to(self.cases[k]["image"], self.roi)
+        label = pad_to(self.cases[k]["label"], self.roi)
+        center = None
+        if rng.random() < self.pos_fraction and len(self.fg[k]):
+            off = [(p - s) // 2 for p, s in zip(image.shape[1:], self.cases[k]["image"].shape[1:])]
+            center = self.fg[k][int(rng.integers(len(self.fg[k])))] + np.asarray(off)
+        image, label = random_crop([image, label], self.roi, rng, center)
+        image = np.ascontiguousarray(image)
+        if self.intensity_aug:
+            image = image * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
+        return {"image": torch.from_numpy(np.asarray(image, np.float32)),
+                "label": torch.from_numpy(np.ascontiguousarray(label)[None].astype(np.int64))}
+
+
+def subsample(ids: list[str], fraction: float, draw: int) -> list[str]:
+    """A reproducible subset of ``ids`` (at least one) for label-efficiency cells.
+
+    It depends on (fraction, draw) only, so every method and seed trains on the same cases and
+    comparisons between methods stay paired.
+    """
+    if fraction >= 1.0:
+        return list(ids)
+    n = max(1, int(round(fraction * len(ids))))
+    rng = np.random.default_rng([draw, int(round(fraction * 1e6)), 7919])
+    return sorted(rng.choice(sorted(ids), size=n, replace=False).tolist())

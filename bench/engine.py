@@ -1,0 +1,313 @@
+"""The one training loop, used by pretraining and by every transfer protocol.
+
+It owns the optimizer and warmup+cosine schedule (from config), bf16 autocast on CUDA, gradient
+accumulation and clipping, the NaN guard, EMA of declared (student, teacher) pairs after each real
+optimizer step, periodic checkpoints with resume on rerun, model selection on a validation score,
+a progress bar, and TensorBoard + JSONL scalars. What varies between callers is only ``step_fn``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from methods.base import StepInfo, StepOutput
+
+CKPT = "last.ckpt"
+BEST = "best.pt"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    optimizer: str = "adamw"           # adamw | sgd
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9              # sgd only
+    warmup_steps: int = 0
+    accumulate: int = 1
+    grad_clip: float | None = None
+    amp: bool = True                   # bf16 autocast, CUDA only
+    checkpoint_every: int = 50
+    log_every: int = 10
+    eval_every: int = 0                # 0: no model selection
+    max_bad_steps: int = 20            # consecutive non-finite losses before giving up
+    fused: bool = True                 # fused AdamW on CUDA
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        valid = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+@dataclass
+class FitResult:
+    steps: int
+    wall_s: float
+    best_score: float | None = None
+    last_loss: float | None = None
+    skipped_steps: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup then half-cosine to min_lr (as a fraction of lr)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    t = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.min_lr / cfg.lr if cfg.lr else 0.0
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    groups = [g for g in param_groups if g["params"]]
+    if cfg.optimizer == "adamw":
+        fused = cfg.fused and device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; known: adamw, sgd")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def infinite(loader: Iterable) -> Iterator:
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise RuntimeError("the data loader is empty")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+@torch.no_grad()
+def ema_update(pairs: list[tuple[nn.Module, nn.Module]], momentum: float) -> None:
+    for student, teacher in pairs:
+        s_params = [p.detach() for p in student.parameters()]
+        t_params = list(teacher.parameters())
+        torch._foreach_mul_(t_params, momentum)
+        torch._foreach_add_(t_params, s_params, alpha=1 - momentum)
+        for tb, sb in zip(teacher.buffers(), student.buffers()):
+            tb.copy_(sb)
+
+
+class ScalarLogger:
+    """TensorBoard + JSONL scalars under the run directory."""
+
+    def __init__(self, run_dir: Path, prefix: str) -> None:
+        self.prefix = prefix
+        self.jsonl = open(run_dir / "scalars.jsonl", "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        except Exception:  # tensorboard missing: JSONL is still written
+            self.tb = None
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        row = {"step": step, **{f"{self.prefix}/{k}": v for k, v in scalars.items()}}
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(f"{self.prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def fit(
+    model: nn.Module,
+    step_fn: Callable[[Any, StepInfo], StepOutput],
+    param_groups: list[dict[str, Any]],
+    loader: Iterable,
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    device: torch.device,
+    ema_pairs: list[tuple[nn.Module, nn.Module]] | None = None,
+    ema_momentum: Callable[[float], float] | None = None,
+    after_step: Callable[[StepInfo], None] | None = None,
+    eval_fn: Callable[[], float] | None = None,
+    desc: str = "train",
+    log_prefix: str = "train",
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` for ``cfg.steps`` optimizer steps; resume from ``run_dir/last.ckpt`` if present.
+
+    With ``eval_fn`` and ``cfg.eval_every``, the weights with the best score are kept in
+    ``run_dir/best.pt`` and loaded back into ``model`` at the end (model selection on val).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ema_pairs = ema_pairs or []
+    for _, teacher in ema_pairs:
+        assert not any(p.requires_grad for p in teacher.parameters()), "EMA targets must not require grad"
+    model.to(device)
+    opt = build_optimizer(param_groups, cfg, device)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    use_amp = cfg.amp and device.type == "cuda"
+    step, best, skipped, history = 0, None, 0, []
+    ckpt_path = run_dir / CKPT
+    if ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)  # our own file: RNG state is pickled
+        model.load_state_dict(ck["model"], strict=True)
+        opt.load_state_dict(ck["optimizer"])
+        step, best, skipped, history = ck["step"], ck["best"], ck["skipped"], ck.get("history", [])
+        _set_rng_state(ck["rng"])
+    logger = ScalarLogger(run_dir, log_prefix)
+    data = infinite(loader)
+    t0, wall_before = time.time(), (history[-1]["wall_s"] if history else 0.0)
+    last_loss = None
+    bad_in_a_row = 0
+    samples = 0
+
+    def save_ckpt() -> None:
+        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
+                           "skipped": skipped, "history": history + [{"wall_s": wall_before + time.time() - t0}],
+                           "rng": _rng_state()}, ckpt_path)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
+    model.train()
+    while step < cfg.steps:
+        info = StepInfo(step, cfg.steps)
+        f = lr_factor(step, cfg)
+        for g, lr0 in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr0 * f
+        opt.zero_grad(set_to_none=True)
+        loss_sum, logs_sum, finite = 0.0, {}, True
+        for _ in range(cfg.accumulate):
+            batch = to_device(next(data), device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = step_fn(batch, info)
+            if not torch.isfinite(out.loss.detach()):
+                finite = False
+                break
+            (out.loss / cfg.accumulate).backward()
+            loss_sum += float(out.loss.detach()) / cfg.accumulate
+            for k, v in out.logs.items():
+                logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / cfg.accumulate
+            samples += _batch_size(batch)
+        if not finite:
+            # NaN guard: drop this step's gradients, keep going; too many in a row is a real failure
+            skipped += 1
+            bad_in_a_row += 1
+            opt.zero_grad(set_to_none=True)
+            if bad_in_a_row >= cfg.max_bad_steps:
+                bar.close()
+                logger.close()
+                raise NonFiniteLossError(f"{desc}: {bad_in_a_row} consecutive non-finite losses at step {step}")
+            continue
+        bad_in_a_row = 0
+        grad_norm = None
+        if cfg.grad_clip:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        opt.step()
+        step += 1
+        if ema_pairs:
+            ema_update(ema_pairs, ema_momentum(step / cfg.steps) if ema_momentum else 0.996)
+        if after_step is not None:
+            after_step(StepInfo(step, cfg.steps))
+        last_loss = loss_sum
+        elapsed = time.time() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):.2f}")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            scal = {"loss": loss_sum, "lr": opt.param_groups[0]["lr"], **logs_sum}
+            if grad_norm is not None:
+                scal["grad_norm"] = grad_norm
+            logger.log(step, scal)
+        if eval_fn is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            model.eval()
+            score = float(eval_fn())
+            model.train()
+            logger.log(step, {"val_score": score})
+            if best is None or score > best:
+                best = score
+                atomic_torch_save(model.state_dict(), run_dir / BEST)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_ckpt()
+    bar.close()
+    logger.close()
+    if eval_fn is not None and (run_dir / BEST).is_file():
+        model.load_state_dict(torch.load(run_dir / BEST, map_location=device, weights_only=True), strict=True)
+    model.eval()
+    return FitResult(steps=step, wall_s=wall_before + time.time() - t0, best_score=best, last_loss=last_loss,
+                     skipped_steps=skipped)
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, dict):
+        for v in batch.values():
+            if isinstance(v, torch.Tensor):
+                return int(v.shape[0])
+    return 1
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    if spec in ("auto", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)

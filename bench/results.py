@@ -1,0 +1,96 @@
+"""Results store: one SQLite file by default (``runs/results.sqlite``).
+
+A cell's row and all its per-case metrics are written in one transaction, so a crashed cell leaves
+nothing a leaderboard would read. A cell already complete with the same config hash is skipped.
+"""
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cells (
+    cell_id TEXT PRIMARY KEY,
+    config_hash TEXT NOT NULL,
+    suite TEXT NOT NULL, suite_version INTEGER NOT NULL, task TEXT NOT NULL,
+    method TEXT NOT NULL, protocol TEXT NOT NULL, label_fraction REAL NOT NULL, draw INTEGER NOT NULL,
+    seed INTEGER NOT NULL, budget TEXT NOT NULL, status TEXT NOT NULL,
+    git_sha TEXT, split_hash TEXT, start_time TEXT, end_time TEXT, device TEXT,
+    wall_s REAL, gpu_hours REAL, cpu_hours REAL, peak_memory_mb REAL, params INTEGER,
+    pretrain_hash TEXT, leakage_override INTEGER DEFAULT 0, run_dir TEXT
+);
+CREATE TABLE IF NOT EXISTS case_metrics (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id) ON DELETE CASCADE,
+    case_id TEXT NOT NULL, class INTEGER NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (cell_id, case_id, class, metric)
+);
+CREATE INDEX IF NOT EXISTS cells_suite ON cells(suite, suite_version);
+"""
+
+CELL_COLUMNS = ("cell_id", "config_hash", "suite", "suite_version", "task", "method", "protocol", "label_fraction",
+                "draw", "seed", "budget", "status", "git_sha", "split_hash", "start_time", "end_time", "device",
+                "wall_s", "gpu_hours", "cpu_hours", "peak_memory_mb", "params", "pretrain_hash",
+                "leakage_override", "run_dir")
+
+
+class ResultsStore:
+    def __init__(self, url: str | Path) -> None:
+        url = str(url)
+        if url.startswith("sqlite:///"):
+            url = url[len("sqlite:///"):]
+        elif "://" in url:
+            raise ValueError(f"results.url {url!r}: only SQLite files (a path or sqlite:///PATH) are supported")
+        self.path = Path(url)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as con, con:
+            con.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=60)
+        con.execute("PRAGMA foreign_keys = ON")
+        return con
+
+    def is_complete(self, cell_id: str, config_hash: str) -> bool:
+        with closing(self._connect()) as con:
+            row = con.execute("SELECT config_hash, status FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
+        return row is not None and row[0] == config_hash and row[1] == "complete"
+
+    def write_cell(self, cell: dict[str, Any], rows: Iterable[dict[str, Any]]) -> None:
+        """Replace the cell and its metrics atomically."""
+        missing = [c for c in ("cell_id", "config_hash", "suite", "suite_version", "task", "method", "protocol",
+                               "label_fraction", "draw", "seed", "budget") if c not in cell]
+        if missing:
+            raise ValueError(f"cell row lacks {missing}")
+        cell = {c: cell.get(c) for c in CELL_COLUMNS} | {"status": "complete"}
+        with closing(self._connect()) as con, con:
+            con.execute("DELETE FROM case_metrics WHERE cell_id = ?", (cell["cell_id"],))
+            con.execute("DELETE FROM cells WHERE cell_id = ?", (cell["cell_id"],))
+            con.execute(f"INSERT INTO cells ({', '.join(CELL_COLUMNS)}) VALUES ({', '.join('?' * len(CELL_COLUMNS))})",
+                        [cell[c] for c in CELL_COLUMNS])
+            con.executemany("INSERT INTO case_metrics VALUES (?, ?, ?, ?, ?)",
+                            [(cell["cell_id"], str(r["case"]), int(r["class"]), r["metric"], float(r["value"]))
+                             for r in rows])
+
+    def cells(self, suite: str | None = None) -> pd.DataFrame:
+        q, args = "SELECT * FROM cells WHERE status = 'complete'", []
+        if suite:
+            q += " AND suite = ?"
+            args.append(suite)
+        with closing(self._connect()) as con:
+            return pd.read_sql_query(q, con, params=args)
+
+    def metrics(self, suite: str | None = None) -> pd.DataFrame:
+        """Per-case metrics joined with their cell's identity (complete cells only)."""
+        q = ("SELECT c.suite, c.suite_version, c.task, c.method, c.protocol, c.label_fraction, c.draw, c.seed, "
+             "c.budget, c.leakage_override, m.cell_id, m.case_id, m.class, m.metric, m.value "
+             "FROM case_metrics m JOIN cells c ON c.cell_id = m.cell_id WHERE c.status = 'complete'")
+        args = []
+        if suite:
+            q += " AND c.suite = ?"
+            args.append(suite)
+        with closing(self._connect()) as con:
+            return pd.read_sql_query(q, con, params=args)

@@ -1,0 +1,296 @@
+"""Stages of a run: validate -> pretrain -> transfer (cells) -> leaderboard.
+
+It builds everything from the registries by the names in the config; it knows no method, dataset
+or suite by name.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bench.backbones import build_backbone
+from bench.data import PretrainDataset, Preprocess, preprocess
+from bench.engine import TrainConfig, fit, pick_device, seed_everything
+from bench.export import save_export
+from bench.protocols.base import TransferContext
+from bench.registry import DATASETS, METHODS, PROTOCOLS, SUITES
+from bench.results import ResultsStore
+from bench.suites import Suite, expand
+from datasets.base import PROJECT_ROOT, DataError, load_split_file
+
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+class UserError(Exception):
+    """A mistake in the user's options or data: reported as one line, exit code 2."""
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_sha() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+@dataclass
+class Plan:
+    """Everything resolved from the config that the stages need."""
+
+    suite: Suite
+    method: str
+    method_cfg: dict[str, Any]
+    method_train: dict[str, Any]
+    backbone: str
+    backbone_kwargs: dict[str, Any]
+    budget: str
+    roi: tuple[int, ...]
+    pretrain_steps: int
+    pretrain_batch: int
+    transfer_steps: int
+    transfer_batch: int
+    num_workers: int
+    device: torch.device
+    runs_dir: Path
+    store: ResultsStore
+    data_root: str | None
+    cache_dir: str | None
+    progress: bool
+    seeds: tuple[int, ...]
+    protocol: str | None
+    pretrain_seed: int
+
+
+def load_group_option(group: str, name: str) -> dict[str, Any]:
+    path = CONF_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"{path}: no such {group} config")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+
+
+def make_plan(cfg: DictConfig) -> Plan:
+    suite = SUITES.get(cfg.suite.name)
+    METHODS.get(cfg.method.name)
+    budget = cfg.budget
+    bb_cfg = cfg.get("backbone") or load_group_option("backbone", budget.backbone)
+    caps = cfg.suite.get("budget_caps") or {}
+    roi = tuple(caps.get("roi") or budget.roi)
+    seeds = suite.seeds if cfg.seed is None else (int(cfg.seed),)
+    if cfg.get("protocol") is not None:
+        PROTOCOLS.get(cfg.protocol.name)
+    threads = budget.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    runs_dir = Path(cfg.runs_dir)
+    return Plan(
+        suite=suite, method=cfg.method.name,
+        method_cfg=OmegaConf.to_container(cfg.method.get("config") or {}, resolve=True),  # type: ignore[arg-type]
+        method_train=OmegaConf.to_container(cfg.method.get("train") or {}, resolve=True),  # type: ignore[arg-type]
+        backbone=bb_cfg["name"], backbone_kwargs=dict(bb_cfg.get("kwargs") or {}), budget=budget.name, roi=roi,
+        pretrain_steps=min(budget.pretrain.steps, caps.get("pretrain_steps") or 10**12),
+        pretrain_batch=budget.pretrain.batch_size,
+        transfer_steps=min(budget.transfer.steps, caps.get("transfer_steps") or 10**12),
+        transfer_batch=budget.transfer.batch_size, num_workers=int(budget.num_workers),
+        device=pick_device(cfg.device), runs_dir=runs_dir, store=ResultsStore(cfg.results.url),
+        data_root=cfg.data.root, cache_dir=cfg.data.cache_dir, progress=bool(cfg.progress), seeds=tuple(seeds),
+        protocol=cfg.protocol.name if cfg.get("protocol") is not None else None,
+        pretrain_seed=int(cfg.pretrain_seed),
+    )
+
+
+def dataset(plan: Plan, name: str):
+    return DATASETS.get(name)(root=plan.data_root, cache_dir=plan.cache_dir)
+
+
+def split_hash(name: str) -> str:
+    return config_hash(load_split_file(name))
+
+
+def suite_preprocess(plan: Plan) -> Preprocess:
+    pp = dict(plan.suite.preprocessing)
+    if "spacing" in pp and pp["spacing"] is not None:
+        pp["spacing"] = tuple(pp["spacing"])
+    return Preprocess(**pp)
+
+
+def pretrain_identity(plan: Plan) -> dict[str, Any]:
+    return {"method": plan.method, "method_cfg": plan.method_cfg, "train": plan.method_train,
+            "backbone": plan.backbone, "backbone_kwargs": plan.backbone_kwargs, "roi": plan.roi,
+            "steps": plan.pretrain_steps, "batch": plan.pretrain_batch, "corpus": plan.suite.pretrain_dataset,
+            "corpus_splits": plan.suite.pretrain_splits, "corpus_split_hash": split_hash(plan.suite.pretrain_dataset),
+            "preprocess": asdict(suite_preprocess(plan)), "seed": plan.pretrain_seed}
+
+
+def pretrain(plan: Plan) -> tuple[Path, str]:
+    """Pretrain once per (method, corpus, budget, seed); return the encoder export path and its hash."""
+    ident = pretrain_identity(plan)
+    h = config_hash(ident)
+    run_dir = plan.runs_dir / "pretrain" / plan.method / h
+    export = run_dir / "export.pt"
+    if export.is_file():
+        print(f"[pretrain] {plan.method}: cached export {export}")
+        return export, h
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(ident, indent=1, default=str))
+    seed_everything(plan.pretrain_seed)
+    method_cls = METHODS.get(plan.method)
+    backbone = build_backbone(plan.backbone, **plan.backbone_kwargs)
+    try:
+        method = method_cls(backbone, method_cls.make_config(plan.method_cfg))
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
+    meta = {"method": plan.method, "config_hash": h, "git_sha": git_sha(), "corpus": plan.suite.pretrain_dataset,
+            "corpus_split_hash": ident["corpus_split_hash"], "preprocess": ident["preprocess"]}
+    if not method.pretrains:
+        save_export(method.export_encoder(), export, meta | {"pretrain_steps": 0})
+        return export, h
+    ds = dataset(plan, plan.suite.pretrain_dataset)
+    ds.prepare(progress=plan.progress)
+    pp = suite_preprocess(plan)
+    volumes = []
+    for split in plan.suite.pretrain_splits:
+        for rec in ds.records(split):
+            volumes.append(preprocess(ds.load(rec) | {"label": None}, pp)["image"])
+    if not volumes:
+        raise UserError(f"pretraining corpus {plan.suite.pretrain_dataset} {plan.suite.pretrain_splits} is empty")
+    loader = torch.utils.data.DataLoader(
+        PretrainDataset(volumes, plan.roi, method.views, samples=max(plan.pretrain_batch * 50, 1),
+                        seed=plan.pretrain_seed),
+        batch_size=plan.pretrain_batch, num_workers=plan.num_workers, pin_memory=plan.device.type == "cuda",
+        persistent_workers=plan.num_workers > 0)
+    train = dict(plan.method_train)
+    warm = float(train.pop("warmup_fraction", 0.0))
+    try:
+        tcfg = TrainConfig.from_dict({"steps": plan.pretrain_steps, "warmup_steps": int(warm * plan.pretrain_steps),
+                                      "checkpoint_every": max(1, min(50, plan.pretrain_steps // 4)),
+                                      "log_every": max(1, min(10, plan.pretrain_steps // 10)), **train})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"method {plan.method} train options: {e}") from None
+    res = fit(method, method.training_step, method.param_groups(tcfg.weight_decay), loader, tcfg, run_dir,
+              device=plan.device, ema_pairs=method.ema_pairs(), ema_momentum=method.ema_momentum,
+              after_step=method.after_optimizer_step, desc=f"pretrain {plan.method}",
+              log_prefix=f"pretrain/{plan.method}", progress=plan.progress)
+    save_export(method.export_encoder(), export, meta | {"pretrain_steps": res.steps, "wall_s": res.wall_s,
+                                                         "final_loss": res.last_loss})
+    (run_dir / "last.ckpt").unlink(missing_ok=True)  # the export is the product; keep the disk small
+    return export, h
+
+
+def protocol_config(plan: Plan, cfg: DictConfig, name: str) -> dict[str, Any]:
+    if cfg.get("protocol") is not None and cfg.protocol.name == name:
+        return OmegaConf.to_container(cfg.protocol, resolve=True)  # type: ignore[return-value]
+    return load_group_option("protocol", name)
+
+
+def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> list[dict[str, Any]]:
+    cells = expand(plan.suite, plan.seeds, plan.protocol)
+    done: list[dict[str, Any]] = []
+    cache: dict[str, Any] = {}
+    for cell in cells:
+        proto_cls = PROTOCOLS.get(cell.protocol)
+        pcfg_values = protocol_config(plan, cfg, cell.protocol)
+        try:
+            pcfg = proto_cls.make_config(pcfg_values)
+        except (TypeError, ValueError) as e:
+            raise UserError(str(e)) from None
+        ds = dataset(plan, cell.task.dataset)
+        shash = split_hash(ds.split_name or cell.task.dataset)
+        ident = {"pretrain": pretrain_hash, "protocol": cell.protocol, "protocol_cfg": asdict(pcfg),
+                 "task": cell.task.name, "fraction": cell.label_fraction, "draw": cell.draw, "seed": cell.seed,
+                 "steps": plan.transfer_steps, "batch": plan.transfer_batch, "roi": plan.roi, "split": shash,
+                 "preprocess": asdict(suite_preprocess(plan))}
+        h = config_hash(ident)
+        cell_id = f"{plan.suite.name}/v{plan.suite.version}/{plan.method}/{plan.budget}/{cell.key}"
+        if plan.store.is_complete(cell_id, h):
+            print(f"[transfer] skip {cell_id}: complete with config {h}")
+            continue
+        ds.prepare(progress=plan.progress)
+        run_dir = plan.runs_dir / "cells" / plan.suite.name / plan.method / plan.budget / cell.key.replace("/", "_") / h
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (run_dir / "cell.json").write_text(json.dumps(ident, indent=1, default=str))
+        seed_everything(cell.seed)
+        if plan.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(plan.device)
+        start = dt.datetime.now(dt.timezone.utc)
+        t0 = time.time()
+        ctx = TransferContext(export_path=export, dataset=ds, cell=cell, run_dir=run_dir, device=plan.device,
+                              preprocess=suite_preprocess(plan), roi=plan.roi, steps=plan.transfer_steps,
+                              batch_size=plan.transfer_batch, num_workers=plan.num_workers,
+                              progress=plan.progress, cache=cache)
+        result = proto_cls(pcfg).run(ctx)
+        wall = time.time() - t0
+        on_gpu = plan.device.type == "cuda"
+        peak = torch.cuda.max_memory_allocated(plan.device) / 2**20 if on_gpu else None
+        row = {"cell_id": cell_id, "config_hash": h, "suite": plan.suite.name, "suite_version": plan.suite.version,
+               "task": cell.task.name, "method": plan.method, "protocol": cell.protocol,
+               "label_fraction": cell.label_fraction, "draw": cell.draw, "seed": cell.seed, "budget": plan.budget,
+               "git_sha": git_sha(), "split_hash": shash, "start_time": start.isoformat(),
+               "end_time": dt.datetime.now(dt.timezone.utc).isoformat(), "device": device_name(plan.device),
+               "wall_s": wall, "gpu_hours": wall / 3600 if on_gpu else 0.0,
+               "cpu_hours": 0.0 if on_gpu else wall / 3600, "peak_memory_mb": peak, "params": result.params,
+               "pretrain_hash": pretrain_hash, "leakage_override": 0, "run_dir": str(run_dir)}
+        # run directory first, then the store: a row in the store always has its files
+        (run_dir / "metrics.json").write_text(json.dumps({"summary": result.summary, "cell": row}, indent=1))
+        import pandas as pd
+
+        pd.DataFrame(result.rows).to_csv(run_dir / "per_case.csv", index=False)
+        plan.store.write_cell(row, result.rows)
+        print(f"[transfer] {cell_id}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items()))
+        done.append(row)
+    return done
+
+
+def run(cfg: DictConfig) -> None:
+    from bench import leaderboard
+
+    plan = make_plan(cfg)
+    stage = cfg.stage
+    if stage not in ("all", "validate", "pretrain", "transfer", "leaderboard"):
+        raise UserError(f"unknown stage {stage!r}; known: all, validate, pretrain, transfer, leaderboard")
+    if stage in ("all", "validate", "transfer"):
+        names = {t.dataset for t in plan.suite.tasks}
+        problems = []
+        for name in sorted(names):
+            ds = dataset(plan, name)
+            ds.prepare(progress=plan.progress)
+            problems += ds.validate()
+        if problems:
+            raise UserError(f"{len(problems)} data problem(s): " + " | ".join(problems))
+        if stage == "validate":
+            print(f"[validate] {plan.suite.name}: all files of {', '.join(sorted(names))} passed")
+            return
+    if stage in ("all", "pretrain", "transfer"):
+        export, h = pretrain(plan)
+        if stage in ("all", "transfer"):
+            transfer(plan, cfg, export, h)
+    if stage in ("all", "transfer", "leaderboard"):
+        path = leaderboard.write(plan.suite.name, plan.store, plan.runs_dir / "leaderboards")
+        print(f"[leaderboard] {path}")
+        if cfg.publish:
+            pub = leaderboard.write(plan.suite.name, plan.store, PROJECT_ROOT / "leaderboards")
+            print(f"[leaderboard] published {pub}")

@@ -1,0 +1,66 @@
+"""Suites: versioned, frozen lists of tasks and seeds.
+
+A suite expands to cells (method, task, protocol, label fraction, seed). Changing a task list bumps
+the version; leaderboards are keyed by (suite, version). Suites are registered next to their
+datasets (datasets/), never here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    dataset: str
+    kind: str                                   # "segmentation" | "classification"
+    protocols: tuple[str, ...]
+    label_fractions: tuple[float, ...] = (1.0,)
+    metric: str = "dice"
+    split: str = "test"
+    draws: int = 1                              # independent subsets per label fraction < 1
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: int
+    tasks: tuple[Task, ...]
+    seeds: tuple[int, ...]
+    pretrain_dataset: str                       # the unlabelled corpus methods pretrain on
+    pretrain_splits: tuple[str, ...] = ("pretrain",)
+    synthetic: bool = False
+    description: str = ""
+    preprocessing: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def task(self, name: str) -> Task:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"suite {self.name!r} has no task {name!r}; tasks: {[t.name for t in self.tasks]}")
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: Task
+    protocol: str
+    label_fraction: float
+    seed: int
+    draw: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.task.name}/{self.protocol}/f{self.label_fraction:g}/d{self.draw}/s{self.seed}"
+
+
+def expand(suite: Suite, seeds: tuple[int, ...] | None = None, protocol: str | None = None) -> list[Cell]:
+    cells = []
+    for task in suite.tasks:
+        for proto in task.protocols:
+            if protocol is not None and proto != protocol:
+                continue
+            for frac in task.label_fractions:
+                for draw in range(task.draws if frac < 1.0 else 1):
+                    for seed in (seeds if seeds is not None else suite.seeds):
+                        cells.append(Cell(task, proto, frac, seed, draw))
+    return cells

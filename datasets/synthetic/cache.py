@@ -1,0 +1,85 @@
+"""Generate-once data cache with a checksum manifest.
+
+Every file is written under a temporary name and renamed into place, and the manifest (sha256 of
+each file) is written last, so a killed generation never leaves a set that is later read as valid;
+a corrupted or truncated file fails its checksum and is generated again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from datasets.base import DataError
+
+MANIFEST = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ensure_generated(root: Path, version: str, items: dict[str, Callable[[Path], None]],
+                     desc: str, progress: bool = True) -> None:
+    """Make sure every relative path in ``items`` exists under ``root`` with a valid checksum.
+
+    Args:
+        root: dataset folder.
+        version: generator version + config key; a different version regenerates everything.
+        items: relative path -> function writing that file (given the final path; it must write atomically).
+        desc: progress-bar label.
+    """
+    manifest_path = root / MANIFEST
+    old: dict[str, str] = {}
+    if manifest_path.is_file():
+        try:
+            doc = json.loads(manifest_path.read_text())
+            if doc.get("version") == version:
+                old = doc.get("files", {})
+        except json.JSONDecodeError:
+            old = {}
+    todo = []
+    for rel in items:
+        p = root / rel
+        if rel not in old or not p.is_file() or sha256(p) != old[rel]:
+            todo.append(rel)
+    if not todo and set(old) >= set(items):
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"{root}: cannot write the data cache ({e.strerror}); set data.cache_dir=PATH "
+                        f"or $SSLBENCH_DATA to a writable folder") from None
+    if manifest_path.exists():
+        manifest_path.unlink()  # invalid until regeneration finishes
+    from tqdm.auto import tqdm
+
+    done: set[int] = set()  # one writer may produce several files (an image and its label)
+    for rel in tqdm(todo, desc=f"generating {desc}", unit="file", disable=not progress or len(todo) < 2):
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if id(items[rel]) not in done:
+            items[rel](p)
+            done.add(id(items[rel]))
+    files = {rel: (old[rel] if rel not in todo else sha256(root / rel)) for rel in items}
+    tmp = manifest_path.with_name(MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"version": version, "files": files}, indent=1))
+    os.replace(tmp, manifest_path)
+
+
+def atomic_save_nifti(array, affine, path: Path) -> None:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp-" + path.name)
+    nib.Nifti1Image(array, affine).to_filename(str(tmp))
+    os.replace(tmp, path)

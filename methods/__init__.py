@@ -1,0 +1,3 @@
+"""Pretraining methods; one import line per method registers it (timm style)."""
+from methods import random_init  # noqa: F401
+from methods import simmim3d  # noqa: F401

@@ -1,0 +1,118 @@
+"""The PretrainMethod contract.
+
+A method turns a batch of views into a loss. It never calls backward, an optimizer, autocast, save
+or a logger: the engine (bench/engine.py) owns all of that, for every method alike.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.backbones import Backbone
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class StepInfo:
+    step: int          # optimizer steps done so far
+    total_steps: int
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.step / max(1, self.total_steps))
+
+
+class PretrainMethod(nn.Module):
+    """Base class of every pretraining method.
+
+    Subclasses set ``Config`` (a dataclass of the method's own hyper-parameters with the paper's
+    defaults) and implement ``training_step``. Method-specific state (queues, centres) must be a
+    parameter or buffer so that checkpoints carry it without the engine knowing about it.
+    """
+
+    @dataclass
+    class Config:
+        pass
+
+    #: Declared, never inferred: e.g. {"3d"}, {"2d"}, {"ema"}.
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: False only for baselines that do no pretraining (``random``).
+    pretrains: ClassVar[bool] = True
+    registry_name: ClassVar[str]
+
+    def __init__(self, backbone: Backbone, cfg: Any = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.cfg = cfg if cfg is not None else self.Config()
+
+    @classmethod
+    def make_config(cls, overrides: dict[str, Any] | None) -> Any:
+        """Build ``Config`` from YAML/CLI values; an unknown key is an error naming the valid ones."""
+        overrides = dict(overrides or {})
+        valid = {f.name for f in dataclasses.fields(cls.Config)}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ValueError(f"method {cls.registry_name!r} has no option(s) {', '.join(unknown)}; "
+                             f"valid options: {', '.join(sorted(valid)) or '(none)'}")
+        return cls.Config(**overrides)
+
+    # --- the contract -------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], step: StepInfo) -> StepOutput:
+        raise NotImplementedError
+
+    def views(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """Data-side view construction; runs in loader workers.
+
+        ``sample`` holds the preprocessed volume ``image`` [C, *S] (numpy) and the budget's ``roi``.
+        Default: one random ROI crop (padded first if the volume is smaller).
+        """
+        from bench.data import pad_to, random_crop
+
+        image = pad_to(sample["image"], sample["roi"])
+        (crop,) = random_crop([image], sample["roi"], rng)
+        return {"image": torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))}
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(student, teacher) pairs; the engine updates teachers after each real optimizer step."""
+        return []
+
+    def ema_momentum(self, progress: float) -> float:
+        base = getattr(self.cfg, "ema_momentum", 0.996)
+        return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1) / 2
+
+    def after_optimizer_step(self, step: StepInfo) -> None:
+        """Queues, centring and the like; default nothing."""
+
+    def export_encoder(self) -> Backbone:
+        """What transfer receives. EMA methods return their teacher backbone, as in the papers."""
+        return self.backbone
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """No weight decay on biases, norms and other 1-D parameters, nor on declared tokens."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith(("token", "tokens")) else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_teacher(module: nn.Module) -> nn.Module:
+    """A frozen copy of ``module`` for EMA (initialised as the student, as ASA and ACE do)."""
+    teacher = copy.deepcopy(module)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher

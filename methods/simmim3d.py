@@ -1,0 +1,89 @@
+"""``simmim3d``: SimMIM masked image modelling in 3D on Swin UNETR (the ASA paper's SimMIM baseline).
+
+Recipe (shared/METHODS.md §2):
+- random blocks of ``mask_patch``^3 voxels are masked at ratio ``mask_ratio`` (0.5, ASA paper), exactly
+  ceil(ratio * n_blocks) per sample, drawn independently per sample;
+- after the patch embedding the masked tokens are replaced by a learned ``mask_token``
+  (trunc-normal std 0.02, no weight decay), as in SimMIM and ASA's ``SwinTransformer_MIM``;
+- the full Swin UNETR CNN decoder + a 1-channel conv reconstructs the voxels;
+- loss: L1 on masked voxels only, sum / (n_masked + 1e-5) / in_channels (SimMIM normalisation).
+
+Deviation from ASA's 3D port (recorded as a flag): its full-resolution conv skip ``encoder1``
+receives the *unmasked* input, so the decoder can copy the masked voxels. By default the masked
+image x*(1-M) is fed to every path (``leak_stem=False``); ``leak_stem=True`` reproduces the port.
+
+- [0]: Xie et al., SimMIM: a Simple Framework for Masked Image Modeling, CVPR 2022, arXiv 2111.09886
+- [1]: Pang et al., ASA, MICCAI 2024 (SimMIM-3D baseline, 50% masking, Swin UNETR)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from bench.backbones import SwinUNETRBackbone
+from bench.registry import METHODS
+from methods.base import PretrainMethod, StepInfo, StepOutput
+
+
+def block_mask(batch: int, spatial: tuple[int, ...], block: int, ratio: float,
+               generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean [B, *spatial/block] grid with exactly ceil(ratio * n) True cells per sample."""
+    grid = [s // block for s in spatial]
+    n = math.prod(grid)
+    k = math.ceil(ratio * n)
+    scores = torch.rand(batch, n, generator=generator, device=device)
+    idx = scores.argsort(dim=1)[:, :k]
+    m = torch.zeros(batch, n, dtype=torch.bool, device=device)
+    m.scatter_(1, idx, True)
+    return m.view(batch, *grid)
+
+
+def upsample_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
+    """Repeat each cell of a [B, *grid] mask ``factor`` times along every spatial axis."""
+    for d in range(1, mask.ndim):
+        mask = mask.repeat_interleave(factor, dim=d)
+    return mask
+
+
+@METHODS.register("simmim3d", tags=("3d",))
+class SimMIM3D(PretrainMethod):
+    @dataclass
+    class Config:
+        mask_ratio: float = 0.5
+        mask_patch: int = 16        # voxels per mask block side (3D analogue of SimMIM's 32 px / 4 px)
+        leak_stem: bool = False     # True: ASA port's unmasked conv stem (leaks the answer)
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"3d", "masked"})
+
+    def __init__(self, backbone: SwinUNETRBackbone, cfg: Config | None = None) -> None:
+        super().__init__(backbone, cfg)
+        embed = backbone.stage_channels[0]
+        self.mask_token = nn.Parameter(torch.zeros(1, embed, 1, 1, 1))
+        nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
+        self.head = nn.Conv3d(backbone.decoder_channels, backbone.in_channels, kernel_size=1)
+        self.patch = 2  # Swin UNETR patch size: one token per 2^3 voxels
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: StepInfo) -> StepOutput:
+        x = batch["image"]
+        b, c, *spatial = x.shape
+        cfg = self.cfg
+        if any(s % cfg.mask_patch for s in spatial):
+            raise ValueError(f"simmim3d: ROI {spatial} must be divisible by mask_patch={cfg.mask_patch}")
+        blocks = block_mask(b, tuple(spatial), cfg.mask_patch, cfg.mask_ratio, device=x.device)
+        token_mask = upsample_mask(blocks, cfg.mask_patch // self.patch)[:, None].to(x.dtype)
+        voxel_mask = upsample_mask(blocks, cfg.mask_patch)[:, None].to(x.dtype)
+        x_in = x if cfg.leak_stem else x * (1 - voxel_mask)
+
+        def replace_masked(tokens: torch.Tensor) -> torch.Tensor:
+            w = token_mask.to(tokens.dtype)
+            return tokens * (1 - w) + self.mask_token.to(tokens.dtype) * w
+
+        hs = self.backbone.encode(x_in, patch_hook=replace_masked)
+        recon = self.head(self.backbone.decode(x_in, hs))
+        err = (recon.float() - x.float()).abs() * voxel_mask
+        loss = err.sum() / (voxel_mask.sum() * c + 1e-5)
+        return StepOutput(loss, {"masked_fraction": voxel_mask.mean().detach()})
