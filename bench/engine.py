@@ -65,6 +65,8 @@ class FitResult:
     last_loss: float | None = None
     skipped_steps: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    data_waits: list[float] = field(default_factory=list)   # per step: time blocked on the loader
+    step_times: list[float] = field(default_factory=list)   # per step: wall time of the whole step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -192,11 +194,13 @@ def fit(
     desc: str = "train",
     log_prefix: str = "train",
     progress: bool = True,
+    timing: bool = False,
 ) -> FitResult:
     """Train ``model`` for ``cfg.steps`` optimizer steps; resume from ``run_dir/last.ckpt`` if present.
 
     With ``eval_fn`` and ``cfg.eval_every``, the weights with the best score are kept in
     ``run_dir/best.pt`` and loaded back into ``model`` at the end (model selection on val).
+    With ``timing`` every step synchronises the GPU so ``step_times`` are exact (benchmarks only).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     ema_pairs = ema_pairs or []
@@ -220,6 +224,7 @@ def fit(
     last_loss = None
     bad_in_a_row = 0
     samples = 0
+    data_waits, step_times = [], []
 
     def save_ckpt() -> None:
         atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
@@ -237,8 +242,11 @@ def fit(
             g["lr"] = lr0 * f
         opt.zero_grad(set_to_none=True)
         loss_sum, logs_sum, finite = 0.0, {}, True
+        t_step, wait = time.perf_counter(), 0.0
         for _ in range(cfg.accumulate):
+            t_wait = time.perf_counter()
             batch = to_device(next(data), device)
+            wait += time.perf_counter() - t_wait
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = step_fn(batch, info)
             if not torch.isfinite(out.loss.detach()):
@@ -264,6 +272,10 @@ def fit(
         if cfg.grad_clip:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         opt.step()
+        if device.type == "cuda" and timing:
+            torch.cuda.synchronize(device)
+        step_times.append(time.perf_counter() - t_step)
+        data_waits.append(wait)
         step += 1
         if ema_pairs:
             ema_update(ema_pairs, ema_momentum(step / cfg.steps) if ema_momentum else 0.996)
@@ -294,7 +306,7 @@ def fit(
         model.load_state_dict(torch.load(run_dir / BEST, map_location=device, weights_only=True), strict=True)
     model.eval()
     return FitResult(steps=step, wall_s=wall_before + time.time() - t0, best_score=best, last_loss=last_loss,
-                     skipped_steps=skipped)
+                     skipped_steps=skipped, data_waits=data_waits, step_times=step_times)
 
 
 def _batch_size(batch: Any) -> int:
