@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backbone", default=None)
     ap.add_argument("--roi", type=int, nargs=3, default=None)
     ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--methods", nargs="+", default=None)
+    ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--protocols", nargs="*", default=["finetune", "linear_probe"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
