@@ -44,6 +44,7 @@ class TrainConfig:
     eval_every: int = 0                # 0: no model selection
     max_bad_steps: int = 20            # consecutive non-finite losses before giving up
     fused: bool = True                 # fused AdamW on CUDA
+    compile: bool = False              # torch.compile the step function (CUDA; fuses the memory-bound ops)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -231,6 +232,8 @@ def fit(
                            "skipped": skipped, "history": history + [{"wall_s": wall_before + time.time() - t0}],
                            "rng": _rng_state()}, ckpt_path)
 
+    if cfg.compile and device.type == "cuda":
+        step_fn = torch.compile(step_fn)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)

@@ -188,7 +188,8 @@ def run(args: argparse.Namespace) -> list[Measure]:
                     PretrainDataset([c["image"] for c in cached], roi, method.views, samples=batch * steps, seed=0),
                     batch_size=batch, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
                 res = fit(method, method.training_step, method.param_groups(0.05), loader,
-                          TrainConfig(steps=steps, lr=1e-4, checkpoint_every=10**9, log_every=10**9),
+                          TrainConfig(steps=steps, lr=1e-4, checkpoint_every=10**9, log_every=10**9,
+                                      compile=args.compile),
                           tmp / "runs" / name, device=device, ema_pairs=method.ema_pairs(),
                           ema_momentum=method.ema_momentum, progress=False, timing=True)
                 times, waits = res.step_times[args.warmup:], res.data_waits[args.warmup:]
@@ -233,7 +234,8 @@ def run(args: argparse.Namespace) -> list[Measure]:
                                                      batch_size=batch, num_workers=workers, pin_memory=pin,
                                                      persistent_workers=workers > 0)
                 res = fit(model, step_fn, [{"params": params}], loader,
-                          TrainConfig(steps=steps, lr=1e-4, checkpoint_every=10**9, log_every=10**9),
+                          TrainConfig(steps=steps, lr=1e-4, checkpoint_every=10**9, log_every=10**9,
+                                      compile=args.compile),
                           tmp / "runs" / proto, device=device, progress=False, timing=True)
                 times, waits = res.step_times[args.warmup:], res.data_waits[args.warmup:]
             else:
@@ -257,7 +259,7 @@ def to_markdown(results: list[Measure], args: argparse.Namespace, device: torch.
              f"Command: `python -m bench.perf {' '.join(args.argv)}`", "",
              f"Budget {args.budget}, backbone {args.backbone or 'budget default'}, ROI {args.roi or 'budget default'}, "
              f"batch {args.batch or 'budget default'}, {args.steps} measured steps after {args.warmup} warm-up steps, "
-             f"gradient checkpointing {'on' if args.checkpointing else 'off'}.", "",
+             f"gradient checkpointing {'on' if args.checkpointing else 'off'}, torch.compile {'on' if args.compile else 'off'}.", "",
              "| workload | path | s/step | volumes/s | data wait | peak GPU mem (GB) | MFU | speed-up |",
              "|---|---|---|---|---|---|---|---|"]
     ref = {r.label: r for r in results if r.path == "reference"}
@@ -289,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--volumes", type=int, default=8)
     ap.add_argument("--volume-shape", type=int, nargs=3, default=[192, 160, 144])
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the Swin encoder")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the harness step function")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="append the Markdown table to this file")
     args = ap.parse_args(argv)

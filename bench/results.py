@@ -37,6 +37,11 @@ CELL_COLUMNS = ("cell_id", "config_hash", "suite", "suite_version", "task", "met
                 "leakage_override", "run_dir")
 
 
+def _plain(v: Any) -> Any:
+    """numpy scalars -> Python scalars (sqlite3 would store numpy integers as blobs)."""
+    return v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v
+
+
 class ResultsStore:
     def __init__(self, url: str | Path) -> None:
         url = str(url)
@@ -65,7 +70,7 @@ class ResultsStore:
                                "label_fraction", "draw", "seed", "budget") if c not in cell]
         if missing:
             raise ValueError(f"cell row lacks {missing}")
-        cell = {c: cell.get(c) for c in CELL_COLUMNS} | {"status": "complete"}
+        cell = {c: _plain(cell.get(c)) for c in CELL_COLUMNS} | {"status": "complete"}
         with closing(self._connect()) as con, con:
             con.execute("DELETE FROM case_metrics WHERE cell_id = ?", (cell["cell_id"],))
             con.execute("DELETE FROM cells WHERE cell_id = ?", (cell["cell_id"],))

@@ -266,8 +266,6 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
 
 
 def run(cfg: DictConfig) -> None:
-    from bench import leaderboard
-
     plan = make_plan(cfg)
     stage = cfg.stage
     if stage not in ("all", "validate", "pretrain", "transfer", "leaderboard"):
@@ -289,8 +287,10 @@ def run(cfg: DictConfig) -> None:
         if stage in ("all", "transfer"):
             transfer(plan, cfg, export, h)
     if stage in ("all", "transfer", "leaderboard"):
+        from bench import leaderboard
+
         path = leaderboard.write(plan.suite.name, plan.store, plan.runs_dir / "leaderboards")
         print(f"[leaderboard] {path}")
         if cfg.publish:
-            pub = leaderboard.write(plan.suite.name, plan.store, PROJECT_ROOT / "leaderboards")
+            pub = leaderboard.publish(plan.suite.name, plan.store, PROJECT_ROOT / "leaderboards")
             print(f"[leaderboard] published {pub}")

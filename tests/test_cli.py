@@ -1,0 +1,87 @@
+"""End to end through the real command line, on the smoke suite with capped steps."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["suite=smoke", "suite.budget_caps.pretrain_steps=2", "suite.budget_caps.transfer_steps=2",
+        "progress=false", "budget=quick", "device=cpu"]
+
+
+def run_bench(args, env_data: Path, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SSLBENCH_DATA=str(env_data), HYDRA_FULL_ERROR="0")
+    return subprocess.run([sys.executable, "run_bench.py", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("arg, known", [("method=nosuch", "random"), ("suite=nosuch", "smoke"),
+                                        ("budget=nosuch", "quick"), ("protocol=fintune", "finetune")])
+def test_unknown_name_is_one_line_exit_2(arg, known, data_dir, tmp_path):
+    p = run_bench([arg, f"runs_dir={tmp_path}"], data_dir)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and known in lines[0] and "Traceback" not in p.stderr
+
+
+def test_bad_method_option_is_one_line_exit_2(data_dir, tmp_path):
+    p = run_bench(["method=simmim3d", "+method.config.mask_ration=0.3", f"runs_dir={tmp_path}", *FAST], data_dir)
+    assert p.returncode == 2
+    assert "mask_ratio" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_smoke_end_to_end_and_skip_on_rerun(data_dir, tmp_path):
+    runs = tmp_path / "runs"
+    p = run_bench(["method=simmim3d", f"runs_dir={runs}", *FAST], data_dir)
+    assert p.returncode == 0, p.stderr[-3000:]
+    con = sqlite3.connect(runs / "results.sqlite")
+    cells = con.execute("SELECT protocol, method, status, budget FROM cells ORDER BY protocol").fetchall()
+    assert cells == [("finetune", "simmim3d", "complete", "quick"), ("linear_probe", "simmim3d", "complete", "quick")]
+    rows = con.execute("SELECT metric, COUNT(*), MIN(value), MAX(value) FROM case_metrics GROUP BY metric").fetchall()
+    by = {r[0]: r[1:] for r in rows}
+    # 2 protocols x 2 test cases x 3 foreground classes
+    assert set(by) == {"dice", "nsd", "hd95"} and all(v[0] == 12 for v in by.values())
+    assert 0.0 <= by["dice"][1] <= by["dice"][2] <= 1.0
+    board = (runs / "leaderboards" / "smoke.md").read_text()
+    assert "synthetic data" in board and "finetune" in board and "linear_probe" in board
+    run_dirs = list((runs / "cells").rglob("metrics.json"))
+    assert len(run_dirs) == 2
+    for m in run_dirs:
+        for f in ("config.yaml", "per_case.csv", "scalars.jsonl", "cell.json"):
+            assert (m.parent / f).is_file(), f
+    again = run_bench(["method=simmim3d", f"runs_dir={runs}", *FAST], data_dir)
+    assert again.returncode == 0
+    assert again.stdout.count("[transfer] skip") == 2 and "cached export" in again.stdout
+
+
+def test_kill_during_pretraining_resumes(data_dir, tmp_path):
+    runs = tmp_path / "runs"
+    args = ["method=simmim3d", "stage=pretrain", f"runs_dir={runs}", "suite.budget_caps.pretrain_steps=8", *FAST[2:]]
+    env = dict(os.environ, SSLBENCH_DATA=str(data_dir))
+    proc = subprocess.Popen([sys.executable, "run_bench.py", "suite=smoke", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    ckpts: list[Path] = []
+    while time.time() < deadline and not ckpts:
+        ckpts = list(runs.glob("pretrain/simmim3d/*/last.ckpt"))
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpts, "no checkpoint written during pretraining"
+    run_dir = ckpts[0].parent
+    assert not (run_dir / "export.pt").exists()
+    p = run_bench(["suite=smoke", *args], data_dir)
+    assert p.returncode == 0, p.stderr[-2000:]
+    import json
+
+    steps = [json.loads(ln)["step"] for ln in (run_dir / "scalars.jsonl").read_text().splitlines()]
+    assert steps[-1] == 8 and (run_dir / "export.pt").is_file()
+    # the rerun continued after the checkpoint instead of starting at step 1 again
+    assert steps.count(1) == 1, steps

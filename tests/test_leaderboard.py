@@ -1,0 +1,290 @@
+"""Leaderboard rendering: golden file, significance and partial-data marks, provenance, publish round trip.
+
+The golden test renders tests/data/leaderboard_fixture.csv with stand-in statistics (``StandInStats``: the
+``bench.stats`` signatures with trivial, deterministic bodies), so it pins the rendering and not the internals of
+``bench.stats``; the other tests use the real ``bench.stats`` and check only behaviour.
+
+    UPDATE_GOLDEN=1 pytest tests/test_leaderboard.py     # rewrite tests/data/leaderboard_golden.md
+    UPDATE_FIXTURE=1 pytest tests/test_leaderboard.py    # regenerate the fixture (seed 0), then the golden file
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import leaderboard
+from bench.results import ResultsStore
+from bench.suites import Suite, Task
+
+DATA = Path(__file__).parent / "data"
+FIXTURE = DATA / "leaderboard_fixture.csv"
+GOLDEN = DATA / "leaderboard_golden.md"
+NOW = dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.timezone.utc)
+GIT = "0123456789ab"
+CLASS_NAMES = {"organs": {1: "liver", 2: "spleen", 3: "kidney"}}
+
+SUITE = Suite(
+    name="fixture", version=1, synthetic=True, pretrain_dataset="fixture_ct", description="leaderboard test fixture",
+    tasks=(Task("organs", "fixture_ct", "segmentation", ("finetune",), (0.25, 1.0), "dice"),
+           Task("nodule", "fixture_cls", "classification", ("linear_probe",), (1.0,), "accuracy")),
+    seeds=(0, 1, 2))
+
+
+def make_fixture(path: Path, seed: int = 0) -> None:
+    """4 methods (asa clearly better than random, mae better but without seed 2 on organs at 100%, simmim3d like
+    random and with a leakage override on one nodule cell), 2 tasks, 3 seeds, 8 cases, 3 classes; per-class Dice
+    for organs (at 25% and 100% labels), per-case accuracy (class -1) for nodule."""
+    rng = np.random.default_rng(seed)
+    effect = {"asa": 0.15, "mae": 0.06, "random": 0.0, "simmim3d": 0.0}
+    p_correct = {"asa": 0.9, "mae": 0.75, "random": 0.55, "simmim3d": 0.55}
+    params = {"asa": 62_187_296, "mae": 61_990_112, "random": 62_187_296, "simmim3d": 62_187_296}
+    difficulty = rng.uniform(0.45, 0.75, 8)
+    class_offset = np.array([0.05, -0.03, -0.02])
+    rows = []
+    for method in sorted(effect):
+        for task, protocol, fraction in (("organs", "finetune", 0.25), ("organs", "finetune", 1.0),
+                                         ("nodule", "linear_probe", 1.0)):
+            for s in range(3):
+                if method == "mae" and task == "organs" and fraction == 1.0 and s == 2:
+                    continue
+                cell = {"suite": "fixture", "suite_version": 1, "task": task, "method": method, "protocol": protocol,
+                        "label_fraction": fraction, "draw": 0, "seed": s, "budget": "quick",
+                        "leakage_override": int(method == "simmim3d" and task == "nodule" and s == 0),
+                        "cell_id": f"{method}/{task}/f{fraction:g}/s{s}",
+                        "git_sha": "0f9e8d7c6b5a" if method == "mae" else "1a2b3c4d5e6f",
+                        "device": "cpu (2 cores)", "start_time": f"2026-01-01T0{s}:00:00+00:00",
+                        "end_time": f"2026-01-01T0{s}:10:00+00:00", "wall_s": 600.0, "gpu_hours": 0.0,
+                        "cpu_hours": 600.0 / 3600, "params": params[method]}
+                for c in range(8):
+                    case = f"case{c:03d}"
+                    if task == "nodule":
+                        rows.append(cell | {"case_id": case, "class": -1, "metric": "accuracy",
+                                            "value": float(rng.random() < p_correct[method])})
+                        continue
+                    dice = np.clip(difficulty[c] + class_offset + effect[method] - 0.08 * (fraction < 1)
+                                   + rng.normal(0, 0.04, 3), 0, 1)
+                    for k in range(3):
+                        rows.append(cell | {"case_id": case, "class": k + 1, "metric": "dice",
+                                            "value": round(float(dice[k]), 6)})
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+class StandInStats:
+    """The bench.stats API with trivial deterministic bodies (not statistics): the golden file pins the rendering."""
+
+    FriedmanResult = namedtuple("FriedmanResult", "mean_ranks chi2 chi2_p ff ff_p")
+
+    @staticmethod
+    def hierarchical_bootstrap_ci(scores, stat=np.mean, n_resamples=10_000, ci=0.95, seed=0):
+        per_seed = np.asarray(scores).mean(1)
+        return float(per_seed.min()), float(per_seed.max())
+
+    @staticmethod
+    def paired_wilcoxon(a, b, alternative="two-sided"):
+        d = np.asarray(a) - np.asarray(b)
+        return float(np.abs(d).sum()), float(np.exp(-4 * abs(d.mean()) / (d.std() + 1e-9)))
+
+    @staticmethod
+    def holm(pvalues):
+        p = np.asarray(pvalues, float)
+        return np.minimum(1.0, p * len(p))
+
+    @classmethod
+    def friedman(cls, scores, lower_is_better=False):
+        ranks = np.argsort(np.argsort(-np.asarray(scores), axis=1), axis=1) + 1.0
+        mean_ranks = ranks.mean(0)
+        return cls.FriedmanResult(mean_ranks, float(mean_ranks.var()), 0.5, float(mean_ranks.std()), 0.25)
+
+    @staticmethod
+    def nemenyi_cd(k, n, alpha=0.05):
+        return 2.5 * np.sqrt(k * (k + 1) / (6 * n))
+
+    @staticmethod
+    def bonferroni_dunn_cd(k, n, alpha=0.05):
+        return 2.2 * np.sqrt(k * (k + 1) / (6 * n))
+
+    @staticmethod
+    def iqm(x, axis=None):
+        return np.mean(x, axis=axis)
+
+    @staticmethod
+    def stratified_bootstrap_ci(scores, aggregate=None, n_resamples=10_000, ci=0.95, seed=0):
+        return float(np.min(scores)), float(np.max(scores))
+
+    @staticmethod
+    def probability_of_improvement(x, y):
+        return float(np.mean(np.asarray(x).mean(0) > np.asarray(y).mean(0)))
+
+    @staticmethod
+    def probability_of_improvement_ci(x, y, n_resamples=10_000, ci=0.95, seed=0):
+        return 0.0, 1.0
+
+    @staticmethod
+    def rank_stability(scores, n_boot=1000, seed=0, lower_is_better=False):
+        return np.linspace(0.5, 1.0, n_boot)
+
+
+def fixture_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    if os.environ.get("UPDATE_FIXTURE") == "1":
+        make_fixture(FIXTURE)
+    return leaderboard.from_csv(FIXTURE)
+
+
+def render(metrics: pd.DataFrame, cells: pd.DataFrame, suite: Suite = SUITE, **kwargs) -> str:
+    return leaderboard.render(suite, metrics, cells, now=NOW, git=GIT, class_names=kwargs.pop("class_names", {}),
+                              **kwargs)
+
+
+def table_rows(md: str, heading: str) -> dict[str, list[str]]:
+    """method -> cells of the methods table under ``### heading`` (marks stripped from the method name)."""
+    section = md.split(f"### {heading}\n", 1)[1].split("\n### ", 1)[0]
+    out = {}
+    for line in section.splitlines():
+        if line.startswith("| ") and not line.startswith("| method"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            out[cells[0].strip("*").split()[0].strip("*")] = cells
+    return out
+
+
+@pytest.fixture(scope="module")
+def frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return fixture_frames()
+
+
+@pytest.fixture(scope="module")
+def real_md(frames) -> str:
+    return render(*frames, class_names=CLASS_NAMES)
+
+
+def test_golden_markdown(frames, monkeypatch):
+    monkeypatch.setattr(leaderboard, "stats", StandInStats)
+    md = render(*frames, class_names=CLASS_NAMES, figures=True)
+    if os.environ.get("UPDATE_GOLDEN") == "1" or os.environ.get("UPDATE_FIXTURE") == "1":
+        GOLDEN.write_text(md, encoding="utf-8")
+    assert md == GOLDEN.read_text(encoding="utf-8"), "leaderboard Markdown changed; UPDATE_GOLDEN=1 rewrites it"
+
+
+def _frame(values: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One segmentation task from per-method value arrays [seed, case, class]."""
+    rows = []
+    for method, v in values.items():
+        for s, c, k in np.ndindex(v.shape):
+            rows.append({"suite": "fixture", "suite_version": 1, "task": "organs", "method": method,
+                         "protocol": "finetune", "label_fraction": 1.0, "draw": 0, "seed": s, "budget": "quick",
+                         "leakage_override": 0, "cell_id": f"{method}/s{s}", "case_id": f"c{c:02d}", "class": k + 1,
+                         "metric": "dice", "value": float(v[s, c, k])})
+    m = pd.DataFrame(rows)
+    cells = m.drop_duplicates("cell_id")[["cell_id"]].assign(git_sha="abc", device="cpu", gpu_hours=0.0,
+                                                             cpu_hours=0.1, params=1000)
+    return m, cells
+
+
+def test_better_method_is_marked_and_tied_method_is_not():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.4, 0.7, (3, 12, 2))
+    flip = np.where(np.arange(12) % 2 == 0, 1.0, -1.0)[None, :, None]       # symmetric: no shift at all
+    md = render(*_frame({"random": base, "better": base + 0.1 + rng.normal(0, 0.01, base.shape),
+                         "tied": base + 0.01 * flip}))
+    rows = table_rows(md, "organs / finetune / 100% labels")
+    header = md.split("| method |", 1)[1].splitlines()[0]
+    vs_random = [c.strip() for c in ("method |" + header).strip("|").split("|")].index("vs random")
+    assert rows["better"][vs_random].startswith(leaderboard.MARK_BETTER)
+    assert not rows["tied"][vs_random].startswith((leaderboard.MARK_BETTER, leaderboard.MARK_WORSE))
+    assert rows["random"][vs_random] == "—"
+    assert "paired Wilcoxon signed-rank" in md and "Holm-adjusted" in md
+
+
+def test_method_with_fewer_seeds_is_marked(real_md):
+    full = table_rows(real_md, "organs / finetune / 100% labels")
+    assert leaderboard.MARK_PARTIAL in full["mae"][0]
+    assert full["mae"][5] == "2" and full["asa"][5] == "3"                    # seeds column
+    assert "mae: seeds 0, 1 of 0, 1, 2" in real_md
+    quarter = table_rows(real_md, "organs / finetune / 25% labels")
+    assert leaderboard.MARK_PARTIAL not in quarter["mae"][0]
+
+
+def test_leakage_override_is_marked(real_md):
+    nodule = table_rows(real_md, "nodule / linear_probe / 100% labels")
+    assert leaderboard.MARK_LEAKAGE in nodule["simmim3d"][0]
+    assert leaderboard.MARK_LEAKAGE not in nodule["random"][0]
+    assert "`leakage_override`" in real_md
+
+
+def test_title_states_data_source_and_budget(frames):
+    md = render(*frames)
+    assert md.splitlines()[0] == "# fixture v1 leaderboard — synthetic data, budget quick"
+    real = Suite(**{**SUITE.__dict__, "synthetic": False})
+    assert render(*frames, suite=real).splitlines()[0] == "# fixture v1 leaderboard — real data, budget quick"
+    assert "| generated | 2026-01-02 03:04 UTC at commit `0123456789ab` |" in md
+    assert "`0f9e8d7c6b5a` (" in md and "`1a2b3c4d5e6f` (" in md and "`cpu (2 cores)` (35 cells)" in md
+
+
+def test_no_results_renders_a_stub(frames):
+    metrics, cells = frames
+    md = render(metrics.iloc[:0], cells.iloc[:0])
+    assert md.splitlines()[0] == "# fixture v1 leaderboard — synthetic data, no results"
+    assert md.endswith("No results yet for this suite version.\n")
+
+
+def test_budgets_are_never_pooled(frames):
+    metrics, cells = frames
+    standard = metrics.assign(budget="standard", cell_id=metrics["cell_id"] + "+std",
+                              value=np.clip(metrics["value"] + 0.2, 0, 1))
+    cells2 = pd.concat([cells, cells.assign(cell_id=cells["cell_id"] + "+std")])
+    md = render(pd.concat([metrics, standard]), cells2)
+    assert md.splitlines()[0].endswith("budgets quick, standard")
+    assert "## Budget `quick`" in md and "## Budget `standard`" in md
+    quick = md.split("## Budget `standard`")[0]
+    assert table_rows(quick, "organs / finetune / 100% labels")["asa"][1] == \
+        table_rows(render(metrics, cells), "organs / finetune / 100% labels")["asa"][1]
+
+
+def test_class_headers_use_names_when_given(frames, real_md):
+    assert "| liver | spleen | kidney |" in real_md
+    assert "| 1 | 2 | 3 |" in render(*frames)
+    assert "Per-class" not in real_md.split("### nodule")[1].split("###")[0]   # class -1 only: no class columns
+
+
+def test_method_missing_a_task_is_left_out_of_across_analysis(frames):
+    metrics, cells = frames
+    md = render(metrics[~((metrics["method"] == "mae") & (metrics["task"] == "nodule"))], cells)
+    across = md.split("### Across tasks")[1]
+    assert "Left out (missing tables): mae (nodule / linear_probe / 100% labels)" in across
+    assert "| mae |" not in across
+    assert "Friedman test" in across and "CD =" in across
+
+
+def test_publish_writes_figures_and_csv_that_round_trips(frames, tmp_path):
+    metrics, cells = frames
+    store = ResultsStore(tmp_path / "results.sqlite")
+    info = cells.set_index("cell_id")
+    nsd = metrics[metrics["metric"] == "dice"].assign(metric="nsd")                 # stored, but not the task metric
+    for cell_id, g in pd.concat([metrics, nsd]).groupby("cell_id"):
+        cell = g.iloc[0][["suite", "suite_version", "task", "method", "protocol", "label_fraction", "draw", "seed",
+                          "budget", "leakage_override"]].to_dict()                  # Python scalars for SQLite
+        cell |= {"cell_id": cell_id, "config_hash": "h"} | info.loc[cell_id].to_dict()
+        store.write_cell(cell, g.rename(columns={"case_id": "case"})[["case", "class", "metric", "value"]]
+                         .to_dict("records"))
+    out = tmp_path / "leaderboards"
+    path = leaderboard.publish(SUITE, store, out, now=NOW, git=GIT, class_names=CLASS_NAMES)
+    md = path.read_text(encoding="utf-8")
+    links = [line.split("](", 1)[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
+    assert {Path(p).name for p in links} == {
+        "quick_organs_finetune_label_efficiency.png", "quick_rank_stability.png",
+        "quick_critical_difference.png", "quick_probability_of_improvement.png"}
+    for p in links:
+        assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert md == render(metrics, cells, class_names=CLASS_NAMES, figures=True)    # store == fixture
+    again = leaderboard.render(SUITE, *leaderboard.from_csv(out / "fixture.csv"), now=NOW, git=GIT,
+                               class_names=CLASS_NAMES, figures=True)
+    assert again == md
+    rows = pd.read_csv(out / "fixture.csv")
+    assert set(rows["metric"]) == {"dice", "accuracy"}                          # only the rows used
+    plain = leaderboard.write(SUITE, store, tmp_path / "plain", now=NOW, git=GIT, class_names=CLASS_NAMES)
+    assert "![" not in plain.read_text(encoding="utf-8")
