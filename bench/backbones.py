@@ -6,9 +6,11 @@ pretraining methods add their own heads, so an encoder export always loads with 
 """
 from __future__ import annotations
 
+import types
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.registry import BACKBONES
@@ -34,6 +36,27 @@ class Backbone(nn.Module):
         return dict(self._build_kwargs)
 
 
+def _sdpa_window_attention(self: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """MONAI WindowAttention.forward computed with fused scaled-dot-product attention.
+
+    Same function (relative-position bias and the shifted-window mask are one additive bias), but
+    MONAI 1.6 takes its fused path only without autograd; this one also trains with it (about 2x
+    faster forward+backward on 2 CPU cores, fewer kernels on a GPU).
+    """
+    b, n, c = x.shape
+    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    rpb = self.relative_position_bias_table[self.relative_position_index[:n, :n].reshape(-1)].reshape(n, n, -1)
+    bias = rpb.permute(2, 0, 1).unsqueeze(0)
+    if mask is not None:
+        nw = mask.shape[0]
+        bias = (bias.unsqueeze(1) + mask.reshape(1, nw, 1, n, n)).expand(b // nw, nw, self.num_heads, n, n)
+        bias = bias.reshape(b, self.num_heads, n, n)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale,
+                                         dropout_p=self.attn_drop.p if self.training else 0.0)
+    return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+
+
 class SwinUNETRBackbone(Backbone):
     """MONAI SwinUNETR without its output conv.
 
@@ -45,15 +68,21 @@ class SwinUNETRBackbone(Backbone):
     spatial_dims = 3
 
     def __init__(self, feature_size: int = 48, in_channels: int = 1, dropout_path_rate: float = 0.0,
-                 use_checkpoint: bool = False) -> None:
+                 use_checkpoint: bool = False, fused_attention: bool = True) -> None:
         super().__init__()
         from monai.networks.nets import SwinUNETR
+        from monai.networks.nets.swin_unetr import WindowAttention
 
         self._build_kwargs = dict(feature_size=feature_size, in_channels=in_channels,
-                                  dropout_path_rate=dropout_path_rate, use_checkpoint=use_checkpoint)
+                                  dropout_path_rate=dropout_path_rate, use_checkpoint=use_checkpoint,
+                                  fused_attention=fused_attention)
         net = SwinUNETR(in_channels=in_channels, out_channels=1, feature_size=feature_size,
                         dropout_path_rate=dropout_path_rate, use_checkpoint=use_checkpoint)
         del net.out  # task heads live outside the backbone
+        if fused_attention:
+            for m in net.modules():
+                if isinstance(m, WindowAttention):
+                    m.forward = types.MethodType(_sdpa_window_attention, m)
         self.net = net
         self.in_channels = in_channels
         self.feature_size = feature_size

@@ -66,3 +66,18 @@ def test_state_dict_roundtrip(name):
     b.load_state_dict(a.state_dict(), strict=True)
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), k
+
+
+def test_fused_window_attention_equals_monai():
+    """The SDPA window attention computes MONAI's function (outputs and gradients)."""
+    x = torch.rand(1, 1, 64, 64, 64)
+    outs, grads = [], []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        bb = build_backbone("swin_unetr_tiny", fused_attention=fused)
+        y = bb(x)
+        y.square().mean().backward()
+        outs.append(y.detach())
+        grads.append(bb.net.swinViT.layers1[0].blocks[1].attn.qkv.weight.grad.clone())
+    assert torch.allclose(outs[0], outs[1], atol=1e-4, rtol=1e-4)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-3)
