@@ -7,7 +7,9 @@ Conventions (rliable style):
 - Bootstraps never loop over single resamples. Index arrays are drawn in blocks of at most ``_DRAW``
   resamples (the block size depends only on the size of one resample's indices, so a batched call and
   a call per entry see the same indices), and the gathered values are reduced in sub-blocks that keep
-  each temporary array below ``_MAX_ELEMENTS`` elements.
+  each temporary array below ``_MAX_ELEMENTS`` elements. Linear statistics of a batch (the mean in
+  :func:`hierarchical_bootstrap_ci`, the pair average in :func:`probability_of_improvement_ci`) weigh
+  the data by per-resample draw counts (one ``bincount``) instead of gathering every entry.
 - Functions whose docstring shows leading ``...`` dimensions are batched: every leading entry is
   bootstrapped with the *same* resample indices and the result keeps the leading shape. With no leading
   dimensions they return Python floats.
@@ -39,6 +41,7 @@ Stat = Callable[..., Any]
 _DRAW = 1000                 # resamples whose indices are drawn at once (at most)
 _MAX_ELEMENTS = 1 << 22      # elements of one temporary array (4 Mi: 32 MiB as float64)
 _BOOTSTRAP_METHODS = ("bca", "percentile")
+_LINEAR_MIN_BATCH = 4        # batch size from which a batched bootstrap mean uses draw counts
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -95,6 +98,13 @@ def _out(v: Any) -> Any:
     return float(v) if v.ndim == 0 else v
 
 
+def _counts(idx: NDArray[np.integer], size: int) -> NDArray[np.float64]:
+    """How often each of ``size`` items is drawn in each row: idx [r, p] in [0, size) -> counts [r, size]."""
+    r = idx.shape[0]
+    key = idx + (np.arange(r) * size)[:, None]
+    return np.bincount(key.ravel(), minlength=r * size).reshape(r, size).astype(np.float64)
+
+
 # ---------------------------------------------------------------------------------------- bootstraps
 
 
@@ -140,7 +150,7 @@ def bootstrap_ci(x: ArrayLike, stat: Stat = np.mean, n_resamples: int = 10_000, 
     for start, stop in _blocks(n_resamples, n):
         idx = rng.integers(0, n, size=(stop - start, n))
         boots[start:stop] = stat(x[idx], axis=-1)
-    if method == "percentile":
+    if method != _BOOTSTRAP_METHODS[0]:  # percentile interval; BCa below
         return _interval(boots, alpha)
 
     prop = (np.sum(boots < theta) + 0.5 * np.sum(boots == theta)) / n_resamples
@@ -200,23 +210,50 @@ def hierarchical_bootstrap_ci(scores: ArrayLike, stat: Stat = np.mean, n_resampl
     *lead, n_seed, n_case = s.shape
     if n_seed == 0 or n_case == 0:
         raise ValueError(f"hierarchical_bootstrap_ci needs at least one seed and one case, got {s.shape}")
-    fn = _NAN_AWARE.get(stat, stat) if np.isnan(s).any() else stat
+    nan = bool(np.isnan(s).any())
+    fn = _NAN_AWARE.get(stat, stat) if nan else stat
     flat = s.reshape(-1, n_seed * n_case)                                   # [L, S*C]
+    per = n_seed * n_case
+    # The mean is linear: a resample's mean is (draw counts . values) / (valid draws). For a batch this
+    # replaces L gathers per resample by one bincount and one product; a single entry gathers directly.
+    linear = (fn is np.mean or fn is np.nanmean) and flat.shape[0] >= _LINEAR_MIN_BATCH
+    if linear:
+        valid = ~np.isnan(flat)
+        values = np.ascontiguousarray(np.where(valid, flat, 0.0).T, dtype=np.float64)   # [S*C, L]
+        weights = np.ascontiguousarray(valid.T, dtype=np.float64)
     rng = np.random.default_rng(seed)
     boots = np.empty((flat.shape[0], n_resamples))
-    per = n_seed * n_case
     with _quiet():
         for start, stop in _blocks(n_resamples, per):
             m = stop - start
             seeds = rng.integers(0, n_seed, size=(m, n_seed, 1))
             cases = rng.integers(0, n_case, size=(m, n_seed, n_case))
             idx = (seeds * n_case + cases).reshape(m, per)                  # flat [seed, case] index
+            if linear:
+                w = _counts(idx, per)                                       # [m, S*C]
+                # einsum, not matmul: a threaded BLAS call is slow on a small, busy machine
+                total = np.einsum("rp,pl->rl", w, values)
+                boots[:, start:stop] = (total / (np.einsum("rp,pl->rl", w, weights) if nan else per)).T
+                continue
             for sub in _sub_blocks(m, per * flat.shape[0]):
                 boots[:, start + sub.start:start + sub.stop] = fn(flat[:, idx[sub]], axis=-1)
     return _interval(boots.reshape(*lead, n_resamples), alpha)
 
 
-def stratified_bootstrap_ci(scores: ArrayLike, aggregate: Stat | None = None, n_resamples: int = 10_000,
+def iqm(x: ArrayLike, axis: int | None = None) -> Any:
+    """Interquartile mean: the mean of the middle 50% of values, ``scipy.stats.trim_mean(x, 0.25)`` (rliable).
+
+    Args:
+        x: Scores, any shape, e.g. [R, T] (run, task).
+        axis: Axis to reduce; ``None`` pools all values (rliable's ``aggregate_iqm``).
+
+    Returns:
+        A float for ``axis=None``, else an array with ``axis`` removed.
+    """
+    return _out(ss.trim_mean(_floats(x), 0.25, axis=axis))
+
+
+def stratified_bootstrap_ci(scores: ArrayLike, aggregate: Stat = iqm, n_resamples: int = 10_000,
                             ci: float = 0.95, seed: int = 0) -> tuple[Any, Any]:
     """rliable's stratified bootstrap percentile interval ([3]): runs are resampled within each task.
 
@@ -227,7 +264,7 @@ def stratified_bootstrap_ci(scores: ArrayLike, aggregate: Stat | None = None, n_
         scores: Scores, shape [..., R, T] (run, task); leading dimensions are batched with shared
             resample indices.
         aggregate: Aggregate over the pooled scores of a resample; called as ``aggregate(values, axis=-1)``
-            on values [..., r, R * T]. Default :func:`iqm`.
+            on values [..., r, R * T].
         n_resamples: Number of bootstrap resamples.
         ci: Coverage of the two-sided interval.
         seed: Seed of ``np.random.default_rng``.
@@ -235,7 +272,6 @@ def stratified_bootstrap_ci(scores: ArrayLike, aggregate: Stat | None = None, n_
     Returns:
         ``(low, high)``: floats for [R, T] input, arrays of the leading shape [...] otherwise.
     """
-    agg = iqm if aggregate is None else aggregate
     alpha = _check_ci(ci, n_resamples)
     s = _floats(scores)
     if s.ndim < 2:
@@ -250,7 +286,7 @@ def stratified_bootstrap_ci(scores: ArrayLike, aggregate: Stat | None = None, n_
         m = stop - start
         idx = (rng.integers(0, n_run, size=(m, n_run, n_task)) * n_task + task).reshape(m, per)
         for sub in _sub_blocks(m, per * flat.shape[0]):
-            boots[:, start + sub.start:start + sub.stop] = agg(flat[:, idx[sub]], axis=-1)
+            boots[:, start + sub.start:start + sub.stop] = aggregate(flat[:, idx[sub]], axis=-1)
     return _interval(boots.reshape(*lead, n_resamples), alpha)
 
 
@@ -260,10 +296,14 @@ def stratified_bootstrap_ci(scores: ArrayLike, aggregate: Stat | None = None, n_
 def paired_wilcoxon(a: ArrayLike, b: ArrayLike, alternative: str = "two-sided") -> tuple[float, float]:
     """Wilcoxon signed-rank test of paired samples, a thin wrapper on ``scipy.stats.wilcoxon``.
 
-    Uses ``zero_method="wilcox"`` (scipy's default): pairs with zero difference are discarded before
-    ranking, and scipy's ``method="auto"`` picks the exact or the normal-approximation p-value. Pairs
-    where either value is NaN are dropped. The statistic is scipy's: ``min(W+, W-)`` for
-    ``"two-sided"``, ``W+`` (rank sum of positive ``a - b``) otherwise.
+    Zero differences are handled as ``zero_method="wilcox"`` (scipy's default, Wilcoxon's original
+    rule): pairs with ``a == b`` are discarded, here *before* calling scipy, so the test is exactly
+    ``scipy.stats.wilcoxon(d[d != 0], alternative=alternative)`` on the ``n'`` nonzero differences ``d``
+    and scipy's ``method="auto"`` can use the exact null distribution (``n' <= 50``, no ties) instead
+    of switching to the normal approximation because zeros were present. Without zero differences
+    this is identical to ``scipy.stats.wilcoxon(a, b, alternative=alternative)``. Pairs where either
+    value is NaN are dropped. The statistic is scipy's: ``min(W+, W-)`` for ``"two-sided"``, ``W+``
+    (rank sum of the positive ``a - b``) otherwise.
 
     Args:
         a: Scores of the first method, shape [n].
@@ -280,8 +320,9 @@ def paired_wilcoxon(a: ArrayLike, b: ArrayLike, alternative: str = "two-sided") 
     a, b = _floats(a).ravel(), _floats(b).ravel()
     if a.shape != b.shape:
         raise ValueError(f"paired samples must have the same length, got {a.shape[0]} and {b.shape[0]}")
-    d = (a - b)[~(np.isnan(a) | np.isnan(b))]
-    if not np.any(d != 0):
+    d = a - b
+    d = d[~np.isnan(d) & (d != 0)]
+    if d.size == 0:
         return 0.0, 1.0
     res = ss.wilcoxon(d, zero_method="wilcox", alternative=alternative)
     return float(res.statistic), float(res.pvalue)
@@ -430,19 +471,6 @@ def bonferroni_dunn_cd(k: int, n: int, alpha: float = 0.05) -> float:
 # ------------------------------------------------------------------------------------------- rliable
 
 
-def iqm(x: ArrayLike, axis: int | None = None) -> Any:
-    """Interquartile mean: the mean of the middle 50% of values, ``scipy.stats.trim_mean(x, 0.25)`` (rliable).
-
-    Args:
-        x: Scores, any shape, e.g. [R, T] (run, task).
-        axis: Axis to reduce; ``None`` pools all values (rliable's ``aggregate_iqm``).
-
-    Returns:
-        A float for ``axis=None``, else an array with ``axis`` removed.
-    """
-    return _out(ss.trim_mean(_floats(x), 0.25, axis=axis))
-
-
 def _poi(x: NDArray[np.floating], y: NDArray[np.floating]) -> NDArray[np.float64]:
     """P(X > Y) + P(X = Y) / 2 per task: x [..., n, T], y [..., m, T] -> [..., T]."""
     sgn = np.sign(x[..., :, None, :] - y[..., None, :, :])                 # [..., n, m, T]
@@ -497,18 +525,26 @@ def probability_of_improvement_ci(x: ArrayLike, y: ArrayLike, n_resamples: int =
     (n, n_task), m = x.shape[-2:], y.shape[-2]
     lead = np.broadcast_shapes(x.shape[:-2], y.shape[:-2])
     size = int(np.prod(lead, dtype=np.int64))
+    # P(X_i > Y_j) + P(X_i = Y_j) / 2 for every run pair, once; a resample then weighs the pairs by how
+    # often it draws each run: PoI_t = wx_t . g_t . wy_t / (n m), an einsum instead of new comparisons
+    g = (np.sign(x[..., :, None, :] - y[..., None, :, :]) + 1.0) / 2.0   # [..., n, m, T]
     rng = np.random.default_rng(seed)
     boots = np.empty((*lead, n_resamples))
-    task = np.arange(n_task)
     for start, stop in _blocks(n_resamples, (n + m) * n_task):
         r = stop - start
         ix = rng.integers(0, n, size=(r, n, n_task))
         iy = rng.integers(0, m, size=(r, m, n_task))
-        for sub in _sub_blocks(r, size * n * m * n_task):
-            xb = x[..., ix[sub], task]                                      # [..., r, n, T]
-            yb = y[..., iy[sub], task]                                      # [..., r, m, T]
-            boots[..., start + sub.start:start + sub.stop] = _poi(xb, yb).mean(-1)
+        wx, wy = _task_counts(ix, n), _task_counts(iy, m)                   # [r, n, T], [r, m, T]
+        for sub in _sub_blocks(r, size * max(n, m) * n_task):
+            boots[..., start + sub.start:start + sub.stop] = np.einsum(
+                "rit,...ijt,rjt->...r", wx[sub], g, wy[sub], optimize=True) / (n * m * n_task)
     return _interval(boots, alpha)
+
+
+def _task_counts(idx: NDArray[np.integer], n: int) -> NDArray[np.float64]:
+    """Draw counts per task: idx [r, k, T] (runs drawn for each task) -> counts [r, n, T]."""
+    r, _, n_task = idx.shape
+    return _counts(idx.transpose(0, 2, 1).reshape(r * n_task, -1), n).reshape(r, n_task, n).transpose(0, 2, 1)
 
 
 # ------------------------------------------------------------------------------------ rank stability
