@@ -68,15 +68,16 @@ class SwinUNETRBackbone(Backbone):
     spatial_dims = 3
 
     def __init__(self, feature_size: int = 48, in_channels: int = 1, dropout_path_rate: float = 0.0,
-                 use_checkpoint: bool = False, fused_attention: bool = True) -> None:
+                 use_checkpoint: bool = False, fused_attention: bool = True,
+                 depths: tuple[int, ...] = (2, 2, 2, 2)) -> None:
         super().__init__()
         from monai.networks.nets import SwinUNETR
         from monai.networks.nets.swin_unetr import WindowAttention
 
         self._build_kwargs = dict(feature_size=feature_size, in_channels=in_channels,
                                   dropout_path_rate=dropout_path_rate, use_checkpoint=use_checkpoint,
-                                  fused_attention=fused_attention)
-        net = SwinUNETR(in_channels=in_channels, out_channels=1, feature_size=feature_size,
+                                  fused_attention=fused_attention, depths=tuple(depths))
+        net = SwinUNETR(in_channels=in_channels, out_channels=1, feature_size=feature_size, depths=tuple(depths),
                         dropout_path_rate=dropout_path_rate, use_checkpoint=use_checkpoint)
         del net.out  # task heads live outside the backbone
         if fused_attention:

@@ -2,3 +2,6 @@
 from methods import random_init  # noqa: F401
 from methods import simmim3d  # noqa: F401
 from methods import asa  # noqa: F401
+from methods import swinunetr_ssl  # noqa: F401
+from methods import saca  # noqa: F401
+from methods import external  # noqa: F401

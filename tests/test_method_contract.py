@@ -16,7 +16,8 @@ ROI = (64, 64, 64)
 def _make(name: str, seed: int = 0):
     torch.manual_seed(seed)
     cls = METHODS.get(name)
-    bb = build_backbone("swin_unetr_tiny")
+    # one block per stage: the same modules and wiring at half the CPU cost of the (2,2,2,2) default
+    bb = build_backbone("swin_unetr_tiny", depths=(1, 1, 1, 1))
     return cls(bb, cls.make_config({}))
 
 
@@ -30,10 +31,12 @@ def _batch(method, n: int = 2, seed: int = 0) -> dict:
 @pytest.mark.parametrize("name", METHODS.names())
 def test_export_roundtrip_strict(name, tmp_path):
     m = _make(name)
+    if getattr(m, "requires_checkpoint", False):
+        pytest.skip("exports only with a user-supplied checkpoint (tests/test_external.py covers it)")
     enc = m.export_encoder()
     save_export(enc, tmp_path / "e.pt", {"method": name})
     bb, meta = load_export(tmp_path / "e.pt")
-    assert meta["method"] == name and meta["backbone"] == "swin_unetr_tiny"
+    assert meta["method"] == name and meta["backbone"] == "swin_unetr_tiny" and meta["backbone_kwargs"]["depths"] == (1, 1, 1, 1)
     for (k, a), (k2, b) in zip(enc.state_dict().items(), bb.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
 

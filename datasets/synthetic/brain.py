@@ -70,14 +70,14 @@ class BrainConfig:
     warp_mm: tuple[float, float] = (2.0, 4.0)    # RMS of each displacement component, U(a, b)
     warp_node_mm: float = 32.0                   # control-node spacing of the displacement field
     torque_mm: tuple[float, float] = (0.0, 3.0)  # Yakovlevian torque: hemispheres shifted +-v/2 in y
-    rotation_deg: float = 2.0                    # rigid head pose, N(0, v) per axis
-    translation_mm: float = 2.0                  # N(0, v) per axis
+    rotation_deg: float = 1.5                    # rigid head pose, N(0, v) per axis
+    translation_mm: float = 1.0                  # N(0, v) per axis
     # intensities (WM = 1 before the gain)
     gamma: tuple[float, float] = (0.85, 1.2)     # T1 contrast exponent, U(a, b)
     tissue_jitter: float = 0.05                  # per-tissue relative gain, N(0, v)
-    bias: tuple[float, float] = (0.05, 0.20)     # bias-field log-amplitude (std), U(a, b)
+    bias: tuple[float, float] = (0.02, 0.08)     # bias-field log-amplitude (std), U(a, b)
     bias_node_mm: float = 64.0
-    blur_vox: tuple[float, float] = (0.3, 0.8)   # Gaussian PSF sigma, U(a, b)
+    blur_vox: tuple[float, float] = (0.2, 0.6)   # Gaussian PSF sigma, U(a, b)
     noise: tuple[float, float] = (0.01, 0.04)    # Rician noise sigma (fraction of WM), U(a, b)
     gain: tuple[float, float] = (700.0, 1300.0)  # WM intensity of the stored int16 image, U(a, b)
     # lesion
@@ -231,7 +231,7 @@ def _render_lesion(rng: np.random.Generator, tpl: _Template, cfg: BrainConfig, s
     """Paint the lesion into ``base`` (template space, in place) and return (soft mask, bbox, centre, radius)."""
     c, axes, rot = _place_lesion(rng, tpl, cfg, side)
     s = cfg.spacing_mm
-    edema = rng.uniform(1.15, 1.5)                  # oedema rim: outer / tumour radius
+    edema = rng.uniform(1.1, 1.4)                   # oedema rim: outer / tumour radius
     ext = axes.max() * edema * (1 + cfg.lesion_roughness) + 2 * s
     lo = np.maximum(np.floor((c - ext - cfg.origin_mm) / s).astype(int), 0)
     hi = np.minimum(np.ceil((c + ext - cfg.origin_mm) / s).astype(int) + 1, np.asarray(cfg.shape))
@@ -256,7 +256,7 @@ def _render_lesion(rng: np.random.Generator, tpl: _Template, cfg: BrainConfig, s
     tex /= max(float(tex.std()), 1e-6)
     local = base[bb]
     # oedema: a mildly hypointense version of the tissue
-    oed = local * rng.uniform(0.78, 0.92)
+    oed = local * rng.uniform(0.72, 0.88)
     out = local * (1 - w_les) + oed * w_les
     if rng.random() < cfg.ring_prob:
         rim_frac = rng.uniform(0.65, 0.8)
@@ -353,8 +353,8 @@ def _render(seed: int, cfg: BrainConfig = BrainConfig(), label: int | None = Non
         vals = ndimage.map_coordinates(lesion_t, coords[:, sel], order=1, mode="constant", cval=0.0,
                                        prefilter=False)
         lesion[sel] = (vals >= 0.5).astype(np.uint8)
-        if not lesion.any():    # a very small lesion on a strong warp: keep the nearest voxel
-            lesion[tuple(np.unravel_index(np.argmax(np.where(sel, 1, 0)), shape))] = 1
+        if not lesion.any() and len(vals):   # a tiny lesion thinned out by the warp: keep its strongest voxel
+            lesion[tuple(np.argwhere(sel)[int(np.argmax(vals))])] = 1
 
     # --- acquisition
     img = warped * bias
