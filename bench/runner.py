@@ -85,6 +85,13 @@ class Plan:
     pretrain_seed: int
 
 
+def _plain_dict(node: Any) -> dict[str, Any]:
+    """A config node (possibly empty or missing) as a plain dict."""
+    if node is None:
+        return {}
+    return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
+
+
 def load_group_option(group: str, name: str) -> dict[str, Any]:
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
@@ -108,8 +115,7 @@ def make_plan(cfg: DictConfig) -> Plan:
     runs_dir = Path(cfg.runs_dir)
     return Plan(
         suite=suite, method=cfg.method.name,
-        method_cfg=OmegaConf.to_container(cfg.method.get("config") or {}, resolve=True),  # type: ignore[arg-type]
-        method_train=OmegaConf.to_container(cfg.method.get("train") or {}, resolve=True),  # type: ignore[arg-type]
+        method_cfg=_plain_dict(cfg.method.get("config")), method_train=_plain_dict(cfg.method.get("train")),
         backbone=bb_cfg["name"], backbone_kwargs=dict(bb_cfg.get("kwargs") or {}), budget=budget.name, roi=roi,
         pretrain_steps=min(budget.pretrain.steps, caps.get("pretrain_steps") or 10**12),
         pretrain_batch=budget.pretrain.batch_size,
@@ -126,8 +132,10 @@ def dataset(plan: Plan, name: str):
     return DATASETS.get(name)(root=plan.data_root, cache_dir=plan.cache_dir)
 
 
-def split_hash(name: str) -> str:
-    return config_hash(load_split_file(name))
+def split_hash(dataset_name: str) -> str:
+    """Hash of the committed split file a dataset reads (several datasets may share one)."""
+    cls = DATASETS.get(dataset_name)
+    return config_hash(load_split_file(getattr(cls, "split_name", None) or dataset_name))
 
 
 def suite_preprocess(plan: Plan) -> Preprocess:
@@ -218,7 +226,7 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
         except (TypeError, ValueError) as e:
             raise UserError(str(e)) from None
         ds = dataset(plan, cell.task.dataset)
-        shash = split_hash(ds.split_name or cell.task.dataset)
+        shash = split_hash(cell.task.dataset)
         ident = {"pretrain": pretrain_hash, "protocol": cell.protocol, "protocol_cfg": asdict(pcfg),
                  "task": cell.task.name, "fraction": cell.label_fraction, "draw": cell.draw, "seed": cell.seed,
                  "steps": plan.transfer_steps, "batch": plan.transfer_batch, "roi": plan.roi, "split": shash,

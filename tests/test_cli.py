@@ -85,3 +85,13 @@ def test_kill_during_pretraining_resumes(data_dir, tmp_path):
     assert steps[-1] == 8 and (run_dir / "export.pt").is_file()
     # the rerun continued after the checkpoint instead of starting at step 1 again
     assert steps.count(1) == 1, steps
+
+
+def test_random_baseline_runs_without_pretraining(data_dir, tmp_path):
+    runs = tmp_path / "runs"
+    p = run_bench(["method=random", "protocol=linear_probe", f"runs_dir={runs}", *FAST], data_dir)
+    assert p.returncode == 0, p.stderr[-3000:]
+    con = sqlite3.connect(runs / "results.sqlite")
+    assert con.execute("SELECT method, protocol FROM cells").fetchall() == [("random", "linear_probe")]
+    exports = list(runs.glob("pretrain/random/*/export.pt"))
+    assert len(exports) == 1 and not list(runs.glob("pretrain/random/*/scalars.jsonl"))

@@ -38,12 +38,23 @@ def test_protocol_config_builds(protocol):
 @pytest.mark.parametrize("budget", sorted(p.stem for p in (CONF / "budget").glob("*.yaml")))
 @pytest.mark.parametrize("suite", SUITES.names())
 def test_plan_resolves(budget, suite, tmp_path):
-    from bench.runner import make_plan
+    from bench.runner import make_plan, pretrain_identity, split_hash
 
     cfg = _compose([f"budget={budget}", f"suite={suite}", f"runs_dir={tmp_path}"])
     plan = make_plan(cfg)
     assert all(r % 32 == 0 for r in plan.roi)
     assert plan.backbone == cfg.budget.backbone
+    pretrain_identity(plan)  # every suite's corpus resolves to a committed split file
+    for task in plan.suite.tasks:
+        split_hash(task.dataset)
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_plan_resolves_for_every_method(method, tmp_path):
+    from bench.runner import make_plan
+
+    plan = make_plan(_compose([f"method={method}", f"runs_dir={tmp_path}"]))
+    assert plan.method == method and isinstance(plan.method_cfg, dict) and isinstance(plan.method_train, dict)
 
 
 def test_unknown_method_option_is_an_error_naming_valid_ones():
