@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from datasets.base import DataError
+from datasets.synthetic._common import atomic_save_nifti  # noqa: F401  (one NIfTI writer for every generator)
 
 MANIFEST = "manifest.json"
 
@@ -74,12 +75,3 @@ def ensure_generated(root: Path, version: str, items: dict[str, Callable[[Path],
     tmp = manifest_path.with_name(MANIFEST + ".tmp")
     tmp.write_text(json.dumps({"version": version, "files": files}, indent=1))
     os.replace(tmp, manifest_path)
-
-
-def atomic_save_nifti(array, affine, path: Path) -> None:
-    import nibabel as nib
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    nib.Nifti1Image(array, affine).to_filename(str(tmp))
-    os.replace(tmp, path)
