@@ -55,7 +55,7 @@ Other choices [I]:
 - ``rotation_axis`` as in ``swinunetr_ssl`` ("x" = code; "z" = Swin UNETR paper's wording). With "z" the shared
   rotation no longer commutes with the L-R flip (the rotated counterpart is then mirrored along another axis).
 - Export: the backbone only (strict). The pre-trained SACA block is *not* in the export, whereas the official
-  classifier fine-tuning loads it (``strict=False`` on the whole checkpoint); ``SACAClassifier`` starts it fresh
+  classifier fine-tuning loads it (a non-strict load of the whole checkpoint); ``SACAClassifier`` starts it fresh
   unless given ``saca_state`` (see the issue note for an export-extras proposal).
 - The code's README pre-training command is a different, symmetry-only model (patch size 4, A-P flip) that this
   method does not reproduce (METHODS.md §4.3).
