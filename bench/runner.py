@@ -174,7 +174,11 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
     meta = {"method": plan.method, "config_hash": h, "git_sha": git_sha(), "corpus": plan.suite.pretrain_dataset,
             "corpus_split_hash": ident["corpus_split_hash"], "preprocess": ident["preprocess"]}
     if not method.pretrains:
-        save_export(method.export_encoder(), export, meta | {"pretrain_steps": 0})
+        try:
+            encoder = method.export_encoder()
+        except ValueError as e:  # e.g. an external checkpoint that was not given
+            raise UserError(str(e)) from None
+        save_export(encoder, export, meta | {"pretrain_steps": 0})
         return export, h
     ds = dataset(plan, plan.suite.pretrain_dataset)
     ds.prepare(progress=plan.progress)

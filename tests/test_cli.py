@@ -95,3 +95,9 @@ def test_random_baseline_runs_without_pretraining(data_dir, tmp_path):
     assert con.execute("SELECT method, protocol FROM cells").fetchall() == [("random", "linear_probe")]
     exports = list(runs.glob("pretrain/random/*/export.pt"))
     assert len(exports) == 1 and not list(runs.glob("pretrain/random/*/scalars.jsonl"))
+
+
+def test_external_without_checkpoint_is_one_line_exit_2(data_dir, tmp_path):
+    p = run_bench(["method=external", "stage=pretrain", f"runs_dir={tmp_path}", *FAST], data_dir)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "checkpoint" in p.stderr and "Traceback" not in p.stderr
