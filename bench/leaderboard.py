@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
+from bench.provenance import git_sha
 from bench.registry import DATASETS, SUITES, UnknownNameError
 from bench.suites import Suite, Task
 
@@ -719,7 +719,7 @@ def _markdown(lb: Leaderboard, now, git, class_names, figures: bool) -> str:
     if class_names is None:
         class_names = dataset_class_names(lb.suite)
     return markdown(lb, now=now if now is not None else dt.datetime.now(dt.timezone.utc),
-                    git=git if git is not None else git_head(), class_names=class_names, figures=figures)
+                    git=git if git is not None else git_sha(), class_names=class_names, figures=figures)
 
 
 def _suite(suite: str | Suite) -> Suite:
@@ -738,19 +738,6 @@ def dataset_class_names(suite: Suite) -> dict[str, dict[int, str]]:
         if labels:
             out[t.name] = {int(k): str(v) for k, v in labels.items()}
     return out
-
-
-def git_head() -> str:
-    """The renderer's commit (short SHA, ``+dirty`` with uncommitted changes to tracked files)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from bench.data import PretrainDataset, Preprocess, preprocess
 from bench.engine import TrainConfig, fit, pick_device, seed_everything
 from bench.export import save_export
 from bench.protocols.base import TransferContext
+from bench.provenance import git_sha
 from bench.registry import DATASETS, METHODS, PROTOCOLS, SUITES
 from bench.results import ResultsStore
 from bench.suites import Suite, expand
@@ -38,17 +38,6 @@ class UserError(Exception):
 
 def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def git_sha() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def device_name(device: torch.device) -> str:
