@@ -40,11 +40,38 @@ def preflight(argv: list[str]) -> list[str]:
             for v in value.split(","):
                 if v not in reg:
                     _fail(reg.unknown_message(v))
+    argv = bare_method_options(argv)
     if not has_budget:
         import torch
 
         argv = argv + [f"budget={'standard' if torch.cuda.is_available() else 'quick'}"]
     return argv
+
+
+def bare_method_options(argv: list[str]) -> list[str]:
+    """``checkpoint=PATH`` means ``++method.config.checkpoint=PATH`` when it is an option of the chosen method and
+    not a top-level key (``python run_bench.py method=external checkpoint=PATH format=asa``)."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from bench import registry
+
+    top = set(OmegaConf.load(CONF_DIR / "config.yaml")) | {"defaults", "hydra"}
+    method = next((a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+~") == "method"), None)
+    if method is None:
+        default = [d for d in OmegaConf.load(CONF_DIR / "config.yaml").defaults if "method" in d]
+        method = default[0]["method"] if default else None
+    if method is None or "," in method or method not in registry.METHODS:
+        return argv
+    fields = {f.name for f in dataclasses.fields(registry.METHODS.get(method).Config)}
+    out = []
+    for arg in argv:
+        key = arg.split("=", 1)[0] if "=" in arg and not arg.startswith("-") else None
+        if key and key.isidentifier() and key not in top and key not in GROUPS and key in fields:
+            arg = f"++method.config.{arg}"   # ++: also options the YAML leaves at their default
+        out.append(arg)
+    return out
 
 
 def main() -> int:

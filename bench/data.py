@@ -18,9 +18,11 @@ class Preprocess:
     a_min: float = -175.0
     a_max: float = 250.0
     spacing: tuple[float, ...] | None = None   # resample to this spacing (mm); None keeps the native grid
+    size: tuple[int, ...] | None = None        # resize to this grid (2D images: the budget's input size)
 
     def key(self) -> str:
-        return f"w{self.a_min:g}_{self.a_max:g}_s{'x'.join(f'{v:g}' for v in self.spacing) if self.spacing else 'native'}"
+        key = f"w{self.a_min:g}_{self.a_max:g}_s{'x'.join(f'{v:g}' for v in self.spacing) if self.spacing else 'native'}"
+        return key + (f"_r{'x'.join(map(str, self.size))}" if self.size else "")
 
 
 def preprocess(sample: dict[str, Any], pp: Preprocess) -> dict[str, Any]:
@@ -35,6 +37,19 @@ def preprocess(sample: dict[str, Any], pp: Preprocess) -> dict[str, Any]:
         if label is not None:
             label = ndimage.zoom(label, zoom, order=0)
         spacing = tuple(pp.spacing)
+    if pp.size is not None and tuple(image.shape[1:]) != tuple(pp.size):
+        from scipy import ndimage
+
+        if len(pp.size) != image.ndim - 1:
+            raise ValueError(f"{sample.get('id', 'image')}: cannot resize a {image.ndim - 1}D image to {pp.size}")
+        zoom = [t / s for s, t in zip(image.shape[1:], pp.size)]
+        # order-1 zoom after a Gaussian pre-filter of the downsampled axes (no aliasing of fine texture)
+        sigma = [max(0.0, (1 / z - 1) / 2) for z in zoom]
+        image = np.stack([ndimage.zoom(ndimage.gaussian_filter(c, sigma) if any(sigma) else c, zoom, order=1,
+                                       grid_mode=True, mode="nearest") for c in image])
+        if label is not None:
+            label = ndimage.zoom(label, zoom, order=0, grid_mode=True, mode="nearest")
+        spacing = tuple(sp / z for sp, z in zip(spacing, zoom))
     image = np.clip((image - pp.a_min) / (pp.a_max - pp.a_min), 0.0, 1.0).astype(np.float32)
     out = dict(sample, image=image, spacing=spacing)
     if label is not None:
@@ -124,3 +139,12 @@ def subsample(ids: list[str], fraction: float, draw: int) -> list[str]:
     n = max(1, int(round(fraction * len(ids))))
     rng = np.random.default_rng([draw, int(round(fraction * 1e6)), 7919])
     return sorted(rng.choice(sorted(ids), size=n, replace=False).tolist())
+
+
+def match_channels(image: np.ndarray, channels: int, what: str = "image") -> np.ndarray:
+    """An image with more channels than the encoder takes is averaged to one (RGB into a grey encoder)."""
+    if image.shape[0] == channels:
+        return image
+    if channels == 1:
+        return image.mean(0, keepdims=True)
+    raise ValueError(f"{what}: {image.shape[0]} channel(s), the encoder takes {channels}")

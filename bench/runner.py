@@ -18,16 +18,17 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bench import leakage
 from bench.backbones import build_backbone
-from bench.data import PretrainDataset, Preprocess, preprocess
+from bench.data import PretrainDataset, Preprocess, match_channels, preprocess
 from bench.engine import TrainConfig, fit, pick_device, seed_everything
 from bench.export import save_export
-from bench.protocols.base import TransferContext
+from bench.protocols.base import TransferContext, protocol_values, resolve_protocol
 from bench.provenance import git_sha
 from bench.registry import DATASETS, METHODS, PROTOCOLS, SUITES
 from bench.results import ResultsStore
 from bench.suites import Suite, expand
-from datasets.base import PROJECT_ROOT, DataError, load_split_file
+from datasets.base import PROJECT_ROOT, DataError, default_data_dir, load_split_file
 
 CONF_DIR = PROJECT_ROOT / "conf"
 
@@ -72,6 +73,8 @@ class Plan:
     seeds: tuple[int, ...]
     protocol: str | None
     pretrain_seed: int
+    spatial_dims: int = 3
+    allow_leakage: bool = False
 
 
 def _plain_dict(node: Any) -> dict[str, Any]:
@@ -92,9 +95,18 @@ def make_plan(cfg: DictConfig) -> Plan:
     suite = SUITES.get(cfg.suite.name)
     METHODS.get(cfg.method.name)
     budget = cfg.budget
-    bb_cfg = cfg.get("backbone") or load_group_option("backbone", budget.backbone)
     caps = cfg.suite.get("budget_caps") or {}
-    roi = tuple(caps.get("roi") or budget.roi)
+    spatial = DATASETS.get(suite.pretrain_dataset).info.spatial_dims
+    # a budget names one backbone and input size per dimensionality; the suite's data decides which applies
+    suffix = "" if spatial == 3 else f"_{spatial}d"
+    if budget.get(f"backbone{suffix}") is None:
+        raise UserError(f"budget {budget.name!r} has no backbone{suffix} for the {spatial}D suite {suite.name!r}")
+    bb_cfg = cfg.get("backbone") or load_group_option("backbone", budget[f"backbone{suffix}"])
+    roi = tuple(caps.get(f"roi{suffix}") or budget[f"roi{suffix}"])
+    tags = METHODS.tags(cfg.method.name)
+    if {"2d", "3d"} & tags and f"{spatial}d" not in tags:
+        dims = "/".join(sorted(t.upper() for t in tags & {"2d", "3d"}))
+        raise UserError(f"method {cfg.method.name!r} is a {dims} method; suite {suite.name!r} is {spatial}D")
     seeds = suite.seeds if cfg.seed is None else (int(cfg.seed),)
     if cfg.get("protocol") is not None:
         PROTOCOLS.get(cfg.protocol.name)
@@ -107,13 +119,14 @@ def make_plan(cfg: DictConfig) -> Plan:
         method_cfg=_plain_dict(cfg.method.get("config")), method_train=_plain_dict(cfg.method.get("train")),
         backbone=bb_cfg["name"], backbone_kwargs=dict(bb_cfg.get("kwargs") or {}), budget=budget.name, roi=roi,
         pretrain_steps=min(budget.pretrain.steps, caps.get("pretrain_steps") or 10**12),
-        pretrain_batch=budget.pretrain.batch_size,
+        pretrain_batch=budget.pretrain.get(f"batch_size{suffix}", budget.pretrain.batch_size),
         transfer_steps=min(budget.transfer.steps, caps.get("transfer_steps") or 10**12),
-        transfer_batch=budget.transfer.batch_size, num_workers=int(budget.num_workers),
+        transfer_batch=budget.transfer.get(f"batch_size{suffix}", budget.transfer.batch_size), num_workers=int(budget.num_workers),
         device=pick_device(cfg.device), runs_dir=runs_dir, store=ResultsStore(cfg.results.url),
         data_root=cfg.data.root, cache_dir=cfg.data.cache_dir, progress=bool(cfg.progress), seeds=tuple(seeds),
         protocol=cfg.protocol.name if cfg.get("protocol") is not None else None,
-        pretrain_seed=int(cfg.pretrain_seed),
+        pretrain_seed=int(cfg.pretrain_seed), spatial_dims=int(spatial),
+        allow_leakage=bool(cfg.get("allow_leakage", False)),
     )
 
 
@@ -131,7 +144,25 @@ def suite_preprocess(plan: Plan) -> Preprocess:
     pp = dict(plan.suite.preprocessing)
     if "spacing" in pp and pp["spacing"] is not None:
         pp["spacing"] = tuple(pp["spacing"])
+    if plan.spatial_dims == 2:
+        pp.setdefault("size", tuple(plan.roi))   # 2D images are fed whole, at the budget's input size
+    if pp.get("size") is not None:
+        pp["size"] = tuple(pp["size"])
     return Preprocess(**pp)
+
+
+def file_fingerprints(values: dict[str, Any]) -> dict[str, str]:
+    """sha256 of every existing file a method option names (an external checkpoint): a changed file must not
+    reuse a pretraining cache keyed by its path."""
+    out = {}
+    for k, v in sorted(values.items()):
+        if isinstance(v, str) and v and os.path.isfile(v):
+            h = hashlib.sha256()
+            with open(v, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            out[k] = h.hexdigest()
+    return out
 
 
 def pretrain_identity(plan: Plan) -> dict[str, Any]:
@@ -139,7 +170,55 @@ def pretrain_identity(plan: Plan) -> dict[str, Any]:
             "backbone": plan.backbone, "backbone_kwargs": plan.backbone_kwargs, "roi": plan.roi,
             "steps": plan.pretrain_steps, "batch": plan.pretrain_batch, "corpus": plan.suite.pretrain_dataset,
             "corpus_splits": plan.suite.pretrain_splits, "corpus_split_hash": split_hash(plan.suite.pretrain_dataset),
-            "preprocess": asdict(suite_preprocess(plan)), "seed": plan.pretrain_seed}
+            "preprocess": asdict(suite_preprocess(plan)), "seed": plan.pretrain_seed,
+            **({"files": fp} if (fp := file_fingerprints(plan.method_cfg)) else {})}
+
+
+def hash_cache(plan: Plan) -> leakage.HashCache:
+    return leakage.HashCache((Path(plan.cache_dir) if plan.cache_dir else default_data_dir()) / "content_hashes.json")
+
+
+CORPUS_HASHES = "corpus_hashes.json"
+
+
+def corpus_hashes(plan: Plan, run_dir: Path, method_pretrains: bool) -> set[str]:
+    """Content hashes of the pretraining corpus, kept next to the export (recomputed if absent)."""
+    path = run_dir / CORPUS_HASHES
+    if path.is_file():
+        return set(json.loads(path.read_text()))
+    hashes: set[str] = set()
+    if method_pretrains:
+        ds = dataset(plan, plan.suite.pretrain_dataset)
+        ds.prepare(progress=plan.progress)
+        cache = hash_cache(plan)
+        hashes = set(leakage.split_hashes(ds, plan.suite.pretrain_splits, cache))
+        cache.save()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sorted(hashes)))
+    return hashes
+
+
+def check_leakage(plan: Plan, corpus: set[str], tasks, memo: dict[str, dict[str, str]]) -> dict[str, list[str]]:
+    """Per task, the val/test records whose content is in the pretraining corpus; an error unless allowed."""
+    found: dict[str, list[str]] = {}
+    cache = hash_cache(plan)
+    for task in tasks:
+        if task.dataset not in memo:
+            ds = dataset(plan, task.dataset)
+            ds.prepare(progress=plan.progress)
+            splits = [s for s in ("val", "test") if s in load_split_file(getattr(ds, "split_name", None) or task.dataset)]
+            memo[task.dataset] = leakage.split_hashes(ds, splits, cache)
+        hit = leakage.leaks(corpus, memo[task.dataset])
+        if hit:
+            found[task.name] = hit
+    cache.save()
+    if found and not plan.allow_leakage:
+        detail = "; ".join(f"task {t}: {len(ids)} case(s) ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
+                           for t, ids in found.items())
+        raise UserError(f"leakage: the pretraining corpus {plan.suite.pretrain_dataset} {list(plan.suite.pretrain_splits)} "
+                        f"contains evaluation cases by content: {detail}. Remove them from the corpus, or pass "
+                        f"allow_leakage=true to run anyway (recorded with the results and marked on the leaderboard)")
+    return found
 
 
 def pretrain(plan: Plan) -> tuple[Path, str]:
@@ -150,6 +229,7 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
     export = run_dir / "export.pt"
     if export.is_file():
         print(f"[pretrain] {plan.method}: cached export {export}")
+        check_leakage(plan, corpus_hashes(plan, run_dir, method_cls_pretrains(plan)), plan.suite.tasks, {})
         return export, h
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(ident, indent=1, default=str))
@@ -167,17 +247,28 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
             encoder = method.export_encoder()
         except ValueError as e:  # e.g. an external checkpoint that was not given
             raise UserError(str(e)) from None
+        corpus_hashes(plan, run_dir, False)
         save_export(encoder, export, meta | {"pretrain_steps": 0})
         return export, h
     ds = dataset(plan, plan.suite.pretrain_dataset)
     ds.prepare(progress=plan.progress)
     pp = suite_preprocess(plan)
-    volumes = []
+    volumes, hashes, cache = [], set(), hash_cache(plan)
     for split in plan.suite.pretrain_splits:
         for rec in ds.records(split):
-            volumes.append(preprocess(ds.load(rec) | {"label": None}, pp)["image"])
+            raw = ds.load(rec)
+            hashes.add(cache.record_hash(ds, rec, raw["image"]))
+            image = preprocess(raw | {"label": None}, pp)["image"]
+            try:
+                volumes.append(match_channels(image, backbone.in_channels, f"{plan.suite.pretrain_dataset}/{rec.id}"))
+            except ValueError as e:
+                raise UserError(str(e)) from None
+    cache.save()
     if not volumes:
         raise UserError(f"pretraining corpus {plan.suite.pretrain_dataset} {plan.suite.pretrain_splits} is empty")
+    # fail before hours of pretraining, not after
+    check_leakage(plan, hashes, plan.suite.tasks, {})
+    (run_dir / CORPUS_HASHES).write_text(json.dumps(sorted(hashes)))
     loader = torch.utils.data.DataLoader(
         PretrainDataset(volumes, plan.roi, method.views, samples=max(plan.pretrain_batch * 50, 1),
                         seed=plan.pretrain_seed),
@@ -201,6 +292,10 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
     return export, h
 
 
+def method_cls_pretrains(plan: Plan) -> bool:
+    return bool(getattr(METHODS.get(plan.method), "pretrains", True))
+
+
 def protocol_config(plan: Plan, cfg: DictConfig, name: str) -> dict[str, Any]:
     if cfg.get("protocol") is not None and cfg.protocol.name == name:
         return OmegaConf.to_container(cfg.protocol, resolve=True)  # type: ignore[return-value]
@@ -211,13 +306,15 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
     cells = expand(plan.suite, plan.seeds, plan.protocol)
     done: list[dict[str, Any]] = []
     cache: dict[str, Any] = {}
+    corpus = corpus_hashes(plan, export.parent, method_cls_pretrains(plan))
+    eval_hashes: dict[str, dict[str, str]] = {}
     for cell in cells:
-        proto_cls = PROTOCOLS.get(cell.protocol)
-        pcfg_values = protocol_config(plan, cfg, cell.protocol)
         try:
-            pcfg = proto_cls.make_config(pcfg_values)
+            proto_cls = resolve_protocol(cell.protocol, cell.task.kind)
+            pcfg = proto_cls.make_config(protocol_values(protocol_config(plan, cfg, cell.protocol), cell.task.kind))
         except (TypeError, ValueError) as e:
             raise UserError(str(e)) from None
+        leaked = check_leakage(plan, corpus, [cell.task], eval_hashes)
         ds = dataset(plan, cell.task.dataset)
         shash = split_hash(cell.task.dataset)
         ident = {"pretrain": pretrain_hash, "protocol": cell.protocol, "protocol_cfg": asdict(pcfg),
@@ -243,7 +340,10 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
                               preprocess=suite_preprocess(plan), roi=plan.roi, steps=plan.transfer_steps,
                               batch_size=plan.transfer_batch, num_workers=plan.num_workers,
                               progress=plan.progress, cache=cache)
-        result = proto_cls(pcfg).run(ctx)
+        try:
+            result = proto_cls(pcfg).run(ctx)
+        except ValueError as e:   # a protocol's complaint about the data or its options, e.g. an empty split
+            raise UserError(f"{cell_id}: {e}") from None
         wall = time.time() - t0
         on_gpu = plan.device.type == "cuda"
         peak = torch.cuda.max_memory_allocated(plan.device) / 2**20 if on_gpu else None
@@ -254,7 +354,7 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
                "end_time": dt.datetime.now(dt.timezone.utc).isoformat(), "device": device_name(plan.device),
                "wall_s": wall, "gpu_hours": wall / 3600 if on_gpu else 0.0,
                "cpu_hours": 0.0 if on_gpu else wall / 3600, "peak_memory_mb": peak, "params": result.params,
-               "pretrain_hash": pretrain_hash, "leakage_override": 0, "run_dir": str(run_dir)}
+               "pretrain_hash": pretrain_hash, "leakage_override": int(bool(leaked)), "run_dir": str(run_dir)}
         # run directory first, then the store: a row in the store always has its files
         (run_dir / "metrics.json").write_text(json.dumps({"summary": result.summary, "cell": row}, indent=1))
         import pandas as pd

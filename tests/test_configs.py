@@ -1,6 +1,7 @@
 """Compose the real Hydra configs (LHT style): broken YAML fails here, not in a user's run."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,17 @@ def test_method_config_builds(method):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS.names())
 def test_protocol_config_builds(protocol):
+    from bench.protocols.base import ProtocolFamily, protocol_values
+
     cfg = _compose([f"protocol={protocol}"])
-    PROTOCOLS.get(protocol).make_config(OmegaConf.to_container(cfg.protocol))
+    values = OmegaConf.to_container(cfg.protocol)
+    entry = PROTOCOLS.get(protocol)
+    members = entry.members if isinstance(entry, ProtocolFamily) else {k: entry for k in entry.kinds}
+    assert members, f"protocol {protocol} serves no task kind"
+    for kind, cls in members.items():
+        section = protocol_values(values, kind)
+        assert section or not dataclasses.fields(cls.Config), f"conf/protocol/{protocol}.yaml has no {kind} section"
+        cls.make_config(section)
 
 
 @pytest.mark.parametrize("budget", sorted(p.stem for p in (CONF / "budget").glob("*.yaml")))
@@ -43,7 +53,7 @@ def test_plan_resolves(budget, suite, tmp_path):
     cfg = _compose([f"budget={budget}", f"suite={suite}", f"runs_dir={tmp_path}"])
     plan = make_plan(cfg)
     assert all(r % 32 == 0 for r in plan.roi)
-    assert plan.backbone == cfg.budget.backbone
+    assert plan.backbone == (cfg.budget.backbone if plan.spatial_dims == 3 else cfg.budget.backbone_2d)
     pretrain_identity(plan)  # every suite's corpus resolves to a committed split file
     for task in plan.suite.tasks:
         split_hash(task.dataset)

@@ -65,13 +65,15 @@ def test_every_method_module_is_imported_and_registers():
 
 
 def test_suites_reference_registered_datasets_and_protocols():
+    from bench.protocols.base import resolve_protocol
+
     for name in SUITES.names():
         s = SUITES.get(name)
         assert s.pretrain_dataset in DATASETS
         for t in s.tasks:
             assert t.dataset in DATASETS
             for p in t.protocols:
-                assert p in PROTOCOLS
+                resolve_protocol(p, t.kind)   # raises unless the protocol serves the task's kind
 
 
 def test_bench_never_dispatches_on_names():

@@ -9,8 +9,11 @@ from typing import Any, ClassVar
 import torch
 
 from bench.data import Preprocess
+from bench.registry import PROTOCOLS
 from bench.suites import Cell
 from datasets.base import DatasetAdapter
+
+TASK_KINDS = ("segmentation", "classification")
 
 
 @dataclass
@@ -63,3 +66,73 @@ class Protocol:
 
     def run(self, ctx: TransferContext) -> ProtocolResult:
         raise NotImplementedError
+
+
+class ProtocolFamily:
+    """The protocols that share one public name across task kinds.
+
+    ``linear_probe`` means a frozen encoder for every task, but a segmentation task trains a decoder and a
+    classification task a linear head on pooled features: two classes, one name on the leaderboard and on the
+    command line. Its YAML holds one section per kind (``segmentation:``, ``classification:``).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.registry_name = name
+        self.members: dict[str, type[Protocol]] = {}
+
+    def add(self, kind: str, cls: type[Protocol]) -> None:
+        if kind not in TASK_KINDS:
+            raise ValueError(f"protocol {self.registry_name!r}: unknown task kind {kind!r}; known: {TASK_KINDS}")
+        if kind in self.members:
+            raise ValueError(f"duplicate protocol {self.registry_name!r} for {kind} tasks: "
+                             f"{self.members[kind]!r} and {cls!r}")
+        self.members[kind] = cls
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.members)
+
+    def for_kind(self, kind: str) -> type[Protocol]:
+        if kind not in self.members:
+            raise ValueError(f"protocol {self.registry_name!r} has no implementation for {kind} tasks; "
+                             f"it serves: {', '.join(self.members)}")
+        return self.members[kind]
+
+    def __repr__(self) -> str:
+        return f"ProtocolFamily({self.registry_name!r}, {sorted(self.members)})"
+
+
+def register_protocol(name: str, kind: str):
+    """Register a Protocol class as the ``kind`` member of the family ``name`` (created on first use)."""
+
+    def deco(cls: type[Protocol]) -> type[Protocol]:
+        if name not in PROTOCOLS:
+            PROTOCOLS.register(name, tags=())(ProtocolFamily(name))
+        family = PROTOCOLS.get(name)
+        if not isinstance(family, ProtocolFamily):
+            raise ValueError(f"protocol {name!r} is already registered as a single class {family!r}")
+        family.add(kind, cls)
+        cls.registry_name = name
+        cls.kinds = (kind,)
+        return cls
+
+    return deco
+
+
+def resolve_protocol(name: str, kind: str) -> type[Protocol]:
+    """The class that runs protocol ``name`` on a task of ``kind`` (a family member or a single class)."""
+    entry = PROTOCOLS.get(name)
+    if isinstance(entry, ProtocolFamily):
+        return entry.for_kind(kind)
+    if entry.kinds and kind not in entry.kinds:
+        raise ValueError(f"protocol {name!r} serves {', '.join(entry.kinds)} tasks, not {kind}")
+    return entry
+
+
+def protocol_values(values: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    """A protocol YAML's options for one task kind: its ``<kind>:`` section, or the whole file if flat."""
+    values = {k: v for k, v in dict(values or {}).items() if k != "name"}
+    if any(k in TASK_KINDS for k in values):
+        section = values.get(kind)
+        return dict(section or {})
+    return values

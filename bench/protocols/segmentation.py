@@ -19,8 +19,7 @@ from torch import nn
 from bench.data import SegTrainDataset, preprocess, subsample
 from bench.engine import TrainConfig, fit
 from bench.export import load_export
-from bench.protocols.base import Protocol, ProtocolResult, TransferContext
-from bench.registry import PROTOCOLS
+from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
 from methods.base import StepInfo, StepOutput
 
 
@@ -59,7 +58,6 @@ class _Segmentation(Protocol):
         nsd_tolerance_mm: float = 2.0
         grad_clip: float | None = 1.0
 
-    kinds: ClassVar[tuple[str, ...]] = ("segmentation",)
     freeze_encoder: ClassVar[bool] = False
 
     def run(self, ctx: TransferContext) -> ProtocolResult:
@@ -137,12 +135,12 @@ class _Segmentation(Protocol):
                               trainable_params=sum(p.numel() for p in params))
 
 
-@PROTOCOLS.register("finetune")
+@register_protocol("finetune", "segmentation")
 class Finetune(_Segmentation):
     """All weights trained (encoder, decoder and head)."""
 
 
-@PROTOCOLS.register("linear_probe")
+@register_protocol("linear_probe", "segmentation")
 class LinearProbe(_Segmentation):
     """ASA's linear probing: frozen Swin encoder, trained CNN decoder and head."""
 
