@@ -10,7 +10,9 @@ On synthetic per-case, per-class Dice scores it times, part by part:
 3. Friedman over [task, method] mean scores, with the Nemenyi and Bonferroni-Dunn critical differences;
 4. per method: IQM over [seed, task] run scores with a stratified bootstrap CI;
 5. the method-by-method probability-of-improvement matrix with stratified bootstrap CIs;
-6. per task: rank stability (Kendall tau over case bootstraps).
+6. per task: rank stability (Kendall tau over case bootstraps);
+7. the whole leaderboard as ``bench/leaderboard.py`` renders it from result rows in the store's format (every
+   statistic above, as the renderer calls them, plus the Markdown), and ``publish`` with its figures (PNG) and CSV.
 
 Batched calls share one set of bootstrap indices across all (task, method) entries, so the indices are
 drawn once. The target is a total of at most 10 s on 2 CPU cores.
@@ -21,6 +23,7 @@ import argparse
 import os
 import platform
 import time
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,6 +42,30 @@ def synthetic_dice(tasks: int, methods: int, seeds: int, cases: int, classes: in
     seed_effect = rng.normal(0, 0.01, (tasks, methods, seeds, 1, 1))
     noise = rng.normal(0, 0.03, (tasks, methods, seeds, cases, classes))
     return np.clip(difficulty + method + seed_effect + noise, 0.0, 1.0)
+
+
+def result_rows(dice: np.ndarray):
+    """The synthetic scores as the results store returns them: (metrics rows, cells rows, a Suite)."""
+    import pandas as pd
+
+    from bench.suites import Suite, Task
+
+    nt, nm, ns, nc, nk = dice.shape
+    tasks = tuple(Task(f"task{t}", "synthetic", "segmentation", ("finetune",), metric="dice") for t in range(nt))
+    suite = Suite("bench_stats", 1, tasks, seeds=tuple(range(ns)), pretrain_dataset="synthetic", synthetic=True)
+    t, m, s, c, k = np.indices(dice.shape).reshape(5, -1)
+    method = np.array(["random"] + [f"method{i:02d}" for i in range(1, nm)])[m]
+    cell_id = np.char.add(np.char.add(np.array([f"t{i}" for i in range(nt)])[t], method),
+                          np.array([f"s{i}" for i in range(ns)])[s])
+    metrics = pd.DataFrame({"suite": suite.name, "suite_version": 1, "task": np.array([x.name for x in tasks])[t],
+                            "method": method, "protocol": "finetune", "label_fraction": 1.0, "draw": 0, "seed": s,
+                            "budget": "quick", "leakage_override": 0, "cell_id": cell_id,
+                            "case_id": np.char.add("case", c.astype(str)), "class": k + 1, "metric": "dice",
+                            "value": dice.ravel()})
+    cells = metrics.drop_duplicates("cell_id")[["cell_id"]].assign(
+        git_sha="benchmark", device="cpu", start_time="2026-01-01T00:00:00", end_time="2026-01-01T00:01:00",
+        wall_s=60.0, gpu_hours=0.0, cpu_hours=60 / 3600, params=1_000_000)
+    return metrics, cells, suite
 
 
 def _timed(label: str, fn: Callable[[], Any], times: dict[str, float]) -> Any:
@@ -60,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--poi-resamples", type=int, default=10_000, help="resamples of the PoI matrix CIs")
     p.add_argument("--rank-boots", type=int, default=1000, help="bootstraps of the rank stability")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--render", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the leaderboard renderer and publish (Markdown, figures, CSV) on the same data")
     p.add_argument("--per-call", action=argparse.BooleanOptionalAction, default=True,
                    help="also time part 1 as one call per (task, method), as bench/leaderboard.py calls it")
     a = p.parse_args(argv)
@@ -127,8 +156,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     taus = _timed(f"6 rank stability, {nt} tasks x {a.rank_boots} boots", rank, times)
 
-    total = sum(times.values())
-    print(f"  {'total':<58s} {total:7.3f} s   (target <= 10 s)")
+    if a.render:
+        metrics, cells, suite = result_rows(dice)
+        from bench import leaderboard
+
+        md = _timed(f"7a leaderboard Markdown from {len(metrics)} result rows", lambda: leaderboard.render(
+            suite, metrics, cells, now="2026-01-01", git="benchmark", class_names={}), times)
+        assert md.count("\n| ") > nt * nm
+
+        class _Store:
+            def metrics(self, name: str):
+                return metrics
+
+            def cells(self, name: str):
+                return cells
+
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            _timed("7b publish: Markdown + figures (PNG) + CSV", lambda: leaderboard.publish(
+                suite, _Store(), Path(tmp), now="2026-01-01", git="benchmark", class_names={}), times)
+
+    total = sum(v for k, v in times.items() if not k.startswith("7"))
+    print(f"  {'total of 1-6 (the statistics alone)':<58s} {total:7.3f} s   (target <= 10 s)")
+    if a.render:
+        # 7b recomputes every statistic itself, so it is the end-to-end figure, not an addition to 1-6
+        end_to_end = next(v for k, v in times.items() if k.startswith("7b"))
+        label = "leaderboard end to end: 7b (stats + Markdown + figures)"
+        print(f"  {label:<58s} {end_to_end:7.3f} s   (target <= 10 s)")
     print(f"Friedman chi2={fr.chi2:.2f} p={fr.chi2_p:.2g}, F_F={fr.ff:.2f} p={fr.ff_p:.2g}; Nemenyi CD={cd:.2f}, "
           f"Bonferroni-Dunn CD={cd_bd:.2f}; median tau per task: "
           + ", ".join(f"{np.median(t):.2f}" for t in taus))

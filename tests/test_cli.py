@@ -101,3 +101,33 @@ def test_external_without_checkpoint_is_one_line_exit_2(data_dir, tmp_path):
     p = run_bench(["method=external", "stage=pretrain", f"runs_dir={tmp_path}", *FAST], data_dir)
     assert p.returncode == 2, p.stderr[-2000:]
     assert "checkpoint" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bare_method_options_become_method_config_overrides():
+    from bench.cli import bare_method_options
+
+    got = bare_method_options(["method=external", "checkpoint=/x/model_swinvit.pt", "format=asa", "seed=0"])
+    assert got == ["method=external", "++method.config.checkpoint=/x/model_swinvit.pt", "++method.config.format=asa",
+                   "seed=0"]
+    # top-level keys and other methods' options are left to Hydra (which rejects what it does not know)
+    assert bare_method_options(["method=simmim3d", "checkpoint=/x", "mask_ratio=0.6", "seed=1"]) == [
+        "method=simmim3d", "checkpoint=/x", "++method.config.mask_ratio=0.6", "seed=1"]
+    assert bare_method_options(["mask_ratio=0.6"]) == ["++method.config.mask_ratio=0.6"]   # default method simmim3d
+
+
+def test_external_checkpoint_short_form_end_to_end(data_dir, tmp_path):
+    """``method=external checkpoint=PATH format=bench`` loads our own export and transfers it."""
+    import torch
+
+    from bench.backbones import build_backbone
+    from bench.export import save_export
+
+    bb = build_backbone("swin_unetr_tiny")
+    save_export(bb, tmp_path / "enc.pt", {"method": "random"})
+    p = run_bench(["method=external", f"checkpoint={tmp_path / 'enc.pt'}", "format=bench", "stage=pretrain",
+                   f"runs_dir={tmp_path / 'runs'}", *FAST], data_dir)
+    assert p.returncode == 0, p.stderr[-2000:]
+    exports = list((tmp_path / "runs" / "pretrain" / "external").glob("*/export.pt"))
+    assert len(exports) == 1
+    state = torch.load(exports[0], weights_only=True)["state_dict"]
+    assert all(torch.equal(state[k], v) for k, v in bb.state_dict().items())

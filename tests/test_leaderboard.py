@@ -288,3 +288,13 @@ def test_publish_writes_figures_and_csv_that_round_trips(frames, tmp_path):
     assert set(rows["metric"]) == {"dice", "accuracy"}                          # only the rows used
     plain = leaderboard.write(SUITE, store, tmp_path / "plain", now=NOW, git=GIT, class_names=CLASS_NAMES)
     assert "![" not in plain.read_text(encoding="utf-8")
+
+
+def test_stats_benchmark_script_runs_end_to_end_on_a_small_size(capsys):
+    from bench import bench_stats
+
+    assert bench_stats.main(["--methods", "3", "--tasks", "2", "--seeds", "2", "--cases", "6", "--classes", "2",
+                             "--resamples", "200", "--poi-resamples", "200", "--rank-boots", "20",
+                             "--no-per-call"]) == 0
+    out = capsys.readouterr().out
+    assert "7b publish" in out and "leaderboard end to end" in out
