@@ -1,11 +1,18 @@
 """Preprocessing and loaders shared by pretraining and the protocols.
 
-Volumes are preprocessed once (HU window to [0, 1], optional resampling to a target spacing) and
-kept in memory; 3D training samples are random ROI crops, evaluation runs on whole volumes.
+Volumes are preprocessed once (HU window to [0, 1], optional resampling to a target spacing or resizing
+to a fixed grid), kept on disk by ``PreprocessedCache`` for later runs and in memory within a run; 3D training
+samples are random ROI crops, evaluation runs on whole volumes.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -148,3 +155,80 @@ def match_channels(image: np.ndarray, channels: int, what: str = "image") -> np.
     if channels == 1:
         return image.mean(0, keepdims=True)
     raise ValueError(f"{what}: {image.shape[0]} channel(s), the encoder takes {channels}")
+
+
+class PreprocessedCache:
+    """Preprocessed records on disk, keyed by dataset, record, source files and the preprocessing config.
+
+    Resampling a CT volume costs far more than reading a ``.npy``, so each (record, preprocessing) pair is
+    computed once per machine and shared by every later run, method and cell. The key includes the source
+    files' path, size and modification time: an edited file is preprocessed again, never served stale. A
+    record whose image is not a plain file (e.g. a slice of a shared array) is preprocessed without the cache.
+    Writes are atomic (temporary folder, then rename), so a killed run leaves no half-written entry.
+    """
+
+    VERSION = 1   # bump when preprocess() changes what it computes
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def _fingerprint(record) -> str | None:
+        paths = [record.image] if isinstance(record.image, (str, os.PathLike)) else list(record.image)
+        if record.label is not None:
+            paths.append(record.label)
+        parts = []
+        for p in paths:
+            try:
+                st = os.stat(p)
+            except (OSError, TypeError, ValueError):
+                return None
+            if not os.path.isfile(p):
+                return None
+            parts.append(f"{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns}")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def entry(self, dataset: str, record, pp: Preprocess) -> Path | None:
+        fp = self._fingerprint(record)
+        if fp is None:
+            return None
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in record.id)
+        return self.root / f"v{self.VERSION}" / dataset / pp.key() / f"{safe}-{fp}"
+
+    def get(self, adapter, record, pp: Preprocess, raw: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The preprocessed sample of ``record``; ``raw`` is its already loaded sample, if the caller has it."""
+        path = self.entry(adapter.registry_name, record, pp)
+        if path is not None and (path / "meta.json").is_file():
+            try:
+                meta = json.loads((path / "meta.json").read_text())
+                out = dict(meta, image=np.load(path / "image.npy"), affine=np.asarray(meta["affine"]))
+                out["spacing"] = tuple(meta["spacing"])
+                out["label"] = np.load(path / "label.npy") if meta["has_label"] else None
+                out.pop("has_label")
+                return out
+            except (OSError, ValueError, KeyError, json.JSONDecodeError):
+                pass   # a damaged entry is only a cache: recompute it below
+        sample = preprocess(raw if raw is not None else adapter.load(record), pp)
+        if path is not None:
+            self._write(path, sample)
+        return sample
+
+    def _write(self, path: Path, sample: dict[str, Any]) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+            np.save(tmp / "image.npy", sample["image"])
+            if sample.get("label") is not None:
+                np.save(tmp / "label.npy", sample["label"])
+            extra = {k: v for k, v in sample.items() if k not in ("image", "label", "affine")
+                     and isinstance(v, (str, int, float, bool, list, tuple))}
+            affine = sample.get("affine")
+            meta = dict(extra, spacing=list(sample["spacing"]), has_label=sample.get("label") is not None,
+                        affine=np.asarray(affine).tolist() if affine is not None else np.eye(4).tolist())
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            try:
+                os.rename(tmp, path)
+            except OSError:          # another process wrote the same entry first: keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass   # an unwritable cache folder only costs recomputing next time

@@ -51,6 +51,10 @@ class HashCache:
                 self.memo = {}   # a damaged memo is only a cache: recompute
         self.dirty = False
 
+    def known(self, record: Record) -> bool:
+        key = _file_key(record)
+        return key is not None and key in self.memo
+
     def record_hash(self, ds: DatasetAdapter, record: Record, image: np.ndarray | None = None) -> str:
         key = _file_key(record)
         if key is not None and key in self.memo:

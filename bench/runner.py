@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench import leakage
 from bench.backbones import build_backbone
-from bench.data import PretrainDataset, Preprocess, match_channels, preprocess
+from bench.data import PretrainDataset, Preprocess, PreprocessedCache, match_channels
 from bench.engine import TrainConfig, fit, pick_device, seed_everything
 from bench.export import save_export
 from bench.protocols.base import TransferContext, protocol_values, resolve_protocol
@@ -174,6 +174,10 @@ def pretrain_identity(plan: Plan) -> dict[str, Any]:
             **({"files": fp} if (fp := file_fingerprints(plan.method_cfg)) else {})}
 
 
+def preprocessed_cache(plan: Plan) -> PreprocessedCache:
+    return PreprocessedCache((Path(plan.cache_dir) if plan.cache_dir else default_data_dir()) / "preprocessed")
+
+
 def hash_cache(plan: Plan) -> leakage.HashCache:
     return leakage.HashCache((Path(plan.cache_dir) if plan.cache_dir else default_data_dir()) / "content_hashes.json")
 
@@ -253,16 +257,21 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
     ds = dataset(plan, plan.suite.pretrain_dataset)
     ds.prepare(progress=plan.progress)
     pp = suite_preprocess(plan)
-    volumes, hashes, cache = [], set(), hash_cache(plan)
-    for split in plan.suite.pretrain_splits:
-        for rec in ds.records(split):
-            raw = ds.load(rec)
-            hashes.add(cache.record_hash(ds, rec, raw["image"]))
-            image = preprocess(raw | {"label": None}, pp)["image"]
-            try:
-                volumes.append(match_channels(image, backbone.in_channels, f"{plan.suite.pretrain_dataset}/{rec.id}"))
-            except ValueError as e:
-                raise UserError(str(e)) from None
+    volumes, hashes, cache, disk = [], set(), hash_cache(plan), preprocessed_cache(plan)
+    records = [rec for split in plan.suite.pretrain_splits for rec in ds.records(split)]
+    from tqdm.auto import tqdm
+
+    for rec in tqdm(records, desc=f"load {plan.suite.pretrain_dataset}", disable=not plan.progress, unit="vol"):
+        # one read serves both the content hash and the preprocessing when either is not cached yet
+        entry = disk.entry(ds.registry_name, rec, pp)
+        cached = entry is not None and (entry / "meta.json").is_file() and cache.known(rec)
+        raw = None if cached else ds.load(rec)
+        hashes.add(cache.record_hash(ds, rec, None if raw is None else raw["image"]))
+        image = disk.get(ds, rec, pp, raw)["image"]   # the label too: transfer cells share the entry
+        try:
+            volumes.append(match_channels(image, backbone.in_channels, f"{plan.suite.pretrain_dataset}/{rec.id}"))
+        except ValueError as e:
+            raise UserError(str(e)) from None
     cache.save()
     if not volumes:
         raise UserError(f"pretraining corpus {plan.suite.pretrain_dataset} {plan.suite.pretrain_splits} is empty")
@@ -339,7 +348,7 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
         ctx = TransferContext(export_path=export, dataset=ds, cell=cell, run_dir=run_dir, device=plan.device,
                               preprocess=suite_preprocess(plan), roi=plan.roi, steps=plan.transfer_steps,
                               batch_size=plan.transfer_batch, num_workers=plan.num_workers,
-                              progress=plan.progress, cache=cache)
+                              progress=plan.progress, cache=cache, disk_cache=preprocessed_cache(plan))
         try:
             result = proto_cls(pcfg).run(ctx)
         except ValueError as e:   # a protocol's complaint about the data or its options, e.g. an empty split

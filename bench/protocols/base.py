@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.data import Preprocess
+from bench.data import Preprocess, PreprocessedCache, preprocess
 from bench.registry import PROTOCOLS
 from bench.suites import Cell
 from datasets.base import DatasetAdapter
@@ -30,6 +30,15 @@ class TransferContext:
     num_workers: int = 0
     progress: bool = True
     cache: dict[str, Any] = field(default_factory=dict)   # preprocessed volumes shared across cells
+    disk_cache: PreprocessedCache | None = None           # preprocessed volumes shared across runs
+
+    def preprocessed(self, record) -> dict[str, Any]:
+        """A record after the suite's preprocessing: from memory, else from the disk cache, else computed."""
+        key = f"{self.dataset.registry_name}/{record.id}/{self.preprocess.key()}"
+        if key not in self.cache:
+            self.cache[key] = (self.disk_cache.get(self.dataset, record, self.preprocess) if self.disk_cache
+                               else preprocess(self.dataset.load(record), self.preprocess))
+        return self.cache[key]
 
 
 @dataclass

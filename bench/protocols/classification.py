@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import metrics
-from bench.data import preprocess, subsample
+from bench.data import subsample
 from bench.engine import TrainConfig, fit
 from bench.export import load_export
 from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
@@ -106,7 +106,7 @@ def load_split(ctx: TransferContext, split: str, channels: int, ids: list[str] |
         records = ctx.dataset.records(split)
         imgs, ys, rid = [], [], []
         for rec in records:
-            sample = preprocess(ctx.dataset.load(rec) | {"label": None}, ctx.preprocess)
+            sample = ctx.preprocessed(rec)
             imgs.append(_match_channels(_resize(sample["image"], ctx.roi), channels, rec.id))
             ys.append(space.target(rec.classes, rec.id))
             rid.append(rec.id)

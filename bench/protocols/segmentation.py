@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 
-from bench.data import SegTrainDataset, preprocess, subsample
+from bench.data import SegTrainDataset, subsample
 from bench.engine import TrainConfig, fit
 from bench.export import load_export
 from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
@@ -39,10 +39,7 @@ def load_cases(ctx: TransferContext, split: str, ids: list[str] | None = None) -
     for rec in ctx.dataset.records(split):
         if ids is not None and rec.id not in ids:
             continue
-        key = f"{ctx.dataset.registry_name}/{rec.id}/{ctx.preprocess.key()}"
-        if key not in ctx.cache:
-            ctx.cache[key] = preprocess(ctx.dataset.load(rec), ctx.preprocess)
-        out.append(ctx.cache[key])
+        out.append(ctx.preprocessed(rec))
     return out
 
 
