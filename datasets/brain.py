@@ -1,0 +1,111 @@
+"""``brain`` and ``brain_lesion``: the embedded synthetic brain-symmetry suite (SynthBrainSym, DATA.md C.3).
+
+The generator (datasets/synthetic/brain.py) writes ``imagesTr/<id>.nii.gz`` (int16 T1) and
+``labelsTr/<id>.nii.gz`` (lesion mask). Two adapters share one split file (``datasets/splits/brain.json``):
+
+* ``brain``: 3-class classification none / left / right (``Record.classes`` = (class,), from
+  ``class_of(seed)`` without rendering; ``Record.label`` None);
+* ``brain_lesion``: binary lesion segmentation of the same subjects (labels 0 background, 1 lesion).
+
+Split: subjects 1..240 are labelled, split by ``positional_split`` (train 168 / val 24 / test 48);
+``pretrain`` = 300 further unlabelled subjects (241..540). Case ``brainNNNN`` has generator seed
+``SEED_OFFSET + NNNN``. About 0.38 s per subject (``datasets.synthetic.brain.measure``), so the whole
+set takes about 3.5 minutes once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.registry import DATASETS, SUITES
+from bench.suites import Suite, Task
+from datasets.base import DatasetAdapter, DatasetInfo, Record, positional_split
+from datasets.synthetic import brain as gen
+from datasets.synthetic.cache import ensure_generated
+
+SEED_OFFSET = 200_000
+N_LABELLED = 240
+N_PRETRAIN = 300
+# the generator stores WM at 700..1300 (int16) and the bright lesion ring a little above; 0 is background
+PREPROCESSING = {"a_min": 0.0, "a_max": 1600.0}
+
+
+def case_id(n: int) -> str:
+    return f"brain{n:04d}"
+
+
+def seed_of(cid: str) -> int:
+    return SEED_OFFSET + int(cid[5:])
+
+
+def build_split() -> dict:
+    """The committed split document (regenerate with ``python -m datasets.brain``)."""
+    splits = positional_split([case_id(n) for n in range(1, N_LABELLED + 1)])
+    splits["pretrain"] = [case_id(n) for n in range(N_LABELLED + 1, N_LABELLED + N_PRETRAIN + 1)]
+    return {"dataset": "brain",
+            "note": f"SynthBrainSym; generator seed = {SEED_OFFSET} + case number; one case = one synthetic subject. "
+                    "Used by brain (classification) and brain_lesion (segmentation). pretrain = 300 unlabelled "
+                    "subjects disjoint from every labelled split.",
+            "splits": splits}
+
+
+class _SynthBrain(DatasetAdapter):
+    split_name = "brain"
+
+    def default_root(self) -> Path:
+        # both adapters read one generated folder
+        return self.cache_dir / "brain"
+
+    def prepare(self, progress: bool = True) -> None:
+        labelled = {i for s in ("train", "val", "test") for i in self.split_ids(s)}
+        corpus = set(self.split_ids("pretrain")) - labelled
+        items = {}
+        for cid in sorted(labelled | corpus):
+            def write(_p: Path, cid: str = cid) -> None:
+                gen.write_layout(self.root, [(cid, seed_of(cid))], progress=False)
+            items[f"imagesTr/{cid}.nii.gz"] = write
+            if cid in labelled:
+                items[f"labelsTr/{cid}.nii.gz"] = write
+        ensure_generated(self.root, gen.GENERATOR_VERSION, items, "brain", progress)
+
+    def image_path(self, cid: str) -> str:
+        return str(self.root / "imagesTr" / f"{cid}.nii.gz")
+
+
+@DATASETS.register("brain")
+class Brain(_SynthBrain):
+    info = DatasetInfo(modality="MR", spatial_dims=3, task="multiclass", labels=dict(gen.CLASSES), synthetic=True)
+
+    def records(self, split: str) -> list[Record]:
+        ids = self.split_ids(split)
+        if split == "pretrain":
+            return [Record(c, c, self.image_path(c)) for c in ids]
+        return [Record(c, c, self.image_path(c), classes=(gen.class_of(seed_of(c)),)) for c in ids]
+
+
+@DATASETS.register("brain_lesion")
+class BrainLesion(_SynthBrain):
+    info = DatasetInfo(modality="MR", spatial_dims=3, task="segmentation", labels=dict(gen.LABELS), synthetic=True)
+
+    def records(self, split: str) -> list[Record]:
+        ids = self.split_ids(split)
+        if split == "pretrain":
+            return [Record(c, c, self.image_path(c)) for c in ids]
+        return [Record(c, c, self.image_path(c), str(self.root / "labelsTr" / f"{c}.nii.gz")) for c in ids]
+
+
+SUITES.register("brain")(Suite(
+    name="brain", version=1, synthetic=True, pretrain_dataset="brain", pretrain_splits=("pretrain",),
+    description="synthetic brain MR (SynthBrainSym): lesion side none/left/right and lesion segmentation; "
+                "pretraining on 300 unlabelled subjects",
+    tasks=(Task(name="side3", dataset="brain", kind="classification",
+                protocols=("linear_probe", "finetune", "knn", "few_shot"), label_fractions=(0.125, 1.0),
+                metric="auroc"),
+           Task(name="lesion", dataset="brain_lesion", kind="segmentation", protocols=("finetune", "linear_probe"),
+                label_fractions=(0.125, 1.0), metric="dice")),
+    seeds=(0, 1, 2), preprocessing=dict(PREPROCESSING)))
+
+
+if __name__ == "__main__":
+    from datasets.base import SPLITS_DIR, atomic_write_json
+
+    atomic_write_json(SPLITS_DIR / "brain.json", build_split())
