@@ -144,3 +144,160 @@ def build_backbone(name: str, **kwargs: Any) -> Backbone:
     bb = BACKBONES.get(name)(**kwargs)
     bb.registry_name = name
     return bb
+
+
+# --- 2D backbones (timm) -----------------------------------------------------------------------------------
+# Always ``pretrained=False``: nothing is downloaded, and every method starts from the same random init.
+
+
+class TimmBackbone2D(Backbone):
+    """A timm 2D network behind the Backbone protocol (no classifier: ``num_classes=0``).
+
+    ``encode`` returns [B, C, h, w] maps (ViT: the final normed patch tokens on their grid; Swin and ConvNeXt:
+    one map per stage; Swin's last one after its final LayerNorm, ConvNeXt's norm sits in the head after pooling);
+    ``pooled`` is timm's pre-logits vector (ViT: the CLS token; Swin / ConvNeXt: the average of the last map,
+    ConvNeXt with its head norm); ``token_stride`` is the input pixels per token of the last map.
+    """
+
+    spatial_dims = 2
+    kind: str = ""
+
+    def __init__(self, model_name: str, in_channels: int = 1, img_size: int | tuple[int, int] = 224,
+                 drop_path_rate: float = 0.0, **timm_kwargs: Any) -> None:
+        super().__init__()
+        import timm
+
+        self._build_kwargs = dict(model_name=model_name, in_channels=in_channels, img_size=img_size,
+                                  drop_path_rate=drop_path_rate, **timm_kwargs)
+        extra = dict(timm_kwargs)
+        if self.kind == "vit":
+            extra.setdefault("dynamic_img_size", True)   # any multiple of the patch size, pos-embed resampled
+            extra["img_size"] = img_size
+        elif self.kind == "swin":
+            extra.setdefault("strict_img_size", False)  # other sizes: windows padded, masks built per input
+            extra["img_size"] = img_size
+        self.net = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_channels,
+                                     drop_path_rate=drop_path_rate, **extra)
+        self.in_channels = in_channels
+        self.img_size = img_size
+        self.feature_dim = int(self.net.num_features)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+
+    def build_kwargs(self) -> dict[str, Any]:
+        kw = dict(self._build_kwargs)
+        return {k: v for k, v in kw.items() if k != "model_name"}
+
+
+def _hooked(tokens_nhwc: torch.Tensor, patch_hook: PatchHook | None) -> torch.Tensor:
+    """Apply ``patch_hook`` to [B, N, C] patch tokens (row-major grid) and restore the NHWC layout."""
+    if patch_hook is None:
+        return tokens_nhwc
+    b, h, w, c = tokens_nhwc.shape
+    out = patch_hook(tokens_nhwc.reshape(b, h * w, c))
+    if out.shape != (b, h * w, c):
+        raise ValueError(f"patch_hook must keep the token shape {(b, h * w, c)}, got {tuple(out.shape)}")
+    return out.reshape(b, h, w, c)
+
+
+class ViT2D(TimmBackbone2D):
+    """timm VisionTransformer. The patch hook sees the patch-embedding tokens [B, N, D] before the position
+    embedding (SimMIM's mask token keeps its position); ``idx_keep`` (MAE) drops patch tokens after it."""
+
+    kind = "vit"
+
+    def __init__(self, model_name: str, **kw: Any) -> None:
+        super().__init__(model_name, **kw)
+        self.token_stride = int(self.net.patch_embed.patch_size[0])
+
+    def tokens(self, x: torch.Tensor, patch_hook: PatchHook | None = None,
+               idx_keep: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(CLS [B, D] or None, final normed patch tokens [B, N, D]); with ``idx_keep`` [B, K] only those
+        patch tokens (row-major indices) enter the blocks and N = K."""
+        vit = self.net
+        t = _hooked(vit.patch_embed(x), patch_hook)          # [B, h, w, D] (dynamic_img_size)
+        t = vit._pos_embed(t)                                 # prefix tokens prepended, pos-embed added
+        npre = vit.num_prefix_tokens
+        if idx_keep is not None:
+            patches = torch.gather(t[:, npre:], 1, idx_keep[..., None].expand(-1, -1, t.shape[-1]))
+            t = torch.cat([t[:, :npre], patches], dim=1)
+        t = vit.norm(vit.blocks(vit.norm_pre(vit.patch_drop(t))))
+        cls = t[:, 0] if vit.cls_token is not None else None
+        return cls, t[:, npre:]
+
+    def grid(self, x: torch.Tensor) -> tuple[int, int]:
+        h, w = x.shape[-2:]
+        if h % self.token_stride or w % self.token_stride:
+            raise ValueError(f"{self.registry_name if hasattr(self, 'registry_name') else 'vit'}: image size "
+                             f"{(h, w)} is not a multiple of the patch size {self.token_stride}")
+        return h // self.token_stride, w // self.token_stride
+
+    def encode(self, x: torch.Tensor, patch_hook: PatchHook | None = None) -> list[torch.Tensor]:
+        h, w = self.grid(x)
+        _, t = self.tokens(x, patch_hook)
+        return [t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)]
+
+
+class Swin2D(TimmBackbone2D):
+    """timm SwinTransformer: four stage maps, the last after the final LayerNorm."""
+
+    kind = "swin"
+
+    def __init__(self, model_name: str, **kw: Any) -> None:
+        super().__init__(model_name, **kw)
+        self.token_stride = int(self.net.feature_info[-1]["reduction"])
+
+    def encode(self, x: torch.Tensor, patch_hook: PatchHook | None = None) -> list[torch.Tensor]:
+        net = self.net
+        h = _hooked(net.patch_embed(x), patch_hook)           # NHWC
+        outs = []
+        for i, layer in enumerate(net.layers):
+            h = layer(h)
+            outs.append((net.norm(h) if i == len(net.layers) - 1 else h).permute(0, 3, 1, 2).contiguous())
+        return outs
+
+    def tokens(self, x: torch.Tensor, patch_hook: PatchHook | None = None) -> tuple[None, torch.Tensor]:
+        last = self.encode(x, patch_hook)[-1]
+        return None, last.flatten(2).transpose(1, 2)
+
+
+class ConvNeXt2D(TimmBackbone2D):
+    """timm ConvNeXt: four stage maps (the stem output is the patch embedding the hook sees, as tokens)."""
+
+    kind = "convnext"
+
+    def __init__(self, model_name: str, **kw: Any) -> None:
+        super().__init__(model_name, **kw)
+        self.token_stride = int(self.net.feature_info[-1]["reduction"])
+
+    def encode(self, x: torch.Tensor, patch_hook: PatchHook | None = None) -> list[torch.Tensor]:
+        net = self.net
+        h = net.stem(x)
+        if patch_hook is not None:
+            h = _hooked(h.permute(0, 2, 3, 1), patch_hook).permute(0, 3, 1, 2)
+        outs = []
+        for stage in net.stages:
+            h = stage(h)
+            outs.append(h)
+        outs[-1] = net.norm_pre(outs[-1])
+        return outs
+
+
+def _timm_2d(cls: type[TimmBackbone2D], model_name: str) -> Callable[..., TimmBackbone2D]:
+    def build(**kw: Any) -> TimmBackbone2D:
+        kw.pop("model_name", None)
+        return cls(model_name, **kw)
+    return build
+
+
+for _name, _cls, _timm, _doc in (
+    ("vit_tiny_2d", ViT2D, "vit_tiny_patch16_224", "ViT-Ti/16: CPU tests and the quick budget"),
+    ("vit_small_2d", ViT2D, "vit_small_patch16_224", "ViT-S/16"),
+    ("vit_base_2d", ViT2D, "vit_base_patch16_224", "ViT-B/16 (ACE's ViT backbone, paper budget)"),
+    ("swin_base_2d", Swin2D, "swin_base_patch4_window7_224", "Swin-B, window 7 (ACE's main backbone)"),
+    ("convnext_tiny_2d", ConvNeXt2D, "convnext_tiny", "ConvNeXt-T (LooseLocationSS)"),
+):
+    _fn = _timm_2d(_cls, _timm)
+    _fn.__doc__ = f"{_doc}; timm {_timm}, pretrained=False."
+    BACKBONES.register(_name, tags=("2d",))(_fn)

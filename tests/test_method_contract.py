@@ -1,4 +1,8 @@
-"""The contract every registered method must keep (parametrized over the registry, timm style)."""
+"""The contract every registered method must keep (parametrized over the registry, timm style).
+
+Methods tagged "2d" run on a small ViT and 2D images, those tagged "3d" on Swin UNETR and volumes; a method tagged
+with both (``random``) is checked with both.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -11,46 +15,70 @@ from bench.registry import METHODS
 from methods.base import StepInfo
 
 ROI = (64, 64, 64)
+ROI_2D = (64, 64)
+BACKBONE = {3: "swin_unetr_tiny", 2: "vit_tiny_2d"}
 
 
-def _make(name: str, seed: int = 0):
+def _dims(name: str) -> list[int]:
+    tags = METHODS.tags(name)
+    return [d for d in (3, 2) if f"{d}d" in tags] or [3]
+
+
+CASES = [pytest.param(n, d, id=f"{n}-{d}d") for n in METHODS.names() for d in _dims(n)]
+
+
+def _make(name: str, seed: int = 0, dims: int = 3):
     torch.manual_seed(seed)
     cls = METHODS.get(name)
-    # one block per stage: the same modules and wiring at half the CPU cost of the (2,2,2,2) default
-    bb = build_backbone("swin_unetr_tiny", depths=(1, 1, 1, 1))
+    if dims == 2:
+        # two blocks: the same modules and wiring as ViT-Ti/16 at a fraction of the CPU cost
+        bb = build_backbone("vit_tiny_2d", img_size=64, depth=2)
+    else:
+        # one block per stage: the same modules and wiring at half the CPU cost of the (2,2,2,2) default
+        bb = build_backbone("swin_unetr_tiny", depths=(1, 1, 1, 1))
     return cls(bb, cls.make_config({}))
 
 
-def _batch(method, n: int = 2, seed: int = 0) -> dict:
+def _batch(method, n: int = 2, seed: int = 0, dims: int = 3) -> dict:
     rng = np.random.default_rng(seed)
-    vol = rng.random((1, 72, 70, 66), dtype=np.float32)
-    views = [method.views({"image": vol, "roi": ROI}, rng) for _ in range(n)]
+    if dims == 2:
+        img = rng.random((1, 64, 64), dtype=np.float32)
+        views = [method.views({"image": img, "roi": ROI_2D}, rng) for _ in range(n)]
+    else:
+        vol = rng.random((1, 72, 70, 66), dtype=np.float32)
+        views = [method.views({"image": vol, "roi": ROI}, rng) for _ in range(n)]
     return torch.utils.data.default_collate(views)
 
 
-@pytest.mark.parametrize("name", METHODS.names())
-def test_export_roundtrip_strict(name, tmp_path):
-    m = _make(name)
+@pytest.mark.parametrize("name,dims", CASES)
+def test_export_roundtrip_strict(name, dims, tmp_path):
+    m = _make(name, dims=dims)
     if getattr(m, "requires_checkpoint", False):
         pytest.skip("exports only with a user-supplied checkpoint (tests/test_external.py covers it)")
     enc = m.export_encoder()
     save_export(enc, tmp_path / "e.pt", {"method": name})
     bb, meta = load_export(tmp_path / "e.pt")
-    assert meta["method"] == name and meta["backbone"] == "swin_unetr_tiny" and meta["backbone_kwargs"]["depths"] == (1, 1, 1, 1)
+    assert meta["method"] == name and meta["backbone"] == BACKBONE[dims] and meta["spatial_dims"] == dims
+    if dims == 3:
+        assert meta["backbone_kwargs"]["depths"] == (1, 1, 1, 1)
+    else:
+        assert meta["backbone_kwargs"]["depth"] == 2 and meta["backbone_kwargs"]["img_size"] == 64
     for (k, a), (k2, b) in zip(enc.state_dict().items(), bb.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", METHODS.names(tag="3d"))
-def test_training_step_contract(name):
-    m = _make(name)
+@pytest.mark.parametrize("name,dims", CASES)
+def test_training_step_contract(name, dims):
+    m = _make(name, dims=dims)
     if not m.pretrains:
         pytest.skip("baseline without pretraining")
+    assert f"{dims}d" in m.capabilities
     m.train()
-    out = m.training_step(_batch(m), StepInfo(0, 10))
+    out = m.training_step(_batch(m, dims=dims), StepInfo(0, 10))
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     out.loss.backward()
-    enc_grads = [p.grad for p in m.backbone.encoder.parameters() if p.grad is not None]
+    encoder = m.backbone.encoder if dims == 3 else m.backbone
+    enc_grads = [p.grad for p in encoder.parameters() if p.grad is not None]
     assert enc_grads and any(g.abs().sum() > 0 for g in enc_grads), "no gradient reaches the encoder"
     groups = m.param_groups(0.05)
     in_opt = {id(p) for g in groups for p in g["params"]}
@@ -63,9 +91,9 @@ def test_training_step_contract(name):
     assert sorted(map(id, trainable)) == sorted(id(p) for g in groups for p in g["params"])
 
 
-@pytest.mark.parametrize("name", METHODS.names())
-def test_state_dict_roundtrip(name):
-    a, b = _make(name, seed=0), _make(name, seed=1)
+@pytest.mark.parametrize("name,dims", CASES)
+def test_state_dict_roundtrip(name, dims):
+    a, b = _make(name, seed=0, dims=dims), _make(name, seed=1, dims=dims)
     b.load_state_dict(a.state_dict(), strict=True)
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), k
