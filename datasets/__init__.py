@@ -6,6 +6,7 @@ from datasets import brain  # noqa: F401
 from datasets import btcv  # noqa: F401
 from datasets import chest_xray  # noqa: F401
 from datasets import chestxray14  # noqa: F401
+from datasets import colon  # noqa: F401
 from datasets import folder  # noqa: F401
 from datasets import lits  # noqa: F401
 from datasets import luna16  # noqa: F401

@@ -1,0 +1,479 @@
+"""LooseLocationSS (MICCAI 2024) as the transfer protocol ``lls_two_stage`` (METHODS.md §6).
+
+LooseLocationSS is not label-free pretraining: it is a two-stage supervised 2D slice classifier (tumour vs normal)
+with self-supervised consistency terms on a patch-level lesion-location head. It therefore enters the harness as a
+protocol on top of any pretrained 2D encoder export, compared on the colon suite with the plain ``finetune``
+classifier (same backbone, same steps and batch size).
+
+Model (§6.3): the export's backbone; an image head (linear on ``backbone.pooled``, the generic classifier's path); a
+patch head (1x1 conv C->hidden, BN, ReLU, 1x1 conv hidden->hidden/2, BN, ReLU, 1x1 conv ->2) on the last feature map
+of ``backbone.encode`` (one cell per feature-map position: 7x7 for ConvNeXt at 224, 8x8 for a ViT/16 at 128).
+
+Stage 1 (§6.5, ``--mode NAP``): image-level CE on slices of every phase, pooled as separate 1-channel images.
+Stage 2 (``--mode N --p_cls``), from the stage-1 weights selected on val: main input the non-contrast (N) slice, with
+its neighbour volume [first other phase at z, N at z-1, N at z+1, second other phase at z] (§6.1: [A, N-1, N+1, P]);
+``L = w_cls * L_cls + w_con * (L_patch + L_tm) + w_loop * L_loop`` with (§6.4)
+
+- ``L_cls``: CE of the image logits;
+- ``L_patch``: negatives: every cell -> class 0; the first ``floor(annotation_ratio * n_pos)`` positives of the
+  batch: CE against the one-hot lesion cell; the other positives: the fuzzy loss mean(p0 * p1);
+- ``L_tm`` (positives only): per-cell JS divergence (KL with eps over the 2 classes) between M*p_j and M*p_c for each
+  neighbour j, where M is 1 except on the (2r+1)^2 neighbourhood of the current slice's argmax cell; mean over
+  cells, then over the valid (sample, neighbour) pairs; gradients flow into both sides;
+- ``L_loop`` (positives only): the input region of the argmax cell is zeroed and the masked slice, re-classified by
+  the image head, is pushed to "normal".
+
+Deviations from the released code, each following the paper or fixing a defect:
+
+- The release computes ``loss_cls`` before the forward pass defines the outputs (and validates with ``len_sup``
+  before assigning it); here every loss is computed after the forward pass, as the paper describes.
+- The supervised cell is the lesion's centroid cell, not the cell of the box's top-left corner read with x as the
+  row (the release's ``box[0], box[1]``, a likely x/y swap); the paper describes a lesion-location cell.
+- Neighbour slices get the same (intensity-only) augmentation as the main slice: the release draws them
+  independently, so its neighbour maps are not aligned with the main slice (METHODS.md §6.2 observation).
+- A neighbour that does not exist (the first/last slice of a volume, a patient without an arterial phase) is left
+  out of the mean instead of being padded.
+- Schedule: the harness's warmup + cosine AdamW via the one engine (``weight_decay=0`` is Adam); the heads use
+  ``head_lr_scale`` times the backbone lr, as in the generic ``finetune``, so the two protocols differ only in the
+  method. The budget's steps are split between the stages by ``stage1_fraction``.
+
+Sampling (§6.2, ``paper_sampling``): per training patient, every lesion slice plus 3-5 random other slices for a
+tumour patient and 10-20 random slices for a normal one, drawn once per cell seed.
+
+Evaluation (§6.6) on the N slices of the test split: slice-level AUROC and accuracy at p >= 0.5; patient-level AUROC
+of the paper's statistic, the number of slices with p >= 0.5 (its rule "positive if count > t" is a threshold on
+it), with the mean slice probability only breaking ties; ``loc_acc``: the fraction of positive slices whose argmax
+cell overlaps the lesion's box. All rows are set-level (``case="__set__"``, ``class=-1``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench import metrics
+from bench.data import preprocess, subsample
+from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
+from methods.base import StepInfo, StepOutput
+
+SET = "__set__"
+OVERALL = -1
+N_NEIGHBOURS = 4
+
+
+# ------------------------------------------------------------------------------------------------ neighbours
+
+
+def neighbour_plan(phases: Sequence[str], main: str = "N") -> list[tuple[str | None, int]]:
+    """The four neighbours of a main-phase slice as (phase, z offset): [other_1 z, main z-1, main z+1, other_2 z].
+
+    With phases (N, A, P) and main N this is §6.1's [A, N-1, N+1, P]. ``phases`` is the canonical order of every
+    phase the suite may hold; a patient lacking one simply has no such neighbour.
+    """
+    others = [p for p in phases if p != main] + [None, None]
+    return [(others[0], 0), (main, -1), (main, +1), (others[1], 0)]
+
+
+def neighbour_indices(items: Sequence[tuple[str, str, int]], plan: Sequence[tuple[str | None, int]]) -> np.ndarray:
+    """For each item (patient, phase, z) of a flat list, the flat indices of its neighbours; -1 where none exists.
+
+    Neighbours are looked up by (same patient, phase, z + offset), so they never cross patients, and a slice past
+    either end of its volume, or a phase the patient lacks, is -1.
+    """
+    index = {it: i for i, it in enumerate(items)}
+    out = np.full((len(items), len(plan)), -1, np.int64)
+    for i, (pid, _, z) in enumerate(items):
+        for j, (ph, dz) in enumerate(plan):
+            if ph is not None:
+                out[i, j] = index.get((pid, ph, z + dz), -1)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ loss terms
+
+
+def lesion_cell(loc: Sequence[float] | None, grid: tuple[int, int]) -> tuple[int, int]:
+    """Grid cell (row, col) of a normalised location; (-1, -1) for none."""
+    if loc is None:
+        return (-1, -1)
+    return (min(grid[0] - 1, max(0, int(math.floor(loc[0] * grid[0])))),
+            min(grid[1] - 1, max(0, int(math.floor(loc[1] * grid[1])))))
+
+
+def argmax_cells(p: torch.Tensor) -> torch.Tensor:
+    """(row, col) [B, 2] of the most tumour-like cell of patch probabilities p [B, 2, h, w]."""
+    w = p.shape[-1]
+    flat = p[:, 1].flatten(1).argmax(1)
+    return torch.stack([flat // w, flat % w], 1)
+
+
+def loose_mask(p_main: torch.Tensor, radius: int = 1) -> torch.Tensor:
+    """[B, h, w]: 1 everywhere except the (2r+1)^2 neighbourhood of each slice's argmax cell (0 there)."""
+    b, _, h, w = p_main.shape
+    cells = argmax_cells(p_main.detach())
+    rows = torch.arange(h, device=p_main.device)[None, :, None]
+    cols = torch.arange(w, device=p_main.device)[None, None, :]
+    near = ((rows - cells[:, 0, None, None]).abs() <= radius) & ((cols - cells[:, 1, None, None]).abs() <= radius)
+    return (~near).to(p_main.dtype)
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-cell Jensen-Shannon divergence over the class dim (-3) of [..., 2, h, w] -> [..., h, w]."""
+    m = 0.5 * (p + q)
+
+    def kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * (torch.log(a + eps) - torch.log(b + eps))).sum(-3)
+
+    return 0.5 * kl(p, m) + 0.5 * kl(q, m)
+
+
+def location_consistency(p_main: torch.Tensor, p_nb: torch.Tensor, valid: torch.Tensor, radius: int = 1,
+                         eps: float = 1e-8) -> torch.Tensor:
+    """L_tm: p_main [B, 2, h, w], p_nb [B, K, 2, h, w], valid [B, K] bool -> scalar (0 with no valid pair)."""
+    m = loose_mask(p_main, radius)[:, None, None]                    # [B, 1, 1, h, w]
+    js = js_divergence(m * p_nb, m * p_main[:, None], eps).mean((-2, -1))   # [B, K]
+    v = valid.to(js.dtype)
+    return (js * v).sum() / v.sum().clamp_min(1.0)
+
+
+def cell_box(cell: Sequence[int], grid: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Pixel rows [r0, r1) and cols [c0, c1) of a grid cell on an image of ``size``."""
+    (i, j), (gh, gw), (hh, ww) = cell, grid, size
+    return (i * hh // gh, (i + 1) * hh // gh, j * ww // gw, (j + 1) * ww // gw)
+
+
+def loopback_mask(cells: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """[B, 1, H, W]: 0 on the pixels of each slice's cell, 1 elsewhere (the mask-correction loopback's input mask)."""
+    mask = torch.ones((len(cells), 1, *size), device=cells.device)
+    for b, (i, j) in enumerate(cells.tolist()):
+        r0, r1, c0, c1 = cell_box((i, j), grid, size)
+        mask[b, :, r0:r1, c0:c1] = 0.0
+    return mask
+
+
+def patch_loss(logits: torch.Tensor, y: torch.Tensor, cells: torch.Tensor, ratio: float) -> torch.Tensor:
+    """L_patch over a batch: logits [B, 2, h, w], y [B], cells [B, 2] (-1 where unknown)."""
+    b, _, h, w = logits.shape
+    zero = logits.sum() * 0.0
+    neg = y == 0
+    loss = F.cross_entropy(logits[neg], torch.zeros((int(neg.sum()), h, w), dtype=torch.long,
+                                                    device=logits.device)) if neg.any() else zero
+    pos = torch.nonzero(y == 1).flatten()
+    n_sup = int(math.floor(ratio * len(pos)))
+    sup = [int(i) for i in pos[:n_sup] if cells[i, 0] >= 0]
+    if sup:
+        target = torch.zeros((len(sup), h, w), dtype=torch.long, device=logits.device)
+        for k, i in enumerate(sup):
+            target[k, cells[i, 0], cells[i, 1]] = 1
+        loss = loss + F.cross_entropy(logits[sup], target)
+    unsup = pos[n_sup:]
+    if len(unsup):
+        p = logits[unsup].float().softmax(1)
+        loss = loss + (p[:, 0] * p[:, 1]).mean()
+    return loss
+
+
+# ------------------------------------------------------------------------------------------------------ model
+
+
+def last_map(features: Any) -> torch.Tensor:
+    f = features[-1] if isinstance(features, (list, tuple)) else features
+    if f.ndim != 4:
+        raise ValueError(f"lls_two_stage needs a 2D backbone whose encode() gives [B, C, h, w] maps; "
+                         f"got {tuple(f.shape)}")
+    return f
+
+
+class LLSNet(nn.Module):
+    def __init__(self, backbone: nn.Module, channels: int, hidden: int = 256, n_classes: int = 2) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.feature_dim, n_classes)
+        self.patch_head = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden // 2, 1), nn.BatchNorm2d(hidden // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden // 2, n_classes, 1))
+
+    def image_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.pooled(x))
+
+    def patch_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.patch_head(last_map(self.backbone.encode(x)))
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+
+class SliceSet:
+    """The N/A/P slices of some patients, preprocessed, as one flat tensor with (patient, phase, z) items."""
+
+    def __init__(self, ctx: TransferContext, patients: list[str], phase_order: Sequence[str]) -> None:
+        ds = ctx.dataset
+        for need in ("annotation", "volume"):
+            if not hasattr(ds, need):
+                raise ValueError(f"lls_two_stage needs a multi-phase slice dataset with {need}(patient) "
+                                 f"(e.g. 'colon'); dataset {ds.registry_name!r} has none")
+        self.items: list[tuple[str, str, int]] = []
+        self.labels: list[int] = []
+        self.locs: list[Any] = []
+        self.boxes: list[Any] = []
+        chunks = []
+        for pid in patients:
+            ann = ds.annotation(pid)
+            vol = _preprocessed_volume(ctx, pid)             # [P, Z, h, w]
+            for pi, ph in enumerate(ann["phases"]):
+                if ph not in phase_order:
+                    raise ValueError(f"patient {pid}: phase {ph!r} not in {list(phase_order)}")
+                for z in range(vol.shape[1]):
+                    self.items.append((pid, ph, z))
+                    self.labels.append(int(ann["labels"][z]))
+                    self.locs.append(ann["loc"][ph][z])
+                    self.boxes.append(ann["box"][ph][z])
+            chunks.append(vol.reshape(-1, *vol.shape[2:]))
+        self.images = torch.from_numpy(np.concatenate(chunks))[:, None] if chunks else torch.zeros(0)
+        self.y = torch.tensor(self.labels, dtype=torch.long)
+
+    def where(self, phase: str, keep: set[tuple[str, int]] | None = None) -> list[int]:
+        return [i for i, (pid, ph, z) in enumerate(self.items) if ph == phase and (keep is None or (pid, z) in keep)]
+
+
+def _preprocessed_volume(ctx: TransferContext, pid: str) -> np.ndarray:
+    key = f"lls/{ctx.dataset.registry_name}/{pid}/{ctx.preprocess.key()}/{'x'.join(map(str, ctx.roi))}"
+    if key not in ctx.cache:
+        ann = ctx.dataset.annotation(pid)
+        vol = ctx.dataset.volume(pid).astype(np.float32)
+        p, z, h, w = vol.shape
+        s = preprocess({"id": pid, "image": vol.reshape(p * z, h, w), "spacing": tuple(ann["spacing"])},
+                       ctx.preprocess)["image"]
+        x = torch.from_numpy(np.ascontiguousarray(s))
+        if tuple(x.shape[1:]) != tuple(ctx.roi):
+            x = F.interpolate(x[None], size=tuple(ctx.roi), mode="bilinear", align_corners=False, antialias=True)[0]
+        ctx.cache[key] = x.numpy().reshape(p, z, *ctx.roi)
+    return ctx.cache[key]
+
+
+def paper_positions(ds, patients: list[str], keep: set[tuple[str, int]], seed: int) -> set[tuple[str, int]]:
+    """§6.2 sampling: a tumour patient gives its lesion slices plus 3-5 others, a normal one 10-20 slices."""
+    rng = np.random.default_rng([seed, 6061])
+    out: set[tuple[str, int]] = set()
+    for pid in patients:
+        zs = [z for (p, z) in sorted(keep) if p == pid]
+        labels = ds.annotation(pid)["labels"]
+        pos = [z for z in zs if labels[z]]
+        neg = [z for z in zs if not labels[z]]
+        k = int(rng.integers(3, 6)) if pos else int(rng.integers(10, 21))
+        picked = pos + (rng.choice(neg, size=min(k, len(neg)), replace=False).tolist() if neg else [])
+        out |= {(pid, int(z)) for z in picked}
+    return out
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    """Endless shuffled batches from a SliceSet: stage 1 (x, y) or stage 2 (x, y, cell, nb, nb_valid)."""
+
+    def __init__(self, data: SliceSet, idx: list[int], batch: int, seed: int, grid: tuple[int, int] | None,
+                 nb: np.ndarray | None, augment: bool) -> None:
+        self.data, self.idx, self.batch, self.seed = data, torch.tensor(idx, dtype=torch.long), batch, seed
+        self.grid, self.nb, self.augment = grid, nb, augment
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed)
+        n = len(self.idx)
+        bs = min(self.batch, n)
+        d = self.data
+        while True:
+            perm = self.idx[torch.randperm(n, generator=g)]
+            for s in range(0, n - bs + 1, bs):
+                ids = perm[s:s + bs]
+                x = d.images[ids]
+                scale, shift = torch.ones(bs, 1, 1, 1), torch.zeros(bs, 1, 1, 1)
+                if self.augment:   # intensity only: a geometric one would move the lesion cell
+                    scale = 0.9 + 0.2 * torch.rand((bs, 1, 1, 1), generator=g)
+                    shift = 0.1 * torch.rand((bs, 1, 1, 1), generator=g) - 0.05
+                out = {"x": x * scale + shift, "y": d.y[ids]}
+                if self.nb is not None:
+                    nb = torch.from_numpy(self.nb[ids.numpy()])                     # [B, K]
+                    valid = nb >= 0
+                    imgs = d.images[nb.clamp_min(0)]                               # [B, K, 1, h, w]
+                    out["nb"] = (imgs * scale[:, None] + shift[:, None]) * valid[..., None, None, None]
+                    out["nb_valid"] = valid
+                    out["cell"] = torch.tensor([lesion_cell(d.locs[i], self.grid) for i in ids.tolist()],
+                                               dtype=torch.long)
+                yield out
+
+
+# --------------------------------------------------------------------------------------------------- protocol
+
+
+@register_protocol("lls_two_stage", "classification")
+class LLSTwoStage(Protocol):
+    """LooseLocationSS: stage 1 slice classification on every phase, stage 2 with the loose-location terms."""
+
+    @dataclass
+    class Config:
+        stage1_fraction: float = 0.5     # share of the budget's steps spent in stage 1
+        lr: float = 1e-4                 # §6.5 Adam lr 1e-4
+        head_lr_scale: float = 10.0      # new heads, as in the generic finetune
+        weight_decay: float = 0.0
+        warmup_fraction: float = 0.1
+        eval_every: int = 0              # 0: five validations per stage
+        w_cls: float = 0.5
+        w_con: float = 1.0
+        w_loop: float = 0.5
+        annotation_ratio: float = 0.25   # share of each batch's positives whose lesion cell is supervised
+        loose_radius: int = 1            # 1: the 3x3 neighbourhood is ignored by L_tm
+        eps: float = 1e-8
+        patch_hidden: int = 256          # official 1024 / 512 on ConvNeXtV2-L's 1536 channels
+        main_phase: str = "N"
+        phase_order: tuple[str, ...] = ("N", "A", "P")
+        paper_sampling: bool = True
+        augment: bool = True
+
+    def run(self, ctx: TransferContext) -> ProtocolResult:
+        from bench.export import load_export   # bench.engine imports methods: load it at run time, not import time
+
+        cfg = self.cfg
+        ds = ctx.dataset
+        if ds.info.task != "binary":
+            raise ValueError(f"lls_two_stage needs a binary slice dataset; {ds.registry_name!r} is {ds.info.task}")
+        if ds.info.spatial_dims != 2:
+            raise ValueError(f"lls_two_stage needs 2D slices; {ds.registry_name!r} is {ds.info.spatial_dims}D")
+        backbone, _ = load_export(ctx.export_path)
+        recs = ds.records("train")
+        kept = set(subsample([r.id for r in recs], ctx.cell.label_fraction, ctx.cell.draw))
+        keep = {(r.patient_id, r.meta["slice"]) for r in recs if r.id in kept}
+        train_p = sorted({p for p, _ in keep})
+        val_p = sorted({r.patient_id for r in ds.records("val")})
+        test_p = sorted({r.patient_id for r in ds.records("test")})
+        train = SliceSet(ctx, train_p, cfg.phase_order)
+        val = SliceSet(ctx, val_p, cfg.phase_order) if val_p else None
+        test = SliceSet(ctx, test_p, cfg.phase_order)
+        if cfg.paper_sampling:
+            keep = paper_positions(ds, train_p, keep, ctx.cell.seed)
+        with torch.no_grad():
+            was = backbone.training
+            backbone.eval()
+            fmap = last_map(backbone.encode(train.images[:1]))
+            backbone.train(was)
+        grid = tuple(fmap.shape[-2:])
+        model = LLSNet(backbone, fmap.shape[1], cfg.patch_hidden)
+        size = tuple(train.images.shape[-2:])
+
+        @torch.no_grad()
+        def predict(data: SliceSet, idx: list[int], with_cells: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+            was = model.training
+            model.eval()
+            probs, cells = [], []
+            for s in range(0, len(idx), 32):
+                x = data.images[idx[s:s + 32]].to(ctx.device)
+                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
+                    probs.append(model.image_logits(x).float().softmax(1)[:, 1].cpu())
+                    if with_cells:
+                        cells.append(argmax_cells(model.patch_logits(x).float().softmax(1)).cpu())
+            model.train(was)
+            return torch.cat(probs).numpy(), (torch.cat(cells).numpy() if with_cells else None)
+
+        val_idx = val.where(cfg.main_phase) if val is not None else []
+
+        def val_score() -> float:
+            p, _ = predict(val, val_idx, with_cells=False)
+            s = metrics.auroc(p, val.y[val_idx].numpy())
+            return -1.0 if np.isnan(s) else s
+
+        s1 = max(1, int(round(cfg.stage1_fraction * ctx.steps)))
+        s2 = max(1, ctx.steps - s1)
+        heads = [{"params": list(model.backbone.parameters())},
+                 {"params": list(model.head.parameters()), "lr": cfg.lr * cfg.head_lr_scale}]
+        t0 = time.time()
+
+        # stage 1: image-level CE on every phase's slices (NAP)
+        idx1 = [i for i, (pid, ph, z) in enumerate(train.items) if (pid, z) in keep]
+        loader1 = torch.utils.data.DataLoader(_Batches(train, idx1, ctx.batch_size, ctx.cell.seed, None, None,
+                                                       cfg.augment), batch_size=None)
+
+        def step1(batch: dict[str, torch.Tensor], info: StepInfo) -> StepOutput:
+            return StepOutput(F.cross_entropy(model.image_logits(batch["x"]).float(), batch["y"]))
+
+        self._fit(ctx, model, step1, heads, loader1, s1, "stage1", val_score if val_idx else None)
+
+        # stage 2: main N slice + neighbour volume, all losses
+        plan = neighbour_plan(cfg.phase_order, cfg.main_phase)
+        nb = neighbour_indices(train.items, plan)
+        idx2 = [i for i in train.where(cfg.main_phase) if (train.items[i][0], train.items[i][2]) in keep]
+        loader2 = torch.utils.data.DataLoader(_Batches(train, idx2, ctx.batch_size, ctx.cell.seed + 1, grid, nb,
+                                                       cfg.augment), batch_size=None)
+
+        def step2(batch: dict[str, torch.Tensor], info: StepInfo) -> StepOutput:
+            x, y = batch["x"], batch["y"]
+            logits = model.image_logits(x).float()
+            l_cls = F.cross_entropy(logits, y)
+            patch = model.patch_logits(x).float()
+            l_patch = patch_loss(patch, y, batch["cell"], cfg.annotation_ratio)
+            pos = y == 1
+            zero = logits.sum() * 0.0
+            l_tm, l_loop = zero, zero
+            if pos.any():
+                p_main = patch[pos].softmax(1)
+                nbx = batch["nb"][pos]                                   # [n, K, 1, h, w]
+                valid = batch["nb_valid"][pos]
+                n, k = valid.shape
+                flat = nbx.flatten(0, 1)
+                use = valid.flatten()
+                p_nb = torch.zeros((n * k, 2, *p_main.shape[-2:]), device=x.device)
+                if use.any():
+                    p_nb[use] = model.patch_logits(flat[use]).float().softmax(1)
+                l_tm = location_consistency(p_main, p_nb.view(n, k, 2, *p_main.shape[-2:]), valid,
+                                            cfg.loose_radius, cfg.eps)
+                masked = x[pos] * loopback_mask(argmax_cells(p_main), grid, size).to(x.dtype)
+                l_loop = F.cross_entropy(model.image_logits(masked).float(),
+                                         torch.zeros(int(pos.sum()), dtype=torch.long, device=x.device))
+            loss = cfg.w_cls * l_cls + cfg.w_con * (l_patch + l_tm) + cfg.w_loop * l_loop
+            return StepOutput(loss, {"l_cls": l_cls.detach(), "l_patch": l_patch.detach(), "l_tm": l_tm.detach(),
+                                     "l_loop": l_loop.detach()})
+
+        groups = heads + [{"params": list(model.patch_head.parameters()), "lr": cfg.lr * cfg.head_lr_scale}]
+        self._fit(ctx, model, step2, groups, loader2, s2, "stage2", val_score if val_idx else None)
+        wall = time.time() - t0
+
+        test_idx = test.where(cfg.main_phase)
+        p, cells = predict(test, test_idx)
+        rows = evaluate(p, cells, [test.items[i][0] for i in test_idx], test.y[test_idx].numpy(),
+                        [test.boxes[i] for i in test_idx], grid)
+        n = sum(q.numel() for q in model.parameters())
+        return ProtocolResult(rows, {r["metric"]: r["value"] for r in rows}, train_wall_s=wall, params=n,
+                              trainable_params=n)
+
+    def _fit(self, ctx, model, step_fn, groups, loader, steps, stage, eval_fn) -> None:
+        from bench.engine import TrainConfig, fit
+
+        cfg = self.cfg
+        every = cfg.eval_every or max(1, steps // 5)
+        tcfg = TrainConfig(steps=steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           warmup_steps=int(cfg.warmup_fraction * steps), eval_every=every if eval_fn else 0,
+                           checkpoint_every=max(1, every), log_every=max(1, min(10, steps // 10)))
+        fit(model, step_fn, groups, loader, tcfg, ctx.run_dir / stage, device=ctx.device, eval_fn=eval_fn,
+            desc=f"lls_two_stage {stage} {ctx.cell.key}", log_prefix=f"transfer/lls_two_stage/{stage}",
+            progress=ctx.progress)
+
+
+def evaluate(probs: np.ndarray, cells: np.ndarray, patients: list[str], y: np.ndarray, boxes: list[Any],
+             grid: tuple[int, int]) -> list[dict[str, Any]]:
+    """Set-level rows: slice AUROC and accuracy, patient AUROC, localisation accuracy (undefined ones left out)."""
+    out = {"auroc": metrics.auroc(probs, y), "accuracy": metrics.accuracy((probs >= 0.5).astype(int), y)}
+    pids = sorted(set(patients))
+    pat = np.asarray(patients)
+    score = np.array([(probs[pat == p] >= 0.5).sum() + 0.5 * probs[pat == p].mean() for p in pids])
+    truth = np.array([int(y[pat == p].max()) for p in pids])
+    out["patient_auroc"] = metrics.auroc(score, truth)
+    hits = []
+    for (i, j), box, lab in zip(cells, boxes, y):
+        if lab and box is not None:
+            r0, c0, r1, c1 = box
+            hits.append(i / grid[0] < r1 and (i + 1) / grid[0] > r0 and j / grid[1] < c1 and (j + 1) / grid[1] > c0)
+    out["loc_acc"] = float(np.mean(hits)) if hits else float("nan")
+    return [{"case": SET, "class": OVERALL, "metric": m, "value": float(v)} for m, v in out.items() if not np.isnan(v)]
