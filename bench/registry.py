@@ -77,3 +77,5 @@ BACKBONES: Registry[Any] = Registry("backbone")
 DATASETS: Registry[Any] = Registry("dataset")
 SUITES: Registry[Any] = Registry("suite")
 PROTOCOLS: Registry[Any] = Registry("protocol")
+# classification heads a protocol puts on an encoder: factory(backbone, n_out, extras) -> module(images) -> logits
+HEADS: Registry[Any] = Registry("head")

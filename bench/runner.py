@@ -91,6 +91,24 @@ def load_group_option(group: str, name: str) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
 
 
+def budget_method_config(cfg: DictConfig, budget: str) -> dict[str, Any]:
+    """The method's options with its ``budget_config.<budget>`` block merged in (e.g. ASA's paper geometry at
+    budget=paper). An option the user set on the command line wins: a block only replaces values that still
+    equal the method YAML's defaults."""
+    values = _plain_dict(cfg.method.get("config"))
+    block = _plain_dict((cfg.method.get("budget_config") or {}).get(budget))
+    if not block:
+        return values
+    path = CONF_DIR / "method" / f"{cfg.method.name}.yaml"
+    defaults = _plain_dict(OmegaConf.load(path).get("config")) if path.is_file() else {}
+    for key, value in block.items():
+        if key not in values:
+            raise UserError(f"method {cfg.method.name}: budget_config.{budget}.{key} is not an option of its config")
+        if key not in defaults or values[key] == defaults[key]:
+            values[key] = value
+    return values
+
+
 def make_plan(cfg: DictConfig) -> Plan:
     suite = SUITES.get(cfg.suite.name)
     METHODS.get(cfg.method.name)
@@ -114,9 +132,10 @@ def make_plan(cfg: DictConfig) -> Plan:
     if threads:
         torch.set_num_threads(int(threads))
     runs_dir = Path(cfg.runs_dir)
+    method_cfg = budget_method_config(cfg, budget.name)
     return Plan(
         suite=suite, method=cfg.method.name,
-        method_cfg=_plain_dict(cfg.method.get("config")), method_train=_plain_dict(cfg.method.get("train")),
+        method_cfg=method_cfg, method_train=_plain_dict(cfg.method.get("train")),
         backbone=bb_cfg["name"], backbone_kwargs=dict(bb_cfg.get("kwargs") or {}), budget=budget.name, roi=roi,
         pretrain_steps=min(budget.pretrain.steps, caps.get("pretrain_steps") or 10**12),
         pretrain_batch=budget.pretrain.get(f"batch_size{suffix}", budget.pretrain.batch_size),
@@ -151,18 +170,13 @@ def suite_preprocess(plan: Plan) -> Preprocess:
     return Preprocess(**pp)
 
 
-def file_fingerprints(values: dict[str, Any]) -> dict[str, str]:
-    """sha256 of every existing file a method option names (an external checkpoint): a changed file must not
-    reuse a pretraining cache keyed by its path."""
-    out = {}
-    for k, v in sorted(values.items()):
-        if isinstance(v, str) and v and os.path.isfile(v):
-            h = hashlib.sha256()
-            with open(v, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            out[k] = h.hexdigest()
-    return out
+def method_identity(plan: Plan) -> dict[str, Any]:
+    """What the method itself says decides its export beyond its options (e.g. a checkpoint's sha256)."""
+    cls = METHODS.get(plan.method)
+    try:
+        return cls.cache_identity(cls.make_config(plan.method_cfg))
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
 
 
 def pretrain_identity(plan: Plan) -> dict[str, Any]:
@@ -171,7 +185,7 @@ def pretrain_identity(plan: Plan) -> dict[str, Any]:
             "steps": plan.pretrain_steps, "batch": plan.pretrain_batch, "corpus": plan.suite.pretrain_dataset,
             "corpus_splits": plan.suite.pretrain_splits, "corpus_split_hash": split_hash(plan.suite.pretrain_dataset),
             "preprocess": asdict(suite_preprocess(plan)), "seed": plan.pretrain_seed,
-            **({"files": fp} if (fp := file_fingerprints(plan.method_cfg)) else {})}
+            **({"method_identity": mi} if (mi := method_identity(plan)) else {})}
 
 
 def preprocessed_cache(plan: Plan) -> PreprocessedCache:
@@ -245,14 +259,15 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
     meta = {"method": plan.method, "config_hash": h, "git_sha": git_sha(), "corpus": plan.suite.pretrain_dataset,
-            "corpus_split_hash": ident["corpus_split_hash"], "preprocess": ident["preprocess"]}
+            "corpus_split_hash": ident["corpus_split_hash"], "preprocess": ident["preprocess"],
+            **({"method_identity": ident["method_identity"]} if "method_identity" in ident else {})}
     if not method.pretrains:
         try:
             encoder = method.export_encoder()
         except ValueError as e:  # e.g. an external checkpoint that was not given
             raise UserError(str(e)) from None
         corpus_hashes(plan, run_dir, False)
-        save_export(encoder, export, meta | {"pretrain_steps": 0})
+        save_export(encoder, export, meta | {"pretrain_steps": 0}, extras=method.export_extras())
         return export, h
     ds = dataset(plan, plan.suite.pretrain_dataset)
     ds.prepare(progress=plan.progress)
@@ -291,12 +306,17 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
                                       "log_every": max(1, min(10, plan.pretrain_steps // 10)), **train})
     except (TypeError, ValueError) as e:
         raise UserError(f"method {plan.method} train options: {e}") from None
+    try:
+        # a schedule in corpus epochs (ASA's phase blocks) needs the corpus size and volumes per optimizer step
+        method.bind_corpus(len(volumes), plan.pretrain_batch * tcfg.accumulate)
+    except ValueError as e:
+        raise UserError(f"method {plan.method}: {e}") from None
     res = fit(method, method.training_step, method.param_groups(tcfg.weight_decay), loader, tcfg, run_dir,
               device=plan.device, ema_pairs=method.ema_pairs(), ema_momentum=method.ema_momentum,
               after_step=method.after_optimizer_step, desc=f"pretrain {plan.method}",
               log_prefix=f"pretrain/{plan.method}", progress=plan.progress)
     save_export(method.export_encoder(), export, meta | {"pretrain_steps": res.steps, "wall_s": res.wall_s,
-                                                         "final_loss": res.last_loss})
+                                                         "final_loss": res.last_loss}, extras=method.export_extras())
     (run_dir / "last.ckpt").unlink(missing_ok=True)  # the export is the product; keep the disk small
     return export, h
 
@@ -320,7 +340,8 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
     for cell in cells:
         try:
             proto_cls = resolve_protocol(cell.protocol, cell.task.kind)
-            pcfg = proto_cls.make_config(protocol_values(protocol_config(plan, cfg, cell.protocol), cell.task.kind))
+            values = protocol_values(protocol_config(plan, cfg, cell.protocol), cell.task.kind)
+            pcfg = proto_cls.make_config(values | dict(cell.task.protocol_options.get(cell.protocol, {})))
         except (TypeError, ValueError) as e:
             raise UserError(str(e)) from None
         leaked = check_leakage(plan, corpus, [cell.task], eval_hashes)

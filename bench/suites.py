@@ -19,6 +19,8 @@ class Task:
     metric: str = "dice"
     split: str = "test"
     draws: int = 1                              # independent subsets per label fraction < 1
+    # per-protocol settings this task fixes for every method (e.g. the brain suite's SACA head for finetune)
+    protocol_options: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ SUITES.register("brain")(Suite(
                 "pretraining on 300 unlabelled subjects",
     tasks=(Task(name="side3", dataset="brain", kind="classification",
                 protocols=("linear_probe", "finetune", "knn", "few_shot"), label_fractions=(0.125, 1.0),
-                metric="auroc"),
+                metric="auroc", protocol_options={"finetune": {"head": "saca"}}),
            Task(name="lesion", dataset="brain_lesion", kind="segmentation", protocols=("finetune", "linear_probe"),
                 label_fractions=(0.125, 1.0), metric="dice")),
     seeds=(0, 1, 2), preprocessing=dict(PREPROCESSING)))

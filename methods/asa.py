@@ -2,12 +2,17 @@
 
 Recipe (shared/METHODS.md §1; [P] paper, [V] official code, [I] harness choice):
 
-- No random cropping [V]: the whole preprocessed volume is resized (anisotropically) to the phase-1 ROI and to
-  the phase-2 size. Geometry scales with the budget's ROI ``R`` (per axis): sub-volume = ``patch_size`` = 16
-  voxels = the stride of hs[3], so one hs[3] token is one sub-volume; phase-2 side
-  ``P = ceil(R * phase2_scale / patch) * patch`` with crop corners in {0, patch, ..., P - R}. Paper geometry
-  R = 128 -> 8^3 grid, P = 160, corners {0, 16, 32} [V]; quick budget R = 64 -> 4^3 grid, P = 80, corners
-  {0, 16} [I]. ``patch_size=32`` switches to hs[4], as the code does [V] (unused in the paper).
+- No random cropping [V]: the whole preprocessed volume is resized (anisotropically) to the phase-1 size ``R``
+  and to the phase-2 size ``P``. Sub-volume = ``patch_size`` = 16 voxels = the stride of hs[3], so one hs[3] token
+  is one sub-volume; ``P = ceil(R * phase2_scale / patch) * patch``, crop corners in {0, patch, ..., P - R}.
+  ``R`` is ``roi`` when set, else the budget's ROI (``sample["roi"]``):
+  * paper geometry [V] (``roi=[128, 128, 128]``, set for ``budget=paper`` in conf/method/asa.yaml): 128^3
+    volume, 8^3 grid of 16^3 sub-volumes, phase 2 at 160^3, corners {0, 16, 32} (6-8 overlap tokens per axis);
+  * quick scaling [I] (``roi=null`` at ``budget=quick``: the budget's 64^3): 64^3 volume, 4^3 grid of the same
+    16^3 sub-volumes, phase 2 at 80^3, corners {0, 16} (3-4 overlap tokens per axis). ``budget=standard`` (96^3)
+    gives a 6^3 grid and phase 2 at 128^3.
+  The sub-volume side stays 16 at every budget (it is tied to the hs[3] stride); only the grid shrinks.
+  ``patch_size=32`` switches to hs[4], as the code does [V] (unused in the paper).
 - Phase 1 [P][V]: "a CT image is divided into sub-volumes whose order is distorted ... before being fed into the
   student model. The model is then trained to predict the original sub-volume order ... and to recover the
   volume's original appearance". A uniform random permutation pi of all grid cells; ``aug_image`` cell p holds
@@ -25,10 +30,16 @@ Recipe (shared/METHODS.md §1; [P] paper, [V] official code, [I] harness choice)
     of C1 and of C2 cover the same voxels; local projector C -> 512 -> 512 -> 512 (LN + ReLU between, last
     without bias) [V];
   * L_phase2 = (lambda_global L_g + lambda_local L_l) / 2 [V].
-- Alternation [P][V]: "the model alternates between these two learning phases". The code alternates whole
-  epochs (one pass of the phase-1 loader, then one of the phase-2 loader). Here phase 1 runs for ``phase_steps``
-  optimizer steps, then phase 2 for ``phase_steps``, and so on; the phase is a pure function of the optimizer
-  step (``phase_of``), so resume and gradient accumulation see the same phase [I].
+- Alternation [P][V]: "the model alternates between these two learning phases". The code runs, every epoch,
+  one pass of the phase-1 loader and then one pass of the phase-2 loader over the same image list, each
+  ``DataLoader(batch_size, drop_last=True)``: a phase block is one corpus epoch = floor(corpus / batch) optimizer
+  steps (AMOS: 240 // 12 = 20). ``phase_steps=0`` (default) reproduces that: the block is computed from the
+  corpus size and the volumes per optimizer step that the harness passes to ``bind_corpus`` before training,
+  never from the loader's own epoch length (the harness loader's ``samples`` is an arbitrary re-iteration
+  length). A positive ``phase_steps`` fixes the block instead. The phase is a pure function of the optimizer
+  step (``phase_of``), so resume and gradient accumulation see the same phase [I]. Until a corpus is bound
+  (a direct call of ``training_step``, or a runner that does not call ``bind_corpus``) the block is the paper's
+  AMOS epoch, 20 steps, with a one-time warning; the block in use is logged as ``phase_block``.
 - Teacher [P][V]: an EMA copy of the student backbone and both projectors, updated after every optimizer step in
   both phases, momentum cosine 0.999 -> 1 over the whole run (DINO's ``cosine_scheduler``) [V]. "Once trained,
   the teacher model is transferred" [P]: ``export_encoder`` returns the teacher backbone (encoder + decoder).
@@ -41,8 +52,8 @@ Choices where paper and code differ, or where neither says (each a flag, default
   ablation S10). ``"permuted"``: the released code feeds the teacher the same ``aug_image`` as the student.
 - ``normalize_local=False``: local embeddings are not L2-normalised, as coded. The paper says the local loss is
   "the l2 distance between two normalized ... sub-volume embedding": ``True``.
-- ``phase_steps=10`` [I]: the code's block is one epoch = ceil(corpus / batch) steps (20 for AMOS 240 / 12); the
-  method is not told the corpus size, so the block is a fixed number of steps.
+- ``phase_steps=0``: one corpus epoch per phase block, as the code (see Alternation); ``N > 0``: N steps.
+- ``roi=null``: the budget's ROI (quick scaling); ``[128, 128, 128]``: the paper's geometry (see above).
 - ``resize_mode="trilinear"`` [I]: the code's MONAI ``Resized`` uses its default ``"area"``; set
   ``resize_mode=area`` to reproduce it.
 - Phase 2 "updates only the student's encoder" [P]: phase 2 never runs the decoder, the restoration conv or the
@@ -63,7 +74,9 @@ Cost (measured; forward + backward, batch 2). CPU, swin_unetr_tiny, ROI 64^3, 2 
 measurable time: phase 2 is slower because it runs the encoder four times (student and teacher, both crops).
 They cost memory: 2 x 135M parameters (student + teacher) plus gradients and SGD momentum, ~2.2 GB fp32 whatever
 the backbone. ``global_dim`` is never reduced automatically. H100, swin_unetr_base, ROI 128^3 (phase 2 160^3),
-bf16: ~0.31 s per step in both phases, peak 23 GiB (phase 1) / 34 GiB (phase 2).
+bf16: ~0.31 s per step in both phases, peak 23 GiB (phase 1) / 34 GiB (phase 2). The step-cost benchmark
+``python -m bench.method_cost --methods asa --set asa.phase_steps=1`` times both phases; its figures are in
+docs/methods.md.
 
 - [0]: Pang et al., ASA: Learning Anatomical Consistency, Sub-volume Spatial Relationships and Fine-grained
   Appearance for CT Images, MICCAI 2024, pp. 91-101
@@ -75,6 +88,7 @@ bf16: ~0.31 s per step in both phases, peak 23 GiB (phase 1) / 34 GiB (phase 2).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -88,6 +102,8 @@ from bench.registry import METHODS
 from methods.base import PretrainMethod, StepInfo, StepOutput, make_teacher
 
 TEACHER_INPUTS = ("original", "permuted")
+#: the code's phase block for the paper's corpus: AMOS 240 training volumes // batch 12 (drop_last) [V]
+PAPER_EPOCH_STEPS = 240 // 12
 RESIZE_MODES = ("trilinear", "area", "nearest")
 
 
@@ -244,7 +260,8 @@ class ASA(PretrainMethod):
     class Config:
         patch_size: int = 16              # sub-volume side = stride of the token stage (16 -> hs[3], 32 -> hs[4])
         phase2_scale: float = 1.25        # phase-2 side = ceil(ROI * scale / patch) * patch (128 -> 160)
-        phase_steps: int = 10             # optimizer steps per phase block (code: one epoch per phase)
+        roi: tuple[int, int, int] | None = None  # phase-1 volume; None: the budget's ROI; paper: 128^3
+        phase_steps: int = 0              # optimizer steps per phase block; 0: one corpus epoch (the code)
         teacher_input: str = "original"   # phase-1 teacher input: original (paper) | permuted (code)
         normalize_local: bool = False     # False: code; True: paper ("normalized" local embeddings)
         global_dim: int = 8192            # global projector width (hidden and output)
@@ -266,8 +283,12 @@ class ASA(PretrainMethod):
             raise ValueError(f"asa: teacher_input must be one of {TEACHER_INPUTS}, got {cfg.teacher_input!r}")
         if cfg.resize_mode not in RESIZE_MODES:
             raise ValueError(f"asa: resize_mode must be one of {RESIZE_MODES}, got {cfg.resize_mode!r}")
-        if cfg.phase_steps < 1:
-            raise ValueError(f"asa: phase_steps must be >= 1, got {cfg.phase_steps}")
+        if cfg.phase_steps < 0:
+            raise ValueError(f"asa: phase_steps must be >= 0 (0: one corpus epoch), got {cfg.phase_steps}")
+        if cfg.roi is not None:
+            if len(cfg.roi) != 3 or min(cfg.roi) < 1:
+                raise ValueError(f"asa: roi must be three positive sides or null, got {list(cfg.roi)}")
+            grid_shape(cfg.roi, cfg.patch_size)
         if cfg.phase2_scale < 1:
             raise ValueError(f"asa: phase2_scale must be >= 1, got {cfg.phase2_scale}")
         stage = int(math.log2(cfg.patch_size)) - 1  # Swin UNETR: hs[k] has stride 2^(k+1)
@@ -285,11 +306,33 @@ class ASA(PretrainMethod):
                                       "proj_global": make_teacher(self.proj_global),
                                       "proj_local": make_teacher(self.proj_local)})
         self.teacher.eval()
+        self.epoch_steps: int | None = None  # set by bind_corpus
+        self._warned = False
 
     # --- schedule --------------------------------------------------------------------------------------------
+    def bind_corpus(self, n_volumes: int, batch_size: int) -> None:
+        """Told by the harness before training: corpus volumes and volumes per optimizer step (batch x
+        accumulation). One corpus epoch = floor(n_volumes / batch_size) steps, the code's drop_last loader."""
+        if n_volumes < 1 or batch_size < 1:
+            raise ValueError(f"asa: bind_corpus needs n_volumes >= 1 and batch_size >= 1; got {n_volumes}, "
+                             f"{batch_size}")
+        self.epoch_steps = max(1, n_volumes // batch_size)
+
+    def phase_block(self) -> int:
+        """Optimizer steps per phase block (see the module docstring, Alternation)."""
+        if self.cfg.phase_steps:
+            return self.cfg.phase_steps
+        if self.epoch_steps is not None:
+            return self.epoch_steps
+        if not self._warned:
+            warnings.warn(f"asa: phase_steps=0 (one corpus epoch) but no corpus was bound (bind_corpus); using the "
+                          f"paper's AMOS epoch of {PAPER_EPOCH_STEPS} steps", stacklevel=2)
+            self._warned = True
+        return PAPER_EPOCH_STEPS
+
     def phase_of(self, step: int) -> int:
-        """1 or 2: blocks of ``phase_steps`` optimizer steps, phase 1 first (a pure function of the step)."""
-        return 1 + (step // self.cfg.phase_steps) % 2
+        """1 or 2: blocks of ``phase_block()`` optimizer steps, phase 1 first (a pure function of the step)."""
+        return 1 + (step // self.phase_block()) % 2
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.teacher["backbone"]), (self.proj_global, self.teacher["proj_global"]),
@@ -311,7 +354,7 @@ class ASA(PretrainMethod):
     def views(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """Whole volume resized to the ROI (phase 1) and to the phase-2 size; the random draws of both phases."""
         cfg = self.cfg
-        roi = tuple(int(r) for r in sample["roi"])
+        roi = tuple(int(r) for r in (sample["roi"] if cfg.roi is None else cfg.roi))
         grid = grid_shape(roi, cfg.patch_size)
         p2 = phase2_shape(roi, cfg.patch_size, cfg.phase2_scale)
         image = sample["image"]
@@ -336,6 +379,7 @@ class ASA(PretrainMethod):
         phase = self.phase_of(step.step)
         loss, logs = self._phase1(batch) if phase == 1 else self._phase2(batch)
         logs["phase"] = float(phase)
+        logs["phase_block"] = float(self.phase_block())
         return StepOutput(loss, logs)
 
     def _phase1(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:

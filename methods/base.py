@@ -68,6 +68,12 @@ class PretrainMethod(nn.Module):
                              f"valid options: {', '.join(sorted(valid)) or '(none)'}")
         return cls.Config(**overrides)
 
+    @classmethod
+    def cache_identity(cls, cfg: Any) -> dict[str, Any]:
+        """What, beyond ``cfg`` itself, decides this method's export (e.g. the sha256 of a weights file a path
+        names); the runner merges it into the pretraining cache key and the export metadata. Default: nothing."""
+        return {}
+
     # --- the contract -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], step: StepInfo) -> StepOutput:
         raise NotImplementedError
@@ -94,6 +100,14 @@ class PretrainMethod(nn.Module):
 
     def after_optimizer_step(self, step: StepInfo) -> None:
         """Queues, centring and the like; default nothing."""
+
+    def bind_corpus(self, n_volumes: int, volumes_per_step: int) -> None:
+        """Told by the runner before training: corpus size and volumes per optimizer step, for schedules
+        counted in corpus epochs (ASA's phase blocks). Default: not needed."""
+
+    def export_extras(self) -> dict[str, Any]:
+        """Pre-trained modules beyond the backbone that a protocol may use (SACA's block); default none."""
+        return {}
 
     def export_encoder(self) -> Backbone:
         """What transfer receives. EMA methods return their teacher backbone, as in the papers."""

@@ -30,6 +30,10 @@ Formats (``format``):
 - ``bench``: the harness's own encoder export (``bench/export.py``): ``{"state_dict": <backbone state>,
   "meta": ...}``, loaded strictly (no missing, no unexpected key).
 
+Provenance: the file's sha256 is in the report (``report["sha256"]``) and in ``External.cache_identity(cfg)``
+(``{"checkpoint_sha256": ..., "format": ...}``), which the runner merges into the pretraining cache key and the
+export metadata: a replaced file at the same path never reuses a stale cached export.
+
 ``relative_position_index`` buffers are deterministic functions of the window size; a file without them is accepted
 (they keep their computed value); when present they are loaded like every other key.
 
@@ -38,6 +42,7 @@ With ``checkpoint=None`` the method constructs (the method-contract tests build 
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -136,6 +141,20 @@ FORMATS: dict[str, tuple[Callable[[Any, str], Mapped], bool, bool]] = {
 }
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, streamed (released checkpoints are hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_file(path: str) -> None:
+    if not Path(path).is_file():
+        raise ValueError(f"external: checkpoint {path} does not exist")
+
+
 def _first(keys: list[str]) -> str:
     return ", ".join(keys[:SHOW]) + (", ..." if len(keys) > SHOW else "")
 
@@ -145,8 +164,7 @@ def load_external(backbone: SwinUNETRBackbone, path: str | Path, fmt: str) -> di
     if fmt not in FORMATS:
         raise ValueError(f"external: unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
     path = str(path)
-    if not Path(path).is_file():
-        raise ValueError(f"external: checkpoint {path} does not exist")
+    _check_file(path)
     mapper, need_decoder, strict_unexpected = FORMATS[fmt]
     doc = torch.load(path, map_location="cpu", weights_only=True)
     mapped = mapper(doc, path)
@@ -159,8 +177,9 @@ def load_external(backbone: SwinUNETRBackbone, path: str | Path, fmt: str) -> di
     missing_enc = [k for k in absent if k.startswith(ENCODER)]
     missing_dec = [k for k in absent if not k.startswith(ENCODER)]
     missing = missing_enc + (missing_dec if need_decoder else [])
-    report = {"path": path, "format": fmt, "matched": matched, "missing": missing, "unexpected": unexpected,
-              "dropped": mapped.dropped, "not_provided": [] if need_decoder else missing_dec, "shape": shape}
+    report = {"path": path, "format": fmt, "sha256": file_sha256(path), "matched": matched, "missing": missing,
+              "unexpected": unexpected, "dropped": mapped.dropped,
+              "not_provided": [] if need_decoder else missing_dec, "shape": shape}
     line = (f"external: matched {len(matched)}, missing {len(missing)}"
             + (f" ({_first(missing)})" if missing else "")
             + f", unexpected {len(unexpected)}" + (f" ({_first(unexpected)})" if unexpected else "")
@@ -168,7 +187,7 @@ def load_external(backbone: SwinUNETRBackbone, path: str | Path, fmt: str) -> di
             + (f", dropped {len(mapped.dropped)} source-head keys" if mapped.dropped else "")
             + (f", decoder not provided ({len(report['not_provided'])} keys keep their init)"
                if report["not_provided"] else "")
-            + f" [{fmt}: {path}]")
+            + f" [{fmt}: {path}, sha256 {report['sha256'][:12]}]")
     print(line)
     problems = []
     if shape:
@@ -214,6 +233,14 @@ class External(PretrainMethod):
         self.report: dict[str, Any] | None = None
         if self.cfg.checkpoint is not None:
             self.report = load_external(backbone, self.cfg.checkpoint, self.cfg.format)
+
+    @classmethod
+    def cache_identity(cls, cfg: Config) -> dict[str, Any]:
+        """The content, not the path, identifies the weights: sha256 of the checkpoint file and its format."""
+        if cfg.checkpoint is None:
+            return {}
+        _check_file(str(cfg.checkpoint))
+        return {"checkpoint_sha256": file_sha256(cfg.checkpoint), "format": cfg.format}
 
     def export_encoder(self) -> SwinUNETRBackbone:
         if self.report is None:

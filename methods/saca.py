@@ -54,9 +54,11 @@ Other choices [I]:
   0 = feature_dim // 64 (head dim 64: 12 at 768, 3 at 192, as BERT's 12 x 64).
 - ``rotation_axis`` as in ``swinunetr_ssl`` ("x" = code; "z" = Swin UNETR paper's wording). With "z" the shared
   rotation no longer commutes with the L-R flip (the rotated counterpart is then mirrored along another axis).
-- Export: the backbone only (strict). The pre-trained SACA block is *not* in the export, whereas the official
-  classifier fine-tuning loads it (a non-strict load of the whole checkpoint); ``SACAClassifier`` starts it fresh
-  unless given ``saca_state`` (see the issue note for an export-extras proposal).
+- Export: the backbone (strict), as for every method, plus ``export_extras()``: the pre-trained SACA block's
+  weights and shape (``{"saca": {"state_dict", "dim", "heads", "dropout"}}``), because the official classifier
+  fine-tuning starts from the pre-trained block (a non-strict load of the whole checkpoint, METHODS.md §4.4).
+  ``SACAClassifier.from_extras`` rebuilds the classifier with that block (strict). The symmetry-aware head and
+  the SSL heads are pre-training only and are not exported (the official downstream heads do not use them).
 - The code's README pre-training command is a different, symmetry-only model (patch size 4, A-P flip) that this
   method does not reproduce (METHODS.md §4.3).
 
@@ -77,7 +79,7 @@ from torch import nn
 
 from bench.backbones import SwinUNETRBackbone
 from bench.data import pad_to
-from bench.registry import METHODS
+from bench.registry import HEADS, METHODS
 from methods._swin_ssl import (CutoutSpec, SSLHeads, aug_rand, check_roi, check_rotation, flatten_crops, nt_xent,
                                rot_rand, step_rng, tokens)
 from methods.base import PretrainMethod, StepInfo, StepOutput
@@ -297,6 +299,13 @@ class SACA(PretrainMethod):
         if cfg.init_encoder:
             init_trunc_normal(backbone.encoder)
 
+    def export_extras(self) -> dict[str, Any]:
+        """The pre-trained SACA block for downstream use (``SACAClassifier.from_extras``); plain tensors and
+        numbers only, so the export still loads with ``torch.load(weights_only=True)``."""
+        state = {k: v.detach().cpu().clone() for k, v in self.saca.state_dict().items()}
+        return {"saca": {"state_dict": state, "dim": self.backbone.feature_dim, "heads": self.saca.heads,
+                         "dropout": float(self.cfg.saca_dropout)}}
+
     def views(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         k = self.cfg.crops_per_volume
         crop, counterpart = symmetric_views(sample["image"], tuple(sample["roi"]), rng, k)
@@ -399,6 +408,20 @@ class SACAClassifier(nn.Module):
             self.saca.load_state_dict(saca_state, strict=True)
         self.head = nn.Linear(dim, n_classes)
 
+    @classmethod
+    def from_extras(cls, backbone: SwinUNETRBackbone, n_classes: int, extras: dict[str, Any]) -> "SACAClassifier":
+        """The classifier with the pre-trained SACA block of a ``saca`` export (``SACA.export_extras()``)."""
+        block = extras.get("saca") if isinstance(extras, dict) else None
+        if not isinstance(block, dict) or "state_dict" not in block:
+            found = sorted(extras) if isinstance(extras, dict) else type(extras).__name__
+            raise ValueError(f"SACAClassifier: the export has no pre-trained SACA block (extras['saca']); found "
+                             f"{found}. Pretrain with method=saca, or build SACAClassifier(...) to start it fresh")
+        if block["dim"] != backbone.feature_dim:
+            raise ValueError(f"SACAClassifier: the SACA block has width {block['dim']} but the backbone's "
+                             f"feature_dim is {backbone.feature_dim}")
+        return cls(backbone, n_classes, heads=int(block["heads"]), dropout=float(block["dropout"]),
+                   saca_state=block["state_dict"])
+
     def forward(self, x: torch.Tensor, x_mirror: torch.Tensor | None = None) -> torch.Tensor:
         if x_mirror is None:
             x_mirror = x.flip(2)
@@ -406,3 +429,12 @@ class SACAClassifier(nn.Module):
         tok = tokens(self.backbone.encode(torch.cat([x, x_mirror]))[4])
         g = self.saca(tok[:n], tok[n:])
         return self.head(g[:, 0])
+
+
+@HEADS.register("saca")
+def saca_head(backbone: SwinUNETRBackbone, n_classes: int, extras: dict[str, Any] | None = None) -> SACAClassifier:
+    """The classification protocols' ``head=saca``: SA-Swin's head for every method alike. A ``saca`` export
+    brings its pre-trained block (as the official fine-tuning does); any other encoder starts the block fresh."""
+    if extras and "saca" in extras:
+        return SACAClassifier.from_extras(backbone, n_classes, extras)
+    return SACAClassifier(backbone, n_classes)

@@ -53,7 +53,9 @@ class MockBackbone(torch.nn.Module):
 @pytest.fixture()
 def mock_asa() -> ASA:
     torch.manual_seed(0)
-    return ASA(MockBackbone(), ASA.make_config({"global_dim": 16, "local_dim": 8}))
+    m = ASA(MockBackbone(), ASA.make_config({"global_dim": 16, "local_dim": 8}))
+    m.bind_corpus(20, 2)
+    return m
 
 
 def _batch(m: ASA, roi=ROI, n: int = 1, seed: int = 0) -> dict:
@@ -198,20 +200,38 @@ def test_phase2_losses_hand_values(normalize_local):
 
 # --- the method end to end (tiny backbone) ----------------------------------------------------------------------
 def test_phase_is_a_deterministic_function_of_the_step(asa, monkeypatch):
+    asa.bind_corpus(20, 2)                                  # one corpus epoch = 20 // 2 = 10 steps per phase block
     assert [asa.phase_of(s) for s in range(40)] == ([1] * 10 + [2] * 10) * 2
-    other = ASA.__new__(ASA)
-    other.cfg = ASA.Config(phase_steps=3)
+    other = ASA(MockBackbone(), ASA.make_config({"phase_steps": 3, "global_dim": 8, "local_dim": 8}))
+    other.bind_corpus(1000, 1)                              # a fixed block ignores the corpus
     assert [other.phase_of(s) for s in range(9)] == [1, 1, 1, 2, 2, 2, 1, 1, 1]
     monkeypatch.setattr(asa, "_phase1", lambda batch: (torch.tensor(1.0), {}))
     monkeypatch.setattr(asa, "_phase2", lambda batch: (torch.tensor(2.0), {}))
     for s in (0, 9, 10, 19, 20, 1234):
         out = asa.training_step({}, StepInfo(s, 5000))
-        assert out.loss.item() == out.logs["phase"] == asa.phase_of(s)
+        assert out.loss.item() == out.logs["phase"] == asa.phase_of(s) and out.logs["phase_block"] == 10
+
+
+@pytest.mark.parametrize("volumes, batch, block", [(240, 12, 20), (224, 2, 112), (25, 2, 12), (1, 4, 1)])
+def test_phase_block_is_one_corpus_epoch_of_a_drop_last_loader(volumes, batch, block):
+    """The code's block: len(DataLoader(range(volumes), batch_size=batch, drop_last=True)), never below 1."""
+    m = ASA(MockBackbone(), ASA.make_config({"global_dim": 8, "local_dim": 8}))
+    m.bind_corpus(volumes, batch)
+    want = max(1, len(torch.utils.data.DataLoader(range(volumes), batch_size=batch, drop_last=True)))
+    assert m.phase_block() == want == block
+    assert [m.phase_of(s) for s in (0, block - 1, block, 2 * block - 1, 2 * block)] == [1, 1, 2, 2, 1]
+
+
+def test_unbound_corpus_falls_back_to_the_papers_epoch_with_a_warning():
+    m = ASA(MockBackbone(), ASA.make_config({"global_dim": 8, "local_dim": 8}))
+    with pytest.warns(UserWarning, match="no corpus was bound"):
+        assert m.phase_block() == 20  # AMOS 240 training volumes // batch 12
+    with pytest.raises(ValueError, match="bind_corpus"):
+        m.bind_corpus(0, 2)
 
 
 def test_views_shapes():
-    m = ASA.__new__(ASA)
-    m.cfg = ASA.Config()
+    m = ASA(MockBackbone(), ASA.make_config({"global_dim": 8, "local_dim": 8}))
     for roi, p2, n, top in [(64, 80, 64, 16), (128, 160, 512, 32)]:
         rng = np.random.default_rng(0)
         vol = rng.random((1, 72, 70, 66), dtype=np.float32)
@@ -225,6 +245,26 @@ def test_views_shapes():
         assert bool((corners % 16 == 0).all())
     const = m.views({"image": np.full((1, 30, 40, 50), 0.25, np.float32), "roi": ROI}, np.random.default_rng(0))
     assert torch.allclose(const["image"], torch.tensor(0.25)) and torch.allclose(const["image_p2"], torch.tensor(0.25))
+
+
+def test_paper_geometry_overrides_the_budget_roi():
+    """roi=[128]*3 (budget=paper in conf/method/asa.yaml): 8^3 grid of 16^3 sub-volumes and 160^3 phase 2 whatever
+    ROI the budget crops; roi=None follows the budget (quick: 64^3 -> 4^3 grid, 80^3 phase 2)."""
+    from omegaconf import OmegaConf
+
+    from bench.runner import CONF_DIR
+
+    yaml = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "method" / "asa.yaml"))
+    assert yaml["config"]["roi"] is None and yaml["budget_config"]["paper"] == {"roi": [128, 128, 128]}
+    paper = ASA(MockBackbone(), ASA.make_config(yaml["config"] | yaml["budget_config"]["paper"]
+                                                | {"global_dim": 8, "local_dim": 8}))
+    vol = np.random.default_rng(0).random((1, 72, 70, 66), dtype=np.float32)
+    v = paper.views({"image": vol, "roi": (96, 96, 96)}, np.random.default_rng(0))
+    assert v["image"].shape == (1, 128, 128, 128) and v["image_p2"].shape == (1, 160, 160, 160)
+    assert v["perm"].shape == (512,) and int(v["corners"].max()) <= 32
+    for bad in ({"roi": [128, 128]}, {"roi": [120, 128, 128]}):
+        with pytest.raises(ValueError, match="roi|divisible"):
+            ASA(MockBackbone(), ASA.make_config(bad | {"global_dim": 8, "local_dim": 8}))
 
 
 def _grads(module):
@@ -267,6 +307,7 @@ def test_phase2_step_gradients(asa):
     asa.train()
     asa.zero_grad(set_to_none=True)
     before = {k: v.clone() for k, v in asa.teacher.state_dict().items()}
+    asa.bind_corpus(10, 1)  # a 10-step block: step 10 is the first phase-2 step
     out = asa.training_step(_batch(asa, n=1), StepInfo(10, 100))
     out.loss.backward()
     assert out.logs["phase"] == 2
@@ -296,7 +337,7 @@ def test_teacher_schedule_and_export(asa):
 
 def test_config_is_validated():
     bb = build_backbone("swin_unetr_tiny")
-    for bad in ({"teacher_input": "both"}, {"patch_size": 24}, {"phase_steps": 0}, {"resize_mode": "cubic"}):
+    for bad in ({"teacher_input": "both"}, {"patch_size": 24}, {"phase_steps": -1}, {"resize_mode": "cubic"}):
         with pytest.raises(ValueError):
             ASA(bb, ASA.make_config(bad | {"global_dim": 8, "local_dim": 8}))
     assert METHODS.get("asa") is ASA and ASA.capabilities == {"3d", "ema"}

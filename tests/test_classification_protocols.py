@@ -67,6 +67,7 @@ class ToyBackbone(nn.Module):
 @pytest.fixture
 def toy_export(monkeypatch):
     monkeypatch.setattr(C, "load_export", lambda path: (ToyBackbone(), {}))
+    monkeypatch.setattr(C, "load_extras", lambda path: {})
 
 
 def _ctx(ds, tmp_path: Path, protocol: str, steps: int = 60, fraction: float = 1.0) -> TransferContext:

@@ -48,9 +48,12 @@ def test_protocol_config_builds(protocol):
 @pytest.mark.parametrize("budget", sorted(p.stem for p in (CONF / "budget").glob("*.yaml")))
 @pytest.mark.parametrize("suite", SUITES.names())
 def test_plan_resolves(budget, suite, tmp_path):
+    from bench.registry import DATASETS
     from bench.runner import make_plan, pretrain_identity, split_hash
 
-    cfg = _compose([f"budget={budget}", f"suite={suite}", f"runs_dir={tmp_path}"])
+    dims = DATASETS.get(SUITES.get(suite).pretrain_dataset).info.spatial_dims
+    method = _method_for(dims)
+    cfg = _compose([f"budget={budget}", f"suite={suite}", f"method={method}", f"runs_dir={tmp_path}"])
     plan = make_plan(cfg)
     assert all(r % 32 == 0 for r in plan.roi)
     assert plan.backbone == (cfg.budget.backbone if plan.spatial_dims == 3 else cfg.budget.backbone_2d)
@@ -59,11 +62,26 @@ def test_plan_resolves(budget, suite, tmp_path):
         split_hash(task.dataset)
 
 
+def _method_for(dims: int) -> str:
+    """A method of the given dimensionality (the default simmim3d is 3D only)."""
+    return "simmim3d" if dims == 3 else next(m for m in METHODS.names() if "2d" in METHODS.tags(m))
+
+
+def _suite_for(method: str) -> str:
+    """A suite whose data the method can take (2D-only methods need a 2D suite)."""
+    from bench.registry import DATASETS
+
+    tags = METHODS.tags(method)
+    want = 2 if "2d" in tags and "3d" not in tags else 3
+    return next(s for s in ["smoke", *SUITES.names()]
+                if DATASETS.get(SUITES.get(s).pretrain_dataset).info.spatial_dims == want)
+
+
 @pytest.mark.parametrize("method", METHODS.names())
 def test_plan_resolves_for_every_method(method, tmp_path):
     from bench.runner import make_plan
 
-    plan = make_plan(_compose([f"method={method}", f"runs_dir={tmp_path}"]))
+    plan = make_plan(_compose([f"method={method}", f"suite={_suite_for(method)}", f"runs_dir={tmp_path}"]))
     assert plan.method == method and isinstance(plan.method_cfg, dict) and isinstance(plan.method_train, dict)
 
 
@@ -75,3 +93,14 @@ def test_unknown_method_option_is_an_error_naming_valid_ones():
 def test_struct_mode_rejects_typos():
     with pytest.raises(Exception):
         _compose(["budgett=quick"])
+
+
+def test_budget_config_block_applies_unless_the_user_set_the_option(tmp_path):
+    from bench.runner import make_plan
+
+    quick = make_plan(_compose(["method=asa", "budget=quick", f"runs_dir={tmp_path}"]))
+    paper = make_plan(_compose(["method=asa", "budget=paper", f"runs_dir={tmp_path}"]))
+    mine = make_plan(_compose(["method=asa", "budget=paper", "method.config.roi=[96,96,96]", f"runs_dir={tmp_path}"]))
+    assert quick.method_cfg["roi"] is None
+    assert paper.method_cfg["roi"] == [128, 128, 128]      # ASA's paper geometry
+    assert mine.method_cfg["roi"] == [96, 96, 96]

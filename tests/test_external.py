@@ -190,3 +190,24 @@ def test_saswin_layout_keeps_the_encoder_only(tmp_path):
     torch.save({"state_dict": sd}, tmp_path / "sa.pt")
     report = load_external(dst, tmp_path / "sa.pt", "saswin")
     assert _encoder_equal(dst, src) and len(report["dropped"]) == 2
+
+
+def test_cache_identity_is_the_files_content_hash(tmp_path):
+    """Independent reference: hashlib over the bytes on disk; a replaced file at the same path changes it."""
+    import hashlib
+
+    path = tmp_path / "model_swinvit.pt"
+    torch.save(swinvit_layout(_make(seed=0)), path)
+    cfg = External.Config(checkpoint=str(path))
+    first = External.cache_identity(cfg)
+    assert first == {"checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "format": "swinunetr_ssl"}
+    assert External(_make(seed=1), cfg).report["sha256"] == first["checkpoint_sha256"]
+    torch.save(swinvit_layout(_make(seed=2)), path)
+    assert External.cache_identity(cfg)["checkpoint_sha256"] != first["checkpoint_sha256"]
+    assert External.cache_identity(External.Config()) == {}
+    with pytest.raises(ValueError, match="nope.pt does not exist"):
+        External.cache_identity(External.Config(checkpoint=str(tmp_path / "nope.pt")))
+    for name in METHODS.names():  # the default for every other method: nothing beyond its config
+        if name != "external":
+            cls = METHODS.get(name)
+            assert cls.cache_identity(cls.make_config({})) == {}

@@ -257,3 +257,71 @@ def test_saca_classifier_forward_shape_and_default_mirror():
     clf2 = SACAClassifier(StubBackbone(192), 2, saca_state=state)
     assert torch.equal(clf2.saca.attention.query.weight, state["attention.query.weight"])
     assert clf2(torch.rand(2, 1, *ROI)).shape == (2, 2)
+
+
+def test_export_extras_carry_the_pretrained_saca_block_to_the_classifier(tmp_path):
+    torch.manual_seed(0)
+    m = SACA(StubBackbone(128), SACA.Config(init_encoder=False, saca_dropout=0.2))
+    extras = m.export_extras()
+    torch.save({"extras": extras}, tmp_path / "e.pt")              # as an export file holds it
+    loaded = torch.load(tmp_path / "e.pt", weights_only=True)["extras"]
+    assert loaded["saca"]["dim"] == 128 and loaded["saca"]["heads"] == 2 and loaded["saca"]["dropout"] == 0.2
+    clf = SACAClassifier.from_extras(StubBackbone(128), 4, loaded)
+    assert clf.saca.heads == 2 and clf.saca.drop.p == 0.2
+    for k, v in m.saca.state_dict().items():
+        assert torch.equal(clf.saca.state_dict()[k], v), k
+    with torch.no_grad():                                          # the exported copy does not alias the live block
+        m.saca.attention.query.weight.add_(1.0)
+    assert not torch.equal(extras["saca"]["state_dict"]["attention.query.weight"], m.saca.attention.query.weight)
+    with pytest.raises(ValueError, match="no pre-trained SACA block"):
+        SACAClassifier.from_extras(StubBackbone(128), 4, {})
+    with pytest.raises(ValueError, match="width 128.*feature_dim is 64"):
+        SACAClassifier.from_extras(StubBackbone(64), 4, loaded)
+
+
+def test_label_target_pairs_each_cut_out_view_with_its_clean_counterpart():
+    """The code's target: L_sym = BCE(cos(e(v1), e(x~1)), h) + BCE(cos(e(v2), e(x~2)), h), 4N encoded crops,
+    recomputed here from the encoder's recorded input (order v1, v2, x~1, x~2)."""
+    torch.manual_seed(0)
+    seen = []
+    bb = StubBackbone()
+    enc = bb.encode
+    bb.encode = lambda x: seen.append(x.detach().clone()) or enc(x)
+    m = SACA(bb, SACA.Config(symmetry_target="label"))
+    batch = _batch(health=True)
+    out = m.training_step(batch, StepInfo(0, 1))
+    (x,) = seen
+    assert x.shape[0] == 4 * 2
+    with torch.no_grad():
+        tok = enc(x)[4].flatten(2).transpose(1, 2)[:, 1]        # token 1 of every crop
+        e = m.aaw_head(tok)
+        v1, v2, s1, s2 = e.split(2)
+        h = batch["health"]
+        want = sum(F.binary_cross_entropy_with_logits(F.cosine_similarity(a, b, dim=1), h)
+                   for a, b in ((v1, s1), (v2, s2)))
+    assert float(out.logs["loss_sym"]) == pytest.approx(float(want), rel=1e-5)
+    # the counterparts entered clean (no cutout): each equals the batch's counterpart under some 90-degree rotation
+    for i in range(2):
+        clean = batch["image_sym"][i]
+        assert any(torch.equal(x[4 + i], clean.rot90(k, (2, 3))) for k in range(4))
+
+
+def test_brain_suite_finetunes_every_method_with_the_saca_head(tmp_path):
+    """The brain suite fixes head=saca for finetune (the same for every method); a saca export brings its block."""
+    from bench.export import load_extras
+    from bench.protocols.base import resolve_protocol
+    from bench.registry import HEADS, SUITES
+
+    task = SUITES.get("brain").task("side3")
+    cls = resolve_protocol("finetune", task.kind)
+    assert cls.make_config(task.protocol_options["finetune"]).head == "saca"
+    torch.manual_seed(0)
+    m = SACA(StubBackbone(128), SACA.Config(init_encoder=False))
+    torch.save({"extras": m.export_extras()}, tmp_path / "saca.pt")
+    torch.save({"extras": {}}, tmp_path / "other.pt")                # an export without extras (any other method)
+    pre = HEADS.get("saca")(StubBackbone(128), 3, load_extras(tmp_path / "saca.pt"))
+    fresh = HEADS.get("saca")(StubBackbone(128), 3, load_extras(tmp_path / "other.pt"))
+    w = m.saca.attention.query.weight
+    assert torch.equal(pre.saca.attention.query.weight, w)
+    assert not torch.equal(fresh.saca.attention.query.weight, w)
+    assert pre(torch.rand(2, 1, *ROI)).shape == (2, 3)

@@ -25,8 +25,9 @@ from torch import nn
 from bench import metrics
 from bench.data import subsample
 from bench.engine import TrainConfig, fit
-from bench.export import load_export
+from bench.export import load_export, load_extras
 from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
+from bench.registry import HEADS
 from methods.base import StepInfo, StepOutput
 
 SET = "__set__"
@@ -300,8 +301,11 @@ class LinearProbe(Protocol):
                               trainable_params=head.linear.weight.numel() + head.linear.bias.numel())
 
 
+@HEADS.register("linear")
 class _Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, n_out: int) -> None:
+    """A linear layer on the encoder's pooled features (the default head)."""
+
+    def __init__(self, backbone: nn.Module, n_out: int, extras: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.feature_dim, n_out)
@@ -322,16 +326,19 @@ class Finetune(Protocol):
         warmup_fraction: float = 0.1
         eval_every: int = 0              # 0: five validations over training
         augment: bool = True
+        head: str = "linear"             # a HEADS entry, e.g. "saca" (SA-Swin's head, fixed by the brain suite)
 
     def run(self, ctx: TransferContext) -> ProtocolResult:
         cfg = self.cfg
         space = LabelSpace(ctx.dataset.info.task, ctx.dataset.info.labels)
+        make_head = HEADS.get(cfg.head)
         backbone, _ = load_export(ctx.export_path)
         train_ids = subsample([r.id for r in ctx.dataset.records("train")], ctx.cell.label_fraction, ctx.cell.draw)
         train = load_split(ctx, "train", backbone.in_channels, train_ids)
         val = load_split(ctx, "val", backbone.in_channels)
         test = load_split(ctx, "test", backbone.in_channels)
-        model = _Classifier(backbone, space.n_out)
+        # extras: what the export carries beyond the encoder (SACA's pre-trained block); a head uses them or not
+        model = make_head(backbone, space.n_out, load_extras(ctx.export_path))
         crit = loss_fn(space)
 
         def step_fn(batch: dict[str, torch.Tensor], info: StepInfo) -> StepOutput:
@@ -356,8 +363,10 @@ class Finetune(Protocol):
         loader = torch.utils.data.DataLoader(
             _Sampler(train.images, train.targets, min(ctx.batch_size, len(train.ids)), ctx.cell.seed, cfg.augment),
             batch_size=None)
+        encoder_ids = {id(p) for p in backbone.parameters()}
         groups = [{"params": list(backbone.parameters())},
-                  {"params": list(model.head.parameters()), "lr": cfg.lr * cfg.head_lr_scale}]
+                  {"params": [p for p in model.parameters() if id(p) not in encoder_ids],
+                   "lr": cfg.lr * cfg.head_lr_scale}]
         t0 = time.time()
         fit(model, step_fn, groups, loader,
             _train_cfg(ctx.steps, cfg.lr, cfg.weight_decay, eval_every, cfg.warmup_fraction), ctx.run_dir,
