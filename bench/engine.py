@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from methods.base import StepInfo, StepOutput
+from bench.steps import StepInfo, StepOutput
 
 CKPT = "last.ckpt"
 BEST = "best.pt"

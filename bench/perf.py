@@ -31,7 +31,7 @@ from bench.backbones import build_backbone
 from bench.data import PretrainDataset, Preprocess, SegTrainDataset, pad_to, preprocess, random_crop
 from bench.engine import TrainConfig, fit, pick_device
 from bench.registry import METHODS
-from methods.base import StepInfo, StepOutput
+from bench.steps import StepInfo, StepOutput
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets (SXM parts).

@@ -16,22 +16,7 @@ import torch
 from torch import nn
 
 from bench.backbones import Backbone
-
-
-@dataclass
-class StepOutput:
-    loss: torch.Tensor
-    logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
-
-
-@dataclass
-class StepInfo:
-    step: int          # optimizer steps done so far
-    total_steps: int
-
-    @property
-    def progress(self) -> float:
-        return min(1.0, self.step / max(1, self.total_steps))
+from bench.steps import StepInfo, StepOutput  # noqa: F401  (part of the method contract)
 
 
 class PretrainMethod(nn.Module):

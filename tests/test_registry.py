@@ -89,3 +89,23 @@ def test_bench_never_dispatches_on_names():
     pat = re.compile(r"""(method|name|dataset|suite)(\.name)?\s*==\s*["']""")
     for f in bench.rglob("*.py"):
         assert not pat.search(f.read_text()), f"{f} dispatches on a name"
+
+
+def test_every_project_module_imports_first_in_a_fresh_interpreter():
+    """A library user may import any module first (``from bench.export import load_export``); a circular import
+    that only the CLI's import order hides must fail here. One subprocess, project modules purged between."""
+    import subprocess
+    import sys
+
+    root = METHODS_DIR.parent
+    mods = sorted(".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+                  for pkg in ("bench", "methods", "datasets") for p in (root / pkg).rglob("*.py")
+                  if "synthetic" not in p.parts or p.name != "__main__.py")
+    code = ("import importlib, sys\nfailed = []\nfor m in sys.argv[1:]:\n"
+            "    for k in [k for k in sys.modules if k.split('.')[0] in ('bench', 'methods', 'datasets')]:\n"
+            "        del sys.modules[k]\n"
+            "    try:\n        importlib.import_module(m)\n"
+            "    except Exception as e:\n        failed.append(f'{m}: {type(e).__name__}: {e}')\n"
+            "print('\\n'.join(failed)); sys.exit(1 if failed else 0)\n")
+    r = subprocess.run([sys.executable, "-c", code, *mods], cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -28,7 +28,7 @@ from bench.engine import TrainConfig, fit
 from bench.export import load_export, load_extras
 from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
 from bench.registry import HEADS
-from methods.base import StepInfo, StepOutput
+from bench.steps import StepInfo, StepOutput
 
 SET = "__set__"
 OVERALL = -1
