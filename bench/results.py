@@ -50,11 +50,15 @@ class ResultsStore:
         elif "://" in url:
             raise ValueError(f"results.url {url!r}: only SQLite files (a path or sqlite:///PATH) are supported")
         self.path = Path(url)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as con, con:
-            con.executescript(SCHEMA)
+        self._ready = False
 
     def _connect(self) -> sqlite3.Connection:
+        # created on first use, so a run that stops at validation leaves no store behind
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(sqlite3.connect(self.path, timeout=60)) as con, con:
+                con.executescript(SCHEMA)
+            self._ready = True
         con = sqlite3.connect(self.path, timeout=60)
         con.execute("PRAGMA foreign_keys = ON")
         return con

@@ -131,3 +131,32 @@ def test_external_checkpoint_short_form_end_to_end(data_dir, tmp_path):
     assert len(exports) == 1
     state = torch.load(exports[0], weights_only=True)["state_dict"]
     assert all(torch.equal(state[k], v) for k, v in bb.state_dict().items())
+
+
+def test_bad_real_data_is_one_error_before_training_and_nothing_is_stored(data_dir, tmp_path):
+    """A user's BTCV copy with a 4D image where 3D is expected, a label of another shape and a truncated file:
+    exit 2, one line naming each file and the problem, no pretraining started and no results store written."""
+    import nibabel as nib
+    import numpy as np
+
+    root = tmp_path / "BTCV"
+    img, lab = root / "RawData" / "Training" / "img", root / "RawData" / "Training" / "label"
+    img.mkdir(parents=True)
+    lab.mkdir(parents=True)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    for i in range(1, 41):
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), affine), img / f"img{i:04d}.nii.gz")
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), affine), lab / f"label{i:04d}.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.int16), affine), img / "img0001.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 5), np.uint8), affine), lab / "label0002.nii.gz")
+    gz = img / "img0003.nii.gz"
+    gz.write_bytes(gz.read_bytes()[:-20])
+    runs = tmp_path / "runs"
+    p = run_bench(["suite=btcv", "method=random", f"data.root={root}", f"runs_dir={runs}", "progress=false"],
+                  data_dir)
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    for name in ("img0001.nii.gz", "label0002.nii.gz", "img0003.nii.gz"):
+        assert name in lines[0], lines[0]
+    assert not (runs / "results.sqlite").exists() and not (runs / "pretrain").exists()
