@@ -49,12 +49,14 @@ def _sdpa_window_attention(self: nn.Module, x: torch.Tensor, mask: torch.Tensor 
     rpb = self.relative_position_bias_table[self.relative_position_index[:n, :n].reshape(-1)].reshape(n, n, -1)
     bias = rpb.permute(2, 0, 1).unsqueeze(0)
     if mask is not None:
+        # windows of one volume are consecutive in the batch: view q/k/v as [volumes, windows, heads, n, d] and
+        # let SDPA broadcast one [1, windows, heads, n, n] bias instead of copying it for every volume
         nw = mask.shape[0]
-        bias = (bias.unsqueeze(1) + mask.reshape(1, nw, 1, n, n)).expand(b // nw, nw, self.num_heads, n, n)
-        bias = bias.reshape(b, self.num_heads, n, n)
+        bias = bias.unsqueeze(1) + mask.reshape(1, nw, 1, n, n)
+        q, k, v = (t.reshape(b // nw, nw, *t.shape[1:]) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale,
                                          dropout_p=self.attn_drop.p if self.training else 0.0)
-    return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+    return self.proj_drop(self.proj(out.reshape(b, self.num_heads, n, -1).transpose(1, 2).reshape(b, n, c)))
 
 
 class SwinUNETRBackbone(Backbone):
