@@ -75,6 +75,7 @@ class Plan:
     pretrain_seed: int
     spatial_dims: int = 3
     allow_leakage: bool = False
+    transfer_evaluations: int | None = None
 
 
 def _plain_dict(node: Any) -> dict[str, Any]:
@@ -146,6 +147,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         protocol=cfg.protocol.name if cfg.get("protocol") is not None else None,
         pretrain_seed=int(cfg.pretrain_seed), spatial_dims=int(spatial),
         allow_leakage=bool(cfg.get("allow_leakage", False)),
+        transfer_evaluations=budget.transfer.get("evaluations"),
     )
 
 
@@ -350,7 +352,8 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
         ident = {"pretrain": pretrain_hash, "protocol": cell.protocol, "protocol_cfg": asdict(pcfg),
                  "task": cell.task.name, "fraction": cell.label_fraction, "draw": cell.draw, "seed": cell.seed,
                  "steps": plan.transfer_steps, "batch": plan.transfer_batch, "roi": plan.roi, "split": shash,
-                 "preprocess": asdict(suite_preprocess(plan))}
+                 "preprocess": asdict(suite_preprocess(plan)),
+                 **({"evaluations": plan.transfer_evaluations} if plan.transfer_evaluations else {})}
         h = config_hash(ident)
         cell_id = f"{plan.suite.name}/v{plan.suite.version}/{plan.method}/{plan.budget}/{cell.key}"
         if plan.store.is_complete(cell_id, h):
@@ -369,7 +372,8 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
         ctx = TransferContext(export_path=export, dataset=ds, cell=cell, run_dir=run_dir, device=plan.device,
                               preprocess=suite_preprocess(plan), roi=plan.roi, steps=plan.transfer_steps,
                               batch_size=plan.transfer_batch, num_workers=plan.num_workers,
-                              progress=plan.progress, cache=cache, disk_cache=preprocessed_cache(plan))
+                              progress=plan.progress, cache=cache, disk_cache=preprocessed_cache(plan),
+                              evaluations=plan.transfer_evaluations)
         try:
             result = proto_cls(pcfg).run(ctx)
         except ValueError as e:   # a protocol's complaint about the data or its options, e.g. an empty split

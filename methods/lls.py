@@ -452,7 +452,7 @@ class LLSTwoStage(Protocol):
         from bench.engine import TrainConfig, fit
 
         cfg = self.cfg
-        every = cfg.eval_every or max(1, steps // 5)
+        every = cfg.eval_every or max(1, steps // (ctx.evaluations or 5))
         tcfg = TrainConfig(steps=steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                            warmup_steps=int(cfg.warmup_fraction * steps), eval_every=every if eval_fn else 0,
                            checkpoint_every=max(1, every), log_every=max(1, min(10, steps // 10)))

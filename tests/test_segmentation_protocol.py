@@ -1,6 +1,7 @@
 """Segmentation transfer on the generated smoke suite, at a few steps."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bench.backbones import build_backbone
@@ -11,8 +12,12 @@ from bench.registry import DATASETS, SUITES
 from bench.suites import Cell
 
 
-def test_each_case_is_inferred_once_per_validation_and_once_for_the_test(data_dir, tmp_path, monkeypatch):
-    """Sliding-window inference is the cost of validation on a CPU: one call per case, not one per class."""
+
+@pytest.mark.parametrize("evaluations, expected_validations", [(None, 2), (1, 1)])
+def test_each_case_is_inferred_once_per_validation_and_once_for_the_test(data_dir, tmp_path, monkeypatch,
+                                                                         evaluations, expected_validations):
+    """Sliding-window inference is the cost of validation on a CPU: one call per case, not one per class; the
+    budget's ``transfer.evaluations`` sets how many validations run when the protocol leaves eval_every at 0."""
     import monai.inferers
 
     calls = []
@@ -31,9 +36,9 @@ def test_each_case_is_inferred_once_per_validation_and_once_for_the_test(data_di
     cls = resolve_protocol("finetune", "segmentation")
     ctx = TransferContext(export_path=tmp_path / "export.pt", dataset=ds, cell=Cell(task, "finetune", 1.0, 0),
                           run_dir=tmp_path / "run", device=torch.device("cpu"), preprocess=Preprocess(-175.0, 250.0),
-                          roi=(64, 64, 64), steps=2, batch_size=1, progress=False)
-    res = cls(cls.make_config({"eval_every": 1})).run(ctx)
+                          roi=(64, 64, 64), steps=2, batch_size=1, progress=False, evaluations=evaluations)
+    res = cls(cls.make_config({"eval_every": 0} if evaluations else {"eval_every": 1})).run(ctx)
     n_val, n_test = len(ds.records("val")), len(ds.records("test"))
     assert len(ds.info.labels) > 2                       # several classes per case: a per-class call would show
-    assert len(calls) == 2 * n_val + n_test, (len(calls), n_val, n_test)
+    assert len(calls) == expected_validations * n_val + n_test, (len(calls), n_val, n_test)
     assert {r["case"] for r in res.rows} == {r.id for r in ds.records("test")}

@@ -31,6 +31,12 @@ class TransferContext:
     progress: bool = True
     cache: dict[str, Any] = field(default_factory=dict)   # preprocessed volumes shared across cells
     disk_cache: PreprocessedCache | None = None           # preprocessed volumes shared across runs
+    evaluations: int | None = None   # validations over training when a protocol's eval_every is 0 (budget key)
+
+    def eval_every(self, every: int, default_evaluations: int) -> int:
+        """Steps between validations: the protocol's ``eval_every``, else steps / the budget's evaluations
+        (else the protocol's default count)."""
+        return every or max(1, self.steps // (self.evaluations or default_evaluations))
 
     def preprocessed(self, record) -> dict[str, Any]:
         """A record after the suite's preprocessing: from memory, else from the disk cache, else computed."""

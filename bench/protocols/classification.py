@@ -359,7 +359,7 @@ class Finetune(Protocol):
             s = mean_auroc(predict(val.images), val.targets, space)
             return -1.0 if np.isnan(s) else s
 
-        eval_every = cfg.eval_every or max(1, ctx.steps // 5)
+        eval_every = ctx.eval_every(cfg.eval_every, 5)
         loader = torch.utils.data.DataLoader(
             _Sampler(train.images, train.targets, min(ctx.batch_size, len(train.ids)), ctx.cell.seed, cfg.augment),
             batch_size=None)

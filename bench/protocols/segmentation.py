@@ -113,7 +113,7 @@ class _Segmentation(Protocol):
                 scores += [metrics.dice(pred == k, c["label"] == k) for k in fg]
             return float(np.mean(scores))
 
-        eval_every = cfg.eval_every or max(1, ctx.steps // 4)
+        eval_every = ctx.eval_every(cfg.eval_every, 4)
         tcfg = TrainConfig(steps=ctx.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                            warmup_steps=int(cfg.warmup_fraction * ctx.steps), grad_clip=cfg.grad_clip,
                            eval_every=eval_every if val else 0, checkpoint_every=max(1, eval_every),
