@@ -76,6 +76,7 @@ class Plan:
     spatial_dims: int = 3
     allow_leakage: bool = False
     transfer_evaluations: int | None = None
+    preprocessing: dict[str, Any] | None = None   # the suite's, with `suite.preprocessing.*` overrides merged
 
 
 def _plain_dict(node: Any) -> dict[str, Any]:
@@ -108,6 +109,20 @@ def budget_method_config(cfg: DictConfig, budget: str) -> dict[str, Any]:
         if key not in defaults or values[key] == defaults[key]:
             values[key] = value
     return values
+
+
+PREPROCESS_KEYS = ("a_min", "a_max", "spacing", "size")
+
+
+def suite_preprocessing(suite: Suite, override: Any) -> dict[str, Any]:
+    """The suite's preprocessing with the config's ``suite.preprocessing`` keys over it (a paper's own
+    spacing or window: ``+suite.preprocessing.spacing=[1.5,1.5,2.0]``); the cache keys follow."""
+    values = dict(suite.preprocessing)
+    extra = _plain_dict(override)
+    unknown = sorted(set(extra) - set(PREPROCESS_KEYS))
+    if unknown:
+        raise UserError(f"suite.preprocessing: unknown key(s) {', '.join(unknown)}; known: {', '.join(PREPROCESS_KEYS)}")
+    return values | extra
 
 
 def make_plan(cfg: DictConfig) -> Plan:
@@ -148,6 +163,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         pretrain_seed=int(cfg.pretrain_seed), spatial_dims=int(spatial),
         allow_leakage=bool(cfg.get("allow_leakage", False)),
         transfer_evaluations=budget.transfer.get("evaluations"),
+        preprocessing=suite_preprocessing(suite, cfg.suite.get("preprocessing")),
     )
 
 
@@ -162,7 +178,7 @@ def split_hash(dataset_name: str) -> str:
 
 
 def suite_preprocess(plan: Plan) -> Preprocess:
-    pp = dict(plan.suite.preprocessing)
+    pp = dict(plan.preprocessing if plan.preprocessing is not None else plan.suite.preprocessing)
     if "spacing" in pp and pp["spacing"] is not None:
         pp["spacing"] = tuple(pp["spacing"])
     if plan.spatial_dims == 2:

@@ -104,3 +104,17 @@ def test_budget_config_block_applies_unless_the_user_set_the_option(tmp_path):
     assert quick.method_cfg["roi"] is None
     assert paper.method_cfg["roi"] == [128, 128, 128]      # ASA's paper geometry
     assert mine.method_cfg["roi"] == [96, 96, 96]
+
+
+def test_suite_preprocessing_is_chosen_by_config_and_keys_the_caches(tmp_path):
+    from bench.runner import UserError, make_plan, pretrain_identity, suite_preprocess
+
+    base = make_plan(_compose(["suite=btcv", "method=random", f"runs_dir={tmp_path}"]))
+    assert suite_preprocess(base).spacing == (1.5, 1.5, 2.0) and suite_preprocess(base).a_min == -175.0  # ASA's
+    mine = make_plan(_compose(["suite=btcv", "method=random", "+suite.preprocessing.a_min=-1000",
+                               f"runs_dir={tmp_path}"]))
+    assert suite_preprocess(mine).a_min == -1000.0 and suite_preprocess(mine).spacing == (1.5, 1.5, 2.0)
+    assert suite_preprocess(mine).key() != suite_preprocess(base).key()
+    assert pretrain_identity(mine) != pretrain_identity(base)
+    with pytest.raises(UserError, match="unknown key.*a_mn"):
+        make_plan(_compose(["suite=btcv", "method=random", "+suite.preprocessing.a_mn=0", f"runs_dir={tmp_path}"]))
