@@ -138,7 +138,8 @@ def make_plan(cfg: DictConfig) -> Plan:
     bb_cfg = cfg.get("backbone") or load_group_option("backbone", budget[f"backbone{suffix}"])
     roi = tuple(caps.get(f"roi{suffix}") or budget[f"roi{suffix}"])
     tags = METHODS.tags(cfg.method.name)
-    if {"2d", "3d"} & tags and f"{spatial}d" not in tags:
+    # stage=leaderboard reads every method's stored rows: the (default) method plays no part
+    if cfg.get("stage") != "leaderboard" and {"2d", "3d"} & tags and f"{spatial}d" not in tags:
         dims = "/".join(sorted(t.upper() for t in tags & {"2d", "3d"}))
         raise UserError(f"method {cfg.method.name!r} is a {dims} method; suite {suite.name!r} is {spatial}D")
     seeds = suite.seeds if cfg.seed is None else (int(cfg.seed),)

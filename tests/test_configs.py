@@ -118,3 +118,12 @@ def test_suite_preprocessing_is_chosen_by_config_and_keys_the_caches(tmp_path):
     assert pretrain_identity(mine) != pretrain_identity(base)
     with pytest.raises(UserError, match="unknown key.*a_mn"):
         make_plan(_compose(["suite=btcv", "method=random", "+suite.preprocessing.a_mn=0", f"runs_dir={tmp_path}"]))
+
+
+def test_leaderboard_stage_of_a_2d_suite_needs_no_2d_method(tmp_path):
+    """stage=leaderboard reads stored rows; the default (3D) method must not block a 2D suite's leaderboard."""
+    from bench.runner import UserError, make_plan
+
+    make_plan(_compose(["suite=chest_xray", "stage=leaderboard", f"runs_dir={tmp_path}"]))
+    with pytest.raises(UserError, match="3D method"):
+        make_plan(_compose(["suite=chest_xray", f"runs_dir={tmp_path}"]))
