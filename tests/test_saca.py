@@ -325,3 +325,61 @@ def test_brain_suite_finetunes_every_method_with_the_saca_head(tmp_path):
     assert torch.equal(pre.saca.attention.query.weight, w)
     assert not torch.equal(fresh.saca.attention.query.weight, w)
     assert pre(torch.rand(2, 1, *ROI)).shape == (2, 3)
+
+
+class _SideVolumes:
+    """32^3 volumes: a bright blob in the left or right half along x, or none (the brain suite's task shape)."""
+
+    registry_name = "toy_side"
+
+    def __init__(self, n: dict[str, int]) -> None:
+        from datasets.base import DatasetInfo, Record
+
+        self.info = DatasetInfo(modality="MR", spatial_dims=3, task="multiclass", labels={0: "none", 1: "left",
+                                                                                         2: "right"})
+        rng = np.random.default_rng(0)
+        self.data, self.images = {}, {}
+        for split, count in n.items():
+            recs = []
+            for i in range(count):
+                c = i % 3
+                img = rng.normal(0, 0.1, (1, 32, 32, 32)).astype(np.float32)
+                if c:
+                    x0 = 4 if c == 1 else 20
+                    img[0, x0:x0 + 8, 12:20, 12:20] += 1.0
+                rid = f"{split}{i}"
+                recs.append(Record(rid, rid, f"{rid}.nii.gz", classes=(c,)))
+                self.images[rid] = img
+            self.data[split] = recs
+
+    def records(self, split):
+        return self.data[split]
+
+    def load(self, record):
+        return {"id": record.id, "image": self.images[record.id], "spacing": (1.0, 1.0, 1.0), "label": None}
+
+
+@pytest.mark.parametrize("with_block", [True, False])
+def test_classification_finetune_with_the_saca_head_runs_on_a_swin_export(tmp_path, with_block):
+    """The brain suite's path end to end on a tiny 3D set: export (with or without SACA's block) -> finetune with
+    head=saca -> per-class AUROC rows; the head adds the SACA block's parameters to the trained model."""
+    from bench.data import Preprocess
+    from bench.export import save_export
+    from bench.protocols.base import TransferContext, resolve_protocol
+    from bench.suites import Cell, Task
+
+    torch.manual_seed(0)
+    bb = build_backbone("swin_unetr_tiny")
+    extras = SACA(bb, SACA.Config(init_encoder=False)).export_extras() if with_block else {}
+    save_export(bb, tmp_path / "export.pt", {"method": "saca" if with_block else "random"}, extras=extras)
+    task = Task("side3", "toy_side", "classification", ("finetune",), metric="auroc")
+    ctx = TransferContext(export_path=tmp_path / "export.pt", dataset=_SideVolumes({"train": 9, "val": 6, "test": 6}),
+                          cell=Cell(task, "finetune", 1.0, 0), run_dir=tmp_path / "run", device=torch.device("cpu"),
+                          preprocess=Preprocess(0.0, 1.0), roi=(32, 32, 32), steps=3, batch_size=3, progress=False)
+    cls = resolve_protocol("finetune", "classification")
+    res = cls(cls.make_config({"head": "saca"})).run(ctx)
+    ctx.run_dir = tmp_path / "run_linear"   # a run directory resumes its own checkpoint only
+    linear = cls(cls.make_config({"head": "linear"})).run(ctx)
+    block = sum(p.numel() for p in SACABlock(bb.feature_dim, 0, 0.1).parameters())
+    assert res.params - linear.params == block
+    assert {r["class"] for r in res.rows if r["metric"] == "auroc"} == {-1, 0, 1, 2}
