@@ -2,7 +2,7 @@
 
     python -m bench.method_cost                                   # every method tagged "3d", quick geometry
     python -m bench.method_cost --methods asa --set asa.phase_steps=1 --warmup 1 --steps 4   # both ASA phases
-    python -m bench.method_cost --corpus abdomen --steps 40 --out /tmp/cost.json  # real volumes: + loss first/last
+    python -m bench.method_cost --corpus abdomen --steps 40 --out cost.json  # real volumes: + loss first/last
 
 Each method runs in its own (spawned) process, so its peak RSS is its own: the method is built from its YAML
 (``conf/method/<name>.yaml``: ``config`` and ``train``; ``--set METHOD.KEY=VALUE`` overrides one option), on the
