@@ -70,27 +70,31 @@ class _SynthBrain(DatasetAdapter):
     def image_path(self, cid: str) -> str:
         return str(self.root / "imagesTr" / f"{cid}.nii.gz")
 
+    def records(self, split: str) -> list[Record]:
+        # both tasks read the same subjects; only what a labelled record carries differs (``labelled``)
+        ids = self.split_ids(split)
+        if split == "pretrain":
+            return [Record(c, c, self.image_path(c)) for c in ids]
+        return [self.labelled(c) for c in ids]
+
+    def labelled(self, c: str) -> Record:
+        raise NotImplementedError
+
 
 @DATASETS.register("brain")
 class Brain(_SynthBrain):
     info = DatasetInfo(modality="MR", spatial_dims=3, task="multiclass", labels=dict(gen.CLASSES), synthetic=True)
 
-    def records(self, split: str) -> list[Record]:
-        ids = self.split_ids(split)
-        if split == "pretrain":
-            return [Record(c, c, self.image_path(c)) for c in ids]
-        return [Record(c, c, self.image_path(c), classes=(gen.class_of(seed_of(c)),)) for c in ids]
+    def labelled(self, c: str) -> Record:
+        return Record(c, c, self.image_path(c), classes=(gen.class_of(seed_of(c)),))
 
 
 @DATASETS.register("brain_lesion")
 class BrainLesion(_SynthBrain):
     info = DatasetInfo(modality="MR", spatial_dims=3, task="segmentation", labels=dict(gen.LABELS), synthetic=True)
 
-    def records(self, split: str) -> list[Record]:
-        ids = self.split_ids(split)
-        if split == "pretrain":
-            return [Record(c, c, self.image_path(c)) for c in ids]
-        return [Record(c, c, self.image_path(c), str(self.root / "labelsTr" / f"{c}.nii.gz")) for c in ids]
+    def labelled(self, c: str) -> Record:
+        return Record(c, c, self.image_path(c), str(self.root / "labelsTr" / f"{c}.nii.gz"))
 
 
 SUITES.register("brain")(Suite(
