@@ -73,6 +73,7 @@ class Plan:
     seeds: tuple[int, ...]
     protocol: str | None
     pretrain_seed: int
+    label_fraction: float | None = None
     spatial_dims: int = 3
     allow_leakage: bool = False
     transfer_evaluations: int | None = None
@@ -145,6 +146,15 @@ def make_plan(cfg: DictConfig) -> Plan:
     seeds = suite.seeds if cfg.seed is None else (int(cfg.seed),)
     if cfg.get("protocol") is not None:
         PROTOCOLS.get(cfg.protocol.name)
+    fraction = cfg.get("label_fraction")
+    if fraction is not None:
+        offered = sorted({f for t in suite.tasks for f in t.label_fractions})
+        try:
+            fraction = float(fraction)
+        except (TypeError, ValueError):
+            raise UserError(f"label_fraction={fraction!r}: not a number; suite {suite.name!r} offers {offered}") from None
+        if not any(abs(fraction - f) < 1e-9 for f in offered):
+            raise UserError(f"label_fraction={fraction}: suite {suite.name!r} offers only {offered}")
     threads = budget.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
@@ -161,7 +171,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         device=pick_device(cfg.device), runs_dir=runs_dir, store=ResultsStore(cfg.results.url),
         data_root=cfg.data.root, cache_dir=cfg.data.cache_dir, progress=bool(cfg.progress), seeds=tuple(seeds),
         protocol=cfg.protocol.name if cfg.get("protocol") is not None else None,
-        pretrain_seed=int(cfg.pretrain_seed), spatial_dims=int(spatial),
+        pretrain_seed=int(cfg.pretrain_seed), label_fraction=fraction, spatial_dims=int(spatial),
         allow_leakage=bool(cfg.get("allow_leakage", False)),
         transfer_evaluations=budget.transfer.get("evaluations"),
         preprocessing=suite_preprocessing(suite, cfg.suite.get("preprocessing")),
@@ -351,7 +361,7 @@ def protocol_config(plan: Plan, cfg: DictConfig, name: str) -> dict[str, Any]:
 
 
 def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> list[dict[str, Any]]:
-    cells = expand(plan.suite, plan.seeds, plan.protocol)
+    cells = expand(plan.suite, plan.seeds, plan.protocol, plan.label_fraction)
     done: list[dict[str, Any]] = []
     cache: dict[str, Any] = {}
     corpus = corpus_hashes(plan, export.parent, method_cls_pretrains(plan))

@@ -55,13 +55,16 @@ class Cell:
         return f"{self.task.name}/{self.protocol}/f{self.label_fraction:g}/d{self.draw}/s{self.seed}"
 
 
-def expand(suite: Suite, seeds: tuple[int, ...] | None = None, protocol: str | None = None) -> list[Cell]:
+def expand(suite: Suite, seeds: tuple[int, ...] | None = None, protocol: str | None = None,
+           label_fraction: float | None = None) -> list[Cell]:
     cells = []
     for task in suite.tasks:
         for proto in task.protocols:
             if protocol is not None and proto != protocol:
                 continue
             for frac in task.label_fractions:
+                if label_fraction is not None and abs(frac - label_fraction) > 1e-9:
+                    continue
                 for draw in range(task.draws if frac < 1.0 else 1):
                     for seed in (seeds if seeds is not None else suite.seeds):
                         cells.append(Cell(task, proto, frac, seed, draw))

@@ -127,3 +127,16 @@ def test_leaderboard_stage_of_a_2d_suite_needs_no_2d_method(tmp_path):
     make_plan(_compose(["suite=chest_xray", "stage=leaderboard", f"runs_dir={tmp_path}"]))
     with pytest.raises(UserError, match="3D method"):
         make_plan(_compose(["suite=chest_xray", f"runs_dir={tmp_path}"]))
+
+
+def test_label_fraction_selects_the_cells_and_refuses_a_fraction_the_suite_lacks(tmp_path):
+    from bench.runner import UserError, make_plan
+    from bench.suites import expand
+    plan = make_plan(_compose(["suite=abdomen", "method=random", "label_fraction=0.125", f"runs_dir={tmp_path}"]))
+    cells = expand(plan.suite, plan.seeds, plan.protocol, plan.label_fraction)
+    everything = expand(plan.suite, plan.seeds, plan.protocol)
+    assert cells and {c.label_fraction for c in cells} == {0.125}
+    assert len(cells) == sum(c.label_fraction == 0.125 for c in everything) < len(everything)
+    for bad in ("0.3", "half"):
+        with pytest.raises(UserError, match="label_fraction"):
+            make_plan(_compose(["suite=abdomen", "method=random", f"label_fraction={bad}", f"runs_dir={tmp_path}"]))
