@@ -34,6 +34,7 @@ import pandas as pd
 from bench import stats
 from bench.provenance import git_sha
 from bench.registry import DATASETS, SUITES, UnknownNameError
+from bench.results import PRED_SCORE, PRED_TARGET, PREDICTION_METRICS
 from bench.suites import Suite, Task
 
 KEYS = ["budget", "task", "protocol", "label_fraction"]          # one methods table per key
@@ -120,6 +121,7 @@ class Table:
     n_tests: int
     run_scores: pd.DataFrame                      # [seed, method]: mean over draws and cases
     tau: np.ndarray | None                        # rank-stability Kendall taus
+    unit: str = "cases"                           # what the CIs and tests resample: "cases" or test "images"
 
     @property
     def lower_is_better(self) -> bool:
@@ -135,6 +137,26 @@ class Table:
 
     def row(self, method: str) -> MethodRow | None:
         return next((r for r in self.rows if r.method == method), None)
+
+
+@dataclass
+class ImageScores:
+    """Per-image predictions of a set-level table (one AUROC per run): what its bootstraps resample."""
+
+    runs: dict[str, list[tuple[int, int]]]        # method -> its (draw, seed) runs, in the order of ``scores``
+    scores: dict[str, np.ndarray]                 # method -> [run, image, class]
+    targets: np.ndarray                           # [image, class] 0/1
+
+    @property
+    def images(self) -> int:
+        return self.targets.shape[0]
+
+    def matched(self, methods: list[str]) -> np.ndarray | None:
+        """[method, run, image, class] over the runs every one of ``methods`` has (None if there are none)."""
+        common = [r for r in self.runs[methods[0]] if all(r in self.runs[m] for m in methods[1:])]
+        if not common:
+            return None
+        return np.stack([self.scores[m][[self.runs[m].index(r) for r in common]] for m in methods])
 
 
 @dataclass
@@ -173,9 +195,14 @@ class Leaderboard:
 
 def analyse(suite: Suite, metrics: pd.DataFrame, cells: pd.DataFrame, options: Options = Options()) -> Leaderboard:
     """All statistics of a leaderboard, from the store's ``metrics`` and ``cells`` frames."""
-    rows, ignored = select_rows(suite, metrics, cells)
+    all_rows, ignored = select_rows(suite, metrics, cells)
+    if all_rows.empty:
+        return Leaderboard(suite, options, all_rows, [], ignored)
+    is_pred = all_rows["metric"].isin(PREDICTION_METRICS)
+    rows, preds = all_rows[~is_pred], all_rows[is_pred]
     if rows.empty:
-        return Leaderboard(suite, options, rows, [], ignored)
+        return Leaderboard(suite, options, all_rows, [], ignored)
+    pred_groups = dict(iter(preds.groupby(KEYS, sort=False))) if len(preds) else {}
     overall_tasks = set(rows.loc[rows["class"] == OVERALL_CLASS, "task"].unique())
     scored = rows[(rows["class"] == OVERALL_CLASS) | ~rows["task"].isin(overall_tasks)]
     per_case = scored.groupby(KEYS + ["method", *RUN, "case_id"], sort=True)["value"].mean().reset_index()
@@ -191,11 +218,12 @@ def analyse(suite: Suite, metrics: pd.DataFrame, cells: pd.DataFrame, options: O
     groups = dict(iter(per_case.groupby(KEYS, sort=False)))
     sections = []
     for budget in sorted(per_case["budget"].unique()):
-        tables = [_table(key, groups[key], suite.task(key[1]), per_class, compute, options)
+        tables = [_table(key, groups[key], suite.task(key[1]), per_class, compute, options,
+                         _image_scores(groups[key], pred_groups.get(key)))
                   for key in _ordered_keys(suite, groups) if key[0] == budget]
         across, note = _across(tables, options)
         sections.append(Section(str(budget), tables, across, note))
-    return Leaderboard(suite, options, rows, sections, ignored)
+    return Leaderboard(suite, options, all_rows, sections, ignored)
 
 
 def select_rows(suite: Suite, metrics: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -215,7 +243,9 @@ def select_rows(suite: Suite, metrics: pd.DataFrame, cells: pd.DataFrame) -> tup
     if unknown:
         ignored.append(f"{mine[mine['task'].isin(unknown)]['cell_id'].nunique()} cells of tasks not in "
                        f"v{suite.version}: {', '.join(unknown)}")
-    rows = mine.merge(tasks, on=["task", "metric"])
+    # a cell's per-image predictions travel with its scores (and into the published CSV): the CIs need them
+    preds = mine[mine["metric"].isin(PREDICTION_METRICS)].merge(tasks.drop(columns="metric"), on="task")
+    rows = pd.concat([mine.merge(tasks, on=["task", "metric"]), preds], ignore_index=True)
     rows = rows[~((rows["kind"] == "segmentation") & (rows["class"] == BACKGROUND_CLASS))].drop(columns="kind")
     info = _cell_info(cells)
     rows = rows.merge(info, on="cell_id", how="left")
@@ -257,7 +287,7 @@ def _ordered_keys(suite: Suite, groups: dict) -> list[tuple]:
 
 
 def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[int, float]], compute: pd.DataFrame,
-           opts: Options) -> Table:
+           opts: Options, images: ImageScores | None = None) -> Table:
     budget, _, protocol, fraction = key
     sign = -1.0 if task.metric in LOWER_IS_BETTER else 1.0
     wide = g.pivot(index=["method", *RUN], columns="case_id", values="value")
@@ -269,27 +299,70 @@ def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[
     for method in methods:
         mat = wide.loc[method].dropna(axis=1)   # [run, case]: cases stored for every run of this method
         scores = mat.to_numpy()
-        low, high = stats.hierarchical_bootstrap_ci(scores, n_resamples=opts.n_resamples, ci=opts.ci, seed=opts.seed)
+        cases = mat.shape[1]
+        if images is not None:      # one set-level AUROC per run: resample runs, then the test images
+            low, high = stats.set_auroc_ci(images.scores[method], images.targets, n_resamples=opts.n_resamples,
+                                           ci=opts.ci, seed=opts.seed)
+            cases = images.images
+        else:
+            low, high = stats.hierarchical_bootstrap_ci(scores, n_resamples=opts.n_resamples, ci=opts.ci,
+                                                        seed=opts.seed)
         seeds = tuple(int(s) for s in sorted(mat.index.get_level_values("seed").unique()))
         c = compute.loc[key + (method,)]
         rows.append(MethodRow(
             method=method, mean=float(scores.mean()), low=float(low), high=float(high), seeds=seeds,
-            runs=mat.shape[0], cases=mat.shape[1], per_class=per_class.get(key + (method,), {}),
+            runs=mat.shape[0], cases=cases, per_class=per_class.get(key + (method,), {}),
             gpu_hours=float(c["gpu_hours"]), cpu_hours=float(c["cpu_hours"]), params=c["params"],
             leakage=bool(c["leakage"]),
             missing=_missing(seeds, all_seeds, mat.shape[0], len(all_runs), mat.shape[1], all_cases)))
     rows.sort(key=lambda r: (-sign * r.mean, r.method))
-    n_tests = _compare(rows, g, sign, opts)
+    n_tests = _compare(rows, g, sign, opts, images)
     case_scores = g.groupby(["case_id", "method"])["value"].mean().unstack("method").dropna()
     tau = None
-    if case_scores.shape[0] >= 2 and case_scores.shape[1] >= 2:
+    matched = images.matched(methods) if images is not None and len(methods) >= 2 else None
+    if matched is not None:
+        tau = np.asarray(stats.set_rank_stability(matched, images.targets, n_boot=opts.n_boot_rank, seed=opts.seed))
+    elif case_scores.shape[0] >= 2 and case_scores.shape[1] >= 2:
         tau = np.asarray(stats.rank_stability(case_scores.to_numpy(), n_boot=opts.n_boot_rank, seed=opts.seed,
                                               lower_is_better=sign < 0))
     classes = sorted(set().union(*(r.per_class for r in rows)))
     return Table(budget=str(budget), task=task, protocol=str(protocol), fraction=float(fraction), rows=rows,
                  classes=classes if len(classes) > 1 else [], seeds=all_seeds, runs=len(all_runs),
-                 cases=all_cases, draws=int(all_runs["draw"].nunique()), n_tests=n_tests,
-                 run_scores=g.groupby(["seed", "method"])["value"].mean().unstack("method"), tau=tau)
+                 cases=images.images if images is not None else all_cases, draws=int(all_runs["draw"].nunique()),
+                 n_tests=n_tests, run_scores=g.groupby(["seed", "method"])["value"].mean().unstack("method"), tau=tau,
+                 unit="images" if images is not None else "cases")
+
+
+def _image_scores(g: pd.DataFrame, preds: pd.DataFrame | None) -> ImageScores | None:
+    """The table's per-image predictions when it is set-level (one stored case per run) and every run stored
+    them; None otherwise (the table then resamples its stored cases)."""
+    if preds is None or preds.empty or g["case_id"].nunique() != 1:
+        return None
+    runs = g[["method", *RUN]].drop_duplicates().sort_values(["method", *RUN])
+    wide = {m: preds[preds["metric"] == m].pivot_table(index=["method", *RUN], columns=["case_id", "class"],
+                                                       values="value", aggfunc="first")
+            for m in PREDICTION_METRICS}
+    index = pd.MultiIndex.from_frame(runs)
+    if not all(index.isin(w.index).all() for w in wide.values()):
+        return None
+    score = wide[PRED_SCORE].loc[index]
+    target = wide[PRED_TARGET].reindex(index=index, columns=score.columns)
+    ok = score.notna().all() & target.notna().all()             # (image, class) columns every run has
+    columns = score.columns[ok.to_numpy()]
+    classes = sorted(set(columns.get_level_values("class")))
+    per_image = pd.Series(1, index=columns).groupby(level="case_id").size()
+    images = sorted(per_image.index[per_image == len(classes)])
+    if len(images) < 2 or not classes:
+        return None
+    grid = pd.MultiIndex.from_product([images, classes], names=["case_id", "class"])
+    s = score[grid].to_numpy().reshape(len(index), len(images), len(classes))
+    t = target[grid].to_numpy().reshape(len(index), len(images), len(classes))
+    by_method: dict[str, list[int]] = {}
+    for i, m in enumerate(runs["method"]):
+        by_method.setdefault(m, []).append(i)
+    keys = [(int(d), int(sd)) for d, sd in zip(runs["draw"], runs["seed"])]
+    return ImageScores(runs={m: [keys[i] for i in ix] for m, ix in by_method.items()},
+                       scores={m: s[ix] for m, ix in by_method.items()}, targets=t[0])
 
 
 def _missing(seeds: tuple[int, ...], all_seeds: tuple[int, ...], runs: int, all_runs: int, cases: int,
@@ -304,9 +377,11 @@ def _missing(seeds: tuple[int, ...], all_seeds: tuple[int, ...], runs: int, all_
     return "; ".join(parts)
 
 
-def _compare(rows: list[MethodRow], g: pd.DataFrame, sign: float, opts: Options) -> int:
-    """Paired Wilcoxon tests of every method against the baseline and the best method, Holm-adjusted together.
-    Returns the number of tests in the family."""
+def _compare(rows: list[MethodRow], g: pd.DataFrame, sign: float, opts: Options,
+             images: ImageScores | None = None) -> int:
+    """Paired tests of every method against the baseline and the best method, Holm-adjusted together: Wilcoxon
+    over matched (run, case) scores, or, for a set-level table with per-image predictions, the paired bootstrap
+    over test images on matched runs. Returns the number of tests in the family."""
     methods = [r.method for r in rows]
     best = methods[0]
     pairs = {tuple(sorted((m, best))) for m in methods if m != best}
@@ -316,6 +391,15 @@ def _compare(rows: list[MethodRow], g: pd.DataFrame, sign: float, opts: Options)
     paired = g.pivot(index=[*RUN, "case_id"], columns="method", values="value")
     found = {}
     for a, b in pairs:
+        both = images.matched([a, b]) if images is not None else None
+        if images is not None:
+            if both is None:
+                found[a, b] = (0, np.nan, np.nan)
+                continue
+            d, p = stats.paired_set_auroc_test(both[0], both[1], images.targets, n_resamples=opts.n_resamples,
+                                               seed=opts.seed)
+            found[a, b] = (both.shape[1] * both.shape[2], sign * d, p)
+            continue
         ab = paired[[a, b]].dropna().to_numpy()
         x, y = ab[:, 0], ab[:, 1]
         p = float(stats.paired_wilcoxon(x, y)[1]) if len(x) else np.nan
@@ -484,7 +568,7 @@ def _table_md(t: Table, o: Options, names: dict[int, str]) -> list[str]:
     align = ["---", "---:", "---"] + ["---"] * (1 + has_baseline) + ["---:"] * (len(head) - 4 - has_baseline)
     out = [f"### {t.label}", "",
            f"{t.task.kind.capitalize()}, {metric} ({direction}); {len(t.seeds)} seeds"
-           + (f", {t.draws} draws" if t.draws > 1 else "") + f", {t.cases} test cases.", "",
+           + (f", {t.draws} draws" if t.draws > 1 else "") + f", {t.cases} test {t.unit}.", "",
            "| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     for i, r in enumerate(t.rows):
         name = f"**{r.method}**" if i == 0 else r.method
@@ -500,12 +584,26 @@ def _table_md(t: Table, o: Options, names: dict[int, str]) -> list[str]:
     out.append("")
     level = "(draw, seed) runs" if t.draws > 1 else "seeds"
     over = f" (mean over its {len(t.classes)} classes)" if t.classes else ""
-    out += [f"Mean and {o.ci:.0%} CI: hierarchical bootstrap ({level} resampled, then cases) of the per-case "
-            f"{metric}{over}." + (f" Per-class columns: mean {metric} of each class over all seeds and cases."
-                                  if t.classes else ""), ""]
+    if t.unit == "images":
+        out += [f"Mean: the set-level {metric} (mean over classes) averaged over {level}. {o.ci:.0%} CI: "
+                f"hierarchical bootstrap ({level} resampled, then the {t.cases} test images, the same images for "
+                f"every run), the {metric} recomputed on each resample." + (
+                    f" Per-class columns: mean {metric} of each class over {level}." if t.classes else ""), ""]
+    else:
+        out += [f"Mean and {o.ci:.0%} CI: hierarchical bootstrap ({level} resampled, then cases) of the per-case "
+                f"{metric}{over}." + (f" Per-class columns: mean {metric} of each class over all seeds and cases."
+                                      if t.classes else ""), ""]
     if not has_baseline:
         out += [f"No `{o.baseline}` results in this table, so no baseline comparison.", ""]
-    if t.n_tests:
+    if t.n_tests and t.unit == "images":
+        tests = f"the {t.n_tests} tests" if t.n_tests > 1 else "the 1 test"
+        runs = "(draw, seed)" if t.draws > 1 else "seed"
+        out += [f"Tests: two-sided paired bootstrap over test images ({o.n_resamples} resamples of the runs matched "
+                f"on {runs} and of the images, shared by both methods; p = twice the smaller share of resampled "
+                f"{metric} differences on either side of 0), Holm-adjusted over {tests} of this table; "
+                f"{MARK_BETTER}/{MARK_WORSE}: significantly better/worse at α = {o.alpha:g}; the number is the "
+                "adjusted p-value.", ""]
+    elif t.n_tests:
         matched = "draw, seed and case id" if t.draws > 1 else "seed and case id"
         tests = f"the {t.n_tests} tests" if t.n_tests > 1 else "the 1 test"
         out += [f"Tests: two-sided paired Wilcoxon signed-rank test on per-case scores matched on {matched}, "
@@ -522,8 +620,9 @@ def _table_md(t: Table, o: Options, names: dict[int, str]) -> list[str]:
                 + ", ".join(leaks) + ".", ""]
     if t.tau is not None:
         lo, med, hi = np.quantile(t.tau, [0.025, 0.5, 0.975])
-        out += [f"Rank stability: Kendall τ between the ranking on all cases and on {len(t.tau)} bootstrap "
-                f"resamples of the cases: median {_num(med, '.3f')}, 95% of resamples in "
+        unit = "test images" if t.unit == "images" else "cases"
+        out += [f"Rank stability: Kendall τ between the ranking on all {unit} and on {len(t.tau)} bootstrap "
+                f"resamples of the {unit}: median {_num(med, '.3f')}, 95% of resamples in "
                 f"[{_num(lo, '.3f')}, {_num(hi, '.3f')}].", ""]
     return out
 

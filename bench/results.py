@@ -31,6 +31,12 @@ CREATE TABLE IF NOT EXISTS case_metrics (
 CREATE INDEX IF NOT EXISTS cells_suite ON cells(suite, suite_version);
 """
 
+# Per-image rows a set-level classification cell stores beside its AUROC rows: case = image id, class = the
+# dataset's class index, value = the predicted probability / the 0-1 label. With them a leaderboard bootstraps
+# the test images (a set-level AUROC alone is one number per cell, with no spread to bootstrap).
+PRED_SCORE, PRED_TARGET = "pred_score", "pred_target"
+PREDICTION_METRICS = (PRED_SCORE, PRED_TARGET)
+
 CELL_COLUMNS = ("cell_id", "config_hash", "suite", "suite_version", "task", "method", "protocol", "label_fraction",
                 "draw", "seed", "budget", "status", "git_sha", "split_hash", "start_time", "end_time", "device",
                 "wall_s", "gpu_hours", "cpu_hours", "peak_memory_mb", "params", "pretrain_hash",

@@ -607,3 +607,145 @@ def rank_stability(scores: ArrayLike, n_boot: int = 1000, seed: int = 0,
                 means = sign * mean(s[..., idx[sub], :], axis=-2)            # [..., r, k]
             tau[..., start + sub.start:start + sub.stop] = _kendall_tau_b(means, full)
     return tau
+
+
+# ------------------------------------------------------------------------- set-level AUROC over images
+
+
+def _auroc_last(scores: NDArray[np.floating], targets: NDArray[np.floating]) -> NDArray[np.float64]:
+    """AUROC along the last axis as the normalised Mann-Whitney U (tied scores count one half, the value of
+    ``sklearn.metrics.roc_auc_score``): scores [..., n], targets [..., n] in {0, 1} -> [...]; NaN where the
+    targets hold one class only."""
+    ranks = ss.rankdata(scores, axis=-1)
+    pos = targets.sum(-1)
+    neg = targets.shape[-1] - pos
+    u = (ranks * targets).sum(-1) - pos * (pos + 1) / 2.0
+    with _quiet():
+        return np.where((pos > 0) & (neg > 0), u / (pos * neg), np.nan)
+
+
+def mean_auroc(scores: ArrayLike, targets: ArrayLike) -> Any:
+    """Mean over classes of the per-class AUROC, classes without both labels left out (NaN if none has both).
+
+    Args:
+        scores: [..., n, C] (image, class).
+        targets: [n, C] binary labels.
+    """
+    s, t = _floats(scores), _floats(targets)
+    with _quiet():
+        return _out(np.nanmean(_auroc_last(np.moveaxis(s, -1, -2), t.T), axis=-1))
+
+
+def _check_set(scores: NDArray[np.floating], targets: NDArray[np.floating]) -> None:
+    if scores.ndim != 4 or targets.ndim != 2 or scores.shape[2:] != targets.shape:
+        raise ValueError(f"scores must be [methods, runs, images, classes] matching targets [images, classes], "
+                         f"got {scores.shape} and {targets.shape}")
+    if scores.shape[1] == 0 or scores.shape[2] < 2:
+        raise ValueError(f"need at least one run and two images, got {scores.shape}")
+
+
+def _set_auroc_boots(scores: NDArray[np.floating], targets: NDArray[np.floating], n_resamples: int,
+                     seed: int) -> NDArray[np.float64]:
+    """Bootstrap distribution of the run-averaged mean AUROC of each method: scores [M, R, n, C] (method, run,
+    image, class) and targets [n, C] -> [M, n_resamples].
+
+    One resample draws R runs and n images with replacement, both shared by every method (the runs are
+    matched across methods: same seed, same draw), and recomputes each class's AUROC on the drawn images."""
+    n_method, n_run, n_img, n_cls = scores.shape
+    rng = np.random.default_rng(seed)
+    boots = np.empty((n_method, n_resamples))
+    for start, stop in _blocks(n_resamples, n_img + n_run):
+        m = stop - start
+        runs = _counts(rng.integers(0, n_run, size=(m, n_run)), n_run) / n_run      # [m, R] run weights
+        img = rng.integers(0, n_img, size=(m, n_img))
+        per = np.empty((n_method, n_run, m, n_cls))
+        for sub in _sub_blocks(m, n_method * n_run * n_img):
+            for c in range(n_cls):
+                per[:, :, sub, c] = _auroc_last(scores[:, :, img[sub], c], targets[img[sub], c])
+        with _quiet():
+            per_run = np.nanmean(per, axis=-1)                                     # [M, R, m]
+        boots[:, start:stop] = np.einsum("krm,mr->km", per_run, runs)
+    return boots
+
+
+def set_auroc_ci(scores: ArrayLike, targets: ArrayLike, n_resamples: int = 10_000, ci: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of a set-level mean AUROC, bootstrapping runs (seeds) and then test images.
+
+    A classification cell scores the whole test split at once, so the cell has one AUROC and no per-case
+    spread; the uncertainty that matters is the test set's. As in :func:`hierarchical_bootstrap_ci`, a
+    resample draws the runs with replacement, then the images with replacement (the same images for every
+    run: all runs share one test split), and recomputes each class's AUROC on them ([0] ch. 13). Classes
+    whose resample holds a single label are left out of that resample's mean.
+
+    Args:
+        scores: Per-image scores [R, n, C] (run, image, class); [n, C] is one run.
+        targets: Binary labels [n, C] (one-hot for single-label tasks).
+        n_resamples, ci, seed: As in :func:`bootstrap_ci`.
+
+    Returns:
+        ``(low, high)``.
+    """
+    alpha = _check_ci(ci, n_resamples)
+    s, t = _floats(scores), _floats(targets)
+    s = s[None, None] if s.ndim == 2 else s[None]
+    _check_set(s, t)
+    return _interval(_set_auroc_boots(s, t, int(n_resamples), seed)[0], alpha)
+
+
+def paired_set_auroc_test(a: ArrayLike, b: ArrayLike, targets: ArrayLike, n_resamples: int = 10_000,
+                          seed: int = 0) -> tuple[float, float]:
+    """Paired bootstrap test of two methods' set-level mean AUROC on the same test images.
+
+    Both methods are scored on the same resampled runs and images, so what the images have in common
+    (the correlation of two classifiers on one test set, which DeLong's test models for a single class)
+    cancels in the difference. The two-sided p-value is the percentile bootstrap's: twice the smaller
+    share of resampled differences on either side of zero (``(1 + count) / (1 + B)`` each, so p > 0),
+    capped at 1; so ``p < alpha`` exactly when zero lies outside the ``1 - alpha`` percentile interval of
+    the difference.
+
+    Args:
+        a, b: Per-image scores [R, n, C] of the two methods, runs matched (same seed and draw) by position.
+        targets: Binary labels [n, C].
+        n_resamples, seed: As in :func:`bootstrap_ci`.
+
+    Returns:
+        ``(delta, p)``: the observed mean AUROC difference ``a - b`` (run-averaged) and the p-value.
+    """
+    a, b, t = _floats(a), _floats(b), _floats(targets)
+    if a.shape != b.shape:
+        raise ValueError(f"the two methods' scores differ in shape ({a.shape} vs {b.shape}); targets {t.shape}")
+    s = np.stack([a, b])
+    if s.ndim == 3:
+        s = s[:, None]
+    _check_set(s, t)
+    delta = float(np.mean(mean_auroc(s[0], t)) - np.mean(mean_auroc(s[1], t)))
+    boots = _set_auroc_boots(s, t, int(n_resamples), seed)
+    d = boots[0] - boots[1]
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return delta, float("nan")
+    tail = min(np.sum(d <= 0), np.sum(d >= 0))
+    return delta, float(min(1.0, 2.0 * (1.0 + tail) / (1.0 + d.size)))
+
+
+def set_rank_stability(scores: ArrayLike, targets: ArrayLike, n_boot: int = 1000, seed: int = 0) -> NDArray[np.float64]:
+    """:func:`rank_stability` for set-level AUROC: methods ranked by their run-averaged mean AUROC on each
+    resample of runs and test images (shared by all methods), Kendall's tau-b against the full-set ranking.
+
+    Args:
+        scores: [M, R, n, C] (method, run, image, class), runs matched across methods by position.
+        targets: Binary labels [n, C].
+
+    Returns:
+        tau, shape [n_boot].
+    """
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    s, t = _floats(scores), _floats(targets)
+    _check_set(s, t)
+    if s.shape[0] < 2:
+        raise ValueError(f"set_rank_stability needs >= 2 methods, got {s.shape[0]}")
+    full = np.mean(mean_auroc(s, t), axis=-1)                                       # [M]
+    boots = _set_auroc_boots(s, t, int(n_boot), seed)                              # [M, B]
+    return _kendall_tau_b(boots.T, full)

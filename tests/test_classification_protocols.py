@@ -97,6 +97,25 @@ def test_separable_toy_features_are_classified_almost_perfectly(toy_export, tmp_
     assert bool(_overall(res, "accuracy")) == (task != "multilabel")
 
 
+@pytest.mark.parametrize("task", ["multiclass", "multilabel", "binary"])
+@pytest.mark.parametrize("protocol", ["linear_probe", "knn", "finetune"])
+def test_stored_per_image_predictions_reproduce_the_stored_auroc(toy_export, tmp_path, task, protocol):
+    """The leaderboard bootstraps test images from the pred_score / pred_target rows: they must hold every test
+    image once per scored class and give back exactly the AUROC the cell stored."""
+    from bench.stats import mean_auroc
+    cls = resolve_protocol(protocol, "classification")
+    res = cls(cls.make_config({"steps": 20} if protocol == "linear_probe" else {})).run(
+        _ctx(ToyImages(task, N), tmp_path, protocol, steps=20))
+    scored = sorted({r["class"] for r in res.rows if r["metric"] == "auroc" and r["class"] >= 0})
+    frame = {(r["case"], r["class"], r["metric"]): r["value"] for r in res.rows if r["metric"].startswith("pred_")}
+    images = sorted({k[0] for k in frame})
+    assert len(images) == N["test"] and len(frame) == 2 * N["test"] * len(scored)
+    s = np.array([[frame[i, c, "pred_score"] for c in scored] for i in images])
+    y = np.array([[frame[i, c, "pred_target"] for c in scored] for i in images])
+    (auc,) = _overall(res)
+    assert mean_auroc(s, y) == pytest.approx(auc, abs=1e-9)
+
+
 def test_finetune_trains_the_encoder_and_selects_on_val(toy_export, tmp_path):
     ctx = _ctx(ToyImages("multiclass", N), tmp_path, "finetune", steps=60)
     cls = resolve_protocol("finetune", "classification")

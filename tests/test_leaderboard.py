@@ -260,6 +260,66 @@ def test_method_missing_a_task_is_left_out_of_across_analysis(frames):
     assert "Friedman test" in across and "CD =" in across
 
 
+SET_SUITE = Suite(name="fixture_set", version=1, synthetic=True, pretrain_dataset="fixture_cxr",
+                  tasks=(Task("findings", "fixture_cxr", "classification", ("finetune",), (1.0,), "auroc"),),
+                  seeds=(0, 1))
+
+
+def _set_frames(strength: dict[str, float], n: int = 120, seeds: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Set-level cells as classification protocols store them: AUROC rows on case "__set__" (per class and the
+    mean, class -1) plus each test image's pred_score / pred_target per class."""
+    from bench.stats import mean_auroc
+    rng = np.random.default_rng(7)
+    y = (rng.random((n, 2)) < 0.4).astype(float)
+    rows, scores = [], {}
+    for method, k in strength.items():
+        for s in range(seeds):
+            p = 1 / (1 + np.exp(-(rng.normal(size=(n, 2)) + k * (2 * y - 1))))
+            scores[method, s] = p
+            cell = {"suite": "fixture_set", "suite_version": 1, "task": "findings", "method": method,
+                    "protocol": "finetune", "label_fraction": 1.0, "draw": 0, "seed": s, "budget": "quick",
+                    "leakage_override": 0, "cell_id": f"{method}/s{s}"}
+            rows.append(cell | {"case_id": "__set__", "class": -1, "metric": "auroc", "value": mean_auroc(p, y)})
+            for c in range(2):
+                rows.append(cell | {"case_id": "__set__", "class": c, "metric": "auroc",
+                                    "value": mean_auroc(p[:, [c]], y[:, [c]])})
+                for i in range(n):
+                    rows.append(cell | {"case_id": f"img{i:04d}", "class": c, "metric": "pred_score", "value": p[i, c]})
+                    rows.append(cell | {"case_id": f"img{i:04d}", "class": c, "metric": "pred_target", "value": y[i, c]})
+    m = pd.DataFrame(rows)
+    cells = m.drop_duplicates("cell_id")[["cell_id"]].assign(git_sha="abc", device="cpu", gpu_hours=0.0,
+                                                             cpu_hours=0.1, params=1000)
+    return m, cells, scores, y
+
+
+def test_set_level_tables_bootstrap_test_images_and_test_by_paired_bootstrap():
+    from bench import stats
+    metrics, cells, scores, y = _set_frames({"random": 0.2, "better": 1.2, "tied": 0.2})
+    lb = leaderboard.analyse(SET_SUITE, metrics, cells)
+    (table,) = lb.sections[0].tables
+    assert table.unit == "images" and table.cases == 120
+    better = table.row("better")
+    runs = np.stack([scores["better", 0], scores["better", 1]])
+    assert (better.low, better.high) == pytest.approx(stats.set_auroc_ci(runs, y, n_resamples=10_000, seed=0))
+    assert better.low < better.mean < better.high and better.high - better.low > 0.01   # no longer a point
+    assert better.vs_baseline.mark(0.05) == leaderboard.MARK_BETTER
+    assert table.row("tied").vs_baseline.mark(0.05) == ""
+    assert table.tau is not None and len(table.tau) == 1000
+    md = leaderboard.markdown(lb, now=NOW, git=GIT)
+    assert "120 test images" in md and "paired bootstrap over test images" in md
+    assert "Wilcoxon" not in md.split("### Across", 1)[0]
+
+
+def test_set_level_table_without_predictions_keeps_the_case_bootstrap():
+    metrics, cells, _, _ = _set_frames({"random": 0.2, "better": 1.2})
+    old = metrics[~metrics["metric"].isin(["pred_score", "pred_target"])]
+    (table,) = leaderboard.analyse(SET_SUITE, old, cells).sections[0].tables
+    assert table.unit == "cases" and table.cases == 1
+    per_seed = old[old["class"] == -1].groupby("method")["value"]
+    for r in table.rows:               # only the two seeds' values to resample: the CI spans them and no more
+        assert (r.low, r.high) == pytest.approx((per_seed.min()[r.method], per_seed.max()[r.method]))
+
+
 def test_publish_writes_figures_and_csv_that_round_trips(frames, tmp_path):
     metrics, cells = frames
     store = ResultsStore(tmp_path / "results.sqlite")

@@ -5,8 +5,10 @@ Every image of a split is preprocessed once (the suite's window, then resized to
 (export, split) and share them across cells. Settings are the same for every method of a suite.
 
 Metrics are set-level: per-class one-vs-rest AUROC and their mean (rows with class -1), plus accuracy for
-single-label tasks. A row's ``case`` is ``"__set__"`` (the whole test split); ``few_shot`` stores one "case" per
-draw of its labelled subset, so the leaderboard's intervals include the draw-to-draw spread.
+single-label tasks. A row's ``case`` is ``"__set__"`` (the whole test split); beside them a set-level cell stores
+each test image's predicted probability and label per scored class (``pred_score`` / ``pred_target`` rows, case =
+image id), so the leaderboard bootstraps test images for its intervals and paired tests. ``few_shot`` stores one
+"case" per draw of its labelled subset, so the leaderboard's intervals include the draw-to-draw spread.
 
 Input channels: an image with more channels than the encoder takes (RGB MedMNIST into a 1-channel encoder) is
 averaged to grey, as a 1-channel encoder's users would convert it; fewer channels than it takes is an error.
@@ -28,6 +30,7 @@ from bench.engine import TrainConfig, fit
 from bench.export import load_export, load_extras
 from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
 from bench.registry import HEADS
+from bench.results import PRED_SCORE, PRED_TARGET
 from bench.steps import StepInfo, StepOutput
 
 SET = "__set__"
@@ -169,14 +172,24 @@ def _aurocs(scores: np.ndarray, targets: np.ndarray, space: LabelSpace) -> tuple
     return per, (float(np.mean(defined)) if defined else float("nan"))
 
 
-def result_rows(scores: np.ndarray, targets: np.ndarray, space: LabelSpace, case: str = SET) -> list[dict[str, Any]]:
-    """Per-class AUROC rows, the mean AUROC (class -1) and, for single-label tasks, accuracy (class -1)."""
+def result_rows(scores: np.ndarray, targets: np.ndarray, space: LabelSpace, case: str = SET,
+                ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per-class AUROC rows, the mean AUROC (class -1) and, for single-label tasks, accuracy (class -1); with
+    ``ids`` (the test images, in row order) also each image's probability and label per scored class."""
     per, mean = _aurocs(scores, targets, space)
     rows = [{"case": case, "class": c, "metric": "auroc", "value": v} for c, v in per.items() if not np.isnan(v)]
     rows.append({"case": case, "class": OVERALL, "metric": "auroc", "value": mean})
     if not space.multilabel:
         rows.append({"case": case, "class": OVERALL, "metric": "accuracy",
                      "value": metrics.accuracy(scores.argmax(1), targets)})
+    if ids is not None:
+        if len(ids) != len(scores) or len(set(ids)) != len(ids):
+            raise ValueError(f"{len(ids)} image ids (unique: {len(set(ids))}) for {len(scores)} score rows")
+        onehot = targets if space.multilabel else np.eye(space.n_out, dtype=np.float32)[targets]
+        for c in space.scored_columns():
+            cls = space.classes[c]
+            rows += [{"case": i, "class": cls, "metric": PRED_SCORE, "value": float(v)} for i, v in zip(ids, scores[:, c])]
+            rows += [{"case": i, "class": cls, "metric": PRED_TARGET, "value": float(v)} for i, v in zip(ids, onehot[:, c])]
     return rows
 
 
@@ -294,13 +307,13 @@ class LinearProbe(Protocol):
         keep = set(subsample(ids, ctx.cell.label_fraction, ctx.cell.draw))
         idx = [i for i, r in enumerate(ids) if r in keep]
         _, vf, vy = cached_features(ctx, backbone, "val")
-        _, tf, ty = cached_features(ctx, backbone, "test")
+        test_ids, tf, ty = cached_features(ctx, backbone, "test")
         t0 = time.time()
         head = train_linear_head(ctx, feats[idx], y[idx], space, self.cfg, self.cfg.steps, ctx.run_dir, (vf, vy),
                                  ctx.cell.seed, f"linear_probe {ctx.cell.key}")
         with torch.no_grad():
             scores = probabilities(head(tf.to(ctx.device)).cpu(), space)
-        rows = result_rows(scores, ty, space)
+        rows = result_rows(scores, ty, space, ids=test_ids)
         return ProtocolResult(rows, summary_of(rows), train_wall_s=time.time() - t0,
                               params=sum(p.numel() for p in backbone.parameters()) + head.linear.weight.numel()
                               + head.linear.bias.numel(),
@@ -380,7 +393,7 @@ class Finetune(Protocol):
             device=ctx.device, eval_fn=val_score, desc=f"finetune {ctx.cell.key}", log_prefix="transfer/finetune",
             progress=ctx.progress)
         wall = time.time() - t0
-        rows = result_rows(predict(test.images), test.targets, space)
+        rows = result_rows(predict(test.images), test.targets, space, ids=test.ids)
         n = sum(p.numel() for p in model.parameters())
         return ProtocolResult(rows, summary_of(rows), train_wall_s=wall, params=n, trainable_params=n)
 
@@ -418,9 +431,9 @@ class KNN(Protocol):
         ids, feats, y = cached_features(ctx, backbone, "train")
         keep = set(subsample(ids, ctx.cell.label_fraction, ctx.cell.draw))
         idx = [i for i, r in enumerate(ids) if r in keep]
-        _, tf, ty = cached_features(ctx, backbone, "test")
+        test_ids, tf, ty = cached_features(ctx, backbone, "test")
         scores = knn_scores(feats[idx], y[idx], tf, space, self.cfg.k, self.cfg.temperature)
-        rows = result_rows(scores, ty, space)
+        rows = result_rows(scores, ty, space, ids=test_ids)
         return ProtocolResult(rows, summary_of(rows), params=sum(p.numel() for p in backbone.parameters()))
 
 
