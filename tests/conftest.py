@@ -41,3 +41,18 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("data")
     os.environ["SSLBENCH_DATA"] = str(d)
     return d
+
+
+@pytest.fixture
+def views_batch():
+    """``views_batch(method, size=64, n=2)``: a 2D method's views of ``n`` random images, collated as the loader
+    collates them."""
+    import numpy as np
+    import torch
+
+    def make(method, size: int = 64, n: int = 2) -> dict:
+        rng = np.random.default_rng(0)
+        views = [method.views({"image": rng.random((1, size, size), dtype=np.float32), "roi": (size, size)}, rng)
+                 for _ in range(n)]
+        return torch.utils.data.default_collate(views)
+    return make

@@ -163,16 +163,9 @@ def _method(**over):
     return cls(bb, cls.make_config({**SMALL_HEAD, **over}))
 
 
-def _batch(m, size=64, n=2):
-    rng = np.random.default_rng(0)
-    views = [m.views({"image": rng.random((1, size, size), dtype=np.float32), "roi": (size, size)}, rng)
-             for _ in range(n)]
-    return torch.utils.data.default_collate(views)
-
-
-def test_views_geometry_and_targets():
+def test_views_geometry_and_targets(views_batch):
     m = _method()
-    b = _batch(m)
+    b = views_batch(m)
     assert b["large"].shape == b["small"].shape == (2, 1, 64, 64)   # G = 4 at 64 px on a ViT/16
     assert b["target_dec"].shape == (2, 16, 64) and b["target_comp"].shape == (2, 16, 4)
     assert torch.equal(b["mask_s"].sum(1), 4 * b["mask_l"].sum(1))
@@ -200,10 +193,10 @@ def test_small_crop_is_an_unresized_window_of_the_canvas(monkeypatch):
                           torch.from_numpy(img[:, y2:y2 + 64, x2:x2 + 64]), atol=1e-6)
 
 
-def test_training_step_teacher_gets_no_gradient_and_centre_moves():
+def test_training_step_teacher_gets_no_gradient_and_centre_moves(views_batch):
     m = _method()
     m.train()
-    b = _batch(m)
+    b = views_batch(m)
     before = m.center.clone()
     out = m.training_step(b, StepInfo(10, 10))
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
@@ -220,10 +213,10 @@ def test_training_step_teacher_gets_no_gradient_and_centre_moves():
     assert [s for s, _ in pairs] == [m.backbone, m.dino_head, m.dense_head]
 
 
-def test_last_layer_frozen_early():
+def test_last_layer_frozen_early(views_batch):
     m = _method(freeze_last_layer=0.5)
     m.train()
-    m.training_step(_batch(m), StepInfo(0, 10)).loss.backward()
+    m.training_step(views_batch(m), StepInfo(0, 10)).loss.backward()
     assert m.dino_head.last_layer.weight_v.grad.abs().sum() == 0
     assert m.dense_head.net[0].weight.grad.abs().sum() > 0
 
@@ -243,8 +236,8 @@ def test_geometry_errors_name_the_option():
     assert v["large"].shape == (1, 32, 32) and v["target_comp"].shape == (4, 1)
 
 
-def test_cls_global_input_runs():
+def test_cls_global_input_runs(views_batch):
     m = _method(global_input="cls")
     m.train()
-    out = m.training_step(_batch(m), StepInfo(5, 10))
+    out = m.training_step(views_batch(m), StepInfo(5, 10))
     assert torch.isfinite(out.loss)

@@ -23,23 +23,16 @@ def _make(name, backbone="vit_tiny_2d", **over):
     return cls(bb, cls.make_config({**base, **over}))
 
 
-def _batch(m, size=64, n=2):
-    rng = np.random.default_rng(0)
-    views = [m.views({"image": rng.random((1, size, size), dtype=np.float32), "roi": (size, size)}, rng)
-             for _ in range(n)]
-    return torch.utils.data.default_collate(views)
-
-
 def test_registered_as_2d():
     assert {"dino", "mae"} <= set(METHODS.names(tag="2d"))
     assert "ema" in METHODS.get("dino").capabilities and "2d" in METHODS.get("mae").capabilities
 
 
-def test_dino_crop_sizes():
+def test_dino_crop_sizes(views_batch):
     m = _make("dino")
     assert m.sizes((224, 224)) == (224, 96)          # the paper's sizes
     assert m.sizes((128, 128)) == (128, 48)          # quick budget on a ViT/16
-    b = _batch(m)
+    b = views_batch(m)
     assert b["global"].shape == (2, 2, 1, 64, 64) and b["local"].shape == (2, 2, 1, 16, 16)
     assert 0 <= b["global"].min() and b["global"].max() <= 1
 
@@ -53,11 +46,11 @@ def test_dino_size_errors_name_the_option():
         _make("dino").views({"image": np.zeros((1, 64, 96), np.float32), "roi": (64, 96)}, np.random.default_rng(0))
 
 
-def test_dino_loss_equals_manual_cross_entropy():
+def test_dino_loss_equals_manual_cross_entropy(views_batch):
     """Teacher sees the 2 global crops, the student all 4; every (teacher i, student j != i) pair, averaged."""
     m = _make("dino")
     m.train()
-    b = _batch(m)
+    b = views_batch(m)
     center = m.criterion.center.clone()
     loss = m.training_step(b, StepInfo(5, 10)).loss
     with torch.no_grad():
@@ -70,25 +63,25 @@ def test_dino_loss_equals_manual_cross_entropy():
     assert not torch.equal(m.criterion.center, center)
 
 
-def test_dino_teacher_gets_no_gradient_and_is_exported():
+def test_dino_teacher_gets_no_gradient_and_is_exported(views_batch):
     m = _make("dino")
     m.train()
-    m.training_step(_batch(m), StepInfo(5, 10)).loss.backward()
+    m.training_step(views_batch(m), StepInfo(5, 10)).loss.backward()
     assert all(p.grad is None and not p.requires_grad for p in m.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.backbone.parameters())
     assert m.export_encoder() is m.teacher["backbone"]
     m.zero_grad()
-    m.training_step(_batch(m), StepInfo(0, 1000)).loss.backward()   # progress 0 < freeze_last_layer
+    m.training_step(views_batch(m), StepInfo(0, 1000)).loss.backward()   # progress 0 < freeze_last_layer
     assert m.head.last_layer.weight_v.grad.abs().sum() == 0
 
 
-def test_dino_runs_on_convnext():
+def test_dino_runs_on_convnext(views_batch):
     m = _make("dino", backbone="convnext_tiny_2d", local_size=32)
-    out = m.training_step(_batch(m), StepInfo(5, 10))
+    out = m.training_step(views_batch(m), StepInfo(5, 10))
     assert torch.isfinite(out.loss)
 
 
-def test_mae_masks_three_quarters_and_targets_are_patch_normalised():
+def test_mae_masks_three_quarters_and_targets_are_patch_normalised(views_batch):
     m = _make("mae")
     x = torch.rand(2, 1, 64, 64)
     t = m.targets(x)
@@ -97,11 +90,11 @@ def test_mae_masks_three_quarters_and_targets_are_patch_normalised():
     # patch 5 (row 1, column 1 of the 4x4 grid) is pixels [16:32, 16:32]
     raw = x[0, 0, 16:32, 16:32].reshape(-1)
     assert torch.allclose(t[0, 5], (raw - raw.mean()) / (raw.var() + 1e-6).sqrt(), atol=1e-5)
-    out = m.training_step(_batch(m), StepInfo(0, 10))
+    out = m.training_step(views_batch(m), StepInfo(0, 10))
     assert out.logs["masked_fraction"] == 0.75 and torch.isfinite(out.loss)
 
 
-def test_mae_loss_only_on_masked_patches(monkeypatch):
+def test_mae_loss_only_on_masked_patches(monkeypatch, views_batch):
     """With a fixed mask the loss equals the MSE over the masked patches only, recomputed by hand."""
     from lightly.models import utils
 
@@ -109,7 +102,7 @@ def test_mae_loss_only_on_masked_patches(monkeypatch):
     keep = torch.tensor([[0, 5, 10, 15], [1, 2, 3, 4]])
     mask = torch.stack([torch.tensor([i for i in range(16) if i not in k.tolist()]) for k in keep])
     monkeypatch.setattr(utils, "random_token_mask", lambda size, ratio, mask_class_token, device: (keep, mask))
-    x = _batch(m)["image"]
+    x = views_batch(m)["image"]
     loss = m.training_step({"image": x}, StepInfo(0, 10)).loss
     with torch.no_grad():
         cls, vis = m.backbone.tokens(x, idx_keep=keep)
