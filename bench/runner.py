@@ -77,6 +77,7 @@ class Plan:
     spatial_dims: int = 3
     allow_leakage: bool = False
     transfer_evaluations: int | None = None
+    transfer_protocols: dict[str, Any] | None = None    # the budget's protocol settings: {protocol: {kind: {k: v}}}
     preprocessing: dict[str, Any] | None = None   # the suite's, with `suite.preprocessing.*` overrides merged
 
 
@@ -174,6 +175,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         pretrain_seed=int(cfg.pretrain_seed), label_fraction=fraction, spatial_dims=int(spatial),
         allow_leakage=bool(cfg.get("allow_leakage", False)),
         transfer_evaluations=budget.transfer.get("evaluations"),
+        transfer_protocols=_plain_dict(budget.transfer.get("protocols")),
         preprocessing=suite_preprocessing(suite, cfg.suite.get("preprocessing")),
     )
 
@@ -360,6 +362,24 @@ def protocol_config(plan: Plan, cfg: DictConfig, name: str) -> dict[str, Any]:
     return load_group_option("protocol", name)
 
 
+def protocol_options(plan: Plan, cfg: DictConfig, name: str, kind: str) -> dict[str, Any]:
+    """A protocol's options for one task kind, with the budget's ``transfer.protocols.<name>.<kind>`` block over
+    them (a short schedule wants a larger learning rate; the same for every method). An option set on the command
+    line wins: the block replaces only values that still equal the protocol YAML's."""
+    values = protocol_values(protocol_config(plan, cfg, name), kind)
+    block = dict(((plan.transfer_protocols or {}).get(name) or {}).get(kind) or {})
+    if not block:
+        return values
+    defaults = protocol_values(load_group_option("protocol", name), kind)
+    for key, value in block.items():
+        if key not in defaults:
+            raise UserError(f"budget {plan.budget}: transfer.protocols.{name}.{kind}.{key} is not an option of the "
+                            f"{name} protocol for {kind} (conf/protocol/{name}.yaml)")
+        if values.get(key) == defaults[key]:
+            values[key] = value
+    return values
+
+
 def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> list[dict[str, Any]]:
     cells = expand(plan.suite, plan.seeds, plan.protocol, plan.label_fraction)
     done: list[dict[str, Any]] = []
@@ -369,7 +389,7 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
     for cell in cells:
         try:
             proto_cls = resolve_protocol(cell.protocol, cell.task.kind)
-            values = protocol_values(protocol_config(plan, cfg, cell.protocol), cell.task.kind)
+            values = protocol_options(plan, cfg, cell.protocol, cell.task.kind)
             pcfg = proto_cls.make_config(values | dict(cell.task.protocol_options.get(cell.protocol, {})))
         except (TypeError, ValueError) as e:
             raise UserError(str(e)) from None

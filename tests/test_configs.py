@@ -140,3 +140,20 @@ def test_label_fraction_selects_the_cells_and_refuses_a_fraction_the_suite_lacks
     for bad in ("0.3", "half"):
         with pytest.raises(UserError, match="label_fraction"):
             make_plan(_compose(["suite=abdomen", "method=random", f"label_fraction={bad}", f"runs_dir={tmp_path}"]))
+
+
+def test_budget_protocol_block_sets_segmentation_finetune_lr_unless_the_user_set_it(tmp_path):
+    from bench.runner import UserError, make_plan, protocol_options
+
+    def lr(overrides: list[str], kind: str = "segmentation") -> float:
+        cfg = _compose(["suite=abdomen", "method=random", f"runs_dir={tmp_path}", *overrides])
+        return protocol_options(make_plan(cfg), cfg, "finetune", kind)["lr"]
+
+    assert lr(["budget=standard"]) == 1e-4                         # the protocol YAML
+    assert lr(["budget=quick"]) == 1e-3                            # quick's short schedule
+    assert lr(["budget=quick", "protocol=finetune", "protocol.segmentation.lr=3e-4"]) == 3e-4
+    assert lr(["budget=quick"], "classification") == 1e-4          # only the kind the block names
+    cfg = _compose(["suite=abdomen", "method=random", "budget=quick", f"runs_dir={tmp_path}",
+                    "+budget.transfer.protocols.finetune.segmentation.lrr=1"])
+    with pytest.raises(UserError, match="lrr"):
+        protocol_options(make_plan(cfg), cfg, "finetune", "segmentation")
