@@ -644,14 +644,47 @@ def _check_set(scores: NDArray[np.floating], targets: NDArray[np.floating]) -> N
         raise ValueError(f"need at least one run and two images, got {scores.shape}")
 
 
+class _SortedScores(NamedTuple):
+    """One score column sorted once, so every resample's AUROC is a weighted sum (no sort per resample)."""
+
+    order: NDArray[np.integer]          # images by ascending score
+    starts: NDArray[np.integer]         # first position of each run of tied scores in ``order``
+    pos: NDArray[np.float64]            # target of each image in ``order`` (0/1)
+
+
+def _sorted_scores(scores: NDArray[np.floating], targets: NDArray[np.floating]) -> _SortedScores:
+    order = np.argsort(scores, kind="stable")
+    s = scores[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    return _SortedScores(order, starts, targets[order].astype(np.float64))
+
+
+def _weighted_auroc(col: _SortedScores, weights: NDArray[np.floating]) -> NDArray[np.float64]:
+    """AUROC of one score column with each image counted ``weights`` [m, n] times (a bootstrap resample's
+    draw counts) -> [m]: the Mann-Whitney U over tie groups, ``sum_pos w_i (W_neg below + W_neg tied / 2)``,
+    equal to :func:`_auroc_last` on the resampled images; NaN where a resample holds one label only."""
+    w = weights[:, col.order]
+    pos = np.add.reduceat(w * col.pos, col.starts, axis=1)                       # [m, groups]
+    neg = np.add.reduceat(w, col.starts, axis=1) - pos
+    below = np.cumsum(neg, axis=1) - neg
+    u = (pos * (below + 0.5 * neg)).sum(1)
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
+    with _quiet():
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
 def _set_auroc_boots(scores: NDArray[np.floating], targets: NDArray[np.floating], n_resamples: int,
                      seed: int) -> NDArray[np.float64]:
     """Bootstrap distribution of the run-averaged mean AUROC of each method: scores [M, R, n, C] (method, run,
     image, class) and targets [n, C] -> [M, n_resamples].
 
     One resample draws R runs and n images with replacement, both shared by every method (the runs are
-    matched across methods: same seed, same draw), and recomputes each class's AUROC on the drawn images."""
+    matched across methods: same seed, same draw), and recomputes each class's AUROC on the drawn images.
+    Each column is sorted once; a resample enters as its draw counts, so a block costs O(resamples x images)
+    per column instead of a sort per resample (ChestX-ray14's 25,596 test images x 14 classes stay fast)."""
     n_method, n_run, n_img, n_cls = scores.shape
+    cols = [[[_sorted_scores(scores[k, r, :, c], targets[:, c]) for c in range(n_cls)] for r in range(n_run)]
+            for k in range(n_method)]
     rng = np.random.default_rng(seed)
     boots = np.empty((n_method, n_resamples))
     for start, stop in _blocks(n_resamples, n_img + n_run):
@@ -659,9 +692,10 @@ def _set_auroc_boots(scores: NDArray[np.floating], targets: NDArray[np.floating]
         runs = _counts(rng.integers(0, n_run, size=(m, n_run)), n_run) / n_run      # [m, R] run weights
         img = rng.integers(0, n_img, size=(m, n_img))
         per = np.empty((n_method, n_run, m, n_cls))
-        for sub in _sub_blocks(m, n_method * n_run * n_img):
-            for c in range(n_cls):
-                per[:, :, sub, c] = _auroc_last(scores[:, :, img[sub], c], targets[img[sub], c])
+        for sub in _sub_blocks(m, 4 * n_img):
+            w = _counts(img[sub], n_img)                                           # [m', n] draw counts
+            for k, r, c in np.ndindex(n_method, n_run, n_cls):
+                per[k, r, sub, c] = _weighted_auroc(cols[k][r][c], w)
         with _quiet():
             per_run = np.nanmean(per, axis=-1)                                     # [M, R, m]
         boots[:, start:stop] = np.einsum("krm,mr->km", per_run, runs)

@@ -132,3 +132,15 @@ def test_set_statistics_refuse_mismatched_shapes():
         S.set_auroc_ci(np.zeros((2, 10, 3)), np.zeros((10, 2)))
     with pytest.raises(ValueError, match="targets"):
         S.paired_set_auroc_test(np.zeros((10, 1)), np.zeros((11, 1)), np.zeros((10, 1)))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_weighted_auroc_of_draw_counts_equals_auroc_of_the_resampled_images(ties):
+    rng = np.random.default_rng(8)
+    s = rng.normal(size=80)
+    s = np.round(s, 1) if ties else s
+    y = (rng.random(80) < 0.3).astype(float)
+    idx = rng.integers(0, 80, size=(50, 80))
+    got = S._weighted_auroc(S._sorted_scores(s, y), S._counts(idx, 80))
+    want = np.array([roc_auc_score(y[i], s[i]) if 0 < y[i].sum() < 80 else np.nan for i in idx])
+    assert np.allclose(got, want, atol=1e-12, equal_nan=True)
