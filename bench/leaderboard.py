@@ -567,7 +567,7 @@ def _table_md(t: Table, o: Options, names: dict[int, str]) -> list[str]:
     head += ["seeds", "cases"] + [names.get(c, str(c)) for c in t.classes] + ["GPU h", "CPU h", "params"]
     align = ["---", "---:", "---"] + ["---"] * (1 + has_baseline) + ["---:"] * (len(head) - 4 - has_baseline)
     out = [f"### {t.label}", "",
-           f"{t.task.kind.capitalize()}, {metric} ({direction}); {len(t.seeds)} seeds"
+           f"{t.task.kind.capitalize()}, {metric} ({direction}); {len(t.seeds)} seed{'s' if len(t.seeds) != 1 else ''}"
            + (f", {t.draws} draws" if t.draws > 1 else "") + f", {t.cases} test {t.unit}.", "",
            "| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     for i, r in enumerate(t.rows):
