@@ -27,6 +27,15 @@ class Preprocess:
     spacing: tuple[float, ...] | None = None   # resample to this spacing (mm); None keeps the native grid
     size: tuple[int, ...] | None = None        # resize to this grid (2D images: the budget's input size)
 
+    @classmethod
+    def from_config(cls, values: dict[str, Any]) -> "Preprocess":
+        """From a suite's ``preprocessing`` mapping (YAML lists become the tuples the cache keys use)."""
+        kw = dict(values)
+        for k in ("spacing", "size"):
+            if kw.get(k) is not None:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
     def key(self) -> str:
         key = f"w{self.a_min:g}_{self.a_max:g}_s{'x'.join(f'{v:g}' for v in self.spacing) if self.spacing else 'native'}"
         return key + (f"_r{'x'.join(map(str, self.size))}" if self.size else "")

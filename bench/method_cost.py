@@ -72,11 +72,7 @@ def corpus_volumes(suite_name: str, n: int, data_dir: str | None) -> list[np.nda
     suite = SUITES.get(suite_name)
     ds = DATASETS.get(suite.pretrain_dataset)(root=None, cache_dir=data_dir)
     ds.prepare(progress=False)
-    pp_kw = dict(suite.preprocessing)
-    for k in ("spacing", "size"):
-        if pp_kw.get(k) is not None:
-            pp_kw[k] = tuple(pp_kw[k])
-    pp = Preprocess(**pp_kw)
+    pp = Preprocess.from_config(suite.preprocessing)
     records = [r for split in suite.pretrain_splits for r in ds.records(split)][:n]
     return [preprocess(ds.load(r) | {"label": None}, pp)["image"] for r in records]
 

@@ -108,11 +108,7 @@ def _volumes(suite_name: str, data_dir: str | None) -> dict[str, list[tuple[str,
                          "segmentation (its labelled volumes)")
     ds = DATASETS.get(task.dataset)(root=None, cache_dir=data_dir)
     ds.prepare(progress=True)
-    kw = dict(suite.preprocessing)
-    for k in ("spacing", "size"):
-        if kw.get(k) is not None:
-            kw[k] = tuple(kw[k])
-    pp = Preprocess(**kw)
+    pp = Preprocess.from_config(suite.preprocessing)
     out: dict[str, list[tuple[str, np.ndarray]]] = {}
     for split in ("train", "val", "test"):
         out[split] = [(r.id, preprocess(ds.load(r) | {"label": None}, pp)["image"]) for r in ds.records(split)]

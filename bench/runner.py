@@ -192,13 +192,9 @@ def split_hash(dataset_name: str) -> str:
 
 def suite_preprocess(plan: Plan) -> Preprocess:
     pp = dict(plan.preprocessing if plan.preprocessing is not None else plan.suite.preprocessing)
-    if "spacing" in pp and pp["spacing"] is not None:
-        pp["spacing"] = tuple(pp["spacing"])
     if plan.spatial_dims == 2:
         pp.setdefault("size", tuple(plan.roi))   # 2D images are fed whole, at the budget's input size
-    if pp.get("size") is not None:
-        pp["size"] = tuple(pp["size"])
-    return Preprocess(**pp)
+    return Preprocess.from_config(pp)
 
 
 def method_identity(plan: Plan) -> dict[str, Any]:
