@@ -53,6 +53,7 @@ BACKGROUND_CLASS = 0
 MARK_PARTIAL = "†"
 MARK_LEAKAGE = "⚠"
 MARK_BETTER, MARK_WORSE = "▲", "▼"
+PREDICTIONS_SUFFIX = "_predictions.csv.gz"       # published per-image predictions, beside <suite>.csv
 
 
 @dataclass(frozen=True)
@@ -765,7 +766,8 @@ def publish(suite_name: str | Suite, store, out_dir: Path, *, now: dt.datetime |
             git: str | None = None, class_names: dict[str, dict[int, str]] | None = None,
             options: Options = Options()) -> Path:
     """Write ``<out_dir>/<suite>.md`` with its figures (``<out_dir>/<suite>/*.png``) and the exact result rows
-    it used (``<out_dir>/<suite>.csv``; :func:`from_csv` reads them back into the same Markdown)."""
+    it used (``<out_dir>/<suite>.csv``, and the per-image predictions of set-level cells in
+    ``<out_dir>/<suite>_predictions.csv.gz``; :func:`from_csv` reads them back into the same Markdown)."""
     from bench import plots
 
     suite = _suite(suite_name)
@@ -779,19 +781,37 @@ def publish(suite_name: str | Suite, store, out_dir: Path, *, now: dt.datetime |
         stale.unlink()
     for s in lb.sections:
         _write_figures(plots, s, files, out_dir)
-    csv = out_dir / f"{suite.name}.csv"
-    tmp = csv.with_name(csv.name + ".tmp")
-    lb.rows.to_csv(tmp, index=False)
-    tmp.replace(csv)
+    # the per-image predictions of set-level cells go to their own gzipped file: they outnumber the scores by
+    # orders of magnitude, and the scores' CSV stays small enough to read on a code host
+    is_pred = lb.rows["metric"].isin(PREDICTION_METRICS)
+    _atomic_csv(lb.rows[~is_pred], out_dir / f"{suite.name}.csv")
+    preds = out_dir / f"{suite.name}{PREDICTIONS_SUFFIX}"
+    if is_pred.any():
+        _atomic_csv(lb.rows[is_pred], preds)
+    else:
+        preds.unlink(missing_ok=True)
     path = out_dir / f"{suite.name}.md"
     _atomic_write(path, _markdown(lb, now, git, class_names, True))
     return path
 
 
+def _atomic_csv(rows: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    # mtime 0: the same rows give the same bytes, so a republished file only shows in a diff when it changed
+    rows.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0} if path.name.endswith(".gz") else None)
+    tmp.replace(path)
+
+
 def from_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read a published CSV of result rows back as (metrics, cells) frames for :func:`render`."""
-    rows = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
-                       na_values={c: [""] for c in CELL_INFO_COLUMNS}, float_precision="round_trip")
+    """Read a published CSV of result rows (with its ``<suite>_predictions.csv.gz`` beside it, if any) back as
+    (metrics, cells) frames for :func:`render`."""
+    path = Path(path)
+    kw = dict(dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
+              na_values={c: [""] for c in CELL_INFO_COLUMNS}, float_precision="round_trip")
+    rows = pd.read_csv(path, **kw)
+    preds = path.with_name(path.name.removesuffix(".csv") + PREDICTIONS_SUFFIX)
+    if preds.is_file():
+        rows = pd.concat([rows, pd.read_csv(preds, compression="gzip", **kw)], ignore_index=True)
     cells = rows[["cell_id", *CELL_INFO_COLUMNS]].drop_duplicates("cell_id")
     return rows[METRIC_COLUMNS], cells
 

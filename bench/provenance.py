@@ -8,11 +8,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_sha() -> str:
-    """The checkout's commit (short SHA, ``+dirty`` with uncommitted changes to tracked files)."""
+    """The checkout's commit (short SHA, ``+dirty`` with uncommitted changes to tracked files). Published
+    leaderboards are outputs, not code: republishing one suite must not mark the next one ``+dirty``."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)leaderboards"], cwd=PROJECT_ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

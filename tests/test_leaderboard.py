@@ -320,6 +320,25 @@ def test_set_level_table_without_predictions_keeps_the_case_bootstrap():
         assert (r.low, r.high) == pytest.approx((per_seed.min()[r.method], per_seed.max()[r.method]))
 
 
+def test_published_predictions_sit_beside_the_csv_and_round_trip(tmp_path):
+    metrics, cells, _, _ = _set_frames({"random": 0.2, "better": 1.2}, n=40)
+    store = ResultsStore(tmp_path / "results.sqlite")
+    for cell_id, g in metrics.groupby("cell_id"):
+        cell = g.iloc[0][["suite", "suite_version", "task", "method", "protocol", "label_fraction", "draw", "seed",
+                          "budget", "leakage_override"]].to_dict() | {"cell_id": cell_id, "config_hash": "h"}
+        store.write_cell(cell, g.rename(columns={"case_id": "case"})[["case", "class", "metric", "value"]]
+                         .to_dict("records"))
+    out = tmp_path / "lb"
+    md = leaderboard.publish(SET_SUITE, store, out, now=NOW, git=GIT).read_text(encoding="utf-8")
+    plain = pd.read_csv(out / "fixture_set.csv")
+    assert set(plain["metric"]) == {"auroc"}
+    preds = pd.read_csv(out / "fixture_set_predictions.csv.gz")
+    assert set(preds["metric"]) == {"pred_score", "pred_target"} and len(preds) == 2 * 2 * 40 * 2 * 2
+    again = leaderboard.render(SET_SUITE, *leaderboard.from_csv(out / "fixture_set.csv"), now=NOW, git=GIT,
+                               figures=True)
+    assert again == md and "40 test images" in md
+
+
 def test_publish_writes_figures_and_csv_that_round_trips(frames, tmp_path):
     metrics, cells = frames
     store = ResultsStore(tmp_path / "results.sqlite")
