@@ -620,7 +620,8 @@ def _table_md(t: Table, o: Options, names: dict[int, str]) -> list[str]:
         out += [f"{MARK_LEAKAGE} Includes cells run with `leakage_override` (a data-leakage check was overridden): "
                 + ", ".join(leaks) + ".", ""]
     if t.tau is not None:
-        lo, med, hi = np.quantile(t.tau, [0.025, 0.5, 0.975])
+        # tau is undefined (NaN) on a resample that ties every method; quantiles over the defined ones
+        lo, med, hi = np.nanquantile(t.tau, [0.025, 0.5, 0.975]) if np.isfinite(t.tau).any() else (np.nan,) * 3
         unit = "test images" if t.unit == "images" else "cases"
         out += [f"Rank stability: Kendall τ between the ranking on all {unit} and on {len(t.tau)} bootstrap "
                 f"resamples of the {unit}: median {_num(med, '.3f')}, 95% of resamples in "

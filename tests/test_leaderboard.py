@@ -377,3 +377,11 @@ def test_stats_benchmark_script_runs_end_to_end_on_a_small_size(capsys):
                              "--no-per-call"]) == 0
     out = capsys.readouterr().out
     assert "7b publish" in out and "leaderboard end to end" in out
+
+
+def test_rank_stability_quantiles_skip_resamples_where_tau_is_undefined():
+    metrics, cells, _, _ = _set_frames({"random": 0.2, "better": 1.2}, n=40)
+    lb = leaderboard.analyse(SET_SUITE, metrics, cells)
+    lb.sections[0].tables[0].tau[0] = np.nan          # a resample that tied the methods
+    md = leaderboard.markdown(lb, now=NOW, git=GIT)
+    assert "Rank stability" in md and "median n/a" not in md
