@@ -392,8 +392,8 @@ def _compare(rows: list[MethodRow], g: pd.DataFrame, sign: float, opts: Options,
     paired = g.pivot(index=[*RUN, "case_id"], columns="method", values="value")
     found = {}
     for a, b in pairs:
-        both = images.matched([a, b]) if images is not None else None
         if images is not None:
+            both = images.matched([a, b])
             if both is None:
                 found[a, b] = (0, np.nan, np.nan)
                 continue

@@ -81,6 +81,12 @@ class LabelSpace:
             raise ValueError(f"record {record_id}: a {self.task} record needs exactly one class, got {classes}")
         return self.column[classes[0]]
 
+    def onehot(self, targets: np.ndarray) -> np.ndarray:
+        """Targets as a float32 [N, columns] 0/1 matrix (multi-label targets already are one)."""
+        if self.multilabel:
+            return targets.astype(np.float32)
+        return np.eye(self.n_out, dtype=np.float32)[targets]
+
     def scored_columns(self) -> list[int]:
         """Columns that get an AUROC row: every label, or only the positive class of a binary task."""
         return [1] if self.task == "binary" else list(range(self.n_out))
@@ -165,7 +171,7 @@ def mean_auroc(scores: np.ndarray, targets: np.ndarray, space: LabelSpace) -> fl
 
 
 def _aurocs(scores: np.ndarray, targets: np.ndarray, space: LabelSpace) -> tuple[dict[int, float], float]:
-    onehot = targets if space.multilabel else np.eye(space.n_out, dtype=np.float32)[targets]
+    onehot = space.onehot(targets)
     cols = space.scored_columns()
     per = {space.classes[c]: metrics.auroc(scores[:, c], onehot[:, c]) for c in cols}
     defined = [v for v in per.values() if not np.isnan(v)]
@@ -185,7 +191,7 @@ def result_rows(scores: np.ndarray, targets: np.ndarray, space: LabelSpace, case
     if ids is not None:
         if len(ids) != len(scores) or len(set(ids)) != len(ids):
             raise ValueError(f"{len(ids)} image ids (unique: {len(set(ids))}) for {len(scores)} score rows")
-        onehot = targets if space.multilabel else np.eye(space.n_out, dtype=np.float32)[targets]
+        onehot = space.onehot(targets)
         for c in space.scored_columns():
             cls = space.classes[c]
             rows += [{"case": i, "class": cls, "metric": PRED_SCORE, "value": float(v)} for i, v in zip(ids, scores[:, c])]
@@ -410,8 +416,7 @@ def knn_scores(train_f: torch.Tensor, train_y: np.ndarray, test_f: torch.Tensor,
     k = min(k, len(a))
     top, idx = sim.topk(k, dim=1)
     w = torch.exp(top / temperature)
-    onehot = torch.from_numpy(train_y.astype(np.float32) if space.multilabel
-                              else np.eye(space.n_out, dtype=np.float32)[train_y])
+    onehot = torch.from_numpy(space.onehot(train_y))
     votes = (w[..., None] * onehot[idx]).sum(1)
     return (votes / w.sum(1, keepdim=True)).numpy()
 
