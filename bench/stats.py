@@ -612,30 +612,6 @@ def rank_stability(scores: ArrayLike, n_boot: int = 1000, seed: int = 0,
 # ------------------------------------------------------------------------- set-level AUROC over images
 
 
-def _auroc_last(scores: NDArray[np.floating], targets: NDArray[np.floating]) -> NDArray[np.float64]:
-    """AUROC along the last axis as the normalised Mann-Whitney U (tied scores count one half, the value of
-    ``sklearn.metrics.roc_auc_score``): scores [..., n], targets [..., n] in {0, 1} -> [...]; NaN where the
-    targets hold one class only."""
-    ranks = ss.rankdata(scores, axis=-1)
-    pos = targets.sum(-1)
-    neg = targets.shape[-1] - pos
-    u = (ranks * targets).sum(-1) - pos * (pos + 1) / 2.0
-    with _quiet():
-        return np.where((pos > 0) & (neg > 0), u / (pos * neg), np.nan)
-
-
-def mean_auroc(scores: ArrayLike, targets: ArrayLike) -> Any:
-    """Mean over classes of the per-class AUROC, classes without both labels left out (NaN if none has both).
-
-    Args:
-        scores: [..., n, C] (image, class).
-        targets: [n, C] binary labels.
-    """
-    s, t = _floats(scores), _floats(targets)
-    with _quiet():
-        return _out(np.nanmean(_auroc_last(np.moveaxis(s, -1, -2), t.T), axis=-1))
-
-
 def _check_set(scores: NDArray[np.floating], targets: NDArray[np.floating]) -> None:
     if scores.ndim != 4 or targets.ndim != 2 or scores.shape[2:] != targets.shape:
         raise ValueError(f"scores must be [methods, runs, images, classes] matching targets [images, classes], "
@@ -662,7 +638,8 @@ def _sorted_scores(scores: NDArray[np.floating], targets: NDArray[np.floating]) 
 def _weighted_auroc(col: _SortedScores, weights: NDArray[np.floating]) -> NDArray[np.float64]:
     """AUROC of one score column with each image counted ``weights`` [m, n] times (a bootstrap resample's
     draw counts) -> [m]: the Mann-Whitney U over tie groups, ``sum_pos w_i (W_neg below + W_neg tied / 2)``,
-    equal to :func:`_auroc_last` on the resampled images; NaN where a resample holds one label only."""
+    equal to the AUROC of the resampled images (sklearn's value, ties one half); NaN where a resample holds one
+    label only."""
     w = weights[:, col.order]
     pos = np.add.reduceat(w * col.pos, col.starts, axis=1)                       # [m, groups]
     neg = np.add.reduceat(w, col.starts, axis=1) - pos
@@ -671,6 +648,23 @@ def _weighted_auroc(col: _SortedScores, weights: NDArray[np.floating]) -> NDArra
     n_pos, n_neg = pos.sum(1), neg.sum(1)
     with _quiet():
         return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def mean_auroc(scores: ArrayLike, targets: ArrayLike) -> Any:
+    """Mean over classes of the per-class AUROC, classes without both labels left out (NaN if none has both).
+
+    Args:
+        scores: [..., n, C] (image, class).
+        targets: [n, C] binary labels.
+    """
+    s, t = _floats(scores), _floats(targets)
+    lead = s.shape[:-2]
+    flat = s.reshape(-1, *s.shape[-2:])
+    ones = np.ones((1, t.shape[0]))
+    per = np.array([[_weighted_auroc(_sorted_scores(x[:, c], t[:, c]), ones)[0] for c in range(t.shape[1])]
+                    for x in flat])
+    with _quiet():
+        return _out(np.nanmean(per, axis=-1).reshape(lead))
 
 
 def _set_auroc_boots(scores: NDArray[np.floating], targets: NDArray[np.floating], n_resamples: int,
