@@ -60,6 +60,7 @@ from torch import nn
 from bench import metrics
 from bench.data import preprocess, subsample
 from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
+from bench.results import PRED_SCORE, PRED_TARGET
 from methods.base import StepInfo, StepOutput
 
 SET = "__set__"
@@ -442,11 +443,14 @@ class LLSTwoStage(Protocol):
 
         test_idx = test.where(cfg.main_phase)
         p, cells = predict(test, test_idx)
+        # the test records' ids, so a leaderboard can resample these slices as it does other protocols' images
+        rid = {(r.patient_id, r.meta["slice"]): r.id for r in ds.records("test")}
+        ids = [rid[(test.items[i][0], test.items[i][2])] for i in test_idx]
         rows = evaluate(p, cells, [test.items[i][0] for i in test_idx], test.y[test_idx].numpy(),
-                        [test.boxes[i] for i in test_idx], grid)
+                        [test.boxes[i] for i in test_idx], grid, ids=ids)
         n = sum(q.numel() for q in model.parameters())
-        return ProtocolResult(rows, {r["metric"]: r["value"] for r in rows}, train_wall_s=wall, params=n,
-                              trainable_params=n)
+        return ProtocolResult(rows, {r["metric"]: r["value"] for r in rows if r["case"] == SET},
+                              train_wall_s=wall, params=n, trainable_params=n)
 
     def _fit(self, ctx, model, step_fn, groups, loader, steps, stage, eval_fn) -> None:
         from bench.engine import TrainConfig, fit
@@ -462,8 +466,10 @@ class LLSTwoStage(Protocol):
 
 
 def evaluate(probs: np.ndarray, cells: np.ndarray, patients: list[str], y: np.ndarray, boxes: list[Any],
-             grid: tuple[int, int]) -> list[dict[str, Any]]:
-    """Set-level rows: slice AUROC and accuracy, patient AUROC, localisation accuracy (undefined ones left out)."""
+             grid: tuple[int, int], ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Set-level rows: slice AUROC and accuracy, patient AUROC, localisation accuracy (undefined ones left out);
+    with ``ids`` (the test slices, in row order) also each slice's lesion probability and label (class 1, the
+    positive class, as the binary classification protocols store it)."""
     out = {"auroc": metrics.auroc(probs, y), "accuracy": metrics.accuracy((probs >= 0.5).astype(int), y)}
     pids = sorted(set(patients))
     pat = np.asarray(patients)
@@ -476,4 +482,10 @@ def evaluate(probs: np.ndarray, cells: np.ndarray, patients: list[str], y: np.nd
             r0, c0, r1, c1 = box
             hits.append(i / grid[0] < r1 and (i + 1) / grid[0] > r0 and j / grid[1] < c1 and (j + 1) / grid[1] > c0)
     out["loc_acc"] = float(np.mean(hits)) if hits else float("nan")
-    return [{"case": SET, "class": OVERALL, "metric": m, "value": float(v)} for m, v in out.items() if not np.isnan(v)]
+    rows = [{"case": SET, "class": OVERALL, "metric": m, "value": float(v)} for m, v in out.items() if not np.isnan(v)]
+    if ids is not None:
+        if len(ids) != len(probs) or len(set(ids)) != len(ids):
+            raise ValueError(f"{len(ids)} slice ids (unique: {len(set(ids))}) for {len(probs)} predictions")
+        rows += [{"case": i, "class": 1, "metric": PRED_SCORE, "value": float(v)} for i, v in zip(ids, probs)]
+        rows += [{"case": i, "class": 1, "metric": PRED_TARGET, "value": float(v)} for i, v in zip(ids, y)]
+    return rows

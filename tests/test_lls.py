@@ -141,11 +141,24 @@ def test_protocol_runs_end_to_end_on_a_tiny_colon_set(tmp_path, monkeypatch):
                           progress=False)
     proto = lls.LLSTwoStage(lls.LLSTwoStage.make_config({"paper_sampling": False, "annotation_ratio": 1.0}))
     res = proto.run(ctx)
-    metrics = {r["metric"]: r for r in res.rows}
+    set_rows = [r for r in res.rows if r["case"] == "__set__"]
+    metrics = {r["metric"]: r for r in set_rows}
     assert {"auroc", "accuracy", "patient_auroc"} <= set(metrics) <= {"auroc", "accuracy", "patient_auroc", "loc_acc"}
-    for r in res.rows:
-        assert r["case"] == "__set__" and r["class"] == -1 and 0.0 <= r["value"] <= 1.0
+    for r in set_rows:
+        assert r["class"] == -1 and 0.0 <= r["value"] <= 1.0
     assert res.summary == {m: r["value"] for m, r in metrics.items()}
+    # every other row is one test slice's stored prediction: the main-phase test records, each once, and
+    # together they give back the stored slice AUROC (what a leaderboard's image bootstrap resamples)
+    pred = {m: {r["case"]: r["value"] for r in res.rows if r["metric"] == m} for m in ("pred_score", "pred_target")}
+    assert len(res.rows) == len(set_rows) + 2 * len(pred["pred_score"])
+    assert all(r["class"] == 1 for r in res.rows if r["case"] != "__set__")
+    assert sorted(pred["pred_score"]) == sorted(pred["pred_target"]) == sorted(r.id for r in ds.records("test"))
+    ids = sorted(pred["pred_score"])
+    labels = {r.id: r.classes[0] for r in ds.records("test")}
+    assert [pred["pred_target"][i] for i in ids] == [labels[i] for i in ids]
+    from sklearn.metrics import roc_auc_score
+    assert metrics["auroc"]["value"] == pytest.approx(
+        roc_auc_score([labels[i] for i in ids], [pred["pred_score"][i] for i in ids]))
     # stage 2 really trained every term: its log holds the loss terms, the loopback and L_tm included
     logged = [json.loads(line) for line in (tmp_path / "run" / "stage2" / "scalars.jsonl").read_text().splitlines()]
     keys = set().union(*logged)
@@ -165,6 +178,13 @@ def test_evaluate_patient_and_localisation_metrics_by_hand():
     assert rows["accuracy"] == pytest.approx(5 / 6)       # 0.7 is the only mistake
     assert rows["patient_auroc"] == pytest.approx(1.0)    # 2 positive slices (a) vs 1 (b)
     assert rows["loc_acc"] == pytest.approx(0.5)          # cell (0, 0) overlaps the first box only
+    ids = [f"s{i}" for i in range(6)]
+    with_ids = lls.evaluate(probs, cells, patients, y, boxes, (4, 4), ids=ids)
+    assert [r for r in with_ids if r["case"] == "__set__"] == lls.evaluate(probs, cells, patients, y, boxes, (4, 4))
+    assert [(r["case"], r["value"]) for r in with_ids if r["metric"] == "pred_score"] == list(zip(ids, probs))
+    assert [(r["case"], r["value"]) for r in with_ids if r["metric"] == "pred_target"] == list(zip(ids, y))
+    with pytest.raises(ValueError, match="slice ids"):
+        lls.evaluate(probs, cells, patients, y, boxes, (4, 4), ids=ids[:5])
 
 
 def test_unknown_option_is_a_clear_error():
