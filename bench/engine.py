@@ -58,6 +58,24 @@ class TrainConfig:
         return cls(**d)
 
 
+def schedule_config(train: dict[str, Any], steps: int, batch: int, **fixed: Any) -> TrainConfig:
+    """A method's ``train`` block for a run of ``steps`` optimizer steps on batches of ``batch``.
+
+    ``warmup_fraction`` becomes warmup steps. ``lr_reference_batch: R`` makes ``lr`` a base rate for a batch of R
+    (the linear scaling rule of DINO's and MAE's code: lr = base * batch * accumulate / R; ``min_lr`` stays
+    absolute, as there), so a small budget's batch trains at the rate the recipe gives that batch.
+    """
+    train = dict(train)
+    warm = float(train.pop("warmup_fraction", 0.0))
+    ref = train.pop("lr_reference_batch", None)
+    tcfg = TrainConfig.from_dict({"steps": steps, "warmup_steps": int(warm * steps), **fixed, **train})
+    if ref is not None:
+        if not float(ref) > 0:
+            raise ValueError(f"lr_reference_batch must be a positive batch size, got {ref}")
+        tcfg.lr = tcfg.lr * batch * tcfg.accumulate / float(ref)
+    return tcfg
+
+
 @dataclass
 class FitResult:
     steps: int

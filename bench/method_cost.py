@@ -81,7 +81,7 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     """Build, warm up and time one method (runs in a fresh process)."""
     import methods  # noqa: F401  (registers the methods)
     from bench.backbones import build_backbone
-    from bench.engine import TrainConfig, build_optimizer, ema_update, lr_factor, pick_device, to_device
+    from bench.engine import build_optimizer, schedule_config, ema_update, lr_factor, pick_device, to_device
     from bench.registry import METHODS
     from methods.base import StepInfo
 
@@ -97,8 +97,7 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     backbone = build_backbone(bb_spec["name"], **(bb_spec.get("kwargs") or {}))
     method = cls(backbone, cls.make_config(config)).to(device)
     total = opts["schedule_steps"]
-    warm = float(train.pop("warmup_fraction", 0.0))
-    tcfg = TrainConfig.from_dict({"steps": total, "warmup_steps": int(warm * total), **train})
+    tcfg = schedule_config(train, total, opts["batch"])
     opt = build_optimizer(method.param_groups(tcfg.weight_decay), tcfg, device)
     base_lrs = [g["lr"] for g in opt.param_groups]
     pairs = method.ema_pairs()

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench import leakage
 from bench.backbones import build_backbone
 from bench.data import PretrainDataset, Preprocess, PreprocessedCache, match_channels
-from bench.engine import TrainConfig, fit, pick_device, seed_everything
+from bench.engine import fit, pick_device, schedule_config, seed_everything
 from bench.export import save_export
 from bench.protocols.base import TransferContext, protocol_values, resolve_protocol
 from bench.provenance import git_sha
@@ -325,12 +325,10 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
                         seed=plan.pretrain_seed),
         batch_size=plan.pretrain_batch, num_workers=plan.num_workers, pin_memory=plan.device.type == "cuda",
         persistent_workers=plan.num_workers > 0)
-    train = dict(plan.method_train)
-    warm = float(train.pop("warmup_fraction", 0.0))
     try:
-        tcfg = TrainConfig.from_dict({"steps": plan.pretrain_steps, "warmup_steps": int(warm * plan.pretrain_steps),
-                                      "checkpoint_every": max(1, min(50, plan.pretrain_steps // 4)),
-                                      "log_every": max(1, min(10, plan.pretrain_steps // 10)), **train})
+        tcfg = schedule_config(plan.method_train, plan.pretrain_steps, plan.pretrain_batch,
+                               checkpoint_every=max(1, min(50, plan.pretrain_steps // 4)),
+                               log_every=max(1, min(10, plan.pretrain_steps // 10)))
     except (TypeError, ValueError) as e:
         raise UserError(f"method {plan.method} train options: {e}") from None
     try:

@@ -7,6 +7,9 @@ Recipe (shared/METHODS.md §2):
   (trunc-normal std 0.02, no weight decay), as in SimMIM and ASA's ``SwinTransformer_MIM``;
 - the full Swin UNETR CNN decoder + a 1-channel conv reconstructs the voxels;
 - loss: L1 on masked voxels only, sum / (n_masked + 1e-5) / in_channels (SimMIM normalisation).
+- Optimiser (conf/method/simmim3d.yaml; ASA reports none): AdamW lr 1e-4 taken as the rate of the run's batch, wd
+  0.05, warmup 10 %, cosine, clip 5. METHODS.md suggests 1e-4 scaled by batch/512 (the 2D SimMIM rule, set with
+  ``lr_reference_batch: 512``); at the 3D budgets' batch of 2 that is 4e-7, too small to train in any budget here.
 
 Deviation from ASA's 3D port (recorded as a flag): its full-resolution conv skip ``encoder1``
 receives the *unmasked* input, so the decoder can copy the masked voxels. By default the masked

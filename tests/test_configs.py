@@ -23,11 +23,34 @@ def test_method_config_builds(method):
     cfg = _compose([f"method={method}", "budget=quick"])
     cls = METHODS.get(method)
     cls.make_config(OmegaConf.to_container(cfg.method.config))
-    from bench.engine import TrainConfig
+    from bench.engine import schedule_config
 
-    train = dict(OmegaConf.to_container(cfg.method.train))
-    train.pop("warmup_fraction", None)
-    TrainConfig.from_dict(train)
+    schedule_config(OmegaConf.to_container(cfg.method.train), 100, 2)
+
+
+@pytest.mark.parametrize("method", ["dino", "ace", "mae"])
+def test_2d_recipes_scale_their_lr_by_batch_over_256(method):
+    """DINO's main_dino.py: lr = args.lr * batch_size_per_gpu * world_size / 256; MAE's main_pretrain.py:
+    lr = blr * eff_batch_size / 256 (eff = batch * accum_iter * world); min_lr is not scaled in either."""
+    from bench.engine import schedule_config
+
+    train = OmegaConf.to_container(_compose([f"method={method}", "budget=quick"]).method.train)
+    base = train["lr"]
+    assert schedule_config(train, 200, 16).lr == pytest.approx(base * 16 / 256)
+    assert schedule_config(train | {"accumulate": 4}, 200, 16).lr == pytest.approx(base * 64 / 256)
+    assert schedule_config(train, 200, 256).lr == pytest.approx(base)
+    assert schedule_config(train, 200, 16).min_lr == train.get("min_lr", 0.0)
+    assert schedule_config(train, 200, 16).warmup_steps == int(train["warmup_fraction"] * 200)
+    with pytest.raises(ValueError, match="lr_reference_batch"):
+        schedule_config(train | {"lr_reference_batch": 0}, 200, 16)
+
+
+def test_3d_recipes_take_lr_as_given():
+    from bench.engine import schedule_config
+
+    for method in ("simmim3d", "swinunetr_ssl", "asa", "saca"):
+        train = OmegaConf.to_container(_compose([f"method={method}", "budget=quick"]).method.train)
+        assert schedule_config(train, 200, 2).lr == train["lr"], method
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS.names())
