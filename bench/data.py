@@ -115,14 +115,28 @@ class PretrainDataset(Dataset):
         return self.views({"image": vol, "roi": self.roi}, rng)
 
 
+POSITIVE_CROPS = ("foreground", "class")
+
+
 class SegTrainDataset(Dataset):
-    """Random ROI crops from labelled volumes; half of them centred on a foreground voxel."""
+    """Random ROI crops from labelled volumes; ``pos_fraction`` of them centred on a labelled voxel.
+
+    ``positive_crops`` picks that voxel: ``"foreground"`` uniformly among all labelled voxels (Swin UNETR's
+    RandCropByPosNegLabeld, so large organs dominate), ``"class"`` a class present in the case first, uniformly,
+    then one of its voxels (MONAI's RandCropByLabelClassesd with equal ratios; nnU-Net's foreground oversampling),
+    so a short schedule sees the small organs as often as the liver.
+    """
 
     def __init__(self, cases: list[dict[str, Any]], roi: Sequence[int], samples: int, pos_fraction: float = 0.5,
-                 intensity_aug: bool = True) -> None:
+                 intensity_aug: bool = True, positive_crops: str = "foreground") -> None:
+        if positive_crops not in POSITIVE_CROPS:
+            raise ValueError(f"positive_crops must be one of {', '.join(POSITIVE_CROPS)}; got {positive_crops!r}")
         self.cases, self.roi, self.samples = cases, tuple(roi), samples
         self.pos_fraction, self.intensity_aug = pos_fraction, intensity_aug
-        self.fg = [np.argwhere(c["label"] > 0) for c in cases]
+        if positive_crops == "foreground":
+            self.fg = [[np.argwhere(c["label"] > 0)] for c in cases]
+        else:
+            self.fg = [[np.argwhere(c["label"] == k) for k in np.unique(c["label"]) if k > 0] for c in cases]
 
     def __len__(self) -> int:
         return self.samples
@@ -133,9 +147,11 @@ class SegTrainDataset(Dataset):
         image = pad_to(self.cases[k]["image"], self.roi)
         label = pad_to(self.cases[k]["label"], self.roi)
         center = None
-        if rng.random() < self.pos_fraction and len(self.fg[k]):
+        groups = [g for g in self.fg[k] if len(g)]
+        if rng.random() < self.pos_fraction and groups:
+            voxels = groups[int(rng.integers(len(groups)))]
             off = [(p - s) // 2 for p, s in zip(image.shape[1:], self.cases[k]["image"].shape[1:])]
-            center = self.fg[k][int(rng.integers(len(self.fg[k])))] + np.asarray(off)
+            center = voxels[int(rng.integers(len(voxels)))] + np.asarray(off)
         image, label = random_crop([image, label], self.roi, rng, center)
         image = np.ascontiguousarray(image)
         if self.intensity_aug:

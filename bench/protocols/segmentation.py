@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 
-from bench.data import SegTrainDataset, subsample
+from bench.data import POSITIVE_CROPS, SegTrainDataset, subsample
 from bench.engine import TrainConfig, fit
 from bench.export import load_export
 from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
@@ -54,6 +54,12 @@ class _Segmentation(Protocol):
         sw_batch_size: int = 4
         nsd_tolerance_mm: float = 2.0
         grad_clip: float | None = 1.0
+        positive_crops: str = "foreground"   # foreground (Swin UNETR) | class (a present class first, then a voxel)
+
+        def __post_init__(self) -> None:
+            if self.positive_crops not in POSITIVE_CROPS:
+                raise ValueError(f"positive_crops must be one of {', '.join(POSITIVE_CROPS)}; "
+                                 f"got {self.positive_crops!r}")
 
     freeze_encoder: ClassVar[bool] = False
 
@@ -77,7 +83,8 @@ class _Segmentation(Protocol):
         val = load_cases(ctx, "val")
         test = load_cases(ctx, "test")
         loader = torch.utils.data.DataLoader(
-            SegTrainDataset(train, ctx.roi, samples=max(ctx.batch_size * 50, 1)), batch_size=ctx.batch_size,
+            SegTrainDataset(train, ctx.roi, samples=max(ctx.batch_size * 50, 1), positive_crops=cfg.positive_crops),
+            batch_size=ctx.batch_size,
             num_workers=ctx.num_workers, pin_memory=ctx.device.type == "cuda",
             persistent_workers=ctx.num_workers > 0)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
