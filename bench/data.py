@@ -118,6 +118,12 @@ class PretrainDataset(Dataset):
 POSITIVE_CROPS = ("foreground", "class")
 
 
+def check_positive_crops(value: str) -> str:
+    if value not in POSITIVE_CROPS:
+        raise ValueError(f"positive_crops must be one of {', '.join(POSITIVE_CROPS)}; got {value!r}")
+    return value
+
+
 class SegTrainDataset(Dataset):
     """Random ROI crops from labelled volumes; ``pos_fraction`` of them centred on a labelled voxel.
 
@@ -129,14 +135,15 @@ class SegTrainDataset(Dataset):
 
     def __init__(self, cases: list[dict[str, Any]], roi: Sequence[int], samples: int, pos_fraction: float = 0.5,
                  intensity_aug: bool = True, positive_crops: str = "foreground") -> None:
-        if positive_crops not in POSITIVE_CROPS:
-            raise ValueError(f"positive_crops must be one of {', '.join(POSITIVE_CROPS)}; got {positive_crops!r}")
+        check_positive_crops(positive_crops)
         self.cases, self.roi, self.samples = cases, tuple(roi), samples
         self.pos_fraction, self.intensity_aug = pos_fraction, intensity_aug
+        # per case, the voxel groups a positive crop draws from (one group first, then a voxel); none if unlabelled
         if positive_crops == "foreground":
-            self.fg = [[np.argwhere(c["label"] > 0)] for c in cases]
+            groups = [[np.argwhere(c["label"] > 0)] for c in cases]
         else:
-            self.fg = [[np.argwhere(c["label"] == k) for k in np.unique(c["label"]) if k > 0] for c in cases]
+            groups = [[np.argwhere(c["label"] == k) for k in np.unique(c["label"]) if k > 0] for c in cases]
+        self.fg = [[g for g in case if len(g)] for case in groups]
 
     def __len__(self) -> int:
         return self.samples
@@ -147,7 +154,7 @@ class SegTrainDataset(Dataset):
         image = pad_to(self.cases[k]["image"], self.roi)
         label = pad_to(self.cases[k]["label"], self.roi)
         center = None
-        groups = [g for g in self.fg[k] if len(g)]
+        groups = self.fg[k]
         if rng.random() < self.pos_fraction and groups:
             voxels = groups[int(rng.integers(len(groups)))]
             off = [(p - s) // 2 for p, s in zip(image.shape[1:], self.cases[k]["image"].shape[1:])]

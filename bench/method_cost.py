@@ -81,7 +81,7 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     """Build, warm up and time one method (runs in a fresh process)."""
     import methods  # noqa: F401  (registers the methods)
     from bench.backbones import build_backbone
-    from bench.engine import build_optimizer, schedule_config, ema_update, lr_factor, pick_device, to_device
+    from bench.engine import build_optimizer, ema_update, lr_factor, pick_device, schedule_config, to_device
     from bench.registry import METHODS
     from methods.base import StepInfo
 

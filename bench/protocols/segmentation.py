@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 
-from bench.data import POSITIVE_CROPS, SegTrainDataset, subsample
+from bench.data import SegTrainDataset, check_positive_crops, subsample
 from bench.engine import TrainConfig, fit
 from bench.export import load_export
 from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
@@ -57,9 +57,7 @@ class _Segmentation(Protocol):
         positive_crops: str = "foreground"   # foreground (Swin UNETR) | class (a present class first, then a voxel)
 
         def __post_init__(self) -> None:
-            if self.positive_crops not in POSITIVE_CROPS:
-                raise ValueError(f"positive_crops must be one of {', '.join(POSITIVE_CROPS)}; "
-                                 f"got {self.positive_crops!r}")
+            check_positive_crops(self.positive_crops)   # at config time, before any training
 
     freeze_encoder: ClassVar[bool] = False
 
