@@ -60,7 +60,7 @@ from torch import nn
 from bench import metrics
 from bench.data import preprocess, subsample
 from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
-from bench.results import PRED_SCORE, PRED_TARGET
+from bench.protocols.classification import prediction_rows
 from methods.base import StepInfo, StepOutput
 
 SET = "__set__"
@@ -484,8 +484,5 @@ def evaluate(probs: np.ndarray, cells: np.ndarray, patients: list[str], y: np.nd
     out["loc_acc"] = float(np.mean(hits)) if hits else float("nan")
     rows = [{"case": SET, "class": OVERALL, "metric": m, "value": float(v)} for m, v in out.items() if not np.isnan(v)]
     if ids is not None:
-        if len(ids) != len(probs) or len(set(ids)) != len(ids):
-            raise ValueError(f"{len(ids)} slice ids (unique: {len(set(ids))}) for {len(probs)} predictions")
-        rows += [{"case": i, "class": 1, "metric": PRED_SCORE, "value": float(v)} for i, v in zip(ids, probs)]
-        rows += [{"case": i, "class": 1, "metric": PRED_TARGET, "value": float(v)} for i, v in zip(ids, y)]
+        rows += prediction_rows(ids, probs, y, 1)
     return rows

@@ -183,7 +183,7 @@ def test_evaluate_patient_and_localisation_metrics_by_hand():
     assert [r for r in with_ids if r["case"] == "__set__"] == lls.evaluate(probs, cells, patients, y, boxes, (4, 4))
     assert [(r["case"], r["value"]) for r in with_ids if r["metric"] == "pred_score"] == list(zip(ids, probs))
     assert [(r["case"], r["value"]) for r in with_ids if r["metric"] == "pred_target"] == list(zip(ids, y))
-    with pytest.raises(ValueError, match="slice ids"):
+    with pytest.raises(ValueError, match="5 image ids"):
         lls.evaluate(probs, cells, patients, y, boxes, (4, 4), ids=ids[:5])
 
 

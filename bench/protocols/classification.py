@@ -189,14 +189,18 @@ def result_rows(scores: np.ndarray, targets: np.ndarray, space: LabelSpace, case
         rows.append({"case": case, "class": OVERALL, "metric": "accuracy",
                      "value": metrics.accuracy(scores.argmax(1), targets)})
     if ids is not None:
-        if len(ids) != len(scores) or len(set(ids)) != len(ids):
-            raise ValueError(f"{len(ids)} image ids (unique: {len(set(ids))}) for {len(scores)} score rows")
         onehot = space.onehot(targets)
         for c in space.scored_columns():
-            cls = space.classes[c]
-            rows += [{"case": i, "class": cls, "metric": PRED_SCORE, "value": float(v)} for i, v in zip(ids, scores[:, c])]
-            rows += [{"case": i, "class": cls, "metric": PRED_TARGET, "value": float(v)} for i, v in zip(ids, onehot[:, c])]
+            rows += prediction_rows(ids, scores[:, c], onehot[:, c], space.classes[c])
     return rows
+
+
+def prediction_rows(ids: list[str], score: np.ndarray, target: np.ndarray, cls: int) -> list[dict[str, Any]]:
+    """Each test image's score and 0/1 label for one class, the rows a set-level leaderboard resamples."""
+    if len(ids) != len(score) or len(set(ids)) != len(ids):
+        raise ValueError(f"{len(ids)} image ids (unique: {len(set(ids))}) for {len(score)} score rows")
+    return ([{"case": i, "class": cls, "metric": PRED_SCORE, "value": float(v)} for i, v in zip(ids, score)]
+            + [{"case": i, "class": cls, "metric": PRED_TARGET, "value": float(v)} for i, v in zip(ids, target)])
 
 
 def summary_of(rows: list[dict[str, Any]]) -> dict[str, float]:
