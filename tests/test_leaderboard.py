@@ -200,6 +200,16 @@ def test_better_method_is_marked_and_tied_method_is_not():
     assert "paired Wilcoxon signed-rank" in md and "Holm-adjusted" in md
 
 
+def test_single_seed_table_says_its_tests_ignore_training_variation():
+    # with one training run per method, a per-case test is significant for any two differently trained networks
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0.4, 0.7, (1, 20, 2))
+    one = render(*_frame({"random": base, "other": base + 0.05 + rng.normal(0, 0.01, base.shape)}))
+    three = render(*_frame({"random": np.repeat(base, 3, 0), "other": np.repeat(base, 3, 0) + 0.05}))
+    assert "One seed: the CI and the tests resample the test cases only" in one
+    assert "One seed" not in three
+
+
 def test_method_with_fewer_seeds_is_marked(real_md):
     full = table_rows(real_md, "organs / finetune / 100% labels")
     assert leaderboard.MARK_PARTIAL in full["mae"][0]
