@@ -10,13 +10,15 @@ encoder's pooled features, and a ridge regression from the standardised features
 normalised (z, y, x) coordinates. The regression is fitted on the train and val subjects (the ridge penalty
 chosen by leave-subjects-out cross-validation on them) and scored on the test subjects: R² per axis and the
 mean absolute error in voxels. Predicting the training mean scores R² = 0; an encoder that keeps no position
-information cannot beat it, one whose features locate the crop gets close to 1.
+information cannot beat it, one whose features locate the crop gets close to 1. The 95% CI resamples whole test
+subjects (their crops are not independent), and every export after the first is compared with the first (put
+``random`` first) by a paired bootstrap over the same resampled subjects.
 
 On ``abdomen_shuffled`` (organs at a random layout per subject) a crop's content says little about where it
 lies, so the probe's gap between encoders should shrink there: the negative control.
 
-The fitting and scoring are pure functions (``crop_corners``, ``fit_ridge``, ``group_cv_ridge``, ``r2``), tested
-in tests/test_position_probe.py.
+The fitting and scoring are pure functions (``crop_corners``, ``fit_ridge``, ``group_cv_ridge``, ``r2``,
+``resampled_r2``), tested in tests/test_position_probe.py.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from bench.stats import bootstrap_p
 
 LAMBDAS = tuple(10.0 ** k for k in range(-3, 5))
 
@@ -93,7 +97,30 @@ def probe(train: tuple[np.ndarray, np.ndarray, np.ndarray], test: tuple[np.ndarr
     model = fit_ridge(x, y, lam)
     pred = predict(model, test[0])
     per_axis = r2(test[1], pred, y.mean(0))
-    return {"r2": float(per_axis.mean()), "r2_zyx": [float(v) for v in per_axis], "lambda": lam, "pred": pred}
+    return {"r2": float(per_axis.mean()), "r2_zyx": [float(v) for v in per_axis], "lambda": lam, "pred": pred,
+            "reference": y.mean(0)}
+
+
+def subject_resamples(n_subjects: int, n_resamples: int, seed: int) -> np.ndarray:
+    """[n_resamples, n_subjects] test-subject indices drawn with replacement; one draw for every export, so
+    the exports' resampled R² are paired."""
+    return np.random.default_rng(seed).integers(0, n_subjects, size=(n_resamples, n_subjects))
+
+
+def resampled_r2(y: np.ndarray, pred: np.ndarray, reference: np.ndarray, groups: np.ndarray,
+                 idx: np.ndarray) -> np.ndarray:
+    """Mean-over-axes R² on each resample ``idx`` [B, S] of whole test subjects: [B].
+
+    Crops of one subject are not independent, so the subject is the resampled unit. A subject drawn k times
+    contributes k times its sums of squares, the same as scoring the drawn subjects' crops put together.
+    """
+    n = int(groups.max()) + 1
+    sse, sst = np.zeros((n, y.shape[1])), np.zeros((n, y.shape[1]))
+    np.add.at(sse, groups, (y - pred) ** 2)
+    np.add.at(sst, groups, (y - reference) ** 2)
+    drawn = np.zeros((len(idx), n))
+    np.add.at(drawn, (np.arange(len(idx))[:, None], idx), 1.0)
+    return (1.0 - (drawn @ sse) / (drawn @ sst)).mean(1)
 
 
 def _volumes(suite_name: str, data_dir: str | None) -> dict[str, list[tuple[str, np.ndarray]]]:
@@ -141,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop", type=int, default=32)
     ap.add_argument("--crops", type=int, default=16, help="crops per volume")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples of the test subjects")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0: torch's default")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -155,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
     vols = _volumes(args.suite, args.data_dir)
     fit_vols = vols["train"] + vols["val"]
-    rows = []
+    rows, boots = [], []
+    idx = subject_resamples(len(vols["test"]), args.resamples, args.seed)
     for path in args.exports:
         t0 = time.time()
         backbone, meta = load_export(path)
@@ -163,20 +192,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path}: a {backbone.spatial_dims}D encoder; the probe is 3D", file=sys.stderr)
             return 2
         train = features(backbone, fit_vols, args.crop, args.crops, args.seed)
-        tx, ty, _ = features(backbone, vols["test"], args.crop, args.crops, args.seed + 10_000)
+        tx, ty, tg = features(backbone, vols["test"], args.crop, args.crops, args.seed + 10_000)
         res = probe(train, (tx, ty))
-        err = np.abs(res.pop("pred") - ty) * (np.asarray(vols["test"][0][1].shape[-3:]) - 1)
+        pred = res.pop("pred")
+        boots.append(resampled_r2(ty, pred, res.pop("reference"), tg, idx))
+        err = np.abs(pred - ty) * (np.asarray(vols["test"][0][1].shape[-3:]) - 1)
+        ci = np.quantile(boots[-1], [0.025, 0.975])
         rows.append({"export": str(path), "method": meta.get("method", "?"), "pretrain_steps": meta.get("pretrain_steps"),
-                     **res, "mae_voxels": float(err.mean()), "seconds": round(time.time() - t0, 1)})
+                     **res, "r2_ci": [float(v) for v in ci], "mae_voxels": float(err.mean()),
+                     "seconds": round(time.time() - t0, 1)})
+        if len(rows) > 1:
+            # paired over the same resampled subjects: what the test subjects share cancels in the difference
+            d = boots[-1] - boots[0]
+            rows[-1]["vs_first"] = {"delta": rows[-1]["r2"] - rows[0]["r2"],
+                                    "ci": [float(v) for v in np.quantile(d, [0.025, 0.975])], "p": bootstrap_p(d)}
     print(f"position probe on {args.suite}: {len(fit_vols)} fitting and {len(vols['test'])} test subjects, "
           f"{args.crops} crops of {args.crop}^3 each; R^2 against predicting the fitting mean (0 = no position "
-          "information)\n")
-    print("| method | export | pretrain steps | R² (mean) | R² z / y / x | MAE [voxels] | ridge λ |")
-    print("|---|---|---:|---:|---|---:|---:|")
+          f"information); 95% CIs and the paired test against the first export ({rows[0]['method']}) from "
+          f"{args.resamples} bootstrap resamples of the test subjects\n")
+    print("| method | export | pretrain steps | R² (mean) | 95% CI | Δ vs first [95% CI] | p | R² z / y / x | "
+          "MAE [voxels] | ridge λ |")
+    print("|---|---|---:|---:|---|---|---:|---|---:|---:|")
     for r in rows:
         zyx = " / ".join(f"{v:.3f}" for v in r["r2_zyx"])
-        print(f"| {r['method']} | `{r['export']}` | {r['pretrain_steps']} | {r['r2']:.3f} | {zyx} | "
-              f"{r['mae_voxels']:.2f} | {r['lambda']:g} |")
+        v = r.get("vs_first")
+        vs = f"{v['delta']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] | {v['p']:.4f}" if v else "— | —"
+        print(f"| {r['method']} | `{r['export']}` | {r['pretrain_steps']} | {r['r2']:.3f} | "
+              f"[{r['r2_ci'][0]:.3f}, {r['r2_ci'][1]:.3f}] | {vs} | {zyx} | {r['mae_voxels']:.2f} | {r['lambda']:g} |")
     if args.out:
         args.out.write_text(json.dumps({"suite": args.suite, "crop": args.crop, "crops": args.crops,
                                         "rows": rows}, indent=2))

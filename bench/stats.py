@@ -749,12 +749,21 @@ def paired_set_auroc_test(a: ArrayLike, b: ArrayLike, targets: ArrayLike, n_resa
     _check_set(s, t)
     delta = float(np.mean(mean_auroc(s[0], t)) - np.mean(mean_auroc(s[1], t)))
     boots = _set_auroc_boots(s, t, int(n_resamples), seed)
-    d = boots[0] - boots[1]
+    return delta, bootstrap_p(boots[0] - boots[1])
+
+
+def bootstrap_p(differences: ArrayLike) -> float:
+    """Two-sided p-value of a paired percentile bootstrap from its resampled differences.
+
+    Twice the smaller share of differences on either side of zero (``(1 + count) / (1 + B)`` each, so p > 0),
+    capped at 1; NaN resamples are ignored, and p is NaN when none is finite.
+    """
+    d = _floats(differences).ravel()
     d = d[np.isfinite(d)]
     if d.size == 0:
-        return delta, float("nan")
+        return float("nan")
     tail = min(np.sum(d <= 0), np.sum(d >= 0))
-    return delta, float(min(1.0, 2.0 * (1.0 + tail) / (1.0 + d.size)))
+    return float(min(1.0, 2.0 * (1.0 + tail) / (1.0 + d.size)))
 
 
 def set_rank_stability(scores: ArrayLike, targets: ArrayLike, n_boot: int = 1000, seed: int = 0) -> NDArray[np.float64]:

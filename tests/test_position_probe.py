@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench import position_probe as P
+from bench import stats
 
 
 def test_crop_corners_stay_inside_and_centres_span_zero_to_one():
@@ -80,3 +81,32 @@ def test_features_follow_the_crops_of_each_volume():
 def test_cli_refuses_a_missing_export(tmp_path, capsys):
     assert P.main(["--exports", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_resampled_r2_equals_r2_of_the_drawn_subjects_put_together():
+    # the definition: score the concatenated crops of the drawn subjects (a subject drawn twice counts twice)
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(5), 4)
+    y = rng.uniform(size=(20, 3))
+    pred = y + rng.normal(0, 0.1, y.shape)
+    ref = np.full(3, 0.5)
+    idx = P.subject_resamples(5, 7, seed=0)
+    got = P.resampled_r2(y, pred, ref, groups, idx)
+    for b, draw in enumerate(idx):
+        rows = np.concatenate([np.flatnonzero(groups == g) for g in draw])
+        assert np.isclose(got[b], P.r2(y[rows], pred[rows], ref).mean())
+    everyone = np.arange(5)[None]
+    assert np.isclose(P.resampled_r2(y, pred, ref, groups, everyone)[0], P.r2(y, pred, ref).mean())
+
+
+def test_paired_resamples_separate_a_better_encoder_and_not_an_identical_one():
+    rng = np.random.default_rng(4)
+    groups = np.repeat(np.arange(20), 8)
+    y = rng.uniform(size=(160, 3))
+    ref = y.mean(0)
+    worse = y + rng.normal(0, 0.25, y.shape)
+    better = y + rng.normal(0, 0.15, y.shape)
+    idx = P.subject_resamples(20, 2000, seed=0)
+    base = P.resampled_r2(y, worse, ref, groups, idx)
+    assert stats.bootstrap_p(P.resampled_r2(y, better, ref, groups, idx) - base) < 0.01
+    assert stats.bootstrap_p(P.resampled_r2(y, worse, ref, groups, idx) - base) == 1.0

@@ -144,3 +144,11 @@ def test_weighted_auroc_of_draw_counts_equals_auroc_of_the_resampled_images(ties
     got = S._weighted_auroc(S._sorted_scores(s, y), S._counts(idx, 80))
     want = np.array([roc_auc_score(y[i], s[i]) if 0 < y[i].sum() < 80 else np.nan for i in idx])
     assert np.allclose(got, want, atol=1e-12, equal_nan=True)
+
+
+def test_bootstrap_p_is_twice_the_smaller_tail_with_the_plus_one_correction():
+    # one of four resampled differences at or below 0: 2 * (1 + 1) / (1 + 4)
+    assert S.bootstrap_p([1.0, 2.0, 3.0, -1.0]) == pytest.approx(0.8)
+    assert S.bootstrap_p([0.5] * 99) == pytest.approx(2 / 100)          # never 0
+    assert S.bootstrap_p([-1.0, 1.0, np.nan]) == 1.0                    # NaN ignored, capped at 1
+    assert np.isnan(S.bootstrap_p([np.nan, np.nan]))
