@@ -610,11 +610,14 @@ def _table_md(t: Table, o: Options, names: dict[int, str]) -> list[str]:
         out += [f"Tests: two-sided paired Wilcoxon signed-rank test on per-case scores matched on {matched}, "
                 f"Holm-adjusted over {tests} of this table; {MARK_BETTER}/{MARK_WORSE}: significantly "
                 f"better/worse at α = {o.alpha:g}; the number is the adjusted p-value.", ""]
-    if t.n_tests and len(t.seeds) == 1:
+    single = [r.method for r in t.rows if len(r.seeds) == 1]
+    if t.n_tests and single:
         # a per-case test between two single training runs ignores run-to-run variation; say so where it is read
-        out += [f"One seed: the CI and the tests resample the test {t.unit} only, so they compare these particular "
-                "training runs, not the methods; the variation between training runs (another seed) is in neither. "
-                "Read a mark as a method's effect only once it holds over seeds (`-m seed=0,1,2`).", ""]
+        who = "One seed" if len(single) == len(t.rows) else f"One seed for {', '.join(single)}"
+        out += [f"{who}: a CI or test that rests on one run per method resamples the test {t.unit} only, so it "
+                "compares particular training runs, not the methods; the variation between training runs (another "
+                "seed) is not in it. Read a mark as a method's effect only once it holds over seeds "
+                "(`-m seed=0,1,2`).", ""]
     partial = [r for r in t.rows if r.missing]
     if partial:
         out += [f"{MARK_PARTIAL} Fewer runs or cases than the other methods; its mean and CI cover only what it has "

@@ -206,8 +206,10 @@ def test_single_seed_table_says_its_tests_ignore_training_variation():
     base = rng.uniform(0.4, 0.7, (1, 20, 2))
     one = render(*_frame({"random": base, "other": base + 0.05 + rng.normal(0, 0.01, base.shape)}))
     three = render(*_frame({"random": np.repeat(base, 3, 0), "other": np.repeat(base, 3, 0) + 0.05}))
-    assert "One seed: the CI and the tests resample the test cases only" in one
+    mixed = render(*_frame({"random": np.repeat(base, 3, 0), "other": base + 0.05}))
+    assert "One seed: a CI or test that rests on one run per method resamples the test cases only" in one
     assert "One seed" not in three
+    assert "One seed for other: " in mixed
 
 
 def test_method_with_fewer_seeds_is_marked(real_md):
