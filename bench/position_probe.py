@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.stats import bootstrap_p
+from bench.stats import bootstrap_p, draw_counts
 
 LAMBDAS = tuple(10.0 ** k for k in range(-3, 5))
 
@@ -118,8 +118,7 @@ def resampled_r2(y: np.ndarray, pred: np.ndarray, reference: np.ndarray, groups:
     sse, sst = np.zeros((n, y.shape[1])), np.zeros((n, y.shape[1]))
     np.add.at(sse, groups, (y - pred) ** 2)
     np.add.at(sst, groups, (y - reference) ** 2)
-    drawn = np.zeros((len(idx), n))
-    np.add.at(drawn, (np.arange(len(idx))[:, None], idx), 1.0)
+    drawn = draw_counts(idx, n)
     return (1.0 - (drawn @ sse) / (drawn @ sst)).mean(1)
 
 

@@ -98,7 +98,7 @@ def _out(v: Any) -> Any:
     return float(v) if v.ndim == 0 else v
 
 
-def _counts(idx: NDArray[np.integer], size: int) -> NDArray[np.float64]:
+def draw_counts(idx: NDArray[np.integer], size: int) -> NDArray[np.float64]:
     """How often each of ``size`` items is drawn in each row: idx [r, p] in [0, size) -> counts [r, size]."""
     r = idx.shape[0]
     key = idx + (np.arange(r) * size)[:, None]
@@ -230,7 +230,7 @@ def hierarchical_bootstrap_ci(scores: ArrayLike, stat: Stat = np.mean, n_resampl
             cases = rng.integers(0, n_case, size=(m, n_seed, n_case))
             idx = (seeds * n_case + cases).reshape(m, per)                  # flat [seed, case] index
             if linear:
-                w = _counts(idx, per)                                       # [m, S*C]
+                w = draw_counts(idx, per)                                       # [m, S*C]
                 # einsum, not matmul: a threaded BLAS call is slow on a small, busy machine
                 total = np.einsum("rp,pl->rl", w, values)
                 boots[:, start:stop] = (total / (np.einsum("rp,pl->rl", w, weights) if nan else per)).T
@@ -544,7 +544,7 @@ def probability_of_improvement_ci(x: ArrayLike, y: ArrayLike, n_resamples: int =
 def _task_counts(idx: NDArray[np.integer], n: int) -> NDArray[np.float64]:
     """Draw counts per task: idx [r, k, T] (runs drawn for each task) -> counts [r, n, T]."""
     r, _, n_task = idx.shape
-    return _counts(idx.transpose(0, 2, 1).reshape(r * n_task, -1), n).reshape(r, n_task, n).transpose(0, 2, 1)
+    return draw_counts(idx.transpose(0, 2, 1).reshape(r * n_task, -1), n).reshape(r, n_task, n).transpose(0, 2, 1)
 
 
 # ------------------------------------------------------------------------------------ rank stability
@@ -683,11 +683,11 @@ def _set_auroc_boots(scores: NDArray[np.floating], targets: NDArray[np.floating]
     boots = np.empty((n_method, n_resamples))
     for start, stop in _blocks(n_resamples, n_img + n_run):
         m = stop - start
-        runs = _counts(rng.integers(0, n_run, size=(m, n_run)), n_run) / n_run      # [m, R] run weights
+        runs = draw_counts(rng.integers(0, n_run, size=(m, n_run)), n_run) / n_run      # [m, R] run weights
         img = rng.integers(0, n_img, size=(m, n_img))
         per = np.empty((n_method, n_run, m, n_cls))
         for sub in _sub_blocks(m, 4 * n_img):
-            w = _counts(img[sub], n_img)                                           # [m', n] draw counts
+            w = draw_counts(img[sub], n_img)                                           # [m', n] draw counts
             for k, r, c in np.ndindex(n_method, n_run, n_cls):
                 per[k, r, sub, c] = _weighted_auroc(cols[k][r][c], w)
         with _quiet():

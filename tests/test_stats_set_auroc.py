@@ -141,7 +141,7 @@ def test_weighted_auroc_of_draw_counts_equals_auroc_of_the_resampled_images(ties
     s = np.round(s, 1) if ties else s
     y = (rng.random(80) < 0.3).astype(float)
     idx = rng.integers(0, 80, size=(50, 80))
-    got = S._weighted_auroc(S._sorted_scores(s, y), S._counts(idx, 80))
+    got = S._weighted_auroc(S._sorted_scores(s, y), S.draw_counts(idx, 80))
     want = np.array([roc_auc_score(y[i], s[i]) if 0 < y[i].sum() < 80 else np.nan for i in idx])
     assert np.allclose(got, want, atol=1e-12, equal_nan=True)
 
