@@ -316,7 +316,8 @@ def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[
             gpu_hours=float(c["gpu_hours"]), cpu_hours=float(c["cpu_hours"]), params=c["params"],
             leakage=bool(c["leakage"]),
             missing=_missing(seeds, all_seeds, mat.shape[0], len(all_runs), mat.shape[1], all_cases)))
-    rows.sort(key=lambda r: (-sign * r.mean, r.method))
+    # a method with fewer runs is never ranked on a mean over a different set of seeds: complete rows come first
+    rows.sort(key=lambda r: (bool(r.missing), -sign * r.mean, r.method))
     n_tests = _compare(rows, g, sign, opts, images)
     case_scores = g.groupby(["case_id", "method"])["value"].mean().unstack("method").dropna()
     tau = None
@@ -620,8 +621,8 @@ def _table_md(t: Table, o: Options, names: dict[int, str]) -> list[str]:
                 "(`-m seed=0,1,2`).", ""]
     partial = [r for r in t.rows if r.missing]
     if partial:
-        out += [f"{MARK_PARTIAL} Fewer runs or cases than the other methods; its mean and CI cover only what it has "
-                "and its tests only the matched pairs: " + "; ".join(f"{r.method}: {r.missing}" for r in partial)
+        out += [f"{MARK_PARTIAL} Fewer runs or cases than the other methods; listed after the complete ones and never "
+                "ranked best; its mean and CI cover only what it has and its tests only the matched pairs: " + "; ".join(f"{r.method}: {r.missing}" for r in partial)
                 + ".", ""]
     leaks = [r.method for r in t.rows if r.leakage]
     if leaks:

@@ -212,6 +212,17 @@ def test_single_seed_table_says_its_tests_ignore_training_variation():
     assert "One seed for other: " in mixed
 
 
+def test_method_with_fewer_seeds_is_never_ranked_best_on_its_own_seeds():
+    # seed 1 is easy for every method: a method run only on seed 1 has a higher mean without being better
+    rng = np.random.default_rng(5)
+    base = rng.uniform(0.3, 0.4, (3, 12, 2)) + np.array([0.0, 0.3, 0.0])[:, None, None]
+    md = render(*_frame({"random": base, "partial": base[1:2] - 0.02}))
+    rows = table_rows(md, "organs / finetune / 100% labels")
+    assert list(rows) == ["random", "partial"]
+    assert rows["random"][4] == "best" and rows["partial"][4] != "best"              # vs best column
+    assert leaderboard.MARK_PARTIAL in rows["partial"][0]
+
+
 def test_method_with_fewer_seeds_is_marked(real_md):
     full = table_rows(real_md, "organs / finetune / 100% labels")
     assert leaderboard.MARK_PARTIAL in full["mae"][0]
