@@ -622,8 +622,8 @@ def _table_md(t: Table, o: Options, names: dict[int, str]) -> list[str]:
     partial = [r for r in t.rows if r.missing]
     if partial:
         out += [f"{MARK_PARTIAL} Fewer runs or cases than the other methods; listed after the complete ones and never "
-                "ranked best; its mean and CI cover only what it has and its tests only the matched pairs: " + "; ".join(f"{r.method}: {r.missing}" for r in partial)
-                + ".", ""]
+                "ranked best; its mean and CI cover only what it has and its tests only the matched pairs: "
+                + "; ".join(f"{r.method}: {r.missing}" for r in partial) + ".", ""]
     leaks = [r.method for r in t.rows if r.leakage]
     if leaks:
         out += [f"{MARK_LEAKAGE} Includes cells run with `leakage_override` (a data-leakage check was overridden): "
