@@ -53,6 +53,7 @@ BACKGROUND_CLASS = 0
 MARK_PARTIAL = "†"
 MARK_LEAKAGE = "⚠"
 MARK_BETTER, MARK_WORSE = "▲", "▼"
+MARK_SPLIT = "‡"                                  # a significant mark whose direction differs between seeds
 PREDICTIONS_SUFFIX = "_predictions.csv.gz"       # published per-image predictions, beside <suite>.csv
 
 
@@ -79,11 +80,19 @@ class Comparison:
     pairs: int            # matched (seed, case) pairs
     delta: float          # mean paired difference, oriented so that > 0 is better
     p: float              # Holm-adjusted p-value (NaN: no test possible)
+    by_seed: tuple[tuple[int, float], ...] = ()   # (seed, mean paired difference over that seed's runs), oriented
 
     def mark(self, alpha: float) -> str:
         if not self.p < alpha:
             return ""
         return MARK_BETTER if self.delta > 0 else MARK_WORSE if self.delta < 0 else ""
+
+    @property
+    def split(self) -> bool:
+        """Some seeds favour one method and others the other: the pooled test cannot tell a method's effect from
+        the luck of the training runs drawn."""
+        d = [x for _, x in self.by_seed]
+        return len(d) >= 2 and min(d) < 0 < max(d)
 
 
 @dataclass
@@ -152,9 +161,13 @@ class ImageScores:
     def images(self) -> int:
         return self.targets.shape[0]
 
+    def common_runs(self, methods: list[str]) -> list[tuple[int, int]]:
+        """The (draw, seed) runs every one of ``methods`` has, in the order ``matched`` stacks them."""
+        return [r for r in self.runs[methods[0]] if all(r in self.runs[m] for m in methods[1:])]
+
     def matched(self, methods: list[str]) -> np.ndarray | None:
         """[method, run, image, class] over the runs every one of ``methods`` has (None if there are none)."""
-        common = [r for r in self.runs[methods[0]] if all(r in self.runs[m] for m in methods[1:])]
+        common = self.common_runs(methods)
         if not common:
             return None
         return np.stack([self.scores[m][[self.runs[m].index(r) for r in common]] for m in methods])
@@ -396,16 +409,19 @@ def _compare(rows: list[MethodRow], g: pd.DataFrame, sign: float, opts: Options,
         if images is not None:
             both = images.matched([a, b])
             if both is None:
-                found[a, b] = (0, np.nan, np.nan)
+                found[a, b] = (0, np.nan, np.nan, ())
                 continue
             d, p = stats.paired_set_auroc_test(both[0], both[1], images.targets, n_resamples=opts.n_resamples,
                                                seed=opts.seed)
-            found[a, b] = (both.shape[1] * both.shape[2], sign * d, p)
+            run_d = stats.mean_auroc(both[0], images.targets) - stats.mean_auroc(both[1], images.targets)
+            seeds = [s for _, s in images.common_runs([a, b])]
+            found[a, b] = (both.shape[1] * both.shape[2], sign * d, p, _by_seed(seeds, sign * np.asarray(run_d)))
             continue
-        ab = paired[[a, b]].dropna().to_numpy()
-        x, y = ab[:, 0], ab[:, 1]
+        ab = paired[[a, b]].dropna()
+        x, y = ab[a].to_numpy(), ab[b].to_numpy()
         p = float(stats.paired_wilcoxon(x, y)[1]) if len(x) else np.nan
-        found[a, b] = (len(x), sign * float(np.mean(x - y)) if len(x) else np.nan, p)
+        found[a, b] = (len(x), sign * float(np.mean(x - y)) if len(x) else np.nan, p,
+                       _by_seed(ab.index.get_level_values("seed"), sign * (x - y)))
     raw = np.array([found[k][2] for k in pairs], dtype=float)
     tested = np.isfinite(raw)
     adjusted = np.full(len(pairs), np.nan)
@@ -415,8 +431,9 @@ def _compare(rows: list[MethodRow], g: pd.DataFrame, sign: float, opts: Options,
 
     def comparison(m: str, other: str) -> Comparison:
         a, b = sorted((m, other))
-        n, delta, _ = found[a, b]
-        return Comparison(other, n, delta if m == a else -delta, float(adj[a, b]))
+        n, delta, _, by_seed = found[a, b]
+        flip = 1.0 if m == a else -1.0
+        return Comparison(other, n, flip * delta, float(adj[a, b]), tuple((s, flip * d) for s, d in by_seed))
 
     for r in rows:
         if r.method != opts.baseline and opts.baseline in methods:
@@ -424,6 +441,12 @@ def _compare(rows: list[MethodRow], g: pd.DataFrame, sign: float, opts: Options,
         if r.method != best:
             r.vs_best = comparison(r.method, best)
     return int(tested.sum())
+
+
+def _by_seed(seeds, differences: np.ndarray) -> tuple[tuple[int, float], ...]:
+    """Mean of the paired differences per seed (over that seed's cases and draws)."""
+    d = pd.Series(np.asarray(differences, dtype=float)).groupby(np.asarray(seeds, dtype=int)).mean()
+    return tuple((int(s), float(v)) for s, v in d.items())
 
 
 def _across(tables: list[Table], opts: Options) -> tuple[Across | None, str]:
@@ -619,6 +642,20 @@ def _table_md(t: Table, o: Options, names: dict[int, str]) -> list[str]:
                 "compares particular training runs, not the methods; the variation between training runs (another "
                 "seed) is not in it. Read a mark as a method's effect only once it holds over seeds "
                 "(`-m seed=0,1,2`).", ""]
+    split, seen = [], set()
+    for r in t.rows:
+        for c in (r.vs_baseline, r.vs_best):
+            if c is not None and c.split and c.mark(o.alpha) and frozenset((r.method, c.other)) not in seen:
+                seen.add(frozenset((r.method, c.other)))
+                split.append((r.method, c))
+    if split:
+        # the pooled test counts every (seed, case) pair alike; when seeds disagree in sign, its p-value describes
+        # the training runs that were drawn, which is the reading the one-seed note warns against
+        out += [f"{MARK_SPLIT} Significant over the pooled pairs, but the direction differs between seeds (mean "
+                "paired difference per seed, > 0: the row's method is better): "
+                + "; ".join(f"{m} vs {c.other}: " + ", ".join(f"{_signed(d, spec)} (seed {sd})" for sd, d in c.by_seed)
+                            for m, c in split)
+                + ". So the mark does not hold over seeds: which method is ahead depends on the training run.", ""]
     partial = [r for r in t.rows if r.missing]
     if partial:
         out += [f"{MARK_PARTIAL} Fewer runs or cases than the other methods; listed after the complete ones and never "
@@ -701,7 +738,14 @@ def _curves(s: Section) -> list[tuple[str, str]]:
 
 def _test(c: Comparison, alpha: float) -> str:
     mark = c.mark(alpha)
-    return f"{mark} {_p(c.p)}" if mark else _p(c.p)
+    if not mark:
+        return _p(c.p)
+    return f"{mark} {_p(c.p)}" + (f" {MARK_SPLIT}" if c.split else "")
+
+
+def _signed(x: float, spec: str) -> str:
+    s = _num(x, spec)
+    return s if s.startswith("-") or s == "n/a" else f"+{s}"
 
 
 def _num(x: float | None, spec: str, bold: bool = False) -> str:

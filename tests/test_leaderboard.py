@@ -212,6 +212,40 @@ def test_single_seed_table_says_its_tests_ignore_training_variation():
     assert "One seed for other: " in mixed
 
 
+def test_significant_mark_whose_direction_flips_between_seeds_is_flagged():
+    # measured on abdomen (quick): ASA below random at seeds 0 and 1, above at seed 2, and the pooled Wilcoxon over
+    # the 60 (seed, case) pairs still says p < 1e-4; the mark must say that the seeds disagree
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.4, 0.7, (3, 12, 2))
+    shift = np.array([0.05, 0.05, -0.02])[:, None, None]
+    md = render(*_frame({"random": base, "flaky": base + shift,
+                         "steady": base + 0.1 + rng.normal(0, 0.002, base.shape)}))
+    rows = table_rows(md, "organs / finetune / 100% labels")
+    vs_random = 3
+    assert rows["flaky"][vs_random].startswith(leaderboard.MARK_BETTER)            # pooled: significant
+    assert rows["flaky"][vs_random].endswith(leaderboard.MARK_SPLIT)
+    assert leaderboard.MARK_SPLIT not in rows["steady"][vs_random]
+    note = md.split(f"{leaderboard.MARK_SPLIT} Significant over the pooled pairs", 1)[1].split("\n", 1)[0]
+    assert "flaky vs random: +0.0500 (seed 0), +0.0500 (seed 1), -0.0200 (seed 2)" in note
+    assert "steady vs random" not in note and note.count("flaky vs random") == 1
+    # random is best here too, so flaky's vs-best test is the same comparison: listed once
+    best = render(*_frame({"random": base, "flaky": base - shift}))
+    best_note = best.split(f"{leaderboard.MARK_SPLIT} Significant over the pooled pairs", 1)[1].split("\n", 1)[0]
+    assert best_note.count("flaky vs random") == 1
+
+
+def test_seed_split_is_computed_per_seed_for_set_level_tables():
+    from bench import stats
+    metrics, cells, scores, y = _set_frames({"random": 0.6, "other": 0.6})
+    lb = leaderboard.analyse(SET_SUITE, metrics, cells)
+    c = lb.sections[0].tables[0].row("other").vs_baseline
+    want = [(s, float(stats.mean_auroc(scores["other", s], y) - stats.mean_auroc(scores["random", s], y)))
+            for s in (0, 1)]
+    assert [sd for sd, _ in c.by_seed] == [0, 1]
+    assert [d for _, d in c.by_seed] == pytest.approx([d for _, d in want])
+    assert c.split == (min(d for _, d in want) < 0 < max(d for _, d in want))
+
+
 def test_method_with_fewer_seeds_is_never_ranked_best_on_its_own_seeds():
     # seed 1 is easy for every method: a method run only on seed 1 has a higher mean without being better
     rng = np.random.default_rng(5)
