@@ -74,6 +74,7 @@ class Plan:
     protocol: str | None
     pretrain_seed: int
     label_fraction: float | None = None
+    task: str | None = None
     spatial_dims: int = 3
     allow_leakage: bool = False
     transfer_evaluations: int | None = None
@@ -156,6 +157,20 @@ def make_plan(cfg: DictConfig) -> Plan:
             raise UserError(f"label_fraction={fraction!r}: not a number; suite {suite.name!r} offers {offered}") from None
         if not any(abs(fraction - f) < 1e-9 for f in offered):
             raise UserError(f"label_fraction={fraction}: suite {suite.name!r} offers only {offered}")
+    task = cfg.get("task")
+    if task is not None:
+        task = str(task)
+        names = [t.name for t in suite.tasks]
+        if task not in names:
+            raise UserError(f"task={task}: suite {suite.name!r} has tasks {', '.join(names)}")
+        chosen = next(t for t in suite.tasks if t.name == task)
+        protocol = cfg.protocol.name if cfg.get("protocol") is not None else None
+        if protocol is not None and protocol not in chosen.protocols:
+            raise UserError(f"task={task} of suite {suite.name!r} has no protocol {protocol!r}; "
+                            f"it offers {', '.join(chosen.protocols)}")
+        if fraction is not None and not any(abs(fraction - f) < 1e-9 for f in chosen.label_fractions):
+            raise UserError(f"label_fraction={fraction}: task {task!r} of suite {suite.name!r} offers only "
+                            f"{sorted(chosen.label_fractions)}")
     threads = budget.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
@@ -172,7 +187,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         device=pick_device(cfg.device), runs_dir=runs_dir, store=ResultsStore(cfg.results.url),
         data_root=cfg.data.root, cache_dir=cfg.data.cache_dir, progress=bool(cfg.progress), seeds=tuple(seeds),
         protocol=cfg.protocol.name if cfg.get("protocol") is not None else None,
-        pretrain_seed=int(cfg.pretrain_seed), label_fraction=fraction, spatial_dims=int(spatial),
+        pretrain_seed=int(cfg.pretrain_seed), label_fraction=fraction, task=task, spatial_dims=int(spatial),
         allow_leakage=bool(cfg.get("allow_leakage", False)),
         transfer_evaluations=budget.transfer.get("evaluations"),
         transfer_protocols=_plain_dict(budget.transfer.get("protocols")),
@@ -375,7 +390,7 @@ def protocol_options(plan: Plan, cfg: DictConfig, name: str, kind: str) -> dict[
 
 
 def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> list[dict[str, Any]]:
-    cells = expand(plan.suite, plan.seeds, plan.protocol, plan.label_fraction)
+    cells = expand(plan.suite, plan.seeds, plan.protocol, plan.label_fraction, plan.task)
     done: list[dict[str, Any]] = []
     cache: dict[str, Any] = {}
     corpus = corpus_hashes(plan, export.parent, method_cls_pretrains(plan))
@@ -447,7 +462,7 @@ def run(cfg: DictConfig) -> None:
     if stage not in ("all", "validate", "pretrain", "transfer", "leaderboard"):
         raise UserError(f"unknown stage {stage!r}; known: all, validate, pretrain, transfer, leaderboard")
     if stage in ("all", "validate", "transfer"):
-        names = {t.dataset for t in plan.suite.tasks}
+        names = {t.dataset for t in plan.suite.tasks if plan.task in (None, t.name)}
         problems = []
         for name in sorted(names):
             ds = dataset(plan, name)

@@ -56,9 +56,11 @@ class Cell:
 
 
 def expand(suite: Suite, seeds: tuple[int, ...] | None = None, protocol: str | None = None,
-           label_fraction: float | None = None) -> list[Cell]:
+           label_fraction: float | None = None, task_name: str | None = None) -> list[Cell]:
     cells = []
     for task in suite.tasks:
+        if task_name is not None and task.name != task_name:
+            continue
         for proto in task.protocols:
             if protocol is not None and proto != protocol:
                 continue

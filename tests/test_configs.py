@@ -165,6 +165,22 @@ def test_label_fraction_selects_the_cells_and_refuses_a_fraction_the_suite_lacks
             make_plan(_compose(["suite=abdomen", "method=random", f"label_fraction={bad}", f"runs_dir={tmp_path}"]))
 
 
+def test_task_selects_that_tasks_cells_and_refuses_a_task_or_protocol_the_suite_lacks(tmp_path):
+    from bench.runner import UserError, make_plan
+    from bench.suites import expand
+    plan = make_plan(_compose(["suite=brain", "method=random", "task=side3", "protocol=linear_probe",
+                               f"runs_dir={tmp_path}"]))
+    cells = expand(plan.suite, plan.seeds, plan.protocol, plan.label_fraction, plan.task)
+    everything = expand(plan.suite, plan.seeds, plan.protocol)
+    assert {c.task.name for c in everything} == {"side3", "lesion"}           # both tasks have a linear probe
+    assert cells and {c.task.name for c in cells} == {"side3"}
+    assert len(cells) == sum(c.task.name == "side3" for c in everything)
+    with pytest.raises(UserError, match="task=organs: suite 'brain' has tasks side3, lesion"):
+        make_plan(_compose(["suite=brain", "method=random", "task=organs", f"runs_dir={tmp_path}"]))
+    with pytest.raises(UserError, match="task=lesion of suite 'brain' has no protocol 'knn'"):
+        make_plan(_compose(["suite=brain", "method=random", "task=lesion", "protocol=knn", f"runs_dir={tmp_path}"]))
+
+
 def test_budget_protocol_block_sets_segmentation_finetune_lr_unless_the_user_set_it(tmp_path):
     from bench.runner import UserError, make_plan, protocol_options
 
