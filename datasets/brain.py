@@ -3,7 +3,7 @@
 The generator (datasets/synthetic/brain.py) writes ``imagesTr/<id>.nii.gz`` (int16 T1) and
 ``labelsTr/<id>.nii.gz`` (lesion mask). Two adapters share one split file (``datasets/splits/brain.json``):
 
-* ``brain``: 3-class classification none / left / right (``Record.classes`` = (class,), from
+* ``brain``: 3-class classification none / right / left (``Record.classes`` = (class,), from
   ``class_of(seed)`` without rendering; ``Record.label`` None);
 * ``brain_lesion``: binary lesion segmentation of the same subjects (labels 0 background, 1 lesion).
 
@@ -99,7 +99,7 @@ class BrainLesion(_SynthBrain):
 
 SUITES.register("brain")(Suite(
     name="brain", version=1, synthetic=True, pretrain_dataset="brain", pretrain_splits=("pretrain",),
-    description="synthetic brain MR (SynthBrainSym): lesion side none/left/right and lesion segmentation; "
+    description="synthetic brain MR (SynthBrainSym): lesion side none/right/left and lesion segmentation; "
                 "pretraining on 300 unlabelled subjects",
     tasks=(Task(name="side3", dataset="brain", kind="classification",
                 protocols=("linear_probe", "finetune", "knn", "few_shot"), label_fractions=(0.125, 1.0),

@@ -61,8 +61,10 @@ def test_outputs_types_and_affine():
     s = subject(0)
     assert s.image.dtype == np.int16 and s.label.dtype == np.uint8
     assert s.image.shape == DEFAULT.shape == s.label.shape
-    assert np.allclose(np.diag(s.affine)[:3], DEFAULT.spacing)        # RAS+, no flips
-    assert np.allclose(s.affine[:3, :3], np.diag(DEFAULT.spacing))
+    assert np.allclose(s.affine[:3, :3], np.diag(DEFAULT.spacing))    # the atlas grid (x toward the left)
+    out = generate_subject(0, SMALL)[2]
+    assert np.allclose(out[:3, :3], np.diag([-7.2, 7.2, 7.0]))            # written: LAS, x step negative
+    assert np.allclose(out[:3, :3] @ (np.array(SMALL.shape) - 1) / 2 + out[:3, 3], 0)   # centred on the origin
     assert set(np.unique(s.label)) <= set(LABELS)
 
 
@@ -99,11 +101,29 @@ def test_left_right_and_craniocaudal_layout():
         spleen = centroid_mm(s.label, s.affine, 1)
         aorta = centroid_mm(s.label, s.affine, 8)
         ivc = centroid_mm(s.label, s.affine, 9)
-        assert lk[0] > rk[0], "left kidney must lie toward +x (patient left in RAS)"
+        assert lk[0] > rk[0], "left kidney must lie toward +x (the atlas's x points to the patient's left)"
         assert liver[0] < 0 < spleen[0], "liver on the patient's right, spleen on the left"
         assert ivc[0] < aorta[0]
         dz.append(lk[2] - rk[2])
     assert np.mean(dz) > 5.0, f"right kidney should be lower on average, got {dz}"
+
+
+def test_written_files_put_organs_on_their_anatomical_side_for_a_ras_reader(tmp_path):
+    # NIfTI world coordinates are RAS+: x > 0 is the patient's right. Real CT has the liver, the IVC and the
+    # right kidney there; suite v1 wrote a RAS+ affine over left-pointing arrays and so mirrored all three.
+    import nibabel as nib
+
+    from datasets.base import read_nifti
+
+    write_btcv_layout(tmp_path, [("img0001", 0)], SMALL, progress=False)
+    label, aff = read_nifti(tmp_path / "labelsTr" / "label0001.nii.gz")
+    assert nib.aff2axcodes(nib.load(str(tmp_path / "imagesTr" / "img0001.nii.gz")).affine) == ("L", "A", "S")
+    assert nib.aff2axcodes(aff) == ("R", "A", "S")                        # what the harness reads
+    c = {k: centroid_mm(np.asarray(label), aff, k) for k in (1, 2, 3, 6, 8, 9)}
+    assert c[6][0] > 0 > c[1][0], "liver on the patient's right (x > 0), spleen on the left"
+    assert c[2][0] > 0 > c[3][0], "label 2 (right kidney) on the patient's right"
+    assert c[9][0] > c[8][0], "IVC right of the aorta"
+    assert c[6][2] > c[2][2] and c[6][1] > c[2][1], "liver above and anterior to the right kidney"
 
 
 def test_adrenals_superomedial_to_kidneys():
@@ -159,6 +179,8 @@ def test_inter_subject_dice_small():
 
 
 def test_write_btcv_layout(tmp_path):
+    import nibabel as nib
+
     from datasets.base import read_nifti
 
     cases = [("img0001", 11), ("img0002", 12)]
@@ -173,8 +195,11 @@ def test_write_btcv_layout(tmp_path):
         assert img.shape == lab.shape == SMALL.shape
         assert np.allclose(aff, laff)
         ref_img, ref_lab, ref_aff = generate_subject(seed, SMALL)
-        assert np.array_equal(img, ref_img) and np.array_equal(lab, ref_lab)
-        assert np.allclose(aff, ref_aff)
+        raw = nib.load(str(tmp_path / "imagesTr" / f"{case_id}.nii.gz"))
+        assert np.array_equal(np.asanyarray(raw.dataobj), ref_img) and np.allclose(raw.affine, ref_aff)
+        # the reader reorients the LAS file to RAS+: axis 0 reversed, the same world coordinates
+        assert np.array_equal(img, ref_img[::-1]) and np.array_equal(lab, ref_lab[::-1])
+        assert np.allclose(aff @ [0, 0, 0, 1], ref_aff @ [SMALL.shape[0] - 1, 0, 0, 1])
     # unlabelled writing leaves labelsTr alone
     write_btcv_layout(tmp_path / "u", [("img0003", 13)], SMALL, labelled=False, progress=False)
     assert sorted(p.name for p in (tmp_path / "u").rglob("*") if p.is_file()) == ["img0003.nii.gz"]

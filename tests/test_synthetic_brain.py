@@ -26,7 +26,7 @@ def signed_asymmetry(image):
 
 def test_constants():
     assert LABELS == {0: "background", 1: "lesion"}
-    assert CLASSES == {0: "none", 1: "left", 2: "right"}
+    assert CLASSES == {0: "none", 1: "right", 2: "left"}
 
 
 def test_template_found_without_importing_nilearn():
@@ -76,9 +76,11 @@ def test_affine_is_ras_and_centred_on_the_midline():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_lesion_side_matches_label(seed):
-    for label, sign in ((1, +1), (2, -1)):              # RAS+: +x is the patient's left
+    # NIfTI/MNI world x > 0 is the patient's RIGHT (RAS+); the class's name must match the lesion's side there
+    for label, sign in ((1, +1), (2, -1)):
         s = subject(seed, label)
-        assert s["label"] == label
+        assert s["label"] == label and CLASSES[label] == ("right" if sign > 0 else "left")
+        assert np.allclose(s["affine"][:3, :3], np.diag([CFG.spacing_mm] * 3))   # positive steps: RAS+
         les = np.argwhere(s["lesion"])
         assert len(les) > 20
         x_mm = CFG.affine[0, 0] * les[:, 0] + CFG.affine[0, 3]

@@ -1,6 +1,7 @@
 """SynthAbdomen: a procedural abdominal CT generator with BTCV labels (DATA.md Part C.2).
 
-A canonical atlas of primitives in millimetres (RAS+, z = 0 at the centre of L1, body centred) is
+A canonical atlas of primitives in millimetres (x toward the patient's left, y anterior, z superior; z = 0 at
+the centre of L1, body centred; the written affine maps it to RAS+, see ``output_affine``) is
 warped per subject and rendered in Hounsfield units:
 
 * body: superelliptic cross-section with a subcutaneous fat ring of random thickness, an abdominal-wall
@@ -52,7 +53,7 @@ from datasets.synthetic._common import (
     tube_field,
 )
 
-GENERATOR_VERSION = "synthabdomen-1"
+GENERATOR_VERSION = "synthabdomen-2"    # 2: the affine states the grid's left-pointing x axis (v1 said RAS+)
 
 LABELS: dict[int, str] = {
     0: "background",
@@ -77,8 +78,12 @@ LAYOUTS = ("atlas", "shuffled")
 class AbdomenConfig:
     """Geometry of the output volume and the per-subject variation knobs.
 
-    The volume is RAS+: array axis 0 runs toward the patient's left, axis 1 toward anterior, axis 2
-    toward superior; the affine is ``diag(spacing)`` with the volume centred on the origin.
+    The atlas is authored in millimetres with x toward the patient's LEFT (the patient's right is -x), y
+    toward anterior and z toward superior, and the arrays follow it: axis 0 runs toward the patient's left,
+    axis 1 toward anterior, axis 2 toward superior (LAS). The written affine says so (``output_affine``: a
+    negative x step, the volume centred on the origin), so in RAS+ world coordinates, and in the arrays of
+    any reader that reorients to RAS+ (nibabel's ``as_closest_canonical``, the harness's ``read_nifti``),
+    the liver and the right kidney lie on the patient's right (x > 0), as in real CT.
     """
 
     shape: tuple[int, int, int] = (96, 80, 72)
@@ -811,11 +816,21 @@ def generate_subject(seed: int, cfg: AbdomenConfig = AbdomenConfig(),
                      layout: str = "atlas") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic abdominal CT.
 
-    Returns ``(image, label, affine)``: int16 HU, uint8 BTCV label ids (see ``LABELS``) and the 4x4
-    RAS+ affine. The same ``(seed, cfg, layout)`` always gives bit-identical arrays.
+    Returns ``(image, label, affine)``: int16 HU, uint8 BTCV label ids (see ``LABELS``), both in the atlas's
+    LAS orientation (axis 0 toward the patient's left), and the 4x4 affine that maps them to RAS+ world
+    millimetres (``output_affine``). The same ``(seed, cfg, layout)`` always gives bit-identical arrays.
     """
     subj = _render(seed, cfg, layout)
-    return subj.image, subj.label, subj.affine.copy()
+    return subj.image, subj.label, output_affine(subj.affine)
+
+
+def output_affine(grid_affine: np.ndarray) -> np.ndarray:
+    """The voxel-to-RAS+ affine of arrays on the atlas grid: the atlas's x (toward the patient's left) is RAS's -x.
+
+    Version 1 wrote ``grid_affine`` itself, which declared the volume RAS+ and so put the liver on the patient's
+    left for every NIfTI reader.
+    """
+    return np.diag([-1.0, 1.0, 1.0, 1.0]) @ grid_affine
 
 
 def _render(seed: int, cfg: AbdomenConfig = AbdomenConfig(), layout: str = "atlas") -> _Subject:

@@ -11,14 +11,17 @@ repository. It is resampled once to a working grid and cached in memory. Per sub
   textured interior (solid hypointense, or necrotic core with a bright ring), a hypointense oedema
   rim, and optional mild mass effect;
 * an asymmetric geometry: a smooth random displacement field (2-4 mm RMS per component, independent
-  nodes on each side), a Yakovlevian torque (right frontal / left occipital petalia) and a small
+  nodes on each side), a Yakovlevian-like torque (left frontal / right occipital petalia: the mirror of
+  the usual pattern, see ``_render``) and a small
   rigid head pose; without it the healthy template is exactly symmetric and |x - flip(x)| would solve
   the task;
 * acquisition: multiplicative bias field, Gaussian PSF blur, Rician noise, skull-stripped (zero)
   background, a global gain, int16 output.
 
-Arrays are RAS+: axis 0 increases toward the patient's LEFT, so a lesion at a larger x index than the
-midline is in the left hemisphere (class 1); class 2 is right, class 0 no lesion.
+Arrays are RAS+ like the template: axis 0 increases toward the patient's RIGHT (MNI x > 0), so a lesion
+at a larger x index than the midline is in the right hemisphere (class 1); class 2 is left, class 0 no
+lesion. (Version 1 of the suite named class 1 "left" and class 2 "right": the data are unchanged, only
+the names were mirrored.)
 
 ``python -m datasets.synthetic.brain --measure`` times the generator and prints the class fractions;
 ``--preview PATH`` writes a montage.
@@ -42,7 +45,7 @@ from datasets.synthetic.cache import atomic_save_nifti
 GENERATOR_VERSION = "synthbrainsym-1"
 
 LABELS: dict[int, str] = {0: "background", 1: "lesion"}
-CLASSES: dict[int, str] = {0: "none", 1: "left", 2: "right"}
+CLASSES: dict[int, str] = {0: "none", 1: "right", 2: "left"}   # 1: MNI x > 0 (RAS+), 2: x < 0
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -185,11 +188,11 @@ def load_template(cfg: BrainConfig = BrainConfig()) -> _Template:
 
 
 def class_of(seed: int, cfg: BrainConfig = BrainConfig()) -> int:
-    """The class label of ``seed`` (0 none, 1 left, 2 right) without rendering the subject."""
+    """The class label of ``seed`` (0 none, 1 right, 2 left) without rendering the subject."""
     rng = np.random.default_rng([int(seed), 1])
     has = rng.random() < cfg.lesion_prob
-    left = rng.random() < 0.5
-    return 0 if not has else (1 if left else 2)
+    right = rng.random() < 0.5
+    return 0 if not has else (1 if right else 2)
 
 
 def _grid_mm(cfg: BrainConfig):
@@ -199,7 +202,8 @@ def _grid_mm(cfg: BrainConfig):
 
 
 def _place_lesion(rng: np.random.Generator, tpl: _Template, cfg: BrainConfig, side: int):
-    """Centre (mm), semi-axes (mm) and rotation of a lesion inside the brain on ``side`` (+1 left, -1 right)."""
+    """Centre (mm), semi-axes (mm) and rotation of a lesion inside the brain on ``side`` (+1: x > 0, the
+    patient's right in RAS+; -1: x < 0, the left)."""
     gx, gy, gz = _grid_mm(cfg)
     tissue = (tpl.gm + tpl.wm) > 0.9
     xs = gx[:, None, None] * side
@@ -276,7 +280,7 @@ def _render_lesion(rng: np.random.Generator, tpl: _Template, cfg: BrainConfig, s
 def generate_subject(seed: int, cfg: BrainConfig = BrainConfig(), label: int | None = None) -> dict:
     """One synthetic T1 brain.
 
-    Returns ``dict(image=int16 [X,Y,Z], lesion=uint8 0/1, label=int class (0 none, 1 left, 2 right),
+    Returns ``dict(image=int16 [X,Y,Z], lesion=uint8 0/1, label=int class (0 none, 1 right, 2 left),
     affine=4x4 float64)``. ``label`` overrides the class drawn from the seed: the anatomy, warp and
     acquisition stay the same (they come from separate random streams), only the lesion changes. The
     same ``(seed, cfg, label)`` always gives bit-identical arrays.
@@ -332,7 +336,9 @@ def _render(seed: int, cfg: BrainConfig = BrainConfig(), label: int | None = Non
     tx = rt[0, 0] * px + rt[0, 1] * py + rt[0, 2] * pz + disp[0]
     ty = rt[1, 0] * px + rt[1, 1] * py + rt[1, 2] * pz + disp[1]
     tz = rt[2, 0] * px + rt[2, 1] * py + rt[2, 2] * pz + disp[2]
-    # torque: the right hemisphere (x < 0) is shifted anteriorly, the left posteriorly
+    # torque: the left hemisphere (x < 0 in RAS+) is shifted anteriorly, the right posteriorly. That is the
+    # mirror of the usual right-frontal petalia (version 1 took x < 0 for the right); it is kept so that the
+    # suite's data stay as they are: the side task needs an asymmetry here, not its population direction
     ty += np.float32(torque / 2) * np.tanh(X / np.float32(15.0))
     if centre is not None and mass > 0:
         dx, dy, dz = tx - centre[0], ty - centre[1], tz - centre[2]
@@ -381,7 +387,7 @@ def write_layout(root: str | os.PathLike, cases: list[tuple[str, int]], progress
 
     ``cases`` holds ``(case_id, seed)`` pairs. Each file is written under a temporary name and renamed
     into place (``datasets.synthetic.cache.atomic_save_nifti``). Nothing else is written. Returns
-    ``{case_id: class label}`` (0 none, 1 left, 2 right).
+    ``{case_id: class label}`` (0 none, 1 right, 2 left).
     """
     from tqdm.auto import tqdm
 
@@ -426,9 +432,13 @@ def make_preview(path: str | os.PathLike, seeds=(0, 1, 2, 3), cfg: BrainConfig =
         ext_ax = [0, cfg.shape[0] * s, 0, cfg.shape[1] * s]
         ext_co = [0, cfg.shape[0] * s, 0, cfg.shape[2] * s]
         asym = asymmetry(img)
-        panels = [(img[:, :, ci[2]].T[::-1], les[:, :, ci[2]].T[::-1], ext_ax, f"axial z={ci[2]}", "gray", vmax),
-                  (img[:, ci[1], :].T[::-1], les[:, ci[1], :].T[::-1], ext_co, f"coronal y={ci[1]}", "gray", vmax),
-                  (asym[:, :, ci[2]].T[::-1], None, ext_ax, "|x - flip(x)| axial", "magma", 0.5 * vmax)]
+
+        def show(a):   # an (x, y) or (x, z) slice, x descending: RAS+ x > 0 (the patient's right) on the image left
+            return a.T[::-1, ::-1]
+
+        panels = [(show(img[:, :, ci[2]]), show(les[:, :, ci[2]]), ext_ax, f"axial z={ci[2]}", "gray", vmax),
+                  (show(img[:, ci[1], :]), show(les[:, ci[1], :]), ext_co, f"coronal y={ci[1]}", "gray", vmax),
+                  (show(asym[:, :, ci[2]]), None, ext_ax, "|x - flip(x)| axial", "magma", 0.5 * vmax)]
         for col, (a, m, ext, title, cmap, vm) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(a, cmap=cmap, vmin=0, vmax=vm, extent=ext, interpolation="bilinear")
