@@ -227,6 +227,9 @@ def pretrain_identity(plan: Plan) -> dict[str, Any]:
             "steps": plan.pretrain_steps, "batch": plan.pretrain_batch, "corpus": plan.suite.pretrain_dataset,
             "corpus_splits": plan.suite.pretrain_splits, "corpus_split_hash": split_hash(plan.suite.pretrain_dataset),
             "preprocess": asdict(suite_preprocess(plan)), "seed": plan.pretrain_seed,
+            # a suite's version goes up when its data change (abdomen v2: the orientation fix), and an encoder
+            # pretrained on the old corpus must not be reused; version 1 adds no key, so older caches stay valid
+            **({"suite_version": plan.suite.version} if plan.suite.version != 1 else {}),
             **({"method_identity": mi} if (mi := method_identity(plan)) else {})}
 
 

@@ -143,6 +143,18 @@ def test_suite_preprocessing_is_chosen_by_config_and_keys_the_caches(tmp_path):
         make_plan(_compose(["suite=btcv", "method=random", "+suite.preprocessing.a_mn=0", f"runs_dir={tmp_path}"]))
 
 
+def test_a_new_suite_version_never_reuses_an_encoder_pretrained_on_the_old_data(tmp_path, monkeypatch):
+    import dataclasses
+
+    from bench import runner
+
+    plan = runner.make_plan(_compose(["suite=abdomen", "method=simmim3d", f"runs_dir={tmp_path}"]))
+    assert plan.suite.version == 2 and plan.suite.pretrain_dataset == "abdomen"
+    v1 = dataclasses.replace(plan, suite=dataclasses.replace(plan.suite, version=1))
+    assert runner.config_hash(runner.pretrain_identity(v1)) != runner.config_hash(runner.pretrain_identity(plan))
+    assert "suite_version" not in runner.pretrain_identity(v1)     # the hashes of version-1 caches are unchanged
+
+
 def test_leaderboard_stage_of_a_2d_suite_needs_no_2d_method(tmp_path):
     """stage=leaderboard reads stored rows; the default (3D) method must not block a 2D suite's leaderboard."""
     from bench.runner import UserError, make_plan
