@@ -7,7 +7,8 @@ ASA claims to learn anatomy (each sub-volume's place in the body); a layout-blin
 asks that of any 3D export: from every labelled volume of the suite's first task (preprocessed as the runner
 does), ``--crops`` crops of side ``--crop`` at random places (the same places for every export), the frozen
 encoder's pooled features, and a ridge regression from the standardised features to the crop centre in
-normalised (z, y, x) coordinates. The regression is fitted on the train and val subjects (the ridge penalty
+normalised (x, y, z) coordinates (array axes 0, 1, 2 of the RAS+ volumes the harness reads: left-right,
+posterior-anterior, inferior-superior). The regression is fitted on the train and val subjects (the ridge penalty
 chosen by leave-subjects-out cross-validation on them) and scored on the test subjects: R² per axis and the
 mean absolute error in voxels. Predicting the training mean scores R² = 0; an encoder that keeps no position
 information cannot beat it, one whose features locate the crop gets close to 1. The 95% CI resamples whole test
@@ -97,7 +98,7 @@ def probe(train: tuple[np.ndarray, np.ndarray, np.ndarray], test: tuple[np.ndarr
     model = fit_ridge(x, y, lam)
     pred = predict(model, test[0])
     per_axis = r2(test[1], pred, y.mean(0))
-    return {"r2": float(per_axis.mean()), "r2_zyx": [float(v) for v in per_axis], "lambda": lam, "pred": pred,
+    return {"r2": float(per_axis.mean()), "r2_xyz": [float(v) for v in per_axis], "lambda": lam, "pred": pred,
             "reference": y.mean(0)}
 
 
@@ -128,10 +129,10 @@ def _volumes(suite_name: str, data_dir: str | None) -> dict[str, list[tuple[str,
     from bench.registry import DATASETS, SUITES
 
     suite = SUITES.get(suite_name)
-    task = suite.tasks[0]
-    if task.kind != "segmentation" or DATASETS.get(task.dataset).info.spatial_dims != 3:
-        raise SystemExit(f"error: suite {suite_name!r}: the position probe needs a 3D suite whose first task is "
-                         "segmentation (its labelled volumes)")
+    # only the images are read, so any task's labelled 3D volumes will do (brain's are a classification task's)
+    task = next((t for t in suite.tasks if DATASETS.get(t.dataset).info.spatial_dims == 3), None)
+    if task is None:
+        raise SystemExit(f"error: suite {suite_name!r} has no 3D task; the position probe needs 3D volumes")
     ds = DATASETS.get(task.dataset)(root=None, cache_dir=data_dir)
     ds.prepare(progress=True)
     pp = Preprocess.from_config(suite.preprocessing)
@@ -152,7 +153,7 @@ def features(backbone: torch.nn.Module, vols: list[tuple[str, np.ndarray]], crop
         img = img[None] if img.ndim == 3 else img
         shape = img.shape[1:]
         corners = crop_corners(shape, crop, n, seed + i)
-        crops = np.stack([img[:, z:z + crop, y:y + crop, x:x + crop] for z, y, x in corners])
+        crops = np.stack([img[:, x:x + crop, y:y + crop, z:z + crop] for x, y, z in corners])
         for j in range(0, n, batch):
             feats.append(backbone.pooled(torch.from_numpy(crops[j:j + batch])).float().numpy())
         ys.append(centres(corners, shape, crop))
@@ -209,15 +210,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.crops} crops of {args.crop}^3 each; R^2 against predicting the fitting mean (0 = no position "
           f"information); 95% CIs and the paired test against the first export ({rows[0]['method']}) from "
           f"{args.resamples} bootstrap resamples of the test subjects\n")
-    print("| method | export | pretrain steps | R² (mean) | 95% CI | Δ vs first [95% CI] | p | R² z / y / x | "
+    print("| method | export | pretrain steps | R² (mean) | 95% CI | Δ vs first [95% CI] | p | R² x / y / z | "
           "MAE [voxels] | ridge λ |")
     print("|---|---|---:|---:|---|---|---:|---|---:|---:|")
     for r in rows:
-        zyx = " / ".join(f"{v:.3f}" for v in r["r2_zyx"])
+        xyz = " / ".join(f"{v:.3f}" for v in r["r2_xyz"])
         v = r.get("vs_first")
         vs = f"{v['delta']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] | {v['p']:.4f}" if v else "— | —"
         print(f"| {r['method']} | `{r['export']}` | {r['pretrain_steps']} | {r['r2']:.3f} | "
-              f"[{r['r2_ci'][0]:.3f}, {r['r2_ci'][1]:.3f}] | {vs} | {zyx} | {r['mae_voxels']:.2f} | {r['lambda']:g} |")
+              f"[{r['r2_ci'][0]:.3f}, {r['r2_ci'][1]:.3f}] | {vs} | {xyz} | {r['mae_voxels']:.2f} | {r['lambda']:g} |")
     if args.out:
         args.out.write_text(json.dumps({"suite": args.suite, "crop": args.crop, "crops": args.crops,
                                         "rows": rows}, indent=2))

@@ -64,15 +64,15 @@ class _IntensityEncoder(torch.nn.Module):
 
 
 def test_features_follow_the_crops_of_each_volume():
-    z = np.linspace(0, 1, 48, dtype=np.float32)[:, None, None]
-    ramp = np.broadcast_to(z, (48, 40, 40)).copy()      # intensity = z position: the crop's z is readable
+    x0 = np.linspace(0, 1, 48, dtype=np.float32)[:, None, None]
+    ramp = np.broadcast_to(x0, (48, 40, 40)).copy()     # intensity = axis-0 (x) position: the crop's x is readable
     flat = np.full((48, 40, 40), 0.5, np.float32)       # nothing to read
     vols = [(f"v{i}", ramp) for i in range(6)]
     x, y, g = P.features(_IntensityEncoder(), vols, 32, 8, seed=0)
     assert x.shape == (48, 2) and y.shape == (48, 3) and list(np.bincount(g)) == [8] * 6
     tx, ty, _ = P.features(_IntensityEncoder(), vols[:2], 32, 8, seed=99)
     res = P.probe((x, y, g), (tx, ty))
-    assert res["r2_zyx"][0] > 0.99                     # z from intensity
+    assert res["r2_xyz"][0] > 0.99                     # x (axis 0) from intensity
     fx, fy, fg = P.features(_IntensityEncoder(), [(f"f{i}", flat) for i in range(6)], 32, 8, seed=0)
     gx, gy, _ = P.features(_IntensityEncoder(), [("f", flat)] * 2, 32, 8, seed=99)
     assert P.probe((fx, fy, fg), (gx, gy))["r2"] < 0.05
