@@ -18,7 +18,7 @@ from datasets.synthetic.cache import atomic_save_nifti, ensure_generated
 
 SHAPE = (64, 64, 64)
 SPACING = 4.0
-GENERATOR_VERSION = "smoke-1"
+GENERATOR_VERSION = "smoke-2"   # 2: organs on their RAS+ side (v1: liver at -x, the patient's left) and a centred affine
 
 
 def generate(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -33,16 +33,17 @@ def generate(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image[ellipsoid([0, 0, 0], [95 * s, 68 * s, 200])] = 40.0
     label = np.zeros(SHAPE, np.uint8)
     j = lambda: rng.normal(0, 5, 3)  # noqa: E731 - per-subject centre jitter in mm
-    # RAS+: patient's right is -x. Liver right, kidneys posterior on both sides.
-    liver = ellipsoid(np.array([-45, 10, 40]) * s + j(), np.array([45, 50, 45]) * s * rng.uniform(0.9, 1.1, 3))
-    rk = ellipsoid(np.array([-50, -35, -25]) * s + j(), np.array([18, 18, 28]) * s)
-    lk = ellipsoid(np.array([50, -35, -10]) * s + j(), np.array([18, 18, 28]) * s)
+    # RAS+ (the affine below): the patient's right is +x. Liver right, kidneys posterior on both sides.
+    liver = ellipsoid(np.array([45, 10, 40]) * s + j(), np.array([45, 50, 45]) * s * rng.uniform(0.9, 1.1, 3))
+    rk = ellipsoid(np.array([50, -35, -25]) * s + j(), np.array([18, 18, 28]) * s)
+    lk = ellipsoid(np.array([-50, -35, -10]) * s + j(), np.array([18, 18, 28]) * s)
     for lab, mask, hu in ((1, liver, 105.0), (2, rk, 170.0), (3, lk, 170.0)):
         mask &= body
         image[mask] = hu + rng.normal(0, 8)
         label[mask] = lab
     image = ndimage.gaussian_filter(image, 0.7) + ndimage.gaussian_filter(rng.normal(0, 25, SHAPE), 0.8)
     affine = np.diag([SPACING, SPACING, SPACING, 1.0])
+    affine[:3, 3] = [-(n / 2 - 0.5) * SPACING for n in SHAPE]      # world = the grid the organs are drawn on
     return image.astype(np.int16), label, affine
 
 
@@ -74,7 +75,7 @@ class SmokeDataset(DatasetAdapter):
 
 
 SUITES.register("smoke")(Suite(
-    name="smoke", version=1, synthetic=True, pretrain_dataset="smoke", pretrain_splits=("pretrain",),
+    name="smoke", version=2, synthetic=True, pretrain_dataset="smoke", pretrain_splits=("pretrain",),
     description="tiny generated 3D segmentation set for exercising every code path",
     tasks=(Task(name="seg3", dataset="smoke", kind="segmentation", protocols=("finetune", "linear_probe")),),
     seeds=(0,),
