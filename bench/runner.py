@@ -146,8 +146,9 @@ def make_plan(cfg: DictConfig) -> Plan:
         dims = "/".join(sorted(t.upper() for t in tags & {"2d", "3d"}))
         raise UserError(f"method {cfg.method.name!r} is a {dims} method; suite {suite.name!r} is {spatial}D")
     seeds = suite.seeds if cfg.seed is None else (int(cfg.seed),)
-    if cfg.get("protocol") is not None:
-        PROTOCOLS.get(cfg.protocol.name)
+    protocol = cfg.protocol.name if cfg.get("protocol") is not None else None
+    if protocol is not None:
+        PROTOCOLS.get(protocol)
     fraction = cfg.get("label_fraction")
     if fraction is not None:
         offered = sorted({f for t in suite.tasks for f in t.label_fractions})
@@ -164,7 +165,6 @@ def make_plan(cfg: DictConfig) -> Plan:
         if task not in names:
             raise UserError(f"task={task}: suite {suite.name!r} has tasks {', '.join(names)}")
         chosen = next(t for t in suite.tasks if t.name == task)
-        protocol = cfg.protocol.name if cfg.get("protocol") is not None else None
         if protocol is not None and protocol not in chosen.protocols:
             raise UserError(f"task={task} of suite {suite.name!r} has no protocol {protocol!r}; "
                             f"it offers {', '.join(chosen.protocols)}")
@@ -186,7 +186,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         transfer_batch=budget.transfer.get(f"batch_size{suffix}", budget.transfer.batch_size), num_workers=int(budget.num_workers),
         device=pick_device(cfg.device), runs_dir=runs_dir, store=ResultsStore(cfg.results.url),
         data_root=cfg.data.root, cache_dir=cfg.data.cache_dir, progress=bool(cfg.progress), seeds=tuple(seeds),
-        protocol=cfg.protocol.name if cfg.get("protocol") is not None else None,
+        protocol=protocol,
         pretrain_seed=int(cfg.pretrain_seed), label_fraction=fraction, task=task, spatial_dims=int(spatial),
         allow_leakage=bool(cfg.get("allow_leakage", False)),
         transfer_evaluations=budget.transfer.get("evaluations"),
