@@ -230,7 +230,7 @@ def hierarchical_bootstrap_ci(scores: ArrayLike, stat: Stat = np.mean, n_resampl
             cases = rng.integers(0, n_case, size=(m, n_seed, n_case))
             idx = (seeds * n_case + cases).reshape(m, per)                  # flat [seed, case] index
             if linear:
-                w = draw_counts(idx, per)                                       # [m, S*C]
+                w = draw_counts(idx, per)                                   # [m, S*C]
                 # einsum, not matmul: a threaded BLAS call is slow on a small, busy machine
                 total = np.einsum("rp,pl->rl", w, values)
                 boots[:, start:stop] = (total / (np.einsum("rp,pl->rl", w, weights) if nan else per)).T
@@ -683,11 +683,11 @@ def _set_auroc_boots(scores: NDArray[np.floating], targets: NDArray[np.floating]
     boots = np.empty((n_method, n_resamples))
     for start, stop in _blocks(n_resamples, n_img + n_run):
         m = stop - start
-        runs = draw_counts(rng.integers(0, n_run, size=(m, n_run)), n_run) / n_run      # [m, R] run weights
+        runs = draw_counts(rng.integers(0, n_run, size=(m, n_run)), n_run) / n_run  # [m, R] run weights
         img = rng.integers(0, n_img, size=(m, n_img))
         per = np.empty((n_method, n_run, m, n_cls))
         for sub in _sub_blocks(m, 4 * n_img):
-            w = draw_counts(img[sub], n_img)                                           # [m', n] draw counts
+            w = draw_counts(img[sub], n_img)                                       # [m', n] draw counts
             for k, r, c in np.ndindex(n_method, n_run, n_cls):
                 per[k, r, sub, c] = _weighted_auroc(cols[k][r][c], w)
         with _quiet():
