@@ -503,7 +503,7 @@ def _across(tables: list[Table], opts: Options) -> tuple[Across | None, str]:
 
 def figure_files(lb: Leaderboard) -> dict[tuple, str]:
     """The figures of a leaderboard: key -> path relative to the Markdown file."""
-    name = _slug(lb.suite.name)
+    name = _slug(file_stem(lb.suite))
     files: dict[tuple, str] = {}
     for s in lb.sections:
         b = _slug(s.budget)
@@ -568,11 +568,15 @@ def _header(lb: Leaderboard, now: dt.datetime | str, git: str) -> list[str]:
            "| | |", "|---|---|",
            f"| suite | `{suite.name}` v{suite.version}" + (f": {suite.description}" if suite.description else "")
            + " |",
-           f"| data | {source}: {datasets}; pretraining corpus `{suite.pretrain_dataset}` |",
-           f"| budget | {budget_row} |",
-           f"| cells | {len(cells)}" + (f" (left out: {'; '.join(lb.ignored)})" if lb.ignored else "") + " |",
-           f"| result commits | {_counts(cells['git_sha'])} |",
-           f"| hardware | {_counts(cells['device'])} |"]
+           f"| data | {source}: {datasets}; pretraining corpus `{suite.pretrain_dataset}` |"]
+    current = _current_version(suite)
+    if current is not None and suite.version != current:
+        out.append(f"| superseded | the record of v{suite.version}; the suite is now v{current}, whose results are in "
+                   f"`{suite.name}.md`. Versions are never pooled. |")
+    out += [f"| budget | {budget_row} |",
+            f"| cells | {len(cells)}" + (f" (left out: {'; '.join(lb.ignored)})" if lb.ignored else "") + " |",
+            f"| result commits | {_counts(cells['git_sha'])} |",
+            f"| hardware | {_counts(cells['device'])} |"]
     starts = cells["start_time"].dropna().astype(str)
     if len(starts):
         first, last = starts.min()[:10], starts.max()[:10]
@@ -806,12 +810,26 @@ def render(suite: str | Suite, metrics: pd.DataFrame, cells: pd.DataFrame, *, no
     return _markdown(lb, now, git, class_names, figures)
 
 
+def file_stem(suite: Suite) -> str:
+    """``<suite>`` for the suite's current version; ``<suite>_v<k>`` for the record of an earlier version k, so that
+    publishing an old version never overwrites the current leaderboard."""
+    current = _current_version(suite)
+    return suite.name if current is None or suite.version == current else f"{suite.name}_v{suite.version}"
+
+
+def _current_version(suite: Suite) -> int | None:
+    try:
+        return SUITES.get(suite.name).version
+    except UnknownNameError:
+        return None
+
+
 def write(suite_name: str | Suite, store, out_dir: Path, **kwargs: Any) -> Path:
-    """Write ``<out_dir>/<suite>.md`` (no figures) and return its path."""
+    """Write ``<out_dir>/<stem>.md`` (no figures; stem: :func:`file_stem`) and return its path."""
     suite = _suite(suite_name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{suite.name}.md"
+    path = out_dir / f"{file_stem(suite)}.md"
     _atomic_write(path, render(suite, store.metrics(suite.name), store.cells(suite.name), **kwargs))
     return path
 
@@ -819,17 +837,19 @@ def write(suite_name: str | Suite, store, out_dir: Path, **kwargs: Any) -> Path:
 def publish(suite_name: str | Suite, store, out_dir: Path, *, now: dt.datetime | str | None = None,
             git: str | None = None, class_names: dict[str, dict[int, str]] | None = None,
             options: Options = Options()) -> Path:
-    """Write ``<out_dir>/<suite>.md`` with its figures (``<out_dir>/<suite>/*.png``) and the exact result rows
-    it used (``<out_dir>/<suite>.csv``, and the per-image predictions of set-level cells in
-    ``<out_dir>/<suite>_predictions.csv.gz``; :func:`from_csv` reads them back into the same Markdown)."""
+    """Write ``<out_dir>/<stem>.md`` with its figures (``<out_dir>/<stem>/*.png``) and the exact result rows
+    it used (``<out_dir>/<stem>.csv``, and the per-image predictions of set-level cells in
+    ``<out_dir>/<stem>_predictions.csv.gz``; :func:`from_csv` reads them back into the same Markdown). The stem
+    is the suite's name, with ``_v<k>`` for an earlier version's record (:func:`file_stem`)."""
     from bench import plots
 
     suite = _suite(suite_name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lb = analyse(suite, store.metrics(suite.name), store.cells(suite.name), options)
+    stem = file_stem(suite)
     files = figure_files(lb)
-    fig_dir = out_dir / _slug(suite.name)
+    fig_dir = out_dir / _slug(stem)
     fig_dir.mkdir(exist_ok=True)
     for stale in set(fig_dir.glob("*.png")) - {out_dir / f for f in files.values()}:
         stale.unlink()
@@ -838,13 +858,13 @@ def publish(suite_name: str | Suite, store, out_dir: Path, *, now: dt.datetime |
     # the per-image predictions of set-level cells go to their own gzipped file: they outnumber the scores by
     # orders of magnitude, and the scores' CSV stays small enough to read on a code host
     is_pred = lb.rows["metric"].isin(PREDICTION_METRICS)
-    _atomic_csv(lb.rows[~is_pred], out_dir / f"{suite.name}.csv")
-    preds = out_dir / f"{suite.name}{PREDICTIONS_SUFFIX}"
+    _atomic_csv(lb.rows[~is_pred], out_dir / f"{stem}.csv")
+    preds = out_dir / f"{stem}{PREDICTIONS_SUFFIX}"
     if is_pred.any():
         _atomic_csv(lb.rows[is_pred], preds)
     else:
         preds.unlink(missing_ok=True)
-    path = out_dir / f"{suite.name}.md"
+    path = out_dir / f"{stem}.md"
     _atomic_write(path, _markdown(lb, now, git, class_names, True))
     return path
 

@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -464,6 +464,7 @@ def run(cfg: DictConfig) -> None:
     stage = cfg.stage
     if stage not in ("all", "validate", "pretrain", "transfer", "leaderboard"):
         raise UserError(f"unknown stage {stage!r}; known: all, validate, pretrain, transfer, leaderboard")
+    board_suite = leaderboard_suite(plan.suite, cfg.get("suite_version"), stage)   # checked before any work
     if stage in ("all", "validate", "transfer"):
         names = {t.dataset for t in plan.suite.tasks if plan.task in (None, t.name)}
         problems = []
@@ -483,8 +484,25 @@ def run(cfg: DictConfig) -> None:
     if stage in ("all", "transfer", "leaderboard"):
         from bench import leaderboard
 
-        path = leaderboard.write(plan.suite.name, plan.store, plan.runs_dir / "leaderboards")
+        path = leaderboard.write(board_suite, plan.store, plan.runs_dir / "leaderboards")
         print(f"[leaderboard] {path}")
         if cfg.publish:
-            pub = leaderboard.publish(plan.suite.name, plan.store, PROJECT_ROOT / "leaderboards")
+            pub = leaderboard.publish(board_suite, plan.store, PROJECT_ROOT / "leaderboards")
             print(f"[leaderboard] published {pub}")
+
+
+def leaderboard_suite(suite: Suite, version: Any, stage: str) -> Suite:
+    """The suite as the leaderboard renders it: its current version, or ``suite_version=K`` for the record of an
+    earlier one (only with stage=leaderboard: cells are always run on the current data)."""
+    if version is None:
+        return suite
+    if stage != "leaderboard":
+        raise UserError(f"suite_version={version} applies only to stage=leaderboard: runs always use the current "
+                        f"data (suite {suite.name!r} v{suite.version})")
+    try:
+        v = int(version)
+    except (TypeError, ValueError):
+        v = None
+    if v is None or isinstance(version, (bool, float)) or not 1 <= v <= suite.version:
+        raise UserError(f"suite_version={version!r}: suite {suite.name!r} has versions 1 to {suite.version}")
+    return replace(suite, version=v)

@@ -426,6 +426,52 @@ def test_publish_writes_figures_and_csv_that_round_trips(frames, tmp_path):
     assert "![" not in plain.read_text(encoding="utf-8")
 
 
+def test_earlier_version_record_is_published_beside_the_current_leaderboard(frames, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from bench.registry import SUITES
+    metrics, cells = frames
+    store = ResultsStore(tmp_path / "results.sqlite")
+    info = cells.set_index("cell_id")
+    for cell_id, g in metrics.groupby("cell_id"):
+        cell = g.iloc[0][["suite", "suite_version", "task", "method", "protocol", "label_fraction", "draw", "seed",
+                          "budget", "leakage_override"]].to_dict()
+        cell |= {"cell_id": cell_id, "config_hash": "h"} | info.loc[cell_id].to_dict()
+        store.write_cell(cell, g.rename(columns={"case_id": "case"})[["case", "class", "metric", "value"]]
+                         .to_dict("records"))
+    # the fixture's rows are all v1; the registered suite has moved on to v2
+    monkeypatch.setitem(SUITES._items, SUITE.name, replace(SUITE, version=2))
+    monkeypatch.setitem(SUITES._tags, SUITE.name, frozenset())
+    out = tmp_path / "leaderboards"
+    current = leaderboard.publish(SUITE.name, store, out, now=NOW, git=GIT).read_text(encoding="utf-8")
+    assert current.splitlines()[0] == "# fixture v2 leaderboard — synthetic data, no results"
+    assert f"| cells | 0 (left out: {cells['cell_id'].nunique()} cells of other suite versions (v1)) |" in current
+    record_path = leaderboard.publish(SUITE, store, out, now=NOW, git=GIT, class_names=CLASS_NAMES)
+    assert record_path.name == "fixture_v1.md"
+    record = record_path.read_text(encoding="utf-8")
+    assert "| superseded | the record of v1; the suite is now v2, whose results are in `fixture.md`." in record
+    # the same tables as the v1 leaderboard rendered before the version moved on, figures in their own folder
+    body = render(metrics, cells, class_names=CLASS_NAMES, figures=True).split("| cells |", 1)[1]
+    assert record.split("| cells |", 1)[1] == body.replace("](fixture/", "](fixture_v1/")
+    assert (out / "fixture.md").read_text(encoding="utf-8") == current               # not overwritten
+    assert sorted(p.name for p in (out / "fixture_v1").glob("*.png")) == sorted(
+        Path(p).name for p in leaderboard.figure_files(leaderboard.analyse(SUITE, metrics, cells)).values())
+    assert len(pd.read_csv(out / "fixture_v1.csv")) == len(metrics)
+
+
+def test_suite_version_option_is_checked_before_any_work():
+    from bench.registry import SUITES
+    from bench.runner import UserError, leaderboard_suite
+    abdomen = SUITES.get("abdomen")
+    assert leaderboard_suite(abdomen, None, "all") is abdomen
+    assert leaderboard_suite(abdomen, 1, "leaderboard").version == 1
+    for bad in (0, abdomen.version + 1, "one", 1.5, True):
+        with pytest.raises(UserError, match=f"suite 'abdomen' has versions 1 to {abdomen.version}"):
+            leaderboard_suite(abdomen, bad, "leaderboard")
+    with pytest.raises(UserError, match="applies only to stage=leaderboard"):
+        leaderboard_suite(abdomen, 1, "all")
+
+
 def test_stats_benchmark_script_runs_end_to_end_on_a_small_size(capsys):
     from bench import bench_stats
 
