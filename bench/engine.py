@@ -12,6 +12,8 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -90,6 +92,22 @@ class FitResult:
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+_earlier_wall: ContextVar[list[float] | None] = ContextVar("earlier_wall", default=None)
+
+
+@contextmanager
+def earlier_wall() -> Iterator[list[float]]:
+    """Collect, for every :func:`fit` in the block that resumes a checkpoint, the training time that earlier
+    (interrupted) processes spent up to that checkpoint; a cell's recorded compute adds their sum to its own
+    wall time, so that a resumed cell does not look nearly free."""
+    acc: list[float] = []
+    token = _earlier_wall.set(acc)
+    try:
+        yield acc
+    finally:
+        _earlier_wall.reset(token)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -244,6 +262,8 @@ def fit(
     logger = ScalarLogger(run_dir, log_prefix)
     data = infinite(loader)
     t0, wall_before = time.time(), (history[-1]["wall_s"] if history else 0.0)
+    if wall_before and (acc := _earlier_wall.get()) is not None:
+        acc.append(wall_before)
     last_loss = None
     bad_in_a_row = 0
     samples = 0

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench import leakage
 from bench.backbones import build_backbone
 from bench.data import PretrainDataset, Preprocess, PreprocessedCache, match_channels
-from bench.engine import fit, pick_device, schedule_config, seed_everything
+from bench.engine import earlier_wall, fit, pick_device, schedule_config, seed_everything
 from bench.export import save_export
 from bench.protocols.base import TransferContext, protocol_values, resolve_protocol
 from bench.provenance import git_sha
@@ -434,10 +434,11 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
                               progress=plan.progress, cache=cache, disk_cache=preprocessed_cache(plan),
                               evaluations=plan.transfer_evaluations)
         try:
-            result = proto_cls(pcfg).run(ctx)
+            with earlier_wall() as earlier:
+                result = proto_cls(pcfg).run(ctx)
         except ValueError as e:   # a protocol's complaint about the data or its options, e.g. an empty split
             raise UserError(f"{cell_id}: {e}") from None
-        wall = time.time() - t0
+        wall = time.time() - t0 + sum(earlier)
         on_gpu = plan.device.type == "cuda"
         peak = torch.cuda.max_memory_allocated(plan.device) / 2**20 if on_gpu else None
         row = {"cell_id": cell_id, "config_hash": h, "suite": plan.suite.name, "suite_version": plan.suite.version,

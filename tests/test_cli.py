@@ -87,6 +87,28 @@ def test_kill_during_pretraining_resumes(data_dir, tmp_path):
     assert steps.count(1) == 1, steps
 
 
+def test_resumed_cell_records_the_compute_of_the_interrupted_run(data_dir, tmp_path):
+    import torch
+
+    runs = tmp_path / "runs"
+    args = ["method=random", "protocol=finetune", f"runs_dir={runs}", *FAST]
+    assert run_bench(args, data_dir).returncode == 0
+    db = runs / "results.sqlite"
+    # as if the first process had trained for 1000 s and died during the test evaluation: its checkpoint is at
+    # the last step, and the store has no row for the cell
+    (ckpt,) = runs.glob("cells/smoke/random/quick/*finetune*/*/last.ckpt")
+    ck = torch.load(ckpt, weights_only=True)
+    ck["history"][-1]["wall_s"] = 1000.0
+    torch.save(ck, ckpt)
+    with sqlite3.connect(db) as con:
+        con.execute("DELETE FROM case_metrics")
+        con.execute("DELETE FROM cells")
+    p = run_bench(args, data_dir)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (wall, cpu_h), = sqlite3.connect(db).execute("SELECT wall_s, cpu_hours FROM cells").fetchall()
+    assert 1000.0 < wall < 1300.0 and cpu_h == pytest.approx(wall / 3600)
+
+
 def test_random_baseline_runs_without_pretraining(data_dir, tmp_path):
     runs = tmp_path / "runs"
     p = run_bench(["method=random", "protocol=linear_probe", f"runs_dir={runs}", *FAST], data_dir)

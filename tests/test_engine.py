@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.engine import NonFiniteLossError, TrainConfig, fit, lr_factor
+from bench.engine import NonFiniteLossError, TrainConfig, earlier_wall, fit, lr_factor
 from methods.base import StepOutput, make_teacher
 
 
@@ -76,6 +76,32 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
     # uninterrupted run; weights and optimizer state came from the checkpoint -> identical result
     assert torch.allclose(m2.lin.weight, ref.lin.weight, atol=1e-6)
     assert torch.allclose(m2.lin.bias, ref.lin.bias, atol=1e-6)
+
+
+def test_resumed_fit_reports_the_training_time_of_the_interrupted_process(tmp_path):
+    cfg = TrainConfig(steps=12, lr=0.05, optimizer="sgd", checkpoint_every=4, amp=False, weight_decay=0.0)
+    m = Toy()
+    inner = _step(m)
+
+    def crashing(batch, info):
+        if info.step == 9:
+            raise KeyboardInterrupt
+        return inner(batch, info)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(m, crashing, [{"params": m.lin.parameters()}], _loader(), cfg, tmp_path / "run",
+            device=torch.device("cpu"), progress=False)
+    before = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["history"][-1]["wall_s"]
+    assert before > 0
+    m2 = Toy()
+    with earlier_wall() as earlier:
+        res = fit(m2, _step(m2), [{"params": m2.lin.parameters()}], _loader(), cfg, tmp_path / "run",
+                  device=torch.device("cpu"), progress=False)
+    assert earlier == [before] and res.wall_s > before
+    with earlier_wall() as fresh:   # a run that starts from scratch has no earlier time
+        fit(m2, _step(m2), [{"params": m2.lin.parameters()}], _loader(), cfg, tmp_path / "fresh",
+            device=torch.device("cpu"), progress=False)
+    assert fresh == []
 
 
 def test_nan_guard_skips_and_gives_up(tmp_path):
