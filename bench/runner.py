@@ -27,7 +27,7 @@ from bench.protocols.base import TransferContext, protocol_values, resolve_proto
 from bench.provenance import git_sha
 from bench.registry import DATASETS, METHODS, PROTOCOLS, SUITES
 from bench.results import ResultsStore
-from bench.suites import Suite, expand
+from bench.suites import Cell, Suite, expand
 from datasets.base import PROJECT_ROOT, DataError, default_data_dir, load_split_file
 
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -392,8 +392,25 @@ def protocol_options(plan: Plan, cfg: DictConfig, name: str, kind: str) -> dict[
     return values
 
 
+def transfer_cells(plan: Plan) -> list[Cell]:
+    """The plan's cells, less those of protocols that ignore the label fraction below the task's largest one."""
+    cells = []
+    for cell in expand(plan.suite, plan.seeds, plan.protocol, plan.label_fraction, plan.task):
+        try:
+            proto_cls = resolve_protocol(cell.protocol, cell.task.kind)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        if proto_cls.uses_label_fraction or cell.label_fraction == max(cell.task.label_fractions):
+            cells.append(cell)
+        elif plan.label_fraction is not None and plan.protocol is not None:
+            raise UserError(f"protocol={cell.protocol} picks its own labelled examples and runs at label_fraction="
+                            f"{max(cell.task.label_fractions):g} only (task {cell.task.name!r}); drop label_fraction="
+                            f"{plan.label_fraction:g}")
+    return cells
+
+
 def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> list[dict[str, Any]]:
-    cells = expand(plan.suite, plan.seeds, plan.protocol, plan.label_fraction, plan.task)
+    cells = transfer_cells(plan)
     done: list[dict[str, Any]] = []
     cache: dict[str, Any] = {}
     corpus = corpus_hashes(plan, export.parent, method_cls_pretrains(plan))

@@ -177,6 +177,27 @@ def test_label_fraction_selects_the_cells_and_refuses_a_fraction_the_suite_lacks
             make_plan(_compose(["suite=abdomen", "method=random", f"label_fraction={bad}", f"runs_dir={tmp_path}"]))
 
 
+def test_few_shot_runs_once_per_seed_not_once_per_label_fraction(tmp_path):
+    from bench.runner import UserError, make_plan, transfer_cells
+    plan = make_plan(_compose(["suite=chest_xray", "method=random", f"runs_dir={tmp_path}"]))
+    cells = transfer_cells(plan)
+    task = plan.suite.task("findings4")
+    assert len(task.label_fractions) == 2
+    by = {}
+    for c in cells:
+        by.setdefault(c.protocol, set()).add(c.label_fraction)
+    # few_shot draws its k shots per class from the whole train split: a second fraction would repeat the run
+    assert by.pop("few_shot") == {1.0}
+    assert all(fr == set(task.label_fractions) for fr in by.values()) and set(by) == {"linear_probe", "finetune",
+                                                                                      "knn"}
+    assert sum(c.protocol == "few_shot" for c in cells) == len(plan.suite.seeds)
+    asked = make_plan(_compose(["suite=chest_xray", "method=random", "protocol=few_shot", "label_fraction=0.1",
+                                f"runs_dir={tmp_path}"]))
+    with pytest.raises(UserError, match="protocol=few_shot picks its own labelled examples and runs at "
+                                        "label_fraction=1 only"):
+        transfer_cells(asked)
+
+
 def test_task_selects_that_tasks_cells_and_refuses_a_task_or_protocol_the_suite_lacks(tmp_path):
     from bench.runner import UserError, make_plan
     from bench.suites import expand

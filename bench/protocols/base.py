@@ -65,6 +65,9 @@ class Protocol:
 
     registry_name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]] = ()   # task kinds it serves
+    # False: the protocol picks its own labelled examples (few_shot: k per class from the whole train split), so a
+    # smaller label fraction would repeat the same run; it runs at the task's largest fraction only
+    uses_label_fraction: ClassVar[bool] = True
 
     def __init__(self, cfg: Any = None) -> None:
         self.cfg = cfg if cfg is not None else self.Config()

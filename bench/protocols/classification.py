@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -481,6 +481,8 @@ class FewShot(Protocol):
         batch_size: int = 256
         lr: float = 1e-2              # Adam on standardised features: 1e-3 leaves toy-separable data unfitted
         weight_decay: float = 0.0
+
+    uses_label_fraction: ClassVar[bool] = False
 
     def run(self, ctx: TransferContext) -> ProtocolResult:
         cfg = self.cfg
