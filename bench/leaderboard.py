@@ -687,8 +687,11 @@ def _across_md(a: Across, s: Section, o: Options, files: dict[tuple, str]) -> li
     if a.excluded:
         out += ["Left out (missing tables): " + "; ".join(f"{m} ({', '.join(v)})" for m, v in a.excluded.items())
                 + ".", ""]
+    # F is infinite exactly when every table ranks the methods in the same order (stats.friedman)
+    ff = ("∞" if fr.ff == np.inf else _num(fr.ff, ".3f"))
+    same = " — every table ranks the methods in the same order" if fr.ff == np.inf else ""
     out += [f"Friedman test: χ²_F = {_num(fr.chi2, '.3f')} ({_p_is(fr.chi2_p)}); Iman–Davenport "
-            f"F = {_num(fr.ff, '.3f')} (df {k - 1}, {(k - 1) * (n - 1)}; {_p_is(fr.ff_p)}). "
+            f"F = {ff} (df {k - 1}, {(k - 1) * (n - 1)}; {_p_is(fr.ff_p)}{same}). "
             f"Nemenyi critical difference (α = {o.alpha:g}): CD = {_num(a.cd, '.3f')}; methods whose mean ranks "
             "differ by less than CD are not significantly different."
             + (f" Bonferroni–Dunn CD against `{o.baseline}`: {_num(a.cd_control, '.3f')}."

@@ -317,6 +317,18 @@ def test_method_missing_a_task_is_left_out_of_across_analysis(frames):
     assert "Friedman test" in across and "CD =" in across
 
 
+def test_tables_that_all_rank_alike_give_an_infinite_iman_davenport_f_said_as_such():
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.3, 0.5, (2, 10, 3))
+    m, cells = _frame({"random": base, "good": base + 0.1, "best": base + 0.2})
+    quarter = m.assign(label_fraction=0.25, cell_id=m["cell_id"] + "/q")
+    md = render(pd.concat([m, quarter]), pd.concat([cells, cells.assign(cell_id=cells["cell_id"] + "/q")]))
+    across = md.split("### Across tasks")[1]
+    # Demšar's F_F = (N - 1) chi2 / (N (k - 1) - chi2) with chi2 at its maximum N (k - 1): division by zero
+    assert "χ²_F = 4.000" in across
+    assert "Iman–Davenport F = ∞ (df 2, 2; p < 0.0001 — every table ranks the methods in the same order)" in across
+
+
 SET_SUITE = Suite(name="fixture_set", version=1, synthetic=True, pretrain_dataset="fixture_cxr",
                   tasks=(Task("findings", "fixture_cxr", "classification", ("finetune",), (1.0,), "auroc"),),
                   seeds=(0, 1))
