@@ -39,6 +39,20 @@ def test_warmup_cosine_schedule():
     assert lr_factor(110, cfg) == pytest.approx(0.0, abs=1e-12)
 
 
+def _crash_at_step_9(model, cfg, run_dir):
+    """Train ``model`` until an interrupt at step 9, as a killed process would (its last checkpoint: step 8)."""
+    inner = _step(model)
+
+    def crashing(batch, info):
+        if info.step == 9:
+            raise KeyboardInterrupt
+        return inner(batch, info)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, crashing, [{"params": model.lin.parameters()}], _loader(), cfg, run_dir,
+            device=torch.device("cpu"), progress=False)
+
+
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
     cfg = TrainConfig(steps=12, lr=0.05, optimizer="sgd", checkpoint_every=4, amp=False, weight_decay=0.0)
     torch.manual_seed(0)
@@ -47,19 +61,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
         device=torch.device("cpu"), progress=False)
 
     torch.manual_seed(0)
-    m = Toy()
-    calls = {"n": 0}
-    inner = _step(m)
-
-    def crashing(batch, info):
-        calls["n"] += 1
-        if info.step == 9:
-            raise KeyboardInterrupt
-        return inner(batch, info)
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(m, crashing, [{"params": m.lin.parameters()}], _loader(), cfg, tmp_path / "run",
-            device=torch.device("cpu"), progress=False)
+    _crash_at_step_9(Toy(), cfg, tmp_path / "run")
     assert (tmp_path / "run" / "last.ckpt").is_file()
     m2 = Toy()  # a fresh process would start from new weights
     seen = []
@@ -80,17 +82,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
 
 def test_resumed_fit_reports_the_training_time_of_the_interrupted_process(tmp_path):
     cfg = TrainConfig(steps=12, lr=0.05, optimizer="sgd", checkpoint_every=4, amp=False, weight_decay=0.0)
-    m = Toy()
-    inner = _step(m)
-
-    def crashing(batch, info):
-        if info.step == 9:
-            raise KeyboardInterrupt
-        return inner(batch, info)
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(m, crashing, [{"params": m.lin.parameters()}], _loader(), cfg, tmp_path / "run",
-            device=torch.device("cpu"), progress=False)
+    _crash_at_step_9(Toy(), cfg, tmp_path / "run")
     before = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["history"][-1]["wall_s"]
     assert before > 0
     m2 = Toy()
