@@ -389,14 +389,22 @@ def test_set_level_table_without_predictions_keeps_the_case_bootstrap():
         assert (r.low, r.high) == pytest.approx((per_seed.min()[r.method], per_seed.max()[r.method]))
 
 
-def test_published_predictions_sit_beside_the_csv_and_round_trip(tmp_path):
-    metrics, cells, _, _ = _set_frames({"random": 0.2, "better": 1.2}, n=40)
-    store = ResultsStore(tmp_path / "results.sqlite")
+def store_of(metrics: pd.DataFrame, cells: pd.DataFrame, path: Path) -> ResultsStore:
+    """A results store at ``path`` holding these metric rows, one stored cell per ``cell_id``."""
+    store = ResultsStore(path)
+    info = cells.set_index("cell_id")
     for cell_id, g in metrics.groupby("cell_id"):
         cell = g.iloc[0][["suite", "suite_version", "task", "method", "protocol", "label_fraction", "draw", "seed",
-                          "budget", "leakage_override"]].to_dict() | {"cell_id": cell_id, "config_hash": "h"}
+                          "budget", "leakage_override"]].to_dict()                  # Python scalars for SQLite
+        cell |= {"cell_id": cell_id, "config_hash": "h"} | info.loc[cell_id].to_dict()
         store.write_cell(cell, g.rename(columns={"case_id": "case"})[["case", "class", "metric", "value"]]
                          .to_dict("records"))
+    return store
+
+
+def test_published_predictions_sit_beside_the_csv_and_round_trip(tmp_path):
+    metrics, cells, _, _ = _set_frames({"random": 0.2, "better": 1.2}, n=40)
+    store = store_of(metrics, cells, tmp_path / "results.sqlite")
     out = tmp_path / "lb"
     md = leaderboard.publish(SET_SUITE, store, out, now=NOW, git=GIT).read_text(encoding="utf-8")
     plain = pd.read_csv(out / "fixture_set.csv")
@@ -410,15 +418,8 @@ def test_published_predictions_sit_beside_the_csv_and_round_trip(tmp_path):
 
 def test_publish_writes_figures_and_csv_that_round_trips(frames, tmp_path):
     metrics, cells = frames
-    store = ResultsStore(tmp_path / "results.sqlite")
-    info = cells.set_index("cell_id")
     nsd = metrics[metrics["metric"] == "dice"].assign(metric="nsd")                 # stored, but not the task metric
-    for cell_id, g in pd.concat([metrics, nsd]).groupby("cell_id"):
-        cell = g.iloc[0][["suite", "suite_version", "task", "method", "protocol", "label_fraction", "draw", "seed",
-                          "budget", "leakage_override"]].to_dict()                  # Python scalars for SQLite
-        cell |= {"cell_id": cell_id, "config_hash": "h"} | info.loc[cell_id].to_dict()
-        store.write_cell(cell, g.rename(columns={"case_id": "case"})[["case", "class", "metric", "value"]]
-                         .to_dict("records"))
+    store = store_of(pd.concat([metrics, nsd]), cells, tmp_path / "results.sqlite")
     out = tmp_path / "leaderboards"
     path = leaderboard.publish(SUITE, store, out, now=NOW, git=GIT, class_names=CLASS_NAMES)
     md = path.read_text(encoding="utf-8")
@@ -443,14 +444,7 @@ def test_earlier_version_record_is_published_beside_the_current_leaderboard(fram
 
     from bench.registry import SUITES
     metrics, cells = frames
-    store = ResultsStore(tmp_path / "results.sqlite")
-    info = cells.set_index("cell_id")
-    for cell_id, g in metrics.groupby("cell_id"):
-        cell = g.iloc[0][["suite", "suite_version", "task", "method", "protocol", "label_fraction", "draw", "seed",
-                          "budget", "leakage_override"]].to_dict()
-        cell |= {"cell_id": cell_id, "config_hash": "h"} | info.loc[cell_id].to_dict()
-        store.write_cell(cell, g.rename(columns={"case_id": "case"})[["case", "class", "metric", "value"]]
-                         .to_dict("records"))
+    store = store_of(metrics, cells, tmp_path / "results.sqlite")
     # the fixture's rows are all v1; the registered suite has moved on to v2
     monkeypatch.setitem(SUITES._items, SUITE.name, replace(SUITE, version=2))
     monkeypatch.setitem(SUITES._tags, SUITE.name, frozenset())
