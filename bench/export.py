@@ -28,6 +28,11 @@ def load_extras(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True).get("extras") or {}
 
 
+def load_meta(path: Path) -> dict[str, Any]:
+    """An export's metadata (method, corpus, pretraining steps and compute, backbone), without building it."""
+    return torch.load(path, map_location="cpu", weights_only=True)["meta"]
+
+
 def load_export(path: Path, **override_kwargs: Any) -> tuple[Backbone, dict[str, Any]]:
     """Rebuild the backbone named in the export and load its weights strictly."""
     doc = torch.load(path, map_location="cpu", weights_only=True)

@@ -41,9 +41,10 @@ KEYS = ["budget", "task", "protocol", "label_fraction"]          # one methods t
 RUN = ["draw", "seed"]                                           # one run of a cell; draws > 1 only below 100%
 METRIC_COLUMNS = ["suite", "suite_version", "task", "method", "protocol", "label_fraction", "draw", "seed",
                   "budget", "leakage_override", "cell_id", "case_id", "class", "metric", "value"]
-CELL_INFO_COLUMNS = ["git_sha", "device", "start_time", "end_time", "wall_s", "gpu_hours", "cpu_hours", "params"]
+CELL_INFO_COLUMNS = ["git_sha", "device", "start_time", "end_time", "wall_s", "gpu_hours", "cpu_hours", "params",
+                     "pretrain_hash", "pretrain_device", "pretrain_wall_s", "pretrain_gpu_hours", "pretrain_cpu_hours"]
 TEXT_COLUMNS = ["suite", "task", "method", "protocol", "budget", "cell_id", "case_id", "metric", "git_sha",
-                "device", "start_time", "end_time"]
+                "device", "start_time", "end_time", "pretrain_hash", "pretrain_device"]
 
 LOWER_IS_BETTER = frozenset({"hd95", "hd", "assd", "asd", "mae", "rmse", "error"})
 METRIC_LABELS = {"dice": "Dice", "nsd": "NSD", "hd95": "HD95 [mm]", "auroc": "AUROC", "accuracy": "accuracy"}
@@ -191,11 +192,25 @@ class Across:
 
 
 @dataclass
+class Pretraining:
+    """One encoder export and the compute of the pretraining that made it (None: not run by the harness)."""
+
+    method: str
+    export: str                                   # the pretraining's config hash
+    device: str | None
+    wall_s: float | None
+    gpu_hours: float | None
+    cpu_hours: float | None
+    cells: int                                    # the section's cells that transferred this export
+
+
+@dataclass
 class Section:
     budget: str
     tables: list[Table]
     across: Across | None
     across_note: str
+    pretraining: list[Pretraining] = field(default_factory=list)
 
 
 @dataclass
@@ -236,7 +251,8 @@ def analyse(suite: Suite, metrics: pd.DataFrame, cells: pd.DataFrame, options: O
                          _image_scores(groups[key], pred_groups.get(key)))
                   for key in _ordered_keys(suite, groups) if key[0] == budget]
         across, note = _across(tables, options)
-        sections.append(Section(str(budget), tables, across, note))
+        sections.append(Section(str(budget), tables, across, note,
+                                _pretraining(cell_rows[cell_rows["budget"] == budget])))
     return Leaderboard(suite, options, all_rows, sections, ignored)
 
 
@@ -283,11 +299,28 @@ def _cell_info(cells: pd.DataFrame) -> pd.DataFrame:
     info = pd.DataFrame({c: cells[c] if c in cells else None for c in ["cell_id", *CELL_INFO_COLUMNS]})
     info = info.drop_duplicates("cell_id")
     info["cell_id"] = info["cell_id"].astype(str)
-    for c in ("wall_s", "gpu_hours", "cpu_hours", "params"):
+    for c in ("wall_s", "gpu_hours", "cpu_hours", "params", "pretrain_wall_s", "pretrain_gpu_hours",
+              "pretrain_cpu_hours"):
         info[c] = pd.to_numeric(info[c], errors="coerce").astype(float)
-    for c in ("git_sha", "device", "start_time", "end_time"):
+    for c in ("git_sha", "device", "start_time", "end_time", "pretrain_hash", "pretrain_device"):
         info[c] = info[c].astype(object).where(info[c].notna(), None)
     return info
+
+
+def _pretraining(cells: pd.DataFrame) -> list[Pretraining]:
+    """One row per (method, export) of a section's cells; [] when the cells carry no export hash (results
+    written before pretraining compute was recorded)."""
+    cells = cells[cells["pretrain_hash"].notna()]
+    out = []
+    for (method, export), g in cells.groupby(["method", "pretrain_hash"], sort=True):
+        first = g.iloc[0]
+
+        def value(c: str) -> float | None:
+            return None if pd.isna(first[c]) else float(first[c])
+        out.append(Pretraining(str(method), str(export), None if pd.isna(first["pretrain_device"])
+                               else str(first["pretrain_device"]), value("pretrain_wall_s"),
+                               value("pretrain_gpu_hours"), value("pretrain_cpu_hours"), len(g)))
+    return out
 
 
 def _ordered_keys(suite: Suite, groups: dict) -> list[tuple]:
@@ -529,6 +562,7 @@ def markdown(lb: Leaderboard, *, now: dt.datetime | str, git: str,
         out += [f"## Budget `{s.budget}`", ""]
         for t in s.tables:
             out += _table_md(t, lb.options, class_names.get(t.task.name, {}))
+        out += _pretraining_md(s.pretraining)
         curves = [(task, protocol) for task, protocol in _curves(s)
                   if ("label_efficiency", s.budget, task, protocol) in files]
         if curves:
@@ -676,6 +710,26 @@ def _table_md(t: Table, o: Options, names: dict[int, str]) -> list[str]:
         out += [f"Rank stability: Kendall τ between the ranking on all {unit} and on {len(t.tau)} bootstrap "
                 f"resamples of the {unit}: median {_num(med, '.3f')}, 95% of resamples in "
                 f"[{_num(lo, '.3f')}, {_num(hi, '.3f')}].", ""]
+    return out
+
+
+def _pretraining_md(rows: list[Pretraining]) -> list[str]:
+    if not rows:
+        return []
+    out = ["### Pretraining compute", "",
+           "The GPU h / CPU h columns of the tables above count the transfer cells only. Each export below is one "
+           "pretraining, transferred by the cells counted beside it whatever their task, protocol or seed:",
+           "", "| method | export | device | wall h | GPU h | CPU h | cells |", "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.wall_s is None:
+            cost = ["none: no pretraining run by the harness (random init or an imported checkpoint)", "—", "—", "—"]
+        else:
+            # an export written before its device was recorded has a wall time but no GPU/CPU split
+            cost = [r.device or "not recorded", _num(r.wall_s / 3600, ".3f"), _num(r.gpu_hours, ".3f"),
+                    _num(r.cpu_hours, ".3f")]
+        out.append(f"| {r.method} | `{r.export}` | " + " | ".join(cost) + f" | {r.cells} |")
+    out += ["", "wall h: the pretraining's training time (a resumed run includes the interrupted process's "
+            "time); `export` is the config hash under `runs/pretrain/<method>/`.", ""]
     return out
 
 
@@ -889,7 +943,8 @@ def from_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     preds = path.with_name(path.name.removesuffix(".csv") + PREDICTIONS_SUFFIX)
     if preds.is_file():
         rows = pd.concat([rows, pd.read_csv(preds, compression="gzip", **kw)], ignore_index=True)
-    cells = rows[["cell_id", *CELL_INFO_COLUMNS]].drop_duplicates("cell_id")
+    # a CSV published before a column existed reads back with that column empty
+    cells = rows.reindex(columns=["cell_id", *CELL_INFO_COLUMNS]).drop_duplicates("cell_id")
     return rows[METRIC_COLUMNS], cells
 
 

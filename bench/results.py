@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS cells (
     seed INTEGER NOT NULL, budget TEXT NOT NULL, status TEXT NOT NULL,
     git_sha TEXT, split_hash TEXT, start_time TEXT, end_time TEXT, device TEXT,
     wall_s REAL, gpu_hours REAL, cpu_hours REAL, peak_memory_mb REAL, params INTEGER,
-    pretrain_hash TEXT, leakage_override INTEGER DEFAULT 0, run_dir TEXT
+    pretrain_hash TEXT, leakage_override INTEGER DEFAULT 0, run_dir TEXT,
+    pretrain_device TEXT, pretrain_wall_s REAL, pretrain_gpu_hours REAL, pretrain_cpu_hours REAL
 );
 CREATE TABLE IF NOT EXISTS case_metrics (
     cell_id TEXT NOT NULL REFERENCES cells(cell_id) ON DELETE CASCADE,
@@ -40,7 +41,11 @@ PREDICTION_METRICS = (PRED_SCORE, PRED_TARGET)
 CELL_COLUMNS = ("cell_id", "config_hash", "suite", "suite_version", "task", "method", "protocol", "label_fraction",
                 "draw", "seed", "budget", "status", "git_sha", "split_hash", "start_time", "end_time", "device",
                 "wall_s", "gpu_hours", "cpu_hours", "peak_memory_mb", "params", "pretrain_hash",
-                "leakage_override", "run_dir")
+                "leakage_override", "run_dir", "pretrain_device", "pretrain_wall_s", "pretrain_gpu_hours",
+                "pretrain_cpu_hours")
+# columns added after the first stores were written: an older store gains them (NULL) when it is opened
+ADDED_COLUMNS = {"pretrain_device": "TEXT", "pretrain_wall_s": "REAL", "pretrain_gpu_hours": "REAL",
+                 "pretrain_cpu_hours": "REAL"}
 
 
 def _plain(v: Any) -> Any:
@@ -64,6 +69,10 @@ class ResultsStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with closing(sqlite3.connect(self.path, timeout=60)) as con, con:
                 con.executescript(SCHEMA)
+                have = {row[1] for row in con.execute("PRAGMA table_info(cells)")}
+                for name, kind in ADDED_COLUMNS.items():
+                    if name not in have:
+                        con.execute(f"ALTER TABLE cells ADD COLUMN {name} {kind}")
             self._ready = True
         con = sqlite3.connect(self.path, timeout=60)
         con.execute("PRAGMA foreign_keys = ON")

@@ -22,7 +22,7 @@ from bench import leakage
 from bench.backbones import build_backbone
 from bench.data import PretrainDataset, Preprocess, PreprocessedCache, match_channels
 from bench.engine import earlier_wall, fit, pick_device, schedule_config, seed_everything
-from bench.export import save_export
+from bench.export import load_meta, save_export
 from bench.protocols.base import TransferContext, protocol_values, resolve_protocol
 from bench.provenance import git_sha
 from bench.registry import DATASETS, METHODS, PROTOCOLS, SUITES
@@ -304,6 +304,7 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
     meta = {"method": plan.method, "config_hash": h, "git_sha": git_sha(), "corpus": plan.suite.pretrain_dataset,
+            "device": device_name(plan.device), "device_type": plan.device.type,
             "corpus_split_hash": ident["corpus_split_hash"], "preprocess": ident["preprocess"],
             **({"method_identity": ident["method_identity"]} if "method_identity" in ident else {})}
     if not method.pretrains:
@@ -409,8 +410,22 @@ def transfer_cells(plan: Plan) -> list[Cell]:
     return cells
 
 
+def pretrain_compute(meta: dict[str, Any]) -> dict[str, Any]:
+    """The pretraining's compute for a cell's row, from its export's metadata. None throughout when the harness
+    ran no pretraining (random init, an imported checkpoint); hours None when the export predates the recording
+    of its device (wall time only)."""
+    if not meta.get("pretrain_steps") or meta.get("wall_s") is None:
+        return {"pretrain_device": None, "pretrain_wall_s": None, "pretrain_gpu_hours": None,
+                "pretrain_cpu_hours": None}
+    wall, kind = float(meta["wall_s"]), meta.get("device_type")
+    return {"pretrain_device": meta.get("device"), "pretrain_wall_s": wall,
+            "pretrain_gpu_hours": None if kind is None else (wall / 3600 if kind == "cuda" else 0.0),
+            "pretrain_cpu_hours": None if kind is None else (0.0 if kind == "cuda" else wall / 3600)}
+
+
 def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> list[dict[str, Any]]:
     cells = transfer_cells(plan)
+    pretrain_cost = pretrain_compute(load_meta(export))
     done: list[dict[str, Any]] = []
     cache: dict[str, Any] = {}
     corpus = corpus_hashes(plan, export.parent, method_cls_pretrains(plan))
@@ -465,7 +480,8 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
                "end_time": dt.datetime.now(dt.timezone.utc).isoformat(), "device": device_name(plan.device),
                "wall_s": wall, "gpu_hours": wall / 3600 if on_gpu else 0.0,
                "cpu_hours": 0.0 if on_gpu else wall / 3600, "peak_memory_mb": peak, "params": result.params,
-               "pretrain_hash": pretrain_hash, "leakage_override": int(bool(leaked)), "run_dir": str(run_dir)}
+               "pretrain_hash": pretrain_hash, "leakage_override": int(bool(leaked)), "run_dir": str(run_dir),
+               **pretrain_cost}
         # run directory first, then the store: a row in the store always has its files
         (run_dir / "metrics.json").write_text(json.dumps({"summary": result.summary, "cell": row}, indent=1))
         import pandas as pd

@@ -51,6 +51,16 @@ def test_smoke_end_to_end_and_skip_on_rerun(data_dir, tmp_path):
     assert 0.0 <= by["dice"][1] <= by["dice"][2] <= 1.0
     board = (runs / "leaderboards" / "smoke.md").read_text()
     assert "synthetic data" in board and "finetune" in board and "linear_probe" in board
+    # both cells carry the compute of the one pretraining they transferred, as its export recorded it
+    import torch
+
+    (export,) = runs.glob("pretrain/simmim3d/*/export.pt")
+    meta = torch.load(export, weights_only=True)["meta"]
+    pre = con.execute("SELECT DISTINCT pretrain_hash, pretrain_device, pretrain_wall_s, pretrain_gpu_hours, "
+                      "pretrain_cpu_hours, device FROM cells").fetchall()
+    assert pre == [(export.parent.name, meta["device"], meta["wall_s"], 0.0, meta["wall_s"] / 3600, meta["device"])]
+    assert meta["wall_s"] > 0 and meta["device_type"] == "cpu"
+    assert "### Pretraining compute" in board and f"| simmim3d | `{export.parent.name}` |" in board
     run_dirs = list((runs / "cells").rglob("metrics.json"))
     assert len(run_dirs) == 2
     for m in run_dirs:
@@ -115,6 +125,8 @@ def test_random_baseline_runs_without_pretraining(data_dir, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     con = sqlite3.connect(runs / "results.sqlite")
     assert con.execute("SELECT method, protocol FROM cells").fetchall() == [("random", "linear_probe")]
+    assert con.execute("SELECT pretrain_device, pretrain_wall_s, pretrain_cpu_hours FROM cells").fetchall() == [
+        (None, None, None)]
     exports = list(runs.glob("pretrain/random/*/export.pt"))
     assert len(exports) == 1 and not list(runs.glob("pretrain/random/*/scalars.jsonl"))
 

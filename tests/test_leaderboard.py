@@ -43,6 +43,7 @@ def make_fixture(path: Path, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     effect = {"asa": 0.15, "mae": 0.06, "random": 0.0, "simmim3d": 0.0}
     p_correct = {"asa": 0.9, "mae": 0.75, "random": 0.55, "simmim3d": 0.55}
+    pretrain = {"asa": 5400.0, "mae": 1800.0, "random": None, "simmim3d": 900.0}   # pretraining wall seconds
     params = {"asa": 62_187_296, "mae": 61_990_112, "random": 62_187_296, "simmim3d": 62_187_296}
     difficulty = rng.uniform(0.45, 0.75, 8)
     class_offset = np.array([0.05, -0.03, -0.02])
@@ -60,7 +61,10 @@ def make_fixture(path: Path, seed: int = 0) -> None:
                         "git_sha": "0f9e8d7c6b5a" if method == "mae" else "1a2b3c4d5e6f",
                         "device": "cpu (2 cores)", "start_time": f"2026-01-01T0{s}:00:00+00:00",
                         "end_time": f"2026-01-01T0{s}:10:00+00:00", "wall_s": 600.0, "gpu_hours": 0.0,
-                        "cpu_hours": 600.0 / 3600, "params": params[method]}
+                        "cpu_hours": 600.0 / 3600, "params": params[method],
+                        "pretrain_hash": f"{method}0123456789"[:16], "pretrain_wall_s": pretrain[method],
+                        **({"pretrain_device": "cpu (2 cores)", "pretrain_gpu_hours": 0.0,
+                            "pretrain_cpu_hours": pretrain[method] / 3600} if pretrain[method] else {})}
                 for c in range(8):
                     case = f"case{c:03d}"
                     if task == "nodule":
@@ -168,6 +172,17 @@ def test_golden_markdown(frames, monkeypatch):
     if os.environ.get("UPDATE_GOLDEN") == "1" or os.environ.get("UPDATE_FIXTURE") == "1":
         GOLDEN.write_text(md, encoding="utf-8")
     assert md == GOLDEN.read_text(encoding="utf-8"), "leaderboard Markdown changed; UPDATE_GOLDEN=1 rewrites it"
+
+
+def test_csv_published_before_pretraining_compute_renders_without_that_table(frames, tmp_path, monkeypatch):
+    monkeypatch.setattr(leaderboard, "stats", StandInStats)
+    old = tmp_path / "old.csv"
+    pd.read_csv(FIXTURE).drop(columns=[c for c in leaderboard.CELL_INFO_COLUMNS if c.startswith("pretrain_")]
+                              ).to_csv(old, index=False)
+    md = render(*leaderboard.from_csv(old), class_names=CLASS_NAMES, figures=True)
+    golden = GOLDEN.read_text(encoding="utf-8")
+    before, rest = golden.split("### Pretraining compute\n", 1)
+    assert md == before + "### " + rest.split("\n### ", 1)[1]
 
 
 def _frame(values: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
