@@ -717,8 +717,10 @@ def _pretraining_md(rows: list[Pretraining]) -> list[str]:
     if not rows:
         return []
     out = ["### Pretraining compute", "",
-           "The GPU h / CPU h columns of the tables above count the transfer cells only. Each export below is one "
-           "pretraining, transferred by the cells counted beside it whatever their task, protocol or seed:",
+           "The GPU h / CPU h columns of the tables above count the transfer cells only; cells that ran in one "
+           "command share work such as a frozen encoder's features, whose time the first cell to compute it "
+           "carries (so a later cell can show almost 0). Each export below is one pretraining, transferred by the "
+           "cells counted beside it whatever their task, protocol or seed:",
            "", "| method | export | device | wall h | GPU h | CPU h | cells |", "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
         if r.wall_s is None:
