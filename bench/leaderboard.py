@@ -950,6 +950,97 @@ def from_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return rows[METRIC_COLUMNS], cells
 
 
+# A published row does not carry its cell's config hash, so an imported cell never counts as already run: running
+# the same cell here computes it again and replaces the imported copy.
+IMPORTED_HASH = "imported"
+
+
+IDENTITY = ["suite", "suite_version", "task", "method", "protocol", "label_fraction", "draw", "seed", "budget",
+            "leakage_override"]
+NUMERIC_IDENTITY = ["suite_version", "label_fraction", "draw", "seed", "leakage_override"]
+
+
+class PublishedCSVError(ValueError):
+    """A file that is not a readable published results CSV (the message names the file and what is wrong)."""
+
+
+@dataclass
+class ImportReport:
+    path: Path
+    rows: int
+    added: list[str]
+    replaced: list[str]
+    kept: list[str]
+
+
+def read_published(path: str | Path) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """A published CSV (with its predictions file beside it, if any) as {cell_id: (cell row, metric rows)} in the
+    results store's layout. Raises :class:`PublishedCSVError` for a file that is missing or is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise PublishedCSVError(f"{path}: no such file")
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise PublishedCSVError(f"{path}: not a readable CSV ({e})") from None
+    missing = [c for c in METRIC_COLUMNS if c not in header]
+    if missing:
+        raise PublishedCSVError(f"{path}: not a published results CSV: it lacks the column(s) {', '.join(missing)}")
+    try:
+        metrics, cells = from_csv(path)
+    except (ValueError, pd.errors.ParserError) as e:
+        raise PublishedCSVError(f"{path}: unreadable rows ({e})") from None
+    metrics = metrics.copy()
+    for c in NUMERIC_IDENTITY + ["value"]:
+        metrics[c] = pd.to_numeric(metrics[c], errors="coerce")
+    needed = metrics[IDENTITY + ["case_id", "class", "value"]]
+    blank = needed.isna() | needed.eq("")
+    if blank.any(axis=None):
+        row = blank.any(axis=1).idxmax()
+        col = blank.columns[blank.loc[row]][0]
+        raise PublishedCSVError(f"{path}: a row of cell {metrics.at[row, 'cell_id']!r} has an empty or non-numeric "
+                                f"{col} ({int(blank.any(axis=1).sum())} such rows)")
+    identity = metrics.groupby("cell_id")[IDENTITY].nunique()
+    mixed = identity.index[(identity > 1).any(axis=1)]
+    if len(mixed):
+        raise PublishedCSVError(f"{path}: the rows of cell {mixed[0]!r} disagree on its "
+                                f"{', '.join(identity.columns[identity.loc[mixed[0]] > 1])}")
+    metrics = metrics.astype({c: int for c in NUMERIC_IDENTITY if c != "label_fraction"} | {"class": int})
+    info = cells.set_index("cell_id")
+    out = {}
+    for cell_id, g in metrics.groupby("cell_id", sort=False):
+        first = g.iloc[0]
+        cell = {c: first[c] for c in IDENTITY} | {"cell_id": cell_id, "config_hash": IMPORTED_HASH}
+        for c, v in info.loc[cell_id].items():
+            cell[c] = None if pd.isna(v) else v
+        if cell.get("params") is not None:
+            cell["params"] = int(cell["params"])
+        out[cell_id] = (cell, g.rename(columns={"case_id": "case"})[["case", "class", "metric", "value"]]
+                        .to_dict("records"))
+    return out
+
+
+def import_published(paths: list[str | Path], store, *, replace: bool = False) -> list[ImportReport]:
+    """Put the cells of published CSVs into a results store, so that new runs join published ones on one
+    leaderboard (or a lost store is rebuilt from what was published). Every file is read and checked before
+    anything is written, and all cells are written in one transaction. A cell the store already holds is kept
+    unless ``replace``; a cell in two of the files is taken from the later one."""
+    read = [(Path(p), read_published(p)) for p in paths]
+    have = store.cell_ids()
+    reports, todo = [], {}
+    for path, cells in read:
+        r = ImportReport(path, sum(len(rows) for _, rows in cells.values()), [], [], [])
+        for cell_id, item in cells.items():
+            if cell_id in have and not replace:
+                r.kept.append(cell_id)
+                continue
+            (r.replaced if cell_id in have else r.added).append(cell_id)
+            todo[cell_id] = item
+        reports.append(r)
+    store.write_cells(todo.values())
+    return reports
+
+
 def _write_figures(plots, s: Section, files: dict[tuple, str], out_dir: Path) -> None:
     for task, protocol in _curves(s):
         tables = [t for t in s.tables if (t.task.name, t.protocol) == (task, protocol)]

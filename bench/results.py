@@ -85,19 +85,33 @@ class ResultsStore:
 
     def write_cell(self, cell: dict[str, Any], rows: Iterable[dict[str, Any]]) -> None:
         """Replace the cell and its metrics atomically."""
+        self.write_cells([(cell, rows)])
+
+    def write_cells(self, items: Iterable[tuple[dict[str, Any], Iterable[dict[str, Any]]]]) -> None:
+        """Replace each (cell, metric rows) pair, all in one transaction: either every cell lands or none."""
+        items = [(self._cell_row(cell), rows) for cell, rows in items]
+        with closing(self._connect()) as con, con:
+            for cell, rows in items:
+                con.execute("DELETE FROM case_metrics WHERE cell_id = ?", (cell["cell_id"],))
+                con.execute("DELETE FROM cells WHERE cell_id = ?", (cell["cell_id"],))
+                con.execute(f"INSERT INTO cells ({', '.join(CELL_COLUMNS)}) "
+                            f"VALUES ({', '.join('?' * len(CELL_COLUMNS))})", [cell[c] for c in CELL_COLUMNS])
+                con.executemany("INSERT INTO case_metrics VALUES (?, ?, ?, ?, ?)",
+                                [(cell["cell_id"], str(r["case"]), int(r["class"]), r["metric"], float(r["value"]))
+                                 for r in rows])
+
+    @staticmethod
+    def _cell_row(cell: dict[str, Any]) -> dict[str, Any]:
         missing = [c for c in ("cell_id", "config_hash", "suite", "suite_version", "task", "method", "protocol",
                                "label_fraction", "draw", "seed", "budget") if c not in cell]
         if missing:
             raise ValueError(f"cell row lacks {missing}")
-        cell = {c: _plain(cell.get(c)) for c in CELL_COLUMNS} | {"status": "complete"}
-        with closing(self._connect()) as con, con:
-            con.execute("DELETE FROM case_metrics WHERE cell_id = ?", (cell["cell_id"],))
-            con.execute("DELETE FROM cells WHERE cell_id = ?", (cell["cell_id"],))
-            con.execute(f"INSERT INTO cells ({', '.join(CELL_COLUMNS)}) VALUES ({', '.join('?' * len(CELL_COLUMNS))})",
-                        [cell[c] for c in CELL_COLUMNS])
-            con.executemany("INSERT INTO case_metrics VALUES (?, ?, ?, ?, ?)",
-                            [(cell["cell_id"], str(r["case"]), int(r["class"]), r["metric"], float(r["value"]))
-                             for r in rows])
+        return {c: _plain(cell.get(c)) for c in CELL_COLUMNS} | {"status": "complete"}
+
+    def cell_ids(self) -> set[str]:
+        """The ids of every complete cell."""
+        with closing(self._connect()) as con:
+            return {r[0] for r in con.execute("SELECT cell_id FROM cells WHERE status = 'complete'")}
 
     def cells(self, suite: str | None = None) -> pd.DataFrame:
         q, args = "SELECT * FROM cells WHERE status = 'complete'", []
@@ -118,3 +132,45 @@ class ResultsStore:
             args.append(suite)
         with closing(self._connect()) as con:
             return pd.read_sql_query(q, con, params=args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.results import leaderboards/<suite>.csv [...] [--store runs/results.sqlite]``."""
+    import argparse
+    import sys
+
+    from bench.leaderboard import PublishedCSVError, import_published
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.results",
+        description="Put published leaderboard rows (leaderboards/<suite>.csv, with its _predictions.csv.gz) into a "
+                    "results store, so that your own runs join them on one leaderboard or a lost store is rebuilt.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="import published CSVs into a results store")
+    imp.add_argument("csv", nargs="+", type=Path, help="published CSV(s) of result rows")
+    imp.add_argument("--store", default="runs/results.sqlite",
+                     help="results store to import into (default: runs/results.sqlite, run_bench.py's default)")
+    imp.add_argument("--replace", action="store_true",
+                     help="replace cells the store already holds (default: keep them and skip the imported copy)")
+    args = parser.parse_args(argv)
+    try:
+        store = ResultsStore(args.store)
+        reports = import_published(args.csv, store, replace=args.replace)
+    except (PublishedCSVError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as e:
+        print(f"error: {args.store}: not a usable results store ({e}); nothing was imported", file=sys.stderr)
+        return 2
+    for r in reports:
+        n = len(r.added) + len(r.replaced) + len(r.kept)
+        kept = f", {len(r.kept)} kept (already in the store; --replace overwrites them)" if r.kept else ""
+        replaced = f", {len(r.replaced)} replaced" if r.replaced else ""
+        print(f"{r.path}: {n} cells ({r.rows} rows): {len(r.added)} added{replaced}{kept}")
+    print(f"into {store.path}; render with: python run_bench.py stage=leaderboard suite=SUITE "
+          f"results.url={store.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

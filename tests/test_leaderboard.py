@@ -454,6 +454,76 @@ def test_publish_writes_figures_and_csv_that_round_trips(frames, tmp_path):
     assert "![" not in plain.read_text(encoding="utf-8")
 
 
+def test_published_csv_imported_into_a_fresh_store_renders_the_same_leaderboard(frames, tmp_path):
+    metrics, cells = frames
+    out = tmp_path / "lb"
+    md = leaderboard.publish(SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT,
+                             class_names=CLASS_NAMES).read_text(encoding="utf-8")
+    fresh = ResultsStore(tmp_path / "b.sqlite")
+    (report,) = leaderboard.import_published([out / "fixture.csv"], fresh)
+    assert len(report.added) == cells["cell_id"].nunique() and not report.kept and not report.replaced
+    again = leaderboard.publish(SUITE, fresh, tmp_path / "lb2", now=NOW, git=GIT, class_names=CLASS_NAMES)
+    assert again.read_text(encoding="utf-8") == md and "### Pretraining compute" in md
+    got = fresh.cells().set_index("cell_id").sort_index()
+    want = cells.set_index("cell_id").sort_index()
+    for c in ("git_sha", "wall_s", "cpu_hours", "params", "pretrain_wall_s", "pretrain_device"):
+        assert got[c].tolist() == want[c].tolist() or got[c].equals(want[c]), c
+    # the published rows carry no config hash, so the runner never takes an imported cell for its own run
+    assert set(got["config_hash"]) == {leaderboard.IMPORTED_HASH}
+
+
+def test_import_brings_the_predictions_file_beside_the_csv(tmp_path):
+    metrics, cells, _, _ = _set_frames({"random": 0.2, "better": 1.2}, n=40)
+    out = tmp_path / "lb"
+    md = leaderboard.publish(SET_SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW,
+                             git=GIT).read_text(encoding="utf-8")
+    fresh = ResultsStore(tmp_path / "b.sqlite")
+    leaderboard.import_published([out / "fixture_set.csv"], fresh)
+    assert set(fresh.metrics()["metric"]) == {"auroc", "pred_score", "pred_target"}
+    again = leaderboard.render(SET_SUITE, fresh.metrics(), fresh.cells(), now=NOW, git=GIT, figures=True)
+    assert again == md and "40 test images" in md
+
+
+def test_import_keeps_the_stores_own_cells_unless_told_to_replace_them(frames, tmp_path):
+    metrics, cells = frames
+    out = tmp_path / "lb"
+    leaderboard.publish(SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT)
+    mine = metrics[metrics["method"] == "asa"].assign(value=0.5)           # my own run of published cells
+    store = store_of(mine, cells[cells["cell_id"].isin(mine["cell_id"])], tmp_path / "b.sqlite")
+    asa = set(mine["cell_id"])
+    (r,) = leaderboard.import_published([out / "fixture.csv"], store)
+    assert set(r.kept) == asa and len(r.added) == cells["cell_id"].nunique() - len(asa)
+    m = store.metrics()
+    assert (m.loc[m["method"] == "asa", "value"] == 0.5).all()
+    assert set(m["method"]) == set(metrics["method"]) and len(m) == len(metrics)
+    (r,) = leaderboard.import_published([out / "fixture.csv"], store, replace=True)
+    assert set(r.replaced) == set(cells["cell_id"]) and not r.added
+    m = store.metrics().sort_values(["cell_id", "case_id", "class"])["value"].to_numpy()
+    assert m == pytest.approx(metrics.sort_values(["cell_id", "case_id", "class"])["value"].to_numpy())
+
+
+@pytest.mark.parametrize("spoil, says", [
+    (lambda d: d[["suite", "value"]], "lacks the column(s) suite_version"),
+    (lambda d: d.assign(value=d["value"].astype(object).where(d.index != 5, "")), "empty or non-numeric value"),
+    (lambda d: d.assign(seed=d["seed"].where(d.index != 0, 7)), "disagree on its seed"),
+    (None, "no such file"),
+])
+def test_import_of_a_bad_file_is_one_error_and_writes_nothing(frames, tmp_path, capsys, spoil, says):
+    from bench import results
+
+    metrics, cells = frames
+    out = tmp_path / "lb"
+    leaderboard.publish(SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT)
+    bad = tmp_path / "bad.csv"
+    if spoil is not None:
+        spoil(pd.read_csv(out / "fixture.csv")).to_csv(bad, index=False)
+    db = tmp_path / "b.sqlite"
+    rc = results.main(["import", str(out / "fixture.csv"), str(bad), "--store", str(db)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: {bad}: ") and says in err and err.count("\n") == 1, err
+    assert not db.exists() or not ResultsStore(db).cell_ids()        # the good file before it did not land either
+
+
 def test_earlier_version_record_is_published_beside_the_current_leaderboard(frames, tmp_path, monkeypatch):
     from dataclasses import replace
 
