@@ -988,7 +988,7 @@ def read_published(path: str | Path) -> dict[str, tuple[dict[str, Any], list[dic
         raise PublishedCSVError(f"{path}: not a published results CSV: it lacks the column(s) {', '.join(missing)}")
     try:
         metrics, cells = from_csv(path)
-    except (ValueError, pd.errors.ParserError) as e:
+    except ValueError as e:         # pandas' ParserError is one
         raise PublishedCSVError(f"{path}: unreadable rows ({e})") from None
     metrics = metrics.copy()
     for c in NUMERIC_IDENTITY + ["value"]:
