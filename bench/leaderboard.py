@@ -955,8 +955,8 @@ def from_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 IMPORTED_HASH = "imported"
 
 
-IDENTITY = ["suite", "suite_version", "task", "method", "protocol", "label_fraction", "draw", "seed", "budget",
-            "leakage_override"]
+# what names a cell: the metric columns before its id
+IDENTITY = METRIC_COLUMNS[:METRIC_COLUMNS.index("cell_id")]
 NUMERIC_IDENTITY = ["suite_version", "label_fraction", "draw", "seed", "leakage_override"]
 
 
