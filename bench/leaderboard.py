@@ -189,6 +189,7 @@ class Across:
     iqm_note: str
     poi: pd.DataFrame                             # P(row better than column)
     poi_baseline: dict[str, tuple[float, float, float]]  # method -> (P(better than baseline), low, high)
+    single: list[str] = field(default_factory=list)  # tables left out: one method only
 
 
 @dataclass
@@ -485,6 +486,12 @@ def _by_seed(seeds, differences: np.ndarray) -> tuple[tuple[int, float], ...]:
 def _across(tables: list[Table], opts: Options) -> tuple[Across | None, str]:
     if len(tables) < 2:
         return None, ""
+    # A table with one method ranks nothing; left in, it would leave every other method out of the analysis.
+    single = [t.label for t in tables if len(t.rows) < 2]
+    tables = [t for t in tables if len(t.rows) >= 2]
+    if len(tables) < 2:
+        return None, (f"Across-task analysis skipped: {len(tables)} table(s) hold results of two or more "
+                      "methods.")
     labels = [t.label for t in tables]
     methods = sorted({r.method for t in tables for r in t.rows})
     excluded = {m: [t.label for t in tables if t.row(m) is None] for m in methods}
@@ -528,7 +535,7 @@ def _across(tables: list[Table], opts: Options) -> tuple[Across | None, str]:
                 low, high = stats.probability_of_improvement_ci(runs[m].to_numpy(), y, n_resamples=opts.n_resamples,
                                                                 ci=opts.ci, seed=opts.seed)
                 poi_baseline[m] = (float(poi.loc[m, opts.baseline]), float(low), float(high))
-    return Across(labels, order, excluded, ranks, fr, cd, cd_control, iqm, iqm_note, poi, poi_baseline), ""
+    return Across(labels, order, excluded, ranks, fr, cd, cd_control, iqm, iqm_note, poi, poi_baseline, single), ""
 
 
 # ----------------------------------------------------------------------------------------------- Markdown
@@ -740,6 +747,8 @@ def _across_md(a: Across, s: Section, o: Options, files: dict[tuple, str]) -> li
     k, n = len(a.methods), len(a.blocks)
     out = [f"### Across tasks (budget `{s.budget}`)", "",
            f"{n} tables as blocks: " + "; ".join(a.blocks) + f". {k} methods with results in every table.", ""]
+    if a.single:
+        out += ["Tables left out (one method only, nothing to rank): " + "; ".join(a.single) + ".", ""]
     if a.excluded:
         out += ["Left out (missing tables): " + "; ".join(f"{m} ({', '.join(v)})" for m, v in a.excluded.items())
                 + ".", ""]

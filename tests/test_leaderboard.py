@@ -332,6 +332,18 @@ def test_method_missing_a_task_is_left_out_of_across_analysis(frames):
     assert "Friedman test" in across and "CD =" in across
 
 
+def test_a_table_with_one_method_is_left_out_of_across_analysis_instead_of_the_other_methods(frames):
+    # A new task's first cell (one method) used to leave every other method out, so the analysis vanished.
+    metrics, cells = frames
+    methods = sorted(metrics["method"].unique())
+    one = metrics[(metrics["task"] != "nodule") | (metrics["method"] == methods[0])]
+    across = render(one, cells).split("### Across tasks")[1]
+    assert "Tables left out (one method only, nothing to rank): nodule / linear_probe / 100% labels." in across
+    assert "Left out (missing tables)" not in across
+    assert f"{len(methods)} methods with results in every table" in across
+    assert all(f"| {m} |" in across for m in methods)
+
+
 def test_tables_that_all_rank_alike_give_an_infinite_iman_davenport_f_said_as_such():
     rng = np.random.default_rng(3)
     base = rng.uniform(0.3, 0.5, (2, 10, 3))
