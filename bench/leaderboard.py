@@ -189,7 +189,7 @@ class Across:
     iqm_note: str
     poi: pd.DataFrame                             # P(row better than column)
     poi_baseline: dict[str, tuple[float, float, float]]  # method -> (P(better than baseline), low, high)
-    single: list[str] = field(default_factory=list)  # tables left out: one method only
+    single: list[str]                             # tables left out: one method only
 
 
 @dataclass
