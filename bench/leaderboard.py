@@ -176,7 +176,7 @@ class ImageScores:
 
 @dataclass
 class Across:
-    """The across-task analysis of one budget's tables (methods present in every table)."""
+    """The across-task analysis of one budget's tables: a complete block design (``_complete_blocks``)."""
 
     blocks: list[str]
     methods: list[str]                            # by mean rank, best first
@@ -189,7 +189,7 @@ class Across:
     iqm_note: str
     poi: pd.DataFrame                             # P(row better than column)
     poi_baseline: dict[str, tuple[float, float, float]]  # method -> (P(better than baseline), low, high)
-    single: list[str]                             # tables left out: one method only
+    dropped: dict[str, list[str]]                 # tables left out -> the methods they have
 
 
 @dataclass
@@ -483,23 +483,44 @@ def _by_seed(seeds, differences: np.ndarray) -> tuple[tuple[int, float], ...]:
     return tuple((int(s), float(v)) for s, v in d.items())
 
 
+def _complete_blocks(tables: list[Table]) -> tuple[list[Table], list[str]]:
+    """The tables and methods for a complete block design: every kept method has a row in every kept table.
+
+    Friedman's test and the critical differences need every method in every block. Of the choices that give that,
+    the one with the most scores (methods x tables) is kept: a method that ran few tables costs fewer scores left
+    out than the tables it misses, and a task only some methods have run yet is left out rather than the methods.
+    Ties keep more methods, then the first method names in alphabetical order. Returns ([], []) when no
+    choice has two methods in two tables.
+    """
+    sets = {frozenset(r.method for r in t.rows) for t in tables}
+    # the best method set is the intersection of its tables' method sets, so the closure under intersection
+    # holds every candidate; it stays small however many methods there are
+    closed, frontier = set(sets), set(sets)
+    while frontier:
+        frontier = {a & b for a in frontier for b in sets} - closed
+        closed |= frontier
+    best, key = ([], []), None
+    for ms in closed:
+        kept = [t for t in tables if ms <= {r.method for r in t.rows}]
+        if len(ms) < 2 or len(kept) < 2:
+            continue
+        k = (len(ms) * len(kept), len(ms), sorted(ms))
+        if key is None or k[:2] > key[:2] or (k[:2] == key[:2] and k[2] < key[2]):
+            best, key = (kept, sorted(ms)), k
+    return best
+
+
 def _across(tables: list[Table], opts: Options) -> tuple[Across | None, str]:
     if len(tables) < 2:
         return None, ""
-    # A table with one method ranks nothing; left in, it would leave every other method out of the analysis.
-    single = [t.label for t in tables if len(t.rows) < 2]
-    tables = [t for t in tables if len(t.rows) >= 2]
-    if len(tables) < 2:
-        return None, (f"Across-task analysis skipped: {len(tables)} table(s) hold results of two or more "
-                      "methods.")
-    labels = [t.label for t in tables]
+    kept, included = _complete_blocks(tables)
+    if not kept:
+        return None, ("Across-task analysis skipped: no two methods have results in the same two or more tables.")
+    dropped = {t.label: sorted(r.method for r in t.rows) for t in tables if all(t is not k for k in kept)}
+    labels = [t.label for t in kept]
     methods = sorted({r.method for t in tables for r in t.rows})
-    excluded = {m: [t.label for t in tables if t.row(m) is None] for m in methods}
-    excluded = {m: v for m, v in excluded.items() if v}
-    included = [m for m in methods if m not in excluded]
-    if len(included) < 2:
-        return None, (f"Across-task analysis skipped: {len(included)} method(s) have results in all "
-                      f"{len(tables)} tables.")
+    excluded = {m: [t.label for t in kept if t.row(m) is None] for m in methods if m not in included}
+    tables = kept
     block_scores = np.array([[t.sign * t.row(m).mean for m in included] for t in tables])   # [block, method]
     fr = stats.friedman(block_scores)
     ranks = dict(zip(included, (float(r) for r in np.asarray(fr.mean_ranks))))
@@ -535,7 +556,7 @@ def _across(tables: list[Table], opts: Options) -> tuple[Across | None, str]:
                 low, high = stats.probability_of_improvement_ci(runs[m].to_numpy(), y, n_resamples=opts.n_resamples,
                                                                 ci=opts.ci, seed=opts.seed)
                 poi_baseline[m] = (float(poi.loc[m, opts.baseline]), float(low), float(high))
-    return Across(labels, order, excluded, ranks, fr, cd, cd_control, iqm, iqm_note, poi, poi_baseline, single), ""
+    return Across(labels, order, excluded, ranks, fr, cd, cd_control, iqm, iqm_note, poi, poi_baseline, dropped), ""
 
 
 # ----------------------------------------------------------------------------------------------- Markdown
@@ -747,8 +768,12 @@ def _across_md(a: Across, s: Section, o: Options, files: dict[tuple, str]) -> li
     k, n = len(a.methods), len(a.blocks)
     out = [f"### Across tasks (budget `{s.budget}`)", "",
            f"{n} tables as blocks: " + "; ".join(a.blocks) + f". {k} methods with results in every table.", ""]
-    if a.single:
-        out += ["Tables left out (one method only, nothing to rank): " + "; ".join(a.single) + ".", ""]
+    if a.dropped or a.excluded:
+        out += ["The Friedman test needs every method in every table; of the tables and methods that give that, "
+                "the analysis keeps those with the most results (methods × tables).", ""]
+    if a.dropped:
+        out += ["Tables left out (too few of the methods ran them): "
+                + "; ".join(f"{t} (only {', '.join(v)})" for t, v in a.dropped.items()) + ".", ""]
     if a.excluded:
         out += ["Left out (missing tables): " + "; ".join(f"{m} ({', '.join(v)})" for m, v in a.excluded.items())
                 + ".", ""]

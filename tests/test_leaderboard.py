@@ -338,10 +338,43 @@ def test_a_table_with_one_method_is_left_out_of_across_analysis_instead_of_the_o
     methods = sorted(metrics["method"].unique())
     one = metrics[(metrics["task"] != "nodule") | (metrics["method"] == methods[0])]
     across = render(one, cells).split("### Across tasks")[1]
-    assert "Tables left out (one method only, nothing to rank): nodule / linear_probe / 100% labels." in across
+    assert (f"Tables left out (too few of the methods ran them): nodule / linear_probe / 100% labels "
+            f"(only {methods[0]}).") in across
     assert "Left out (missing tables)" not in across
     assert f"{len(methods)} methods with results in every table" in across
     assert all(f"| {m} |" in across for m in methods)
+
+
+def test_a_task_some_methods_have_not_run_is_left_out_rather_than_those_methods(frames):
+    # Two of four methods on nodule: keeping nodule would rank 2 methods in 3 tables (6 scores), leaving it out
+    # ranks 4 methods in 2 tables (8); the rule keeps the most scores.
+    metrics, cells = frames
+    two = metrics[(metrics["task"] != "nodule") | metrics["method"].isin(["asa", "random"])]
+    across = render(two, cells).split("### Across tasks")[1]
+    assert "2 tables as blocks: organs / finetune / 25% labels; organs / finetune / 100% labels. 4 methods" in across
+    assert "nodule / linear_probe / 100% labels (only asa, random)" in across
+    assert "Left out (missing tables)" not in across
+    assert all(f"| {m} |" in across for m in ("asa", "mae", "random", "simmim3d"))
+
+
+@pytest.mark.parametrize("present, kept_tables, kept_methods", [
+    # 3 methods x 3 tables = 9 beats 4 x 2 = 8: the method missing a table goes
+    ({"t1": "abcd", "t2": "abcd", "t3": "abc"}, ["t1", "t2", "t3"], ["a", "b", "c"]),
+    # 5 x 2 = 10 beats 2 x 3 = 6: the third table goes
+    ({"t1": "abcde", "t2": "abcde", "t3": "ab"}, ["t1", "t2"], list("abcde")),
+    # 3 x 2 = 6 ties 2 x 3 = 6: more methods win the tie
+    ({"t1": "abc", "t2": "abc", "t3": "ab"}, ["t1", "t2"], list("abc")),
+    # no two tables share two methods: nothing to analyse
+    ({"t1": "ab", "t2": "cd"}, [], []),
+    # the best set is an intersection of three tables' sets, not any one table's set
+    ({"t1": "abcx", "t2": "abcy", "t3": "abcz", "t4": "ab"}, ["t1", "t2", "t3"], list("abc")),
+])
+def test_complete_blocks_keep_the_most_scores(present, kept_tables, kept_methods):
+    Row = namedtuple("Row", "method")
+    Tbl = namedtuple("Tbl", "label rows")
+    tables = [Tbl(t, [Row(m) for m in ms]) for t, ms in present.items()]
+    kept, methods = leaderboard._complete_blocks(tables)
+    assert [t.label for t in kept] == kept_tables and methods == kept_methods
 
 
 def test_tables_that_all_rank_alike_give_an_infinite_iman_davenport_f_said_as_such():
