@@ -494,7 +494,7 @@ def _complete_blocks(tables: list[Table]) -> tuple[list[Table], list[str]]:
     """
     sets = {frozenset(r.method for r in t.rows) for t in tables}
     # the best method set is the intersection of its tables' method sets, so the closure under intersection
-    # holds every candidate; it stays small however many methods there are
+    # holds every candidate: at most one set per subset of tables, in practice a handful, never 2**methods
     closed, frontier = set(sets), set(sets)
     while frontier:
         frontier = {a & b for a in frontier for b in sets} - closed
