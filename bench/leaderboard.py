@@ -499,15 +499,9 @@ def _complete_blocks(tables: list[Table]) -> tuple[list[Table], list[str]]:
     while frontier:
         frontier = {a & b for a in frontier for b in sets} - closed
         closed |= frontier
-    best, key = ([], []), None
-    for ms in closed:
-        kept = [t for t in tables if ms <= {r.method for r in t.rows}]
-        if len(ms) < 2 or len(kept) < 2:
-            continue
-        k = (len(ms) * len(kept), len(ms), sorted(ms))
-        if key is None or k[:2] > key[:2] or (k[:2] == key[:2] and k[2] < key[2]):
-            best, key = (kept, sorted(ms)), k
-    return best
+    choices = [([t for t in tables if ms <= {r.method for r in t.rows}], sorted(ms)) for ms in closed]
+    choices = [(kept, ms) for kept, ms in choices if len(kept) >= 2 and len(ms) >= 2]
+    return min(choices, key=lambda c: (-len(c[0]) * len(c[1]), -len(c[1]), c[1]), default=([], []))
 
 
 def _across(tables: list[Table], opts: Options) -> tuple[Across | None, str]:
