@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS cells (
     config_hash TEXT NOT NULL,
     suite TEXT NOT NULL, suite_version INTEGER NOT NULL, task TEXT NOT NULL,
     method TEXT NOT NULL, protocol TEXT NOT NULL, label_fraction REAL NOT NULL, draw INTEGER NOT NULL,
-    seed INTEGER NOT NULL, budget TEXT NOT NULL, status TEXT NOT NULL,
+    pretrain_seed INTEGER NOT NULL DEFAULT 0, seed INTEGER NOT NULL, budget TEXT NOT NULL, status TEXT NOT NULL,
     git_sha TEXT, split_hash TEXT, start_time TEXT, end_time TEXT, device TEXT,
     wall_s REAL, gpu_hours REAL, cpu_hours REAL, peak_memory_mb REAL, params INTEGER,
     pretrain_hash TEXT, leakage_override INTEGER DEFAULT 0, run_dir TEXT,
@@ -39,13 +39,15 @@ PRED_SCORE, PRED_TARGET = "pred_score", "pred_target"
 PREDICTION_METRICS = (PRED_SCORE, PRED_TARGET)
 
 CELL_COLUMNS = ("cell_id", "config_hash", "suite", "suite_version", "task", "method", "protocol", "label_fraction",
-                "draw", "seed", "budget", "status", "git_sha", "split_hash", "start_time", "end_time", "device",
-                "wall_s", "gpu_hours", "cpu_hours", "peak_memory_mb", "params", "pretrain_hash",
+                "draw", "pretrain_seed", "seed", "budget", "status", "git_sha", "split_hash", "start_time", "end_time",
+                "device", "wall_s", "gpu_hours", "cpu_hours", "peak_memory_mb", "params", "pretrain_hash",
                 "leakage_override", "run_dir", "pretrain_device", "pretrain_wall_s", "pretrain_gpu_hours",
                 "pretrain_cpu_hours")
-# columns added after the first stores were written: an older store gains them (NULL) when it is opened
+# columns added after the first stores were written: an older store gains them when it is opened, NULL in its rows
+# except where the declaration gives a default (its cells were all run at pretraining seed 0, the only one before
+# the seed was part of a cell's identity)
 ADDED_COLUMNS = {"pretrain_device": "TEXT", "pretrain_wall_s": "REAL", "pretrain_gpu_hours": "REAL",
-                 "pretrain_cpu_hours": "REAL"}
+                 "pretrain_cpu_hours": "REAL", "pretrain_seed": "INTEGER NOT NULL DEFAULT 0"}
 
 
 def _plain(v: Any) -> Any:
@@ -106,7 +108,12 @@ class ResultsStore:
                                "label_fraction", "draw", "seed", "budget") if c not in cell]
         if missing:
             raise ValueError(f"cell row lacks {missing}")
-        return {c: _plain(cell.get(c)) for c in CELL_COLUMNS} | {"status": "complete"}
+        row = {c: _plain(cell.get(c)) for c in CELL_COLUMNS} | {"status": "complete"}
+        # a row from before the pretraining seed was recorded (a published CSV without the column, or with it
+        # empty) was run at pretraining seed 0, the only one then
+        p = row["pretrain_seed"]
+        row["pretrain_seed"] = 0 if p is None or p != p else int(p)
+        return row
 
     def cell_ids(self) -> set[str]:
         """The ids of every complete cell."""
@@ -123,8 +130,8 @@ class ResultsStore:
 
     def metrics(self, suite: str | None = None) -> pd.DataFrame:
         """Per-case metrics joined with their cell's identity (complete cells only)."""
-        q = ("SELECT c.suite, c.suite_version, c.task, c.method, c.protocol, c.label_fraction, c.draw, c.seed, "
-             "c.budget, c.leakage_override, m.cell_id, m.case_id, m.class, m.metric, m.value "
+        q = ("SELECT c.suite, c.suite_version, c.task, c.method, c.protocol, c.label_fraction, c.draw, "
+             "c.pretrain_seed, c.seed, c.budget, c.leakage_override, m.cell_id, m.case_id, m.class, m.metric, m.value "
              "FROM case_metrics m JOIN cells c ON c.cell_id = m.cell_id WHERE c.status = 'complete'")
         args = []
         if suite:

@@ -72,7 +72,7 @@ class Plan:
     progress: bool
     seeds: tuple[int, ...]
     protocol: str | None
-    pretrain_seed: int
+    pretrain_seed: int                # the seed of the pretraining the transfer seeds use (unless tied)
     label_fraction: float | None = None
     task: str | None = None
     spatial_dims: int = 3
@@ -80,6 +80,46 @@ class Plan:
     transfer_evaluations: int | None = None
     transfer_protocols: dict[str, Any] | None = None    # the budget's protocol settings: {protocol: {kind: {k: v}}}
     preprocessing: dict[str, Any] | None = None   # the suite's, with `suite.preprocessing.*` overrides merged
+    # pretrain_seed=tied: each transfer seed uses its own pretraining with the same seed (see pipeline_plans)
+    tied_pretrain_seed: bool = False
+
+
+TIED = "tied"
+
+
+def parse_pretrain_seed(value: Any) -> int | str:
+    """The ``pretrain_seed`` option: a non-negative integer, or ``tied``."""
+    if isinstance(value, str) and value.strip().lower() == TIED:
+        return TIED
+    seed = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        seed = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        seed = int(value)
+    if seed is None or seed < 0:
+        raise UserError(f"pretrain_seed={value!r}: expected a non-negative integer (the seed of the pretraining every "
+                        f"transfer seed uses) or `tied` (each transfer seed uses its own pretraining with the same "
+                        f"seed)")
+    return seed
+
+
+def pipeline_plans(plan: Plan) -> list[Plan]:
+    """The plan as whole pipeline runs, one pretraining each: the plan itself, or with ``pretrain_seed=tied`` one
+    plan per transfer seed, pretrained with that seed (seed s transfers the encoder pretrained with seed s)."""
+    if not plan.tied_pretrain_seed:
+        return [plan]
+    return [replace(plan, seeds=(s,), pretrain_seed=s, tied_pretrain_seed=False) for s in plan.seeds]
+
+
+def cell_key(cell: Cell, pretrain_seed: int) -> str:
+    """A cell's key with its pretraining seed: ``.../s<seed>/p<k>``. Seed 0 adds nothing, so the cell ids of every
+    store and published CSV written before the pretraining seed was part of a cell's identity (all at seed 0)
+    stay valid, and so do their run directories."""
+    return cell.key if pretrain_seed == 0 else f"{cell.key}/p{pretrain_seed}"
+
+
+def cell_id(plan: Plan, cell: Cell) -> str:
+    return f"{plan.suite.name}/v{plan.suite.version}/{plan.method}/{plan.budget}/{cell_key(cell, plan.pretrain_seed)}"
 
 
 def _plain_dict(node: Any) -> dict[str, Any]:
@@ -146,6 +186,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         dims = "/".join(sorted(t.upper() for t in tags & {"2d", "3d"}))
         raise UserError(f"method {cfg.method.name!r} is a {dims} method; suite {suite.name!r} is {spatial}D")
     seeds = suite.seeds if cfg.seed is None else (int(cfg.seed),)
+    pretrain_seed = parse_pretrain_seed(cfg.get("pretrain_seed", 0))
     protocol = cfg.protocol.name if cfg.get("protocol") is not None else None
     if protocol is not None:
         PROTOCOLS.get(protocol)
@@ -187,7 +228,8 @@ def make_plan(cfg: DictConfig) -> Plan:
         device=pick_device(cfg.device), runs_dir=runs_dir, store=ResultsStore(cfg.results.url),
         data_root=cfg.data.root, cache_dir=cfg.data.cache_dir, progress=bool(cfg.progress), seeds=tuple(seeds),
         protocol=protocol,
-        pretrain_seed=int(cfg.pretrain_seed), label_fraction=fraction, task=task, spatial_dims=int(spatial),
+        pretrain_seed=seeds[0] if pretrain_seed == TIED else pretrain_seed, tied_pretrain_seed=pretrain_seed == TIED,
+        label_fraction=fraction, task=task, spatial_dims=int(spatial),
         allow_leakage=bool(cfg.get("allow_leakage", False)),
         transfer_evaluations=budget.transfer.get("evaluations"),
         transfer_protocols=_plain_dict(budget.transfer.get("protocols")),
@@ -285,7 +327,8 @@ def check_leakage(plan: Plan, corpus: set[str], tasks, memo: dict[str, dict[str,
 
 
 def pretrain(plan: Plan) -> tuple[Path, str]:
-    """Pretrain once per (method, corpus, budget, seed); return the encoder export path and its hash."""
+    """Pretrain once per (method, corpus, budget, pretraining seed); return the encoder export path and its hash
+    (the seed is part of the pretraining identity, so each pretraining seed has its own export and run directory)."""
     ident = pretrain_identity(plan)
     h = config_hash(ident)
     run_dir = plan.runs_dir / "pretrain" / plan.method / h
@@ -394,20 +437,41 @@ def protocol_options(plan: Plan, cfg: DictConfig, name: str, kind: str) -> dict[
 
 
 def transfer_cells(plan: Plan) -> list[Cell]:
-    """The plan's cells, less those of protocols that ignore the label fraction below the task's largest one."""
-    cells = []
+    """The plan's cells, less those of protocols that ignore the label fraction below the task's largest one, and
+    less the repeats of a deterministic protocol (kNN): given one encoder its result is the same for every transfer
+    seed, so it runs at the first of the plan's seeds only (per label fraction and draw), and says so."""
+    cells, repeats = [], {}
     for cell in expand(plan.suite, plan.seeds, plan.protocol, plan.label_fraction, plan.task):
         try:
             proto_cls = resolve_protocol(cell.protocol, cell.task.kind)
         except ValueError as e:
             raise UserError(str(e)) from None
-        if proto_cls.uses_label_fraction or cell.label_fraction == max(cell.task.label_fractions):
+        if proto_cls.deterministic and cell.seed != plan.seeds[0]:
+            repeats.setdefault(cell.protocol, set()).add(cell.seed)
+        elif proto_cls.uses_label_fraction or cell.label_fraction == max(cell.task.label_fractions):
             cells.append(cell)
         elif plan.label_fraction is not None and plan.protocol is not None:
             raise UserError(f"protocol={cell.protocol} picks its own labelled examples and runs at label_fraction="
                             f"{max(cell.task.label_fractions):g} only (task {cell.task.name!r}); drop label_fraction="
                             f"{plan.label_fraction:g}")
+    for protocol, seeds in repeats.items():
+        rest = ", ".join(map(str, sorted(seeds)))
+        print(f"[transfer] {protocol} is deterministic given the encoder: seeds {plan.seeds[0]}, {rest} are one run, "
+              f"run once at seed {plan.seeds[0]} (pretraining seed {plan.pretrain_seed}); seeds {rest} are not run "
+              f"again")
     return cells
+
+
+def deterministic_repeat(plan: Plan, cell: Cell, ident: dict[str, Any], proto_cls: type) -> str | None:
+    """For a deterministic protocol, the id of a complete cell that is this one at another transfer seed (same
+    encoder, options and data; e.g. an earlier job of ``-m seed=0,1,2``), else None."""
+    if not proto_cls.deterministic:
+        return None
+    for seed in sorted((set(plan.suite.seeds) | set(plan.seeds)) - {cell.seed}):
+        other = replace(cell, seed=seed)
+        if plan.store.is_complete(cell_id(plan, other), config_hash(ident | {"seed": seed})):
+            return cell_id(plan, other)
+    return None
 
 
 def pretrain_compute(meta: dict[str, Any]) -> dict[str, Any]:
@@ -445,13 +509,21 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
                  "steps": plan.transfer_steps, "batch": plan.transfer_batch, "roi": plan.roi, "split": shash,
                  "preprocess": asdict(suite_preprocess(plan)),
                  **({"evaluations": plan.transfer_evaluations} if plan.transfer_evaluations else {})}
+        # the pretraining seed enters through pretrain_hash (its identity holds the seed), so the config hash of a
+        # cell at pretraining seed 0 is what it was before the seed was part of a cell's identity
         h = config_hash(ident)
-        cell_id = f"{plan.suite.name}/v{plan.suite.version}/{plan.method}/{plan.budget}/{cell.key}"
-        if plan.store.is_complete(cell_id, h):
-            print(f"[transfer] skip {cell_id}: complete with config {h}")
+        cid = cell_id(plan, cell)
+        if plan.store.is_complete(cid, h):
+            print(f"[transfer] skip {cid}: complete with config {h}")
+            continue
+        same = deterministic_repeat(plan, cell, ident, proto_cls)
+        if same is not None:
+            print(f"[transfer] skip {cid}: {cell.protocol} is deterministic given the encoder; it is the run stored "
+                  f"as {same}")
             continue
         ds.prepare(progress=plan.progress)
-        run_dir = plan.runs_dir / "cells" / plan.suite.name / plan.method / plan.budget / cell.key.replace("/", "_") / h
+        key = cell_key(cell, plan.pretrain_seed).replace("/", "_")
+        run_dir = plan.runs_dir / "cells" / plan.suite.name / plan.method / plan.budget / key / h
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (run_dir / "cell.json").write_text(json.dumps(ident, indent=1, default=str))
@@ -469,13 +541,14 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
             with earlier_wall() as earlier:
                 result = proto_cls(pcfg).run(ctx)
         except ValueError as e:   # a protocol's complaint about the data or its options, e.g. an empty split
-            raise UserError(f"{cell_id}: {e}") from None
+            raise UserError(f"{cid}: {e}") from None
         wall = time.time() - t0 + sum(earlier)
         on_gpu = plan.device.type == "cuda"
         peak = torch.cuda.max_memory_allocated(plan.device) / 2**20 if on_gpu else None
-        row = {"cell_id": cell_id, "config_hash": h, "suite": plan.suite.name, "suite_version": plan.suite.version,
+        row = {"cell_id": cid, "config_hash": h, "suite": plan.suite.name, "suite_version": plan.suite.version,
                "task": cell.task.name, "method": plan.method, "protocol": cell.protocol,
-               "label_fraction": cell.label_fraction, "draw": cell.draw, "seed": cell.seed, "budget": plan.budget,
+               "label_fraction": cell.label_fraction, "draw": cell.draw, "pretrain_seed": plan.pretrain_seed,
+               "seed": cell.seed, "budget": plan.budget,
                "git_sha": git_sha(), "split_hash": shash, "start_time": start.isoformat(),
                "end_time": dt.datetime.now(dt.timezone.utc).isoformat(), "device": device_name(plan.device),
                "wall_s": wall, "gpu_hours": wall / 3600 if on_gpu else 0.0,
@@ -488,7 +561,7 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
 
         pd.DataFrame(result.rows).to_csv(run_dir / "per_case.csv", index=False)
         plan.store.write_cell(row, result.rows)
-        print(f"[transfer] {cell_id}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items()))
+        print(f"[transfer] {cid}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items()))
         done.append(row)
     return done
 
@@ -499,6 +572,7 @@ def run(cfg: DictConfig) -> None:
     if stage not in ("all", "validate", "pretrain", "transfer", "leaderboard"):
         raise UserError(f"unknown stage {stage!r}; known: all, validate, pretrain, transfer, leaderboard")
     board_suite = leaderboard_suite(plan.suite, cfg.get("suite_version"), stage)   # checked before any work
+    options = leaderboard_options(cfg)
     if stage in ("all", "validate", "transfer"):
         names = {t.dataset for t in plan.suite.tasks if plan.task in (None, t.name)}
         problems = []
@@ -512,17 +586,38 @@ def run(cfg: DictConfig) -> None:
             print(f"[validate] {plan.suite.name}: all files of {', '.join(sorted(names))} passed")
             return
     if stage in ("all", "pretrain", "transfer"):
-        export, h = pretrain(plan)
-        if stage in ("all", "transfer"):
-            transfer(plan, cfg, export, h)
+        # one pretraining per pipeline run: the plan's, or with pretrain_seed=tied one per transfer seed
+        for pipeline in pipeline_plans(plan):
+            if plan.tied_pretrain_seed:
+                print(f"[pipeline] pretraining seed {pipeline.pretrain_seed}, transfer seed {pipeline.seeds[0]}")
+            export, h = pretrain(pipeline)
+            if stage in ("all", "transfer"):
+                transfer(pipeline, cfg, export, h)
     if stage in ("all", "transfer", "leaderboard"):
         from bench import leaderboard
 
-        path = leaderboard.write(board_suite, plan.store, plan.runs_dir / "leaderboards")
+        path = leaderboard.write(board_suite, plan.store, plan.runs_dir / "leaderboards", options=options)
         print(f"[leaderboard] {path}")
         if cfg.publish:
-            pub = leaderboard.publish(board_suite, plan.store, PROJECT_ROOT / "leaderboards")
+            pub = leaderboard.publish(board_suite, plan.store, PROJECT_ROOT / "leaderboards", options=options)
             print(f"[leaderboard] published {pub}")
+
+
+def leaderboard_options(cfg: DictConfig) -> Any:
+    """The leaderboard's statistical settings: ``leaderboard.*`` of the config, margins from the suite's YAML with
+    ``leaderboard.margins`` on top. A margin must be a non-negative number and alpha lie in (0, 1)."""
+    from bench.leaderboard import Options
+
+    lb = _plain_dict(cfg.get("leaderboard"))
+    margins = {**_plain_dict(cfg.suite.get("margins")), **_plain_dict(lb.get("margins"))}
+    for metric, value in margins.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise UserError(f"margins.{metric}={value!r}: a margin is a non-negative number in the metric's units")
+    alpha = lb.get("alpha", 0.05)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise UserError(f"leaderboard.alpha={alpha!r}: must be a number in (0, 1)")
+    return Options(baseline=str(lb.get("baseline", "random")), alpha=float(alpha),
+                   bayesian=bool(lb.get("bayesian", False)), margins={k: float(v) for k, v in margins.items()})
 
 
 def leaderboard_suite(suite: Suite, version: Any, stage: str) -> Suite:

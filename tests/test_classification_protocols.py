@@ -158,6 +158,27 @@ def test_knn_votes_match_a_hand_computed_case():
     np.testing.assert_allclose(got[0], [w0 / (w0 + w2), w2 / (w0 + w2)], rtol=1e-5)
 
 
+def test_knn_is_deterministic_given_the_encoder_whatever_the_seed(toy_export, tmp_path):
+    """kNN is one run per encoder: another transfer seed (and other global RNG states) gives identical rows."""
+    from dataclasses import replace
+
+    from bench.protocols.base import is_deterministic
+
+    assert C.KNN.deterministic and is_deterministic("knn", "classification")
+    assert not any(is_deterministic(p, "classification") for p in ("linear_probe", "finetune", "few_shot"))
+    assert not is_deterministic("finetune", "segmentation") and not is_deterministic("knn", "segmentation")
+    assert not is_deterministic("nosuch", "classification")
+    ds, cls = ToyImages("multiclass", N), resolve_protocol("knn", "classification")
+    results = []
+    for seed in (0, 1):
+        torch.manual_seed(100 + seed)
+        np.random.seed(200 + seed)
+        ctx = _ctx(ds, tmp_path / f"s{seed}", "knn", fraction=0.5)
+        ctx.cell = replace(ctx.cell, seed=seed)
+        results.append(cls(cls.make_config({})).run(ctx))
+    assert results[0].rows == results[1].rows and results[0].summary == results[1].summary
+
+
 def test_label_space_errors_name_the_record():
     space = C.LabelSpace("multiclass", {0: "a", 1: "b"})
     with pytest.raises(ValueError, match="rec7.*not in the label map"):

@@ -194,3 +194,12 @@ def test_bad_real_data_is_one_error_before_training_and_nothing_is_stored(data_d
     for name in ("img0001.nii.gz", "label0002.nii.gz", "img0003.nii.gz"):
         assert name in lines[0], lines[0]
     assert not (runs / "results.sqlite").exists() and not (runs / "pretrain").exists()
+
+
+@pytest.mark.parametrize("bad", ["abc", "-1"])
+def test_bad_pretrain_seed_is_one_line_exit_2(bad, data_dir, tmp_path):
+    p = run_bench([f"pretrain_seed={bad}", f"runs_dir={tmp_path}", *FAST], data_dir)
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "pretrain_seed" in lines[0] and "tied" in lines[0] and "Traceback" not in p.stderr
+

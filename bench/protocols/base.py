@@ -68,6 +68,10 @@ class Protocol:
     # False: the protocol picks its own labelled examples (few_shot: k per class from the whole train split), so a
     # smaller label fraction would repeat the same run; it runs at the task's largest fraction only
     uses_label_fraction: ClassVar[bool] = True
+    # True: given the same encoder and labelled data, the result does not depend on the transfer seed (kNN: no
+    # training, no sampling). Its cells for several transfer seeds would be one run stored as several, so the runner
+    # runs it at the first seed only, and a leaderboard counts its replicates by pretraining seed
+    deterministic: ClassVar[bool] = False
 
     def __init__(self, cfg: Any = None) -> None:
         self.cfg = cfg if cfg is not None else self.Config()
@@ -145,6 +149,18 @@ def resolve_protocol(name: str, kind: str) -> type[Protocol]:
     if entry.kinds and kind not in entry.kinds:
         raise ValueError(f"protocol {name!r} serves {', '.join(entry.kinds)} tasks, not {kind}")
     return entry
+
+
+def is_deterministic(protocol: str, kind: str) -> bool:
+    """Whether protocol ``protocol`` on a task of ``kind`` gives the same result for every transfer seed, given the
+    same encoder (see :attr:`Protocol.deterministic`); False for a name or kind the registry does not know, since
+    nothing can be claimed about a protocol that is not loaded."""
+    from bench.registry import UnknownNameError
+
+    try:
+        return bool(resolve_protocol(protocol, kind).deterministic)
+    except (UnknownNameError, ValueError):
+        return False
 
 
 def protocol_values(values: dict[str, Any] | None, kind: str) -> dict[str, Any]:

@@ -427,7 +427,13 @@ def knn_scores(train_f: torch.Tensor, train_y: np.ndarray, test_f: torch.Tensor,
 
 @register_protocol("knn", "classification")
 class KNN(Protocol):
-    """Cosine k-nearest neighbours (k = 20) on frozen pooled features; no training."""
+    """Cosine k-nearest neighbours (k = 20) on frozen pooled features; no training.
+
+    Deterministic: the encoder runs in eval mode, the labelled subset depends on (fraction, draw) only and the vote
+    is closed-form, so the transfer seed changes nothing (one run per encoder, whatever seeds are asked for).
+    """
+
+    deterministic: ClassVar[bool] = True
 
     @dataclass
     class Config:
