@@ -1,5 +1,5 @@
-"""Leaderboard figures (PNG): critical-difference diagram, probability-of-improvement heatmap,
-label-efficiency curves and rank-stability violins.
+"""Leaderboard figures (PNG): pairwise significance maps, probability-of-improvement heatmap and
+label-efficiency curves.
 
 Every function takes plain data (dicts and DataFrames, computed by ``bench.leaderboard`` from
 ``bench.stats``) and a path; none computes a statistic. Figures are built on ``matplotlib.figure.Figure``
@@ -8,7 +8,6 @@ software-version metadata, so an unchanged figure is byte-identical on re-public
 """
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
@@ -41,57 +40,36 @@ def _palette(n: int) -> list:
     return sns.color_palette("colorblind" if n <= 10 else "husl", n)
 
 
-def cliques(ranks: list[float], cd: float) -> list[tuple[int, int]]:
-    """Maximal runs (first, last index) of ascending ``ranks`` whose spread is below ``cd``."""
-    out: list[tuple[int, int]] = []
-    for i, r in enumerate(ranks):
-        j = max(idx for idx in range(i, len(ranks)) if ranks[idx] - r < cd)
-        if j > i and (not out or j > out[-1][1]):
-            out.append((i, j))
-    return out
+VERDICT_COLOURS = {"better": "#1a9850", "equivalent": "#91bfdb", "worse": "#d73027", "inconclusive": "#f0f0f0",
+                   "untested": "#ffffff"}
 
 
-def critical_difference(mean_ranks: dict[str, float], cd: float, path: str | Path, title: str = "") -> Path:
-    """Demšar-style diagram: a rank axis (1 = best, on the left), each method hung from its mean rank, and a
-    bar joining every group of methods whose mean ranks differ by less than ``cd``."""
-    names = sorted(mean_ranks, key=lambda m: (mean_ranks[m], m))
-    ranks = [float(mean_ranks[m]) for m in names]
+def significance_map(verdicts: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """challengeR-style pairwise map: cell (row, column) coloured by the verdict of the row method against the
+    column method (better, equivalent, worse, inconclusive, untested); the diagonal is left blank."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    names = list(verdicts.index)
+    keys = list(VERDICT_COLOURS)
+    codes = np.array([[keys.index(v) if v in keys else np.nan for v in verdicts.loc[r, names]] for r in names],
+                     dtype=float)
     k = len(names)
-    lo, hi = 1, max(k, math.ceil(max(ranks)))
-    groups = cliques(ranks, cd)
-    n_left = math.ceil(k / 2)
-    step = 0.32
-    y0 = 0.45 + 0.14 * len(groups)
-    rows = max(n_left, k - n_left)
-    height = y0 + step * rows + 0.2
-    fig = _figure(8.0, 0.9 + 0.55 * height)
+    fig = _figure(2.8 + 0.6 * k, 1.4 + 0.55 * k)
     ax = fig.add_subplot()
-    ax.set_axis_off()
-    span = hi - lo
-    left, right = lo - 0.45 * span - 0.5, hi + 0.45 * span + 0.5
-    ax.set_xlim(left, right)
-    ax.set_ylim(height, -1.1)
-    ax.hlines(0, lo, hi, color="black", linewidth=1)
-    for t in range(lo, hi + 1):
-        ax.vlines(t, -0.08, 0, color="black", linewidth=1)
-        ax.text(t, -0.15, str(t), ha="center", va="bottom", fontsize=9)
-    ax.hlines(-0.75, lo, lo + cd, color="black", linewidth=1.5)
-    ax.vlines([lo, lo + cd], -0.82, -0.68, color="black", linewidth=1)
-    ax.text(lo + cd / 2, -0.85, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=9)
-    colours = _palette(k)
-    for i, (name, r) in enumerate(zip(names, ranks)):
-        on_left = i < n_left
-        row = i if on_left else k - 1 - i
-        y = y0 + step * row
-        end = lo - 0.25 if on_left else hi + 0.25
-        ax.plot([r, r, end], [0, y, y], color=colours[i], linewidth=1.2)
-        ax.text(end - 0.05 if on_left else end + 0.05, y, f"{name} ({r:.2f})", ha="right" if on_left else "left",
-                va="center", fontsize=9)
-    for g, (i, j) in enumerate(groups):
-        y = 0.22 + 0.14 * g
-        ax.hlines(y, ranks[i] - 0.04, ranks[j] + 0.04, color="black", linewidth=3.5)
-    if title:
-        ax.set_title(title, fontsize=10)
+    ax.imshow(np.ma.masked_invalid(codes), cmap=ListedColormap(list(VERDICT_COLOURS.values())), vmin=-0.5,
+              vmax=len(keys) - 0.5)
+    ax.set_xticks(range(k), names, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xticks(np.arange(k + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(k + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="grey", linewidth=0.5)
+    ax.tick_params(which="minor", length=0)
+    ax.set_xlabel("column method")
+    ax.set_ylabel("row method")
+    ax.legend(handles=[Patch(facecolor=c, edgecolor="grey", label=v) for v, c in VERDICT_COLOURS.items()],
+              fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("Row method against column method" + (f" ({title})" if title else ""), fontsize=9)
     return _save(fig, path)
 
 
@@ -133,23 +111,4 @@ def label_efficiency(curve: pd.DataFrame, path: str | Path, ylabel: str, title: 
     ax.legend(fontsize=8, frameon=False, loc="best")
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
-
-
-def rank_stability(taus: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Violins (with inner boxes) of the Kendall tau distribution per table. ``taus`` columns: table, tau."""
-    import seaborn as sns
-
-    order = list(dict.fromkeys(taus["table"]))
-    fig = _figure(1.8 + 1.3 * len(order), 4.0)
-    ax = fig.add_subplot()
-    sns.violinplot(data=taus, x="table", y="tau", hue="table", order=order, hue_order=order, legend=False,
-                   palette=_palette(len(order)), cut=0, inner="box", ax=ax)
-    ax.set_ylim(-1.05, 1.05)
-    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("")
-    ax.set_ylabel("Kendall τ vs. full-data ranking")
-    for label in ax.get_xticklabels():
-        label.set(rotation=20, ha="right", rotation_mode="anchor")
-    ax.set_title("Rank stability under case resampling" + (f" ({title})" if title else ""), fontsize=10)
     return _save(fig, path)

@@ -19,8 +19,20 @@ class Task:
     metric: str = "dice"
     split: str = "test"
     draws: int = 1                              # independent subsets per label fraction < 1
+    # the (protocol, label fraction) that stands for this task in a leaderboard's across-task analysis, declared
+    # before results exist so that it cannot be picked for how it ranks; None: the first protocol at the largest
+    # label fraction
+    primary: tuple[str, float] | None = None
+    # a regex whose first group is the patient of a case or image id (several slices or radiographs per patient):
+    # a leaderboard then resamples patients, not images, since images of one patient are not independent
+    patient_pattern: str | None = None
     # per-protocol settings this task fixes for every method (e.g. the brain suite's SACA head for finetune)
     protocol_options: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def primary_table(self) -> tuple[str, float]:
+        """(protocol, label fraction) of the task's pre-declared primary table."""
+        return self.primary if self.primary is not None else (self.protocols[0], max(self.label_fractions))
 
 
 @dataclass(frozen=True)

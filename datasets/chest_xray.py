@@ -142,7 +142,7 @@ SUITES.register("chest_xray")(Suite(
                 "pretraining on 2000 unlabelled images",
     tasks=(Task(name="findings4", dataset="chest_xray", kind="classification",
                 protocols=("linear_probe", "finetune", "knn", "few_shot"), label_fractions=(0.1, 1.0),
-                metric="auroc"),),
+                metric="auroc", patient_pattern=r"^(\d+)_"),),
     seeds=(0, 1, 2), preprocessing=dict(PREPROCESSING_8BIT)))
 
 

@@ -209,5 +209,5 @@ SUITES.register("chestxray14")(Suite(
                 "from train_val by a patient-id hash; pretraining on the unlabelled train images",
     tasks=(Task(name="findings14", dataset="chestxray14", kind="classification",
                 protocols=("linear_probe", "finetune", "knn", "few_shot"), label_fractions=(0.01, 0.1, 1.0),
-                metric="auroc"),),
+                metric="auroc", patient_pattern=r"^(\d+)_"),),
     seeds=(0, 1, 2), preprocessing=dict(PREPROCESSING_8BIT)))

@@ -144,7 +144,7 @@ SUITES.register("colon")(Suite(
     name="colon", version=1, synthetic=True, pretrain_dataset="colon", pretrain_splits=("pretrain",),
     description="synthetic multi-phase colon CT slices, colorectal tumour vs normal (LooseLocationSS)",
     tasks=(Task(name="crc_slice", dataset="colon", kind="classification", protocols=("finetune", "lls_two_stage"),
-                label_fractions=(1.0,), metric="auroc"),),
+                label_fractions=(1.0,), metric="auroc", patient_pattern=r"^(c\d+)_"),),
     seeds=(0, 1, 2),
     # LooseLocationSS's window (METHODS.md §6.2): WW 400, WL 60
     preprocessing={"a_min": -140.0, "a_max": 260.0},
