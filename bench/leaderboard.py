@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,9 @@ MARK_LEAKAGE = "⚠"
 MARK_CHANCE = "↓"                                               # an AUROC below chance
 PREDICTIONS_SUFFIX = "_predictions.csv.gz"       # published per-image predictions, beside <suite>.csv
 COMPARISONS_SUFFIX = "_comparisons.csv"          # published tests (p-values), beside <suite>.csv
+COMPARISON_COLUMNS = ["budget", "task", "protocol", "label_fraction", "metric", "margin", "kind", "method", "other",
+                      "estimate", "low", "high", "p", "p_holm", "se", "df", "runs", "units", "ci_method", "verdict",
+                      "mde", "bayes_worse", "bayes_equivalent", "bayes_better"]
 VERDICT_LABELS = {"better": "better", "worse": "worse", "equivalent": "equivalent", "inconclusive": "inconclusive",
                   "untested": "too few runs to test"}
 MIN_CONTROL_RUNS = 4                             # a method's runs split in two halves of two runs each at least
@@ -299,8 +302,11 @@ def _collapse_deterministic(rows: pd.DataFrame, suite: Suite) -> tuple[pd.DataFr
     seeds repeat the same run, and counting them would test copies as if they were replicates. Returns the rows
     and, per table key, how many runs were dropped."""
     kinds = {t.name: t.kind for t in suite.tasks}
-    det = rows[[_deterministic(p, kinds.get(t, "")) for t, p in zip(rows["task"], rows["protocol"])]] \
-        if len(rows) else rows
+    pairs = rows[["task", "protocol"]].drop_duplicates()
+    det_pairs = {(t, p) for t, p in zip(pairs["task"], pairs["protocol"]) if _deterministic(p, kinds.get(t, ""))}
+    if not det_pairs:
+        return rows, {}
+    det = rows[pd.MultiIndex.from_frame(rows[["task", "protocol"]]).isin(list(det_pairs))]
     if det.empty:
         return rows, {}
     runs = det[KEYS + ["method", *RUN]].drop_duplicates()
@@ -564,7 +570,7 @@ class _Runs:
 
 
 def _compare(d: stats.Difference, other: str, margin: float, alpha: float) -> Comparison:
-    df = d.df if d.method == "t" else np.inf
+    df = d.df if d.interval == "t" else np.inf
     mde = stats.minimal_detectable_effect(d.se, df, alpha=alpha) if np.isfinite(d.se) else float("nan")
     return Comparison(other, d, stats.verdict(d.low, d.high, margin), float(mde))
 
@@ -628,9 +634,7 @@ def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[
             if r.method != pair[0]:   # stored as base - method
                 d = d._replace(estimate=-d.estimate, low=-d.high, high=-d.low)
                 runs_d = -runs_d
-            r.vs_baseline = _compare(d, base, margin, opts.alpha)
-            r.vs_baseline = Comparison(base, d, r.vs_baseline.verdict, r.vs_baseline.mde,
-                                       bayes=_bayes(runs_d, margin, opts.seed))
+            r.vs_baseline = replace(_compare(d, base, margin, opts.alpha), bayes=_bayes(runs_d, margin, opts.seed))
             tested.append(r)
         raw = np.array([r.vs_baseline.diff.p for r in tested], dtype=float)
         adjusted = np.full(len(raw), np.nan)
@@ -638,8 +642,7 @@ def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[
         if ok.any():
             adjusted[ok] = np.asarray(stats.holm(raw[ok]), dtype=float)
         for r, p in zip(tested, adjusted):
-            r.vs_baseline = Comparison(base, r.vs_baseline.diff, r.vs_baseline.verdict, r.vs_baseline.mde,
-                                       float(p), r.vs_baseline.bayes)
+            r.vs_baseline = replace(r.vs_baseline, p_holm=float(p))
     complete_methods = [r.method for r in rows if not r.missing]
     could_be_best: list[str] = []
     if len(complete_methods) >= 2:
@@ -966,7 +969,7 @@ def _diff_cells(c: Comparison | None, spec: str, baseline: bool, o: Options) -> 
         cells = ["—", "—", "baseline", "—"]
     elif c is None:
         cells = ["n/a", "n/a", "no matched run", "—"]
-    elif c.diff.method == "none":
+    elif c.diff.interval == "none":
         cells = [_signed(c.diff.estimate, spec), "—", VERDICT_LABELS["untested"], "—"]
     else:
         cells = [_signed(c.diff.estimate, spec), f"[{_signed(c.diff.low, spec)}, {_signed(c.diff.high, spec)}]",
@@ -977,7 +980,7 @@ def _diff_cells(c: Comparison | None, spec: str, baseline: bool, o: Options) -> 
 
 
 def _ci_text(ci: stats.Difference, spec: str) -> str:
-    if ci.method == "none":
+    if ci.interval == "none":
         return "— (1 run)"
     return f"[{_num(ci.low, spec)}, {_num(ci.high, spec)}]"
 
@@ -1019,7 +1022,7 @@ def _table_md(t: Table, o: Options, names: dict[int, str], significance: str | N
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     over = f" (mean over its {len(t.classes)} classes)" if t.classes and t.unit == "cases" else ""
-    kinds = {r.ci.method for r in t.rows} | {r.vs_baseline.diff.method for r in t.rows if r.vs_baseline}
+    kinds = {r.ci.interval for r in t.rows} | {r.vs_baseline.diff.interval for r in t.rows if r.vs_baseline}
     how = []
     if "t" in kinds:
         how.append("a t interval over runs that adds the " + ("patient" if t.patients else "case" if t.unit == "cases"
@@ -1031,12 +1034,14 @@ def _table_md(t: Table, o: Options, names: dict[int, str], significance: str | N
     score = (f"the set-level {metric} of each run (mean over classes)" if t.unit == "images"
              else f"each run's {metric}" + (" (mean over its draws)" if t.protocol == "few_shot" else "")
              if t.unit == "runs" else f"the per-case {metric}{over}")
-    out += [f"Mean: {score}, averaged over runs" + (" (patients weighted equally)" if t.patients else "")
+    out += [f"Mean: {score}, averaged over runs" + (" (patients weighted equally)" if t.patients and t.unit == "cases"
+                                                     else "")
             + f". {o.ci:.0%} CI: " + (" or ".join(how) if how else "none (one run per method)") + "."
-            + (f" {extra}: mean over runs" + (" and cases" if extra == "NSD" else "") + "." if extra else ""), ""]
+            + (" NSD: mean over runs and cases." if extra == "NSD" else ""), ""]
     if has_baseline:
-        unit = "patients" if t.patients else t.unit if t.unit != "runs" else "scores"
-        out += [f"Δ: mean paired difference to `{o.baseline}` over matched runs on the same test {unit} "
+        unit = "patients" if t.patients else t.unit
+        on = f" on the same test {unit}" if t.unit != "runs" else ""
+        out += [f"Δ: mean paired difference to `{o.baseline}` over matched runs{on} "
                 "(> 0: better). Verdict against the margin ±" + f"{t.margin:g}: better / worse when the CI excludes "
                 "0 and does not lie inside the margin, equivalent when it lies inside, inconclusive otherwise; too "
                 f"few runs to test with one matched run (no spread between runs to compare with). α = {o.alpha:g} per "
@@ -1046,7 +1051,7 @@ def _table_md(t: Table, o: Options, names: dict[int, str], significance: str | N
     else:
         out += [f"No `{o.baseline}` results in this table, so no baseline comparison.", ""]
     if any(np.isfinite(r.p_best) for r in t.rows):
-        out += [f"P(best): the share of bootstrap resamples (runs and {t.unit if t.unit != 'runs' else 'nothing else'}"
+        out += [f"P(best): the share of bootstrap resamples ({'runs and ' + t.unit if t.unit != 'runs' else 'runs'}"
                 f") in which the method is best or within ±{t.margin:g} of the best. Could be best (P(best) ≥ "
                 f"{o.best_share:g}): " + (", ".join(t.could_be_best) or "none") + "."
                 + (" With one run per method P(best) reflects the sampling of the test set only, not of training."
@@ -1095,7 +1100,7 @@ def _controls_md(s: Section, o: Options) -> list[str]:
                       "Run one method with more seeds, e.g. `-m seed=0,1,2,3`, to measure the false-mark rate here.",
                       ""]
     marked = [(t, c) for t, c in controls if c.comparison.marked]
-    tested = [(t, c) for t, c in controls if c.comparison.diff.method != "none"]
+    tested = [(t, c) for t, c in controls if c.comparison.diff.interval != "none"]
     out += [f"A method's runs split in two halves and compared like two methods, where the truth is no difference: "
             f"{len(marked)} of {len(tested)} such comparisons marked better or worse (expected rate α = {o.alpha:g}).",
             "", "| table | method | split | Δ | 95% CI | verdict |", "|---|---|---|---:|---|---|"]
@@ -1207,12 +1212,12 @@ def comparisons(lb: Leaderboard) -> pd.DataFrame:
                 b = c.bayes or (np.nan, np.nan, np.nan)
                 return key | {"kind": kind, "method": method, "other": c.other, "estimate": d.estimate,
                               "low": d.low, "high": d.high, "p": d.p, "p_holm": c.p_holm, "se": d.se, "df": d.df,
-                              "runs": d.runs, "units": d.units, "ci_method": d.method, "verdict": c.verdict,
+                              "runs": d.runs, "units": d.units, "ci_method": d.interval, "verdict": c.verdict,
                               "mde": c.mde, "bayes_worse": b[0], "bayes_equivalent": b[1], "bayes_better": b[2]}
             out += [row("baseline", r.method, r.vs_baseline) for r in t.rows if r.vs_baseline is not None]
             out += [row("pair", a, c) for (a, _), c in sorted(t.pairwise.items())]
             out += [row("control", c.method, c.comparison) for c in t.controls]
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=COMPARISON_COLUMNS)
 
 
 def _signed(x: float, spec: str) -> str:
@@ -1396,7 +1401,8 @@ def read_published(path: str | Path) -> dict[str, tuple[dict[str, Any], list[dic
         header = pd.read_csv(path, nrows=0).columns
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise PublishedCSVError(f"{path}: not a readable CSV ({e})") from None
-    missing = [c for c in METRIC_COLUMNS if c not in header]
+    # a CSV published before the pretraining seed was recorded lacks that column: every cell of it pretrained with 0
+    missing = [c for c in METRIC_COLUMNS if c not in header and c != "pretrain_seed"]
     if missing:
         raise PublishedCSVError(f"{path}: not a published results CSV: it lacks the column(s) {', '.join(missing)}")
     try:

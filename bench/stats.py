@@ -891,7 +891,7 @@ class Difference(NamedTuple):
     df: float         # degrees of freedom of the t reference (NaN for bootstrap / none)
     runs: int         # runs used
     units: int        # cases, or patient groups when groups is given
-    method: str       # "t" | "bootstrap" | "none" (R < 2: too few runs to test)
+    interval: str     # "t" | "bootstrap" | "none" (R < 2: too few runs to test)
 
 
 def _group_codes(groups: ArrayLike, n: int) -> NDArray[np.intp]:
@@ -1037,6 +1037,13 @@ def _crossed_boots(tables: list[NDArray[np.float64]], n_resamples: int, seed: in
     return boots
 
 
+def _interval_kind(requested: str, n_run: int) -> str:
+    """``"t"`` or ``"bootstrap"``: ``"auto"`` picks the bootstrap from :data:`BOOTSTRAP_MIN_RUNS` runs on."""
+    if requested in ("t", "bootstrap"):
+        return requested
+    return "bootstrap" if n_run >= BOOTSTRAP_MIN_RUNS else "t"
+
+
 def _run_inference(x: NDArray[np.float64], alpha: float, method: str, n_resamples: int,
                    seed: int) -> Difference:
     n_run, n_unit = x.shape
@@ -1045,9 +1052,7 @@ def _run_inference(x: NDArray[np.float64], alpha: float, method: str, n_resample
     estimate = float(x.mean())
     if n_run < 2:
         return _untested(estimate, n_run, n_unit)
-    if method == "auto":
-        method = "bootstrap" if n_run >= BOOTSTRAP_MIN_RUNS else "t"
-    if method == "t":
+    if _interval_kind(method, n_run) == "t":
         m, u = x.mean(axis=1), x.mean(axis=0)
         v_run = float(np.var(m, ddof=1)) / n_run
         if n_unit < 2:
@@ -1134,9 +1139,7 @@ def _set_inference(s: NDArray[np.floating], t: NDArray[np.floating], groups: Arr
     estimate = float(np.mean(d))
     if n_run < 2 or not np.isfinite(estimate):
         return _untested(estimate, n_run, n_unit)
-    if method == "auto":
-        method = "bootstrap" if n_run >= BOOTSTRAP_MIN_RUNS else "t"
-    if method == "bootstrap":
+    if _interval_kind(method, n_run) == "bootstrap":
         boots = _set_auroc_boots(s, t, int(n_resamples), seed, groups=codes)
         return _boot_result(estimate, boots[0] - boots[1] if s.shape[0] == 2 else boots[0], alpha, n_run, n_unit)
     # t: runs held fixed, images resampled; per-run resampled values give the image covariance between runs

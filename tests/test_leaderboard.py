@@ -269,6 +269,19 @@ def test_identical_methods_are_marked_at_about_alpha():
     assert marks / n <= 0.15       # nominal 0.05; the pooled Wilcoxon marked 57-79% of such tables
 
 
+def test_the_bayesian_view_is_offered_with_the_same_margin():
+    rng = np.random.default_rng(6)
+    frames = _frame({"random": _runs(rng, 4), "better": _runs(rng, 4, shift=0.2)})
+    md = render(*frames, options=leaderboard.Options(bayesian=True))
+    header = md.split("| method |", 1)[1].splitlines()[0]
+    assert "Bayes P(worse / equiv. / better)" in header
+    cells = table_rows(md, "organs / finetune / 100% labels")["better"]
+    worse, equiv, better = (float(v) for v in cells[header.strip("|").split("|").index(
+        " Bayes P(worse / equiv. / better) ") + 1].split(" / "))
+    assert better > 0.9 and worse + equiv + better == pytest.approx(1.0, abs=0.011)
+    assert "Bayes" not in render(*frames)
+
+
 def test_the_pretraining_seed_is_part_of_a_run():
     rng = np.random.default_rng(5)
     one = render(*_frame({"random": _runs(rng, 3), "asa": _runs(rng, 3)}))
@@ -588,6 +601,8 @@ def test_publish_writes_figures_and_csv_that_round_trips(frames, tmp_path):
     assert set(tests["kind"]) == {"baseline", "pair"} and tests["p"].notna().all()
     base = tests[tests["kind"] == "baseline"]
     assert (base["other"] == "random").all() and (base["p_holm"] >= base["p"]).all()     # Holm within a table
+    bayes = base[["bayes_worse", "bayes_equivalent", "bayes_better"]].sum(axis=1)
+    assert bayes.to_numpy() == pytest.approx(1.0, abs=1e-9)
     plain = leaderboard.write(SUITE, store, tmp_path / "plain", now=NOW, git=GIT, class_names=CLASS_NAMES)
     assert "![" not in plain.read_text(encoding="utf-8")
 
@@ -608,6 +623,20 @@ def test_published_csv_imported_into_a_fresh_store_renders_the_same_leaderboard(
         assert got[c].tolist() == want[c].tolist() or got[c].equals(want[c]), c
     # the published rows carry no config hash, so the runner never takes an imported cell for its own run
     assert set(got["config_hash"]) == {leaderboard.IMPORTED_HASH}
+
+
+def test_a_csv_published_before_the_pretraining_seed_was_recorded_imports_as_seed_0(frames, tmp_path):
+    metrics, cells = frames
+    out = tmp_path / "lb"
+    md = leaderboard.publish(SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT,
+                             class_names=CLASS_NAMES).read_text(encoding="utf-8")
+    old = pd.read_csv(out / "fixture.csv").drop(columns="pretrain_seed")
+    old.to_csv(out / "fixture.csv", index=False)
+    fresh = ResultsStore(tmp_path / "b.sqlite")
+    leaderboard.import_published([out / "fixture.csv"], fresh)
+    assert set(fresh.cells()["pretrain_seed"]) == {0}
+    again = leaderboard.publish(SUITE, fresh, tmp_path / "lb2", now=NOW, git=GIT, class_names=CLASS_NAMES)
+    assert again.read_text(encoding="utf-8") == md
 
 
 def test_import_brings_the_predictions_file_beside_the_csv(tmp_path):
