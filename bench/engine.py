@@ -4,6 +4,10 @@ It owns the optimizer and warmup+cosine schedule (from config), bf16 autocast on
 accumulation and clipping, the NaN guard, EMA of declared (student, teacher) pairs after each real
 optimizer step, periodic checkpoints with resume on rerun, model selection on a validation score,
 a progress bar, and TensorBoard + JSONL scalars. What varies between callers is only ``step_fn``.
+
+One optimizer step (schedule, autocast, accumulation, NaN guard, clipping, optimizer step, EMA) is
+:func:`train_step`; :func:`fit` loops it and the cost tool (``bench.tools.method_cost``) times it, so the
+step that is measured is the step that trains.
 """
 from __future__ import annotations
 
@@ -219,6 +223,86 @@ class ScalarLogger:
             self.tb.close()
 
 
+@dataclass
+class StepResult:
+    """What one :func:`train_step` did."""
+
+    finite: bool                    # False: a non-finite loss; gradients dropped, no optimizer step, no EMA
+    loss: float | None = None       # mean over the micro-batches; None on a dropped step
+    logs: dict[str, float] = field(default_factory=dict)   # the step's logs, mean over the micro-batches
+    grad_norm: float | None = None  # total gradient norm before clipping (only when cfg.grad_clip is set)
+    samples: int = 0                # samples of the micro-batches that were backpropagated
+    data_wait: float = 0.0          # seconds blocked on ``batches``
+    seconds: float = 0.0            # wall time from zero_grad to the optimizer step (EMA and after_step excluded)
+
+
+def train_step(
+    model: nn.Module,
+    step_fn: Callable[[Any, StepInfo], StepOutput],
+    batches: Iterator,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    step: int,
+    *,
+    device: torch.device,
+    base_lrs: list[float],
+    ema_pairs: list[tuple[nn.Module, nn.Module]] | None = None,
+    ema_momentum: Callable[[float], float] | None = None,
+    after_step: Callable[[StepInfo], None] | None = None,
+    sync: bool = False,
+) -> StepResult:
+    """One optimizer step, the ``step``-th (0-based) of ``cfg.steps``, exactly as :func:`fit` takes it.
+
+    The learning rate of each group is set to its ``base_lrs`` entry times :func:`lr_factor`; then, after
+    ``zero_grad``, ``cfg.accumulate`` micro-batches are drawn from ``batches`` (moved to ``device``) and each is
+    run through ``step_fn`` under bf16 autocast (CUDA, ``cfg.amp``) and backpropagated with its loss divided by
+    ``cfg.accumulate``. NaN guard: at the first non-finite loss the step's gradients are dropped and the step
+    ends (``finite=False``: no optimizer step, no EMA, no ``after_step``; the caller decides whether to go on and
+    retries the same ``step``). Otherwise: gradient clipping to ``cfg.grad_clip`` if set, the optimizer step, the
+    EMA of ``ema_pairs`` at momentum ``ema_momentum((step + 1) / cfg.steps)`` (0.996 without it), and
+    ``after_step(StepInfo(step + 1, cfg.steps))``. With ``sync`` the GPU is synchronised after the optimizer
+    step, so that ``seconds`` is exact (benchmarks only).
+
+    :func:`fit` runs it in its loop, ``python -m bench.tools.method_cost`` times it per method.
+    """
+    info = StepInfo(step, cfg.steps)
+    f = lr_factor(step, cfg)
+    for g, lr0 in zip(optimizer.param_groups, base_lrs):
+        g["lr"] = lr0 * f
+    optimizer.zero_grad(set_to_none=True)
+    use_amp = cfg.amp and device.type == "cuda"
+    res = StepResult(finite=True)
+    loss_sum, logs_sum = 0.0, {}
+    t_step = time.perf_counter()
+    for _ in range(cfg.accumulate):
+        t_wait = time.perf_counter()
+        batch = to_device(next(batches), device)
+        res.data_wait += time.perf_counter() - t_wait
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = step_fn(batch, info)
+        if not torch.isfinite(out.loss.detach()):
+            res.finite = False
+            optimizer.zero_grad(set_to_none=True)
+            return res
+        (out.loss / cfg.accumulate).backward()
+        loss_sum += float(out.loss.detach()) / cfg.accumulate
+        for k, v in out.logs.items():
+            logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / cfg.accumulate
+        res.samples += _batch_size(batch)
+    res.loss, res.logs = loss_sum, logs_sum
+    if cfg.grad_clip:
+        res.grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+    optimizer.step()
+    if device.type == "cuda" and sync:
+        torch.cuda.synchronize(device)
+    res.seconds = time.perf_counter() - t_step
+    if ema_pairs:
+        ema_update(ema_pairs, ema_momentum((step + 1) / cfg.steps) if ema_momentum else 0.996)
+    if after_step is not None:
+        after_step(StepInfo(step + 1, cfg.steps))
+    return res
+
+
 def fit(
     model: nn.Module,
     step_fn: Callable[[Any, StepInfo], StepOutput],
@@ -249,8 +333,7 @@ def fit(
         assert not any(p.requires_grad for p in teacher.parameters()), "EMA targets must not require grad"
     model.to(device)
     opt = build_optimizer(param_groups, cfg, device)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    use_amp = cfg.amp and device.type == "cuda"
+    base_lrs = [g["lr"] for g in opt.param_groups]   # the config's rates, before a checkpoint's are loaded
     step, best, skipped, history = 0, None, 0, []
     ckpt_path = run_dir / CKPT
     if ckpt_path.is_file():
@@ -281,51 +364,23 @@ def fit(
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
     model.train()
     while step < cfg.steps:
-        info = StepInfo(step, cfg.steps)
-        f = lr_factor(step, cfg)
-        for g, lr0 in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr0 * f
-        opt.zero_grad(set_to_none=True)
-        loss_sum, logs_sum, finite = 0.0, {}, True
-        t_step, wait = time.perf_counter(), 0.0
-        for _ in range(cfg.accumulate):
-            t_wait = time.perf_counter()
-            batch = to_device(next(data), device)
-            wait += time.perf_counter() - t_wait
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = step_fn(batch, info)
-            if not torch.isfinite(out.loss.detach()):
-                finite = False
-                break
-            (out.loss / cfg.accumulate).backward()
-            loss_sum += float(out.loss.detach()) / cfg.accumulate
-            for k, v in out.logs.items():
-                logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / cfg.accumulate
-            samples += _batch_size(batch)
-        if not finite:
-            # NaN guard: drop this step's gradients, keep going; too many in a row is a real failure
+        res = train_step(model, step_fn, data, opt, cfg, step, device=device, base_lrs=base_lrs,
+                         ema_pairs=ema_pairs, ema_momentum=ema_momentum, after_step=after_step, sync=timing)
+        samples += res.samples
+        if not res.finite:
+            # NaN guard: the step's gradients were dropped; keep going, but too many in a row is a real failure
             skipped += 1
             bad_in_a_row += 1
-            opt.zero_grad(set_to_none=True)
             if bad_in_a_row >= cfg.max_bad_steps:
                 bar.close()
                 logger.close()
                 raise NonFiniteLossError(f"{desc}: {bad_in_a_row} consecutive non-finite losses at step {step}")
             continue
         bad_in_a_row = 0
-        grad_norm = None
-        if cfg.grad_clip:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        opt.step()
-        if device.type == "cuda" and timing:
-            torch.cuda.synchronize(device)
-        step_times.append(time.perf_counter() - t_step)
-        data_waits.append(wait)
+        step_times.append(res.seconds)
+        data_waits.append(res.data_wait)
         step += 1
-        if ema_pairs:
-            ema_update(ema_pairs, ema_momentum(step / cfg.steps) if ema_momentum else 0.996)
-        if after_step is not None:
-            after_step(StepInfo(step, cfg.steps))
+        loss_sum, logs_sum, grad_norm = res.loss, res.logs, res.grad_norm
         last_loss = loss_sum
         elapsed = time.time() - t0
         bar.update(1)

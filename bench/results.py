@@ -7,47 +7,88 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS cells (
-    cell_id TEXT PRIMARY KEY,
-    config_hash TEXT NOT NULL,
-    suite TEXT NOT NULL, suite_version INTEGER NOT NULL, task TEXT NOT NULL,
-    method TEXT NOT NULL, protocol TEXT NOT NULL, label_fraction REAL NOT NULL, draw INTEGER NOT NULL,
-    pretrain_seed INTEGER NOT NULL DEFAULT 0, seed INTEGER NOT NULL, budget TEXT NOT NULL, status TEXT NOT NULL,
-    git_sha TEXT, split_hash TEXT, start_time TEXT, end_time TEXT, device TEXT,
-    wall_s REAL, gpu_hours REAL, cpu_hours REAL, peak_memory_mb REAL, params INTEGER,
-    pretrain_hash TEXT, leakage_override INTEGER DEFAULT 0, run_dir TEXT,
-    pretrain_device TEXT, pretrain_wall_s REAL, pretrain_gpu_hours REAL, pretrain_cpu_hours REAL
-);
-CREATE TABLE IF NOT EXISTS case_metrics (
+@dataclass(frozen=True)
+class Column:
+    """One column of the ``cells`` table: the single definition from which the schema, the published CSV's columns
+    and every list of column names are made."""
+
+    name: str
+    sql: str                  # SQLite type and constraints
+    identity: bool = False    # names the cell: published with every metric row, part of METRIC_COLUMNS
+    info: bool = False        # the cell's provenance, published with every row (CELL_INFO_COLUMNS)
+    # added after the first stores were written: an older store gains it when opened, NULL in its rows unless the
+    # declaration gives a default (pretrain_seed: every older cell ran at pretraining seed 0, the only one then)
+    added: bool = False
+
+    @property
+    def text(self) -> bool:
+        return self.sql.startswith("TEXT")
+
+
+# Order: the store's columns; identity and info columns are published in this order too.
+CELLS = (
+    Column("cell_id", "TEXT PRIMARY KEY"),
+    Column("config_hash", "TEXT NOT NULL"),
+    Column("suite", "TEXT NOT NULL", identity=True),
+    Column("suite_version", "INTEGER NOT NULL", identity=True),
+    Column("task", "TEXT NOT NULL", identity=True),
+    Column("method", "TEXT NOT NULL", identity=True),
+    Column("protocol", "TEXT NOT NULL", identity=True),
+    Column("label_fraction", "REAL NOT NULL", identity=True),
+    Column("draw", "INTEGER NOT NULL", identity=True),
+    Column("pretrain_seed", "INTEGER NOT NULL DEFAULT 0", identity=True, added=True),
+    Column("seed", "INTEGER NOT NULL", identity=True),
+    Column("budget", "TEXT NOT NULL", identity=True),
+    Column("leakage_override", "INTEGER DEFAULT 0", identity=True),
+    Column("status", "TEXT NOT NULL"),
+    Column("git_sha", "TEXT", info=True),
+    Column("device", "TEXT", info=True),
+    Column("start_time", "TEXT", info=True),
+    Column("end_time", "TEXT", info=True),
+    Column("wall_s", "REAL", info=True),
+    Column("gpu_hours", "REAL", info=True),
+    Column("cpu_hours", "REAL", info=True),
+    Column("params", "INTEGER", info=True),
+    Column("pretrain_hash", "TEXT", info=True),
+    Column("pretrain_device", "TEXT", info=True, added=True),
+    Column("pretrain_wall_s", "REAL", info=True, added=True),
+    Column("pretrain_gpu_hours", "REAL", info=True, added=True),
+    Column("pretrain_cpu_hours", "REAL", info=True, added=True),
+    Column("split_hash", "TEXT"),
+    Column("peak_memory_mb", "REAL"),
+    Column("run_dir", "TEXT"),
+)
+CELL_COLUMNS = tuple(c.name for c in CELLS)
+ADDED_COLUMNS = {c.name: c.sql for c in CELLS if c.added}
+IDENTITY = [c.name for c in CELLS if c.identity]                 # what names a cell, in publishing order
+NUMERIC_IDENTITY = [c.name for c in CELLS if c.identity and not c.text]
+CASE_COLUMNS = ["cell_id", "case_id", "class", "metric", "value"]
+METRIC_COLUMNS = IDENTITY + CASE_COLUMNS                          # a published row, before its cell's provenance
+CELL_INFO_COLUMNS = [c.name for c in CELLS if c.info]
+TEXT_COLUMNS = [c.name for c in CELLS if c.text and (c.identity or c.info)] + ["cell_id", "case_id", "metric"]
+REQUIRED = ["cell_id"] + [c.name for c in CELLS if "NOT NULL" in c.sql and c.name != "status" and "DEFAULT" not in c.sql]
+
+SCHEMA = ("CREATE TABLE IF NOT EXISTS cells (\n    " + ",\n    ".join(f"{c.name} {c.sql}" for c in CELLS) + "\n);\n"
+          """CREATE TABLE IF NOT EXISTS case_metrics (
     cell_id TEXT NOT NULL REFERENCES cells(cell_id) ON DELETE CASCADE,
     case_id TEXT NOT NULL, class INTEGER NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL,
     PRIMARY KEY (cell_id, case_id, class, metric)
 );
 CREATE INDEX IF NOT EXISTS cells_suite ON cells(suite, suite_version);
-"""
+""")
 
 # Per-image rows a set-level classification cell stores beside its AUROC rows: case = image id, class = the
 # dataset's class index, value = the predicted probability / the 0-1 label. With them a leaderboard bootstraps
 # the test images (a set-level AUROC alone is one number per cell, with no spread to bootstrap).
 PRED_SCORE, PRED_TARGET = "pred_score", "pred_target"
 PREDICTION_METRICS = (PRED_SCORE, PRED_TARGET)
-
-CELL_COLUMNS = ("cell_id", "config_hash", "suite", "suite_version", "task", "method", "protocol", "label_fraction",
-                "draw", "pretrain_seed", "seed", "budget", "status", "git_sha", "split_hash", "start_time", "end_time",
-                "device", "wall_s", "gpu_hours", "cpu_hours", "peak_memory_mb", "params", "pretrain_hash",
-                "leakage_override", "run_dir", "pretrain_device", "pretrain_wall_s", "pretrain_gpu_hours",
-                "pretrain_cpu_hours")
-# columns added after the first stores were written: an older store gains them when it is opened, NULL in its rows
-# except where the declaration gives a default (its cells were all run at pretraining seed 0, the only one before
-# the seed was part of a cell's identity)
-ADDED_COLUMNS = {"pretrain_device": "TEXT", "pretrain_wall_s": "REAL", "pretrain_gpu_hours": "REAL",
-                 "pretrain_cpu_hours": "REAL", "pretrain_seed": "INTEGER NOT NULL DEFAULT 0"}
+PREDICTIONS_SUFFIX = "_predictions.csv.gz"       # published per-image predictions, beside <suite>.csv
 
 
 def _plain(v: Any) -> Any:
@@ -104,8 +145,7 @@ class ResultsStore:
 
     @staticmethod
     def _cell_row(cell: dict[str, Any]) -> dict[str, Any]:
-        missing = [c for c in ("cell_id", "config_hash", "suite", "suite_version", "task", "method", "protocol",
-                               "label_fraction", "draw", "seed", "budget") if c not in cell]
+        missing = [c for c in REQUIRED if c not in cell]
         if missing:
             raise ValueError(f"cell row lacks {missing}")
         row = {c: _plain(cell.get(c)) for c in CELL_COLUMNS} | {"status": "complete"}
@@ -130,8 +170,7 @@ class ResultsStore:
 
     def metrics(self, suite: str | None = None) -> pd.DataFrame:
         """Per-case metrics joined with their cell's identity (complete cells only)."""
-        q = ("SELECT c.suite, c.suite_version, c.task, c.method, c.protocol, c.label_fraction, c.draw, "
-             "c.pretrain_seed, c.seed, c.budget, c.leakage_override, m.cell_id, m.case_id, m.class, m.metric, m.value "
+        q = (f"SELECT {', '.join('c.' + c for c in IDENTITY)}, {', '.join('m.' + c for c in CASE_COLUMNS)} "
              "FROM case_metrics m JOIN cells c ON c.cell_id = m.cell_id WHERE c.status = 'complete'")
         args = []
         if suite:
@@ -141,43 +180,109 @@ class ResultsStore:
             return pd.read_sql_query(q, con, params=args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.results import leaderboards/<suite>.csv [...] [--store runs/results.sqlite]``."""
-    import argparse
-    import sys
+# ------------------------------------------------------------------------------------ published results (CSV)
 
-    from bench.leaderboard import import_published
 
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.results",
-        description="Put published leaderboard rows (leaderboards/<suite>.csv, with its _predictions.csv.gz) into a "
-                    "results store, so that your own runs join them on one leaderboard or a lost store is rebuilt.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="import published CSVs into a results store")
-    imp.add_argument("csv", nargs="+", type=Path, help="published CSV(s) of result rows")
-    imp.add_argument("--store", default="runs/results.sqlite",
-                     help="results store to import into (default: runs/results.sqlite, run_bench.py's default)")
-    imp.add_argument("--replace", action="store_true",
-                     help="replace cells the store already holds (default: keep them and skip the imported copy)")
-    args = parser.parse_args(argv)
+def from_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read a published CSV of result rows (with its ``<suite>_predictions.csv.gz`` beside it, if any) back as
+    (metrics, cells) frames for :func:`render`."""
+    path = Path(path)
+    kw = dict(dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
+              na_values={c: [""] for c in CELL_INFO_COLUMNS}, float_precision="round_trip")
+    rows = pd.read_csv(path, **kw)
+    preds = path.with_name(path.name.removesuffix(".csv") + PREDICTIONS_SUFFIX)
+    if preds.is_file():
+        rows = pd.concat([rows, pd.read_csv(preds, compression="gzip", **kw)], ignore_index=True)
+    # a CSV published before the pretraining seed was part of a run's identity: every cell pretrained with seed 0
+    if "pretrain_seed" not in rows:
+        rows["pretrain_seed"] = 0
+    # a CSV published before a column existed reads back with that column empty
+    cells = rows.reindex(columns=["cell_id", *CELL_INFO_COLUMNS]).drop_duplicates("cell_id")
+    return rows[METRIC_COLUMNS], cells
+
+
+# A published row does not carry its cell's config hash, so an imported cell never counts as already run: running
+# the same cell here computes it again and replaces the imported copy.
+IMPORTED_HASH = "imported"
+
+
+class PublishedCSVError(ValueError):
+    """A file that is not a readable published results CSV (the message names the file and what is wrong)."""
+
+
+@dataclass
+class ImportReport:
+    path: Path
+    rows: int
+    added: list[str]
+    replaced: list[str]
+    kept: list[str]
+
+
+def read_published(path: str | Path) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """A published CSV (with its predictions file beside it, if any) as {cell_id: (cell row, metric rows)} in the
+    results store's layout. Raises :class:`PublishedCSVError` for a file that is missing or is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise PublishedCSVError(f"{path}: no such file")
     try:
-        store = ResultsStore(args.store)
-        reports = import_published(args.csv, store, replace=args.replace)
-    except ValueError as e:          # a file that is no published CSV (PublishedCSVError), or a bad store URL
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except sqlite3.DatabaseError as e:
-        print(f"error: {args.store}: not a usable results store ({e}); nothing was imported", file=sys.stderr)
-        return 2
-    for r in reports:
-        n = len(r.added) + len(r.replaced) + len(r.kept)
-        kept = f", {len(r.kept)} kept (already in the store; --replace overwrites them)" if r.kept else ""
-        replaced = f", {len(r.replaced)} replaced" if r.replaced else ""
-        print(f"{r.path}: {n} cells ({r.rows} rows): {len(r.added)} added{replaced}{kept}")
-    print(f"into {store.path}; render with: python run_bench.py stage=leaderboard suite=SUITE "
-          f"results.url={store.path}")
-    return 0
+        header = pd.read_csv(path, nrows=0).columns
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise PublishedCSVError(f"{path}: not a readable CSV ({e})") from None
+    # a CSV published before the pretraining seed was recorded lacks that column: every cell of it pretrained with 0
+    missing = [c for c in METRIC_COLUMNS if c not in header and c != "pretrain_seed"]
+    if missing:
+        raise PublishedCSVError(f"{path}: not a published results CSV: it lacks the column(s) {', '.join(missing)}")
+    try:
+        metrics, cells = from_csv(path)
+    except ValueError as e:         # pandas' ParserError is one
+        raise PublishedCSVError(f"{path}: unreadable rows ({e})") from None
+    metrics = metrics.copy()
+    for c in NUMERIC_IDENTITY + ["value"]:
+        metrics[c] = pd.to_numeric(metrics[c], errors="coerce")
+    needed = metrics[IDENTITY + ["case_id", "class", "value"]]
+    blank = needed.isna() | needed.eq("")
+    if blank.any(axis=None):
+        row = blank.any(axis=1).idxmax()
+        col = blank.columns[blank.loc[row]][0]
+        raise PublishedCSVError(f"{path}: a row of cell {metrics.at[row, 'cell_id']!r} has an empty or non-numeric "
+                                f"{col} ({int(blank.any(axis=1).sum())} such rows)")
+    identity = metrics.groupby("cell_id")[IDENTITY].nunique()
+    mixed = identity.index[(identity > 1).any(axis=1)]
+    if len(mixed):
+        raise PublishedCSVError(f"{path}: the rows of cell {mixed[0]!r} disagree on its "
+                                f"{', '.join(identity.columns[identity.loc[mixed[0]] > 1])}")
+    metrics = metrics.astype({c: int for c in NUMERIC_IDENTITY if c != "label_fraction"} | {"class": int})
+    info = cells.set_index("cell_id")
+    out = {}
+    for cell_id, g in metrics.groupby("cell_id", sort=False):
+        first = g.iloc[0]
+        cell = {c: first[c] for c in IDENTITY} | {"cell_id": cell_id, "config_hash": IMPORTED_HASH}
+        for c, v in info.loc[cell_id].items():
+            cell[c] = None if pd.isna(v) else v
+        if cell.get("params") is not None:
+            cell["params"] = int(cell["params"])
+        out[cell_id] = (cell, g.rename(columns={"case_id": "case"})[["case", "class", "metric", "value"]]
+                        .to_dict("records"))
+    return out
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def import_published(paths: list[str | Path], store, *, replace: bool = False) -> list[ImportReport]:
+    """Put the cells of published CSVs into a results store, so that new runs join published ones on one
+    leaderboard (or a lost store is rebuilt from what was published). Every file is read and checked before
+    anything is written, and all cells are written in one transaction. A cell the store already holds is kept
+    unless ``replace``; a cell in two of the files is taken from the later one."""
+    read = [(Path(p), read_published(p)) for p in paths]
+    have = store.cell_ids()
+    reports, todo = [], {}
+    for path, cells in read:
+        r = ImportReport(path, sum(len(rows) for _, rows in cells.values()), [], [], [])
+        for cell_id, item in cells.items():
+            if cell_id in have and not replace:
+                r.kept.append(cell_id)
+                continue
+            (r.replaced if cell_id in have else r.added).append(cell_id)
+            todo[cell_id] = item
+        reports.append(r)
+    store.write_cells(todo.values())
+    return reports

@@ -75,7 +75,7 @@ measurable time: phase 2 is slower because it runs the encoder four times (stude
 They cost memory: 2 x 135M parameters (student + teacher) plus gradients and SGD momentum, ~2.2 GB fp32 whatever
 the backbone. ``global_dim`` is never reduced automatically. H100, swin_unetr_base, ROI 128^3 (phase 2 160^3),
 bf16: ~0.31 s per step in both phases, peak 23 GiB (phase 1) / 34 GiB (phase 2). The step-cost benchmark
-``python -m bench.method_cost --methods asa --set asa.phase_steps=1`` times both phases; its figures are in
+``python -m bench.tools.method_cost --methods asa --set asa.phase_steps=1`` times both phases; its figures are in
 docs/methods.md.
 
 - [0]: Pang et al., ASA: Learning Anatomical Consistency, Sub-volume Spatial Relationships and Fine-grained

@@ -21,7 +21,8 @@ import pytest
 
 from bench import leaderboard
 from bench import stats as _stats
-from bench.results import ResultsStore
+from bench.leaderboard.analysis import _complete_blocks
+from bench.results import CELL_INFO_COLUMNS, IMPORTED_HASH, ResultsStore, from_csv, import_published
 from bench.suites import Suite, Task
 
 DATA = Path(__file__).parent / "data"
@@ -149,7 +150,7 @@ class StandInStats:
 def fixture_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     if os.environ.get("UPDATE_FIXTURE") == "1":
         make_fixture(FIXTURE)
-    return leaderboard.from_csv(FIXTURE)
+    return from_csv(FIXTURE)
 
 
 def render(metrics: pd.DataFrame, cells: pd.DataFrame, suite: Suite = SUITE, **kwargs) -> str:
@@ -179,7 +180,7 @@ def real_md(frames) -> str:
 
 
 def test_golden_markdown(frames, monkeypatch):
-    monkeypatch.setattr(leaderboard, "stats", StandInStats)
+    monkeypatch.setattr(leaderboard.analysis, "stats", StandInStats)
     md = render(*frames, class_names=CLASS_NAMES, figures=True)
     if os.environ.get("UPDATE_GOLDEN") == "1" or os.environ.get("UPDATE_FIXTURE") == "1":
         GOLDEN.write_text(md, encoding="utf-8")
@@ -187,11 +188,11 @@ def test_golden_markdown(frames, monkeypatch):
 
 
 def test_csv_published_before_pretraining_compute_renders_without_that_table(frames, tmp_path, monkeypatch):
-    monkeypatch.setattr(leaderboard, "stats", StandInStats)
+    monkeypatch.setattr(leaderboard.analysis, "stats", StandInStats)
     old = tmp_path / "old.csv"
-    pd.read_csv(FIXTURE).drop(columns=[c for c in leaderboard.CELL_INFO_COLUMNS if c.startswith("pretrain_")]
+    pd.read_csv(FIXTURE).drop(columns=[c for c in CELL_INFO_COLUMNS if c.startswith("pretrain_")]
                               ).to_csv(old, index=False)
-    md = render(*leaderboard.from_csv(old), class_names=CLASS_NAMES, figures=True)
+    md = render(*from_csv(old), class_names=CLASS_NAMES, figures=True)
     golden = GOLDEN.read_text(encoding="utf-8")
     before, rest = golden.split("### Pretraining compute\n", 1)
     assert md == before + "### " + rest.split("\n### ", 1)[1]
@@ -417,7 +418,7 @@ def test_complete_blocks_keep_the_most_scores(present, kept_tables, kept_methods
     Row = namedtuple("Row", "method")
     Tbl = namedtuple("Tbl", "label rows")
     tables = [Tbl(t, [Row(m) for m in ms]) for t, ms in present.items()]
-    kept, methods = leaderboard._complete_blocks(tables)
+    kept, methods = _complete_blocks(tables)
     assert [t.label for t in kept] == kept_tables and methods == kept_methods
 
 
@@ -572,7 +573,7 @@ def test_published_predictions_sit_beside_the_csv_and_round_trip(tmp_path):
     assert set(plain["metric"]) == {"auroc"}
     preds = pd.read_csv(out / "fixture_set_predictions.csv.gz")
     assert set(preds["metric"]) == {"pred_score", "pred_target"} and len(preds) == 2 * 2 * 40 * 2 * 2
-    again = leaderboard.render(SET_SUITE, *leaderboard.from_csv(out / "fixture_set.csv"), now=NOW, git=GIT,
+    again = leaderboard.render(SET_SUITE, *from_csv(out / "fixture_set.csv"), now=NOW, git=GIT,
                                figures=True)
     assert again == md and "40 test images" in md
 
@@ -592,7 +593,7 @@ def test_publish_writes_figures_and_csv_that_round_trips(frames, tmp_path):
     for p in links:
         assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert md == render(pd.concat([metrics, nsd]), cells, class_names=CLASS_NAMES, figures=True)   # store
-    again = leaderboard.render(SUITE, *leaderboard.from_csv(out / "fixture.csv"), now=NOW, git=GIT,
+    again = leaderboard.render(SUITE, *from_csv(out / "fixture.csv"), now=NOW, git=GIT,
                                class_names=CLASS_NAMES, figures=True)
     assert again == md
     rows = pd.read_csv(out / "fixture.csv")
@@ -613,7 +614,7 @@ def test_published_csv_imported_into_a_fresh_store_renders_the_same_leaderboard(
     md = leaderboard.publish(SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT,
                              class_names=CLASS_NAMES).read_text(encoding="utf-8")
     fresh = ResultsStore(tmp_path / "b.sqlite")
-    (report,) = leaderboard.import_published([out / "fixture.csv"], fresh)
+    (report,) = import_published([out / "fixture.csv"], fresh)
     assert len(report.added) == cells["cell_id"].nunique() and not report.kept and not report.replaced
     again = leaderboard.publish(SUITE, fresh, tmp_path / "lb2", now=NOW, git=GIT, class_names=CLASS_NAMES)
     assert again.read_text(encoding="utf-8") == md and "### Pretraining compute" in md
@@ -622,7 +623,7 @@ def test_published_csv_imported_into_a_fresh_store_renders_the_same_leaderboard(
     for c in ("git_sha", "wall_s", "cpu_hours", "params", "pretrain_wall_s", "pretrain_device"):
         assert got[c].tolist() == want[c].tolist() or got[c].equals(want[c]), c
     # the published rows carry no config hash, so the runner never takes an imported cell for its own run
-    assert set(got["config_hash"]) == {leaderboard.IMPORTED_HASH}
+    assert set(got["config_hash"]) == {IMPORTED_HASH}
 
 
 def test_a_csv_published_before_the_pretraining_seed_was_recorded_imports_as_seed_0(frames, tmp_path):
@@ -633,7 +634,7 @@ def test_a_csv_published_before_the_pretraining_seed_was_recorded_imports_as_see
     old = pd.read_csv(out / "fixture.csv").drop(columns="pretrain_seed")
     old.to_csv(out / "fixture.csv", index=False)
     fresh = ResultsStore(tmp_path / "b.sqlite")
-    leaderboard.import_published([out / "fixture.csv"], fresh)
+    import_published([out / "fixture.csv"], fresh)
     assert set(fresh.cells()["pretrain_seed"]) == {0}
     again = leaderboard.publish(SUITE, fresh, tmp_path / "lb2", now=NOW, git=GIT, class_names=CLASS_NAMES)
     assert again.read_text(encoding="utf-8") == md
@@ -645,7 +646,7 @@ def test_import_brings_the_predictions_file_beside_the_csv(tmp_path):
     md = leaderboard.publish(SET_SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW,
                              git=GIT).read_text(encoding="utf-8")
     fresh = ResultsStore(tmp_path / "b.sqlite")
-    leaderboard.import_published([out / "fixture_set.csv"], fresh)
+    import_published([out / "fixture_set.csv"], fresh)
     assert set(fresh.metrics()["metric"]) == {"auroc", "pred_score", "pred_target"}
     again = leaderboard.render(SET_SUITE, fresh.metrics(), fresh.cells(), now=NOW, git=GIT, figures=True)
     assert again == md and "40 test images" in md
@@ -658,12 +659,12 @@ def test_import_keeps_the_stores_own_cells_unless_told_to_replace_them(frames, t
     mine = metrics[metrics["method"] == "asa"].assign(value=0.5)           # my own run of published cells
     store = store_of(mine, cells[cells["cell_id"].isin(mine["cell_id"])], tmp_path / "b.sqlite")
     asa = set(mine["cell_id"])
-    (r,) = leaderboard.import_published([out / "fixture.csv"], store)
+    (r,) = import_published([out / "fixture.csv"], store)
     assert set(r.kept) == asa and len(r.added) == cells["cell_id"].nunique() - len(asa)
     m = store.metrics()
     assert (m.loc[m["method"] == "asa", "value"] == 0.5).all()
     assert set(m["method"]) == set(metrics["method"]) and len(m) == len(metrics)
-    (r,) = leaderboard.import_published([out / "fixture.csv"], store, replace=True)
+    (r,) = import_published([out / "fixture.csv"], store, replace=True)
     assert set(r.replaced) == set(cells["cell_id"]) and not r.added
     m = store.metrics().sort_values(["cell_id", "case_id", "class"])["value"].to_numpy()
     assert m == pytest.approx(metrics.sort_values(["cell_id", "case_id", "class"])["value"].to_numpy())
@@ -676,7 +677,7 @@ def test_import_keeps_the_stores_own_cells_unless_told_to_replace_them(frames, t
     (None, "no such file"),
 ])
 def test_import_of_a_bad_file_is_one_error_and_writes_nothing(frames, tmp_path, capsys, spoil, says):
-    from bench import results
+    from bench.tools import results
 
     metrics, cells = frames
     out = tmp_path / "lb"
@@ -731,7 +732,7 @@ def test_suite_version_option_is_checked_before_any_work():
 
 
 def test_stats_benchmark_script_runs_end_to_end_on_a_small_size(capsys):
-    from bench import bench_stats
+    from bench.tools import bench_stats
 
     assert bench_stats.main(["--methods", "3", "--tasks", "2", "--seeds", "2", "--cases", "6", "--classes", "2",
                              "--resamples", "200", "--poi-resamples", "200", "--rank-boots", "20",

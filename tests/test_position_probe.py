@@ -1,4 +1,4 @@
-"""bench.position_probe: crop geometry, ridge fit, subject-wise penalty choice, and the probe end to end on an
+"""bench.tools.position_probe: crop geometry, ridge fit, subject-wise penalty choice, and the probe end to end on an
 encoder stand-in whose features do or do not carry the crop's position."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import position_probe as P
+from bench.tools import position_probe as P
 from bench import stats
 
 

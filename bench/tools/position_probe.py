@@ -1,6 +1,6 @@
 """Position probe: can a frozen encoder tell where in the body a crop comes from?
 
-    python -m bench.position_probe --suite abdomen --exports runs/pretrain/random/<hash>/export.pt \\
+    python -m bench.tools.position_probe --suite abdomen --exports runs/pretrain/random/<hash>/export.pt \\
         runs/pretrain/simmim3d/<hash>/export.pt
 
 ASA claims to learn anatomy (each sub-volume's place in the body); a layout-blind method need not. The probe
@@ -162,7 +162,7 @@ def features(backbone: torch.nn.Module, vols: list[tuple[str, np.ndarray]], crop
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.tools.position_probe", description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", default="abdomen")
     ap.add_argument("--exports", nargs="+", type=Path, required=True, help="export.pt files (runs/pretrain/...)")
     ap.add_argument("--crop", type=int, default=32)

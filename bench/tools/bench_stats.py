@@ -1,11 +1,11 @@
 """Wall-time benchmark of the statistics behind one leaderboard (a script, not a test).
 
-    python -m bench.bench_stats                      # 12 methods x 4 tasks x 5 seeds x 100 cases x 13 classes
-    python -m bench.bench_stats --resamples 2000     # other sizes: see --help
+    python -m bench.tools.bench_stats                      # 12 methods x 4 tasks x 5 seeds x 100 cases x 13 classes
+    python -m bench.tools.bench_stats --resamples 2000     # other sizes: see --help
 
 On synthetic per-case, per-class Dice scores (classes averaged per case first, as the leaderboard scores a case;
 one run per seed, method 0 the baseline) it times, part by part, the run-level statistics (``bench.stats``,
-"Run-level inference") that ``bench/leaderboard.py`` computes, called as it calls them (a comparison's verdict and
+"Run-level inference") that ``bench.leaderboard`` computes, called as it calls them (a comparison's verdict and
 minimal detectable effect through the leaderboard's own ``_compare``):
 
 1. per (task, method): ``run_mean`` of the method's [run, case] scores (the mean column and its CI);
@@ -23,7 +23,7 @@ minimal detectable effect through the leaderboard's own ``_compare``):
    method, the probability-of-improvement matrix and its CIs against the baseline;
 6. per (task, method): the negative control, ``paired_run_difference`` of the method's two halves of runs
    (alternate runs, from 4 runs on) with its minimal detectable effect;
-7. the whole leaderboard as ``bench/leaderboard.py`` renders it from result rows in the store's format (every
+7. the whole leaderboard as ``bench.leaderboard`` renders it from result rows in the store's format (every
    statistic above, with the leaderboard's own settings: 10,000 resamples for every bootstrap, plus the
    Markdown), and ``publish`` with its figures (PNG) and CSVs.
 
@@ -92,7 +92,7 @@ def _timed(label: str, fn: Callable[[], Any], times: dict[str, float]) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_stats", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.tools.bench_stats", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", type=int, default=12)
     p.add_argument("--tasks", type=int, default=4)
     p.add_argument("--seeds", type=int, default=5, help="runs per (task, method), one per seed")
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank_boots = a.resamples if a.rank_boots is None else a.rank_boots
 
     # the leaderboard's own helpers: _compare gives a comparison's verdict and minimal detectable effect
-    from bench.leaderboard import DEFAULT_MARGINS, MIN_CONTROL_RUNS, Options, _compare, margin_ranks, normalised
+    from bench.leaderboard.analysis import DEFAULT_MARGINS, MIN_CONTROL_RUNS, Options, _compare, margin_ranks, normalised
 
     opts = Options()
     margin, alpha, ci = opts.margin("dice"), opts.alpha, opts.ci

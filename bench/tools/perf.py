@@ -1,7 +1,7 @@
 """Throughput benchmark: the harness engine vs a plain reference loop, side by side.
 
-    python -m bench.perf                          # every 3D method + finetune/linear_probe, budget standard
-    python -m bench.perf --budget quick --steps 6 --methods simmim3d   # a small CPU run
+    python -m bench.tools.perf                          # every 3D method + finetune/linear_probe, budget standard
+    python -m bench.tools.perf --budget quick --steps 6 --methods simmim3d   # a small CPU run
 
 For each pretraining method and each transfer protocol it measures, on the same model, ROI and
 batch: steps/s, volumes/s, peak GPU memory, the fraction of step time spent waiting for data, and
@@ -28,12 +28,12 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.backbones import build_backbone
-from bench.data import PretrainDataset, Preprocess, SegTrainDataset, pad_to, preprocess, random_crop
+from bench.data import PretrainDataset, Preprocess, SegTrainDataset, preprocess
 from bench.engine import TrainConfig, fit, pick_device
 from bench.registry import METHODS
-from bench.steps import StepInfo, StepOutput
+from methods.base import StepInfo, StepOutput
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets (SXM parts).
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
@@ -256,7 +256,7 @@ def run(args: argparse.Namespace) -> list[Measure]:
 def to_markdown(results: list[Measure], args: argparse.Namespace, device: torch.device) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     lines = [f"### {dt.datetime.now(dt.timezone.utc):%Y-%m-%d} — {name}", "",
-             f"Command: `python -m bench.perf {' '.join(args.argv)}`", "",
+             f"Command: `python -m bench.tools.perf {' '.join(args.argv)}`", "",
              f"Budget {args.budget}, backbone {args.backbone or 'budget default'}, ROI {args.roi or 'budget default'}, "
              f"batch {args.batch or 'budget default'}, {args.steps} measured steps after {args.warmup} warm-up steps, "
              f"gradient checkpointing {'on' if args.checkpointing else 'off'}, torch.compile {'on' if args.compile else 'off'}.", "",
@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     import methods  # noqa: F401  (registers methods)
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bench.tools.perf", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", default="standard")
     ap.add_argument("--backbone", default=None)
     ap.add_argument("--roi", type=int, nargs=3, default=None)

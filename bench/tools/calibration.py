@@ -27,7 +27,7 @@ decides the calibration of the procedures compared here.
 
 CLI (Markdown on stdout for docs/statistics.md, one progress line per setting on stderr)::
 
-    python -m bench.calibration [CSV ...] [--tables N] [--seed S]
+    python -m bench.tools.calibration [CSV ...] [--tables N] [--seed S]
 
 Pure functions, no plotting; every random function takes ``seed``.
 """
@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 
 from bench import stats
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LEADERBOARDS = ROOT / "leaderboards"
 TABLE = ["suite", "suite_version", "budget", "task", "protocol", "label_fraction", "metric"]   # one table
 RUN = ["draw", "seed"]                       # one run of a cell (runs of different methods pair by position)
@@ -419,7 +419,7 @@ def calibration_markdown(results: Sequence[Calibration]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the variance components of published CSVs and the null calibration of the old and new
     procedures as Markdown; see the module docstring."""
-    p = argparse.ArgumentParser(prog="python -m bench.calibration", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.tools.calibration", description=__doc__.split("\n\n")[0])
     p.add_argument("csv", nargs="*", type=Path, help="published leaderboard CSVs (default: leaderboards/*.csv)")
     p.add_argument("--tables", type=int, default=2000, help="simulated tables per setting and run count")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulations and bootstraps")
@@ -436,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     components = variance_components(read_csvs(paths))
     shown = [str(Path(x).relative_to(ROOT)) if Path(x).resolve().is_relative_to(ROOT) else str(x)
              for x in (Path(q).resolve() for q in paths)]
-    command = " ".join(["python -m bench.calibration", *map(shlex.quote, shown if args.csv else []),
+    command = " ".join(["python -m bench.tools.calibration", *map(shlex.quote, shown if args.csv else []),
                         f"--tables {args.tables}", f"--seed {args.seed}",
                         *([f"--runs {' '.join(map(str, args.runs))}"] if list(args.runs) != list(RUNS) else []),
                         *([f"--resamples {args.resamples}"] if args.resamples != 1000 else []),

@@ -1,15 +1,17 @@
 """Step cost of the 3D pretraining methods: forward + backward + optimizer step (+ teacher EMA) per method.
 
-    python -m bench.method_cost                                   # every method tagged "3d", quick geometry
-    python -m bench.method_cost --methods asa --set asa.phase_steps=1 --warmup 1 --steps 4   # both ASA phases
-    python -m bench.method_cost --corpus abdomen --steps 40 --out cost.json  # real volumes: + loss first/last
+    python -m bench.tools.method_cost                                   # every method tagged "3d", quick geometry
+    python -m bench.tools.method_cost --methods asa --set asa.phase_steps=1 --warmup 1 --steps 4   # both ASA phases
+    python -m bench.tools.method_cost --corpus abdomen --steps 40 --out cost.json  # real volumes: + loss first/last
 
 Each method runs in its own (spawned) process, so its peak RSS is its own: the method is built from its YAML
 (``conf/method/<name>.yaml``: ``config`` and ``train``; ``--set METHOD.KEY=VALUE`` overrides one option), on the
-budget's backbone, and trained with the operations of one ``bench.engine.fit``
-step: lr schedule, ``zero_grad``, bf16 autocast on CUDA, ``training_step``, ``backward``, clipping if configured,
-the optimizer step and the EMA of the declared teacher pairs. Only that is timed (``s/step``); the data side
-(``views``, which runs in loader workers during training) is timed apart (``views s/batch``).
+budget's backbone, and trained by the engine's own step, ``bench.engine.train_step`` (the one ``fit`` loops):
+lr schedule, ``zero_grad``, bf16 autocast on CUDA, ``training_step`` and ``backward`` per micro-batch (``accumulate``
+of them), the NaN guard, clipping if configured, the optimizer step, the EMA of the declared teacher pairs and
+``after_optimizer_step``. Only that is timed (``s/step``); the data side (``views``, which runs in loader workers
+during training) is timed apart (``views s/batch``, all the micro-batches of a step). A step whose loss is not
+finite is dropped and retried on new data, as in ``fit``.
 
 Steps are grouped by the ``phase`` value a method logs (ASA); steps run until every group seen has ``--warmup +
 --steps`` steps, and the first ``--warmup`` of each group are not timed (first-call allocations). The
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 import yaml
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -81,9 +83,8 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     """Build, warm up and time one method (runs in a fresh process)."""
     import methods  # noqa: F401  (registers the methods)
     from bench.backbones import build_backbone
-    from bench.engine import build_optimizer, ema_update, lr_factor, pick_device, schedule_config, to_device
+    from bench.engine import build_optimizer, pick_device, schedule_config, to_device, train_step
     from bench.registry import METHODS
-    from methods.base import StepInfo
 
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
@@ -101,7 +102,6 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     opt = build_optimizer(method.param_groups(tcfg.weight_decay), tcfg, device)
     base_lrs = [g["lr"] for g in opt.param_groups]
     pairs = method.ema_pairs()
-    use_amp = tcfg.amp and device.type == "cuda"
     rng = np.random.default_rng(0)
     if opts["corpus"]:
         volumes = corpus_volumes(opts["corpus"], opts["corpus_volumes"], opts["data_dir"])
@@ -114,36 +114,35 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     per_group: dict[Any, int] = {}
     method.train()
-    step = 0
+    step, bad_in_a_row = 0, 0
     # until every phase seen so far has `need` steps (one group for a method without phases)
     while step < total and (not per_group or min(per_group.values()) < need):
         t0 = time.perf_counter()
-        samples = [method.views({"image": volumes[int(rng.integers(len(volumes)))], "roi": roi}, rng)
-                   for _ in range(opts["batch"])]
-        batch = to_device(torch.utils.data.default_collate(samples), device)
+        batches = []
+        for _ in range(tcfg.accumulate):  # the micro-batches of one optimizer step
+            samples = [method.views({"image": volumes[int(rng.integers(len(volumes)))], "roi": roi}, rng)
+                       for _ in range(opts["batch"])]
+            batches.append(to_device(torch.utils.data.default_collate(samples), device))
         t_views = time.perf_counter() - t0
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        f = lr_factor(step, tcfg)
-        for g, lr0 in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr0 * f
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = method.training_step(batch, StepInfo(step, total))
-        out.loss.backward()
-        if tcfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(method.parameters(), tcfg.grad_clip)
-        opt.step()
-        if pairs:
-            ema_update(pairs, method.ema_momentum((step + 1) / total))
-        method.after_optimizer_step(StepInfo(step + 1, total))
+        res = train_step(method, method.training_step, iter(batches), opt, tcfg, step, device=device,
+                         base_lrs=base_lrs, ema_pairs=pairs, ema_momentum=method.ema_momentum,
+                         after_step=method.after_optimizer_step)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t_step = time.perf_counter() - t0
-        phase = out.logs.get("phase")
-        steps.append({"step": step, "s": t_step, "views_s": t_views, "loss": float(out.loss.detach()),
-                      "phase": None if phase is None else int(float(phase))})
+        if not res.finite:  # the engine's NaN guard dropped the step: fit retries the same step on new data
+            bad_in_a_row += 1
+            print(f"  {name} step {step}: non-finite loss, step dropped", flush=True)
+            if bad_in_a_row >= tcfg.max_bad_steps:
+                raise RuntimeError(f"{bad_in_a_row} consecutive non-finite losses at step {step}")
+            continue
+        bad_in_a_row = 0
+        phase = res.logs.get("phase")
+        steps.append({"step": step, "s": t_step, "views_s": t_views, "loss": res.loss,
+                      "phase": None if phase is None else int(phase)})
         per_group[steps[-1]["phase"]] = per_group.get(steps[-1]["phase"], 0) + 1
         print(f"  {name} step {step}: {t_step:.2f} s, loss {steps[-1]['loss']:.4f}"
               + (f", phase {steps[-1]['phase']}" if phase is not None else ""), flush=True)
@@ -225,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
 
     budget = _load_yaml(CONF / "budget" / "quick.yaml")
     known = [m for m in METHODS.names(tag="3d") if METHODS.get(m).pretrains]
-    ap = argparse.ArgumentParser(prog="python -m bench.method_cost", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.tools.method_cost", description=__doc__.split("\n")[0])
     ap.add_argument("--methods", default=",".join(known), help="comma-separated; default: every 3D method that "
                     f"pretrains ({', '.join(known)})")
     ap.add_argument("--backbone", default=budget["backbone"], help="conf/backbone/<name>.yaml (default: quick's)")
