@@ -55,7 +55,7 @@ def significance_map(verdicts: pd.DataFrame, path: str | Path, title: str = "") 
     codes = np.array([[keys.index(v) if v in keys else np.nan for v in verdicts.loc[r, names]] for r in names],
                      dtype=float)
     k = len(names)
-    fig = _figure(2.8 + 0.6 * k, 1.4 + 0.55 * k)
+    fig = _figure(3.4 + 0.6 * k, 1.6 + 0.55 * k)
     ax = fig.add_subplot()
     ax.imshow(np.ma.masked_invalid(codes), cmap=ListedColormap(list(VERDICT_COLOURS.values())), vmin=-0.5,
               vmax=len(keys) - 0.5)
@@ -67,9 +67,12 @@ def significance_map(verdicts: pd.DataFrame, path: str | Path, title: str = "") 
     ax.tick_params(which="minor", length=0)
     ax.set_xlabel("column method")
     ax.set_ylabel("row method")
-    ax.legend(handles=[Patch(facecolor=c, edgecolor="grey", label=v) for v, c in VERDICT_COLOURS.items()],
+    ax.legend(handles=[Patch(facecolor=c, edgecolor="grey", label="too few runs" if v == "untested" else v)
+                       for v, c in VERDICT_COLOURS.items()],
               fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title("Row method against column method" + (f" ({title})" if title else ""), fontsize=9)
+    for i in range(k):
+        ax.text(i, i, "—", ha="center", va="center", fontsize=9, color="grey")
+    ax.set_title("Row method against column method" + (f"\n{title}" if title else ""), fontsize=8)
     return _save(fig, path)
 
 
