@@ -19,8 +19,6 @@ def _fail(msg: str) -> "None":
 def preflight(argv: list[str]) -> list[str]:
     """Check registry names on the command line before Hydra, and pick the default budget."""
     import bench.protocols  # noqa: F401  (registers protocols)
-    import datasets  # noqa: F401
-    import methods  # noqa: F401
     from bench import registry
 
     has_budget = False
@@ -80,7 +78,7 @@ def main() -> int:
     from omegaconf import DictConfig
 
     from bench.registry import UnknownNameError
-    from datasets.base import DataError
+    from bench.types import DataError
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> None:

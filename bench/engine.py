@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.steps import StepInfo, StepOutput
+from bench.types import StepInfo, StepOutput
 
 CKPT = "last.ckpt"
 BEST = "best.pt"

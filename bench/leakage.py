@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from datasets.base import DatasetAdapter, Record
+from bench.types import DatasetAdapter, Record
 
 
 def content_hash(array: np.ndarray) -> str:

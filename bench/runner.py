@@ -28,7 +28,7 @@ from bench.provenance import git_sha
 from bench.registry import DATASETS, METHODS, PROTOCOLS, SUITES
 from bench.results import ResultsStore
 from bench.suites import Cell, Suite, expand
-from datasets.base import PROJECT_ROOT, DataError, default_data_dir, load_split_file
+from bench.types import PROJECT_ROOT, default_data_dir, load_split_file
 
 CONF_DIR = PROJECT_ROOT / "conf"
 

@@ -7,54 +7,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-SPLITS_DIR = Path(__file__).resolve().parent / "splits"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class DataError(Exception):
-    """A problem with the user's data: the message names the file and what is wrong."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    modality: str                       # "CT" | "MR" | "XR"
-    spatial_dims: int
-    task: str                           # "segmentation" | "multiclass" | "multilabel" | "binary"
-    labels: dict[int, str] = field(default_factory=dict)
-    n_channels: int = 1
-    synthetic: bool = False
-
-
-@dataclass(frozen=True)
-class Record:
-    id: str
-    patient_id: str
-    image: str | tuple[str, ...]
-    label: str | None = None
-    classes: tuple[int, ...] | None = None
-    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-
-def default_data_dir() -> Path:
-    """Where generated data and preprocessing caches live: $SSLBENCH_DATA or ./data."""
-    return Path(os.environ.get("SSLBENCH_DATA", PROJECT_ROOT / "data"))
-
-
-def load_split_file(name: str) -> dict[str, list[str]]:
-    path = SPLITS_DIR / f"{name}.json"
-    if not path.is_file():
-        raise DataError(f"{path}: split file missing")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    return doc["splits"]
+# the harness's contracts, defined in bench and re-exported here for dataset authors
+from bench.types import (PROJECT_ROOT, SPLITS_DIR, DataError, DatasetInfo, Record,  # noqa: E402,F401
+                         default_data_dir, load_split_file)
 
 
 def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

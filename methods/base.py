@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bench.backbones import Backbone
-from bench.steps import StepInfo, StepOutput  # noqa: F401  (part of the method contract)
+from bench.types import StepInfo, StepOutput  # noqa: F401  (part of the method contract)
 
 
 class PretrainMethod(nn.Module):

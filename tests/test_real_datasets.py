@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import bench.types as types
 import datasets.base as base
 from bench.registry import DATASETS, SUITES
 from datasets.base import DataError, read_nifti
@@ -246,7 +247,7 @@ def test_validate_counts_records_against_the_committed_split_file(tmp_path, monk
     splits.mkdir()
     (splits / "lits.json").write_text(json.dumps({"splits": {"train": ["volume-0", "volume-28"], "val": [],
                                                              "test": ["volume-1"]}}))
-    monkeypatch.setattr(base, "SPLITS_DIR", splits)
+    monkeypatch.setattr(types, "SPLITS_DIR", splits)   # where load_split_file looks
     root = tmp_path / "lits"
     make_lits(root, (0, 28))
     ds = DATASETS.get("lits")(root=root)
@@ -278,7 +279,7 @@ def test_lits_batches_with_spaces_and_uncompressed_nii(tmp_path, monkeypatch):
     splits.mkdir()
     (splits / "lits.json").write_text(json.dumps({"splits": {"train": ["volume-0", "volume-28"], "val": [],
                                                              "test": ["volume-27"], "pretrain": ["volume-0"]}}))
-    monkeypatch.setattr(base, "SPLITS_DIR", splits)
+    monkeypatch.setattr(types, "SPLITS_DIR", splits)   # where load_split_file looks
     root = tmp_path / "LiTS"
     make_lits(root, (0, 27, 28))
     monkeypatch.setenv("SSLBENCH_LITS_ROOT", str(root))

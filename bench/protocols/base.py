@@ -11,7 +11,7 @@ import torch
 from bench.data import Preprocess, PreprocessedCache, preprocess
 from bench.registry import PROTOCOLS
 from bench.suites import Cell
-from datasets.base import DatasetAdapter
+from bench.types import DatasetAdapter
 
 TASK_KINDS = ("segmentation", "classification")
 

@@ -31,7 +31,7 @@ from bench.export import load_export, load_extras
 from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
 from bench.registry import HEADS
 from bench.results import PRED_SCORE, PRED_TARGET
-from bench.steps import StepInfo, StepOutput
+from bench.types import StepInfo, StepOutput
 
 SET = "__set__"
 OVERALL = -1

@@ -20,7 +20,7 @@ from bench.data import SegTrainDataset, check_positive_crops, subsample
 from bench.engine import TrainConfig, fit
 from bench.export import load_export
 from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
-from bench.steps import StepInfo, StepOutput
+from bench.types import StepInfo, StepOutput
 
 
 class SegmentationModel(nn.Module):

@@ -1,0 +1,94 @@
+"""The harness's contracts: what it hands a method, what it reads from a dataset, and the project's paths.
+
+``datasets/`` and ``methods/`` import these from here (and re-export them for their authors); ``bench/`` never imports
+``datasets/`` or ``methods/`` (``tests/test_layout.py``), except the tools under ``bench/tools/``. The datasets and
+methods are registered by whoever runs the harness: ``run_bench.py`` imports both packages before the command line.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SPLITS_DIR = PROJECT_ROOT / "datasets" / "splits"          # committed split files, one JSON per dataset
+
+
+class DataError(Exception):
+    """A problem with the user's data: the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    modality: str                       # "CT" | "MR" | "XR"
+    spatial_dims: int
+    task: str                           # "segmentation" | "multiclass" | "multilabel" | "binary"
+    labels: dict[int, str] = field(default_factory=dict)
+    n_channels: int = 1
+    synthetic: bool = False
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    patient_id: str
+    image: str | tuple[str, ...]
+    label: str | None = None
+    classes: tuple[int, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@runtime_checkable
+class DatasetAdapter(Protocol):
+    """What the harness calls on a dataset (``datasets.base.DatasetAdapter`` is the implementation to subclass)."""
+
+    info: ClassVar[DatasetInfo]
+    registry_name: ClassVar[str]
+    split_name: ClassVar[str | None]
+
+    def prepare(self, progress: bool = True) -> None: ...
+    def records(self, split: str) -> list[Record]: ...
+    def load(self, record: Record) -> dict[str, Any]: ...
+    def split_names(self) -> tuple[str, ...]: ...
+    def validate(self, splits: tuple[str, ...] | None = None) -> list[str]: ...
+
+
+@dataclass
+class StepOutput:
+    """What a method's training step returns: the loss the engine optimises and scalars to log."""
+
+    loss: torch.Tensor
+    logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class StepInfo:
+    """What the engine tells a method about the step it is on."""
+
+    step: int          # optimizer steps done so far
+    total_steps: int
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.step / max(1, self.total_steps))
+
+
+def default_data_dir() -> Path:
+    """Where generated data and preprocessing caches live: $SSLBENCH_DATA or ./data."""
+    return Path(os.environ.get("SSLBENCH_DATA", PROJECT_ROOT / "data"))
+
+
+def load_split_file(name: str) -> dict[str, list[str]]:
+    """The splits of ``datasets/splits/<name>.json``; a missing or unreadable file is one DataError naming it."""
+    path = SPLITS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise DataError(f"{path}: split file missing")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    return doc["splits"]
