@@ -459,7 +459,8 @@ class _Runs:
             per_run = np.atleast_1d(stats.mean_auroc(both[0], self.images.targets)
                                     - stats.mean_auroc(both[1], self.images.targets))
             return d, per_run
-        common = [r for r in self.runs(a) if r in set(self.runs(b))]
+        theirs = set(self.runs(b))
+        common = [r for r in self.runs(a) if r in theirs]
         if not common:
             return None
         x, y = self.matrix(a, common), self.matrix(b, common)
@@ -593,17 +594,15 @@ def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[
             adjusted[ok] = np.asarray(stats.holm(raw[ok]), dtype=float)
         for r, p in zip(tested, adjusted):
             r.vs_baseline = replace(r.vs_baseline, p_holm=float(p))
-    complete_methods = [r.method for r in rows if not r.missing]
+    complete = [r for r in rows if not r.missing]
     could_be_best: list[str] = []
-    if len(complete_methods) >= 2:
-        boots = data.bootstrap_means(complete_methods)
+    if len(complete) >= 2:
+        boots = data.bootstrap_means([r.method for r in complete])
         if boots is not None:
             _, p_best = stats.rank_probabilities(np.asarray(boots), margin=margin)
-            for m, p in zip(complete_methods, np.asarray(p_best)):
-                r = next(r for r in rows if r.method == m)
+            for r, p in zip(complete, np.asarray(p_best)):
                 r.p_best = float(p)
-            could_be_best = [m for m in complete_methods
-                             if next(r for r in rows if r.method == m).p_best >= opts.best_share]
+            could_be_best = [r.method for r in complete if r.p_best >= opts.best_share]
     controls = []
     for m in methods:
         found = data.control(m)
