@@ -11,7 +11,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = {"method": "METHODS", "suite": "SUITES", "backbone": "BACKBONES", "protocol": "PROTOCOLS"}
 
 
-def _fail(msg: str) -> "None":
+def _fail(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -27,6 +27,16 @@ def preflight(argv: list[str]) -> list[str]:
             continue
         key, value = arg.split("=", 1)
         key = key.lstrip("+~")
+        if key.startswith("protocol."):
+            _fail(f"{arg}: a protocol's options are protocols.<protocol>.<task kind>.<option>, e.g. "
+                  f"protocols.finetune.segmentation.lr=3e-4 (protocol=NAME only selects which protocol runs)")
+        if key == "experiment":
+            # a study pins its own budget; a default added here would override it from the command line
+            has_budget = True
+            for v in value.split(","):
+                if not (CONF_DIR / "experiment" / f"{v}.yaml").is_file():
+                    known = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+                    _fail(f"unknown experiment {v!r}. Known experiments (conf/experiment/): {', '.join(known)}")
         if key == "budget":
             has_budget = True
             for v in value.split(","):
@@ -42,7 +52,8 @@ def preflight(argv: list[str]) -> list[str]:
     if not has_budget:
         import torch
 
-        argv = argv + [f"budget={'standard' if torch.cuda.is_available() else 'quick'}"]
+        # first, not last: Hydra's own flags (`--cfg job`) take the arguments after them
+        argv = [f"budget={'standard' if torch.cuda.is_available() else 'quick'}", *argv]
     return argv
 
 
@@ -51,16 +62,15 @@ def bare_method_options(argv: list[str]) -> list[str]:
     not a top-level key (``python run_bench.py method=external checkpoint=PATH format=asa``)."""
     import dataclasses
 
-    from omegaconf import OmegaConf
-
     from bench import registry
+    from bench.plan import compose
 
-    top = set(OmegaConf.load(CONF_DIR / "config.yaml")) | {"defaults", "hydra"}
+    defaults = compose()
+    top = set(defaults) | {"defaults", "hydra"}
     method = next((a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+~") == "method"), None)
     if method is None:
-        default = [d for d in OmegaConf.load(CONF_DIR / "config.yaml").defaults if "method" in d]
-        method = default[0]["method"] if default else None
-    if method is None or "," in method or method not in registry.METHODS:
+        method = defaults.method.name
+    if "," in method or method not in registry.METHODS:
         return argv
     fields = {f.name for f in dataclasses.fields(registry.METHODS.get(method).Config)}
     out = []
@@ -77,6 +87,7 @@ def main() -> int:
     import hydra
     from omegaconf import DictConfig
 
+    from bench.plan import UserError
     from bench.registry import UnknownNameError
     from bench.types import DataError
 
@@ -86,7 +97,7 @@ def main() -> int:
 
         try:
             runner.run(cfg)
-        except (runner.UserError, DataError, UnknownNameError) as e:
+        except (UserError, DataError, UnknownNameError) as e:
             _fail(str(e))
 
     app()

@@ -1,240 +1,42 @@
 """Stages of a run: validate -> pretrain -> transfer (cells) -> leaderboard.
 
-It builds everything from the registries by the names in the config; it knows no method, dataset
-or suite by name.
+It executes a :class:`bench.plan.Plan` (resolved and checked from the config by :mod:`bench.plan`), building
+everything from the registries by name; it knows no method, dataset or suite by name.
 """
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bench import leakage
 from bench.backbones import build_backbone
 from bench.data import PretrainDataset, Preprocess, PreprocessedCache, match_channels
-from bench.engine import earlier_wall, fit, pick_device, schedule_config, seed_everything
+from bench.engine import earlier_wall, fit, schedule_config, seed_everything
 from bench.export import load_meta, save_export
-from bench.protocols.base import TransferContext, protocol_values, resolve_protocol
+from bench.plan import (Plan, UserError, cell_id, cell_key, config_hash, leaderboard_options, leaderboard_suite,
+                        make_plan, pipeline_plans, protocol_config)
+from bench.protocols.base import Protocol, TransferContext, resolve_protocol
 from bench.provenance import git_sha
-from bench.registry import DATASETS, METHODS, PROTOCOLS, SUITES
-from bench.results import ResultsStore
-from bench.suites import Cell, Suite, expand
+from bench.registry import DATASETS, METHODS
+from bench.suites import Cell, expand
 from bench.types import PROJECT_ROOT, default_data_dir, load_split_file
 
-CONF_DIR = PROJECT_ROOT / "conf"
-
-
-class UserError(Exception):
-    """A mistake in the user's options or data: reported as one line, exit code 2."""
-
-
-def config_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+__all__ = ["UserError", "make_plan", "run"]
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-@dataclass
-class Plan:
-    """Everything resolved from the config that the stages need."""
-
-    suite: Suite
-    method: str
-    method_cfg: dict[str, Any]
-    method_train: dict[str, Any]
-    backbone: str
-    backbone_kwargs: dict[str, Any]
-    budget: str
-    roi: tuple[int, ...]
-    pretrain_steps: int
-    pretrain_batch: int
-    transfer_steps: int
-    transfer_batch: int
-    num_workers: int
-    device: torch.device
-    runs_dir: Path
-    store: ResultsStore
-    data_root: str | None
-    cache_dir: str | None
-    progress: bool
-    seeds: tuple[int, ...]
-    protocol: str | None
-    pretrain_seed: int                # the seed of the pretraining the transfer seeds use (unless tied)
-    label_fraction: float | None = None
-    task: str | None = None
-    spatial_dims: int = 3
-    allow_leakage: bool = False
-    transfer_evaluations: int | None = None
-    transfer_protocols: dict[str, Any] | None = None    # the budget's protocol settings: {protocol: {kind: {k: v}}}
-    preprocessing: dict[str, Any] | None = None   # the suite's, with `suite.preprocessing.*` overrides merged
-    # pretrain_seed=tied: each transfer seed uses its own pretraining with the same seed (see pipeline_plans)
-    tied_pretrain_seed: bool = False
-
-
-TIED = "tied"
-
-
-def parse_pretrain_seed(value: Any) -> int | str:
-    """The ``pretrain_seed`` option: a non-negative integer, or ``tied``."""
-    if isinstance(value, str) and value.strip().lower() == TIED:
-        return TIED
-    seed = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        seed = value
-    elif isinstance(value, str) and value.strip().isdigit():
-        seed = int(value)
-    if seed is None or seed < 0:
-        raise UserError(f"pretrain_seed={value!r}: expected a non-negative integer (the seed of the pretraining every "
-                        f"transfer seed uses) or `tied` (each transfer seed uses its own pretraining with the same "
-                        f"seed)")
-    return seed
-
-
-def pipeline_plans(plan: Plan) -> list[Plan]:
-    """The plan as whole pipeline runs, one pretraining each: the plan itself, or with ``pretrain_seed=tied`` one
-    plan per transfer seed, pretrained with that seed (seed s transfers the encoder pretrained with seed s)."""
-    if not plan.tied_pretrain_seed:
-        return [plan]
-    return [replace(plan, seeds=(s,), pretrain_seed=s, tied_pretrain_seed=False) for s in plan.seeds]
-
-
-def cell_key(cell: Cell, pretrain_seed: int) -> str:
-    """A cell's key with its pretraining seed: ``.../s<seed>/p<k>``. Seed 0 adds nothing, so the cell ids of every
-    store and published CSV written before the pretraining seed was part of a cell's identity (all at seed 0)
-    stay valid, and so do their run directories."""
-    return cell.key if pretrain_seed == 0 else f"{cell.key}/p{pretrain_seed}"
-
-
-def cell_id(plan: Plan, cell: Cell) -> str:
-    return f"{plan.suite.name}/v{plan.suite.version}/{plan.method}/{plan.budget}/{cell_key(cell, plan.pretrain_seed)}"
-
-
-def _plain_dict(node: Any) -> dict[str, Any]:
-    """A config node (possibly empty or missing) as a plain dict."""
-    if node is None:
-        return {}
-    return dict(OmegaConf.to_container(node, resolve=True)) if OmegaConf.is_config(node) else dict(node)
-
-
-def load_group_option(group: str, name: str) -> dict[str, Any]:
-    path = CONF_DIR / group / f"{name}.yaml"
-    if not path.is_file():
-        raise UserError(f"{path}: no such {group} config")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
-
-
-def budget_method_config(cfg: DictConfig, budget: str) -> dict[str, Any]:
-    """The method's options with its ``budget_config.<budget>`` block merged in (e.g. ASA's paper geometry at
-    budget=paper). An option the user set on the command line wins: a block only replaces values that still
-    equal the method YAML's defaults."""
-    values = _plain_dict(cfg.method.get("config"))
-    block = _plain_dict((cfg.method.get("budget_config") or {}).get(budget))
-    if not block:
-        return values
-    path = CONF_DIR / "method" / f"{cfg.method.name}.yaml"
-    defaults = _plain_dict(OmegaConf.load(path).get("config")) if path.is_file() else {}
-    for key, value in block.items():
-        if key not in values:
-            raise UserError(f"method {cfg.method.name}: budget_config.{budget}.{key} is not an option of its config")
-        if key not in defaults or values[key] == defaults[key]:
-            values[key] = value
-    return values
-
-
-PREPROCESS_KEYS = ("a_min", "a_max", "spacing", "size")
-
-
-def suite_preprocessing(suite: Suite, override: Any) -> dict[str, Any]:
-    """The suite's preprocessing with the config's ``suite.preprocessing`` keys over it (a paper's own
-    spacing or window: ``+suite.preprocessing.spacing=[1.5,1.5,2.0]``); the cache keys follow."""
-    values = dict(suite.preprocessing)
-    extra = _plain_dict(override)
-    unknown = sorted(set(extra) - set(PREPROCESS_KEYS))
-    if unknown:
-        raise UserError(f"suite.preprocessing: unknown key(s) {', '.join(unknown)}; known: {', '.join(PREPROCESS_KEYS)}")
-    return values | extra
-
-
-def make_plan(cfg: DictConfig) -> Plan:
-    suite = SUITES.get(cfg.suite.name)
-    METHODS.get(cfg.method.name)
-    budget = cfg.budget
-    caps = cfg.suite.get("budget_caps") or {}
-    spatial = DATASETS.get(suite.pretrain_dataset).info.spatial_dims
-    # a budget names one backbone and input size per dimensionality; the suite's data decides which applies
-    suffix = "" if spatial == 3 else f"_{spatial}d"
-    if budget.get(f"backbone{suffix}") is None:
-        raise UserError(f"budget {budget.name!r} has no backbone{suffix} for the {spatial}D suite {suite.name!r}")
-    bb_cfg = cfg.get("backbone") or load_group_option("backbone", budget[f"backbone{suffix}"])
-    roi = tuple(caps.get(f"roi{suffix}") or budget[f"roi{suffix}"])
-    tags = METHODS.tags(cfg.method.name)
-    # stage=leaderboard reads every method's stored rows: the (default) method plays no part
-    if cfg.get("stage") != "leaderboard" and {"2d", "3d"} & tags and f"{spatial}d" not in tags:
-        dims = "/".join(sorted(t.upper() for t in tags & {"2d", "3d"}))
-        raise UserError(f"method {cfg.method.name!r} is a {dims} method; suite {suite.name!r} is {spatial}D")
-    seeds = suite.seeds if cfg.seed is None else (int(cfg.seed),)
-    pretrain_seed = parse_pretrain_seed(cfg.get("pretrain_seed", 0))
-    protocol = cfg.protocol.name if cfg.get("protocol") is not None else None
-    if protocol is not None:
-        PROTOCOLS.get(protocol)
-    fraction = cfg.get("label_fraction")
-    if fraction is not None:
-        offered = sorted({f for t in suite.tasks for f in t.label_fractions})
-        try:
-            fraction = float(fraction)
-        except (TypeError, ValueError):
-            raise UserError(f"label_fraction={fraction!r}: not a number; suite {suite.name!r} offers {offered}") from None
-        if not any(abs(fraction - f) < 1e-9 for f in offered):
-            raise UserError(f"label_fraction={fraction}: suite {suite.name!r} offers only {offered}")
-    task = cfg.get("task")
-    if task is not None:
-        task = str(task)
-        names = [t.name for t in suite.tasks]
-        if task not in names:
-            raise UserError(f"task={task}: suite {suite.name!r} has tasks {', '.join(names)}")
-        chosen = next(t for t in suite.tasks if t.name == task)
-        if protocol is not None and protocol not in chosen.protocols:
-            raise UserError(f"task={task} of suite {suite.name!r} has no protocol {protocol!r}; "
-                            f"it offers {', '.join(chosen.protocols)}")
-        if fraction is not None and not any(abs(fraction - f) < 1e-9 for f in chosen.label_fractions):
-            raise UserError(f"label_fraction={fraction}: task {task!r} of suite {suite.name!r} offers only "
-                            f"{sorted(chosen.label_fractions)}")
-    threads = budget.get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
-    runs_dir = Path(cfg.runs_dir)
-    method_cfg = budget_method_config(cfg, budget.name)
-    return Plan(
-        suite=suite, method=cfg.method.name,
-        method_cfg=method_cfg, method_train=_plain_dict(cfg.method.get("train")),
-        backbone=bb_cfg["name"], backbone_kwargs=dict(bb_cfg.get("kwargs") or {}), budget=budget.name, roi=roi,
-        pretrain_steps=min(budget.pretrain.steps, caps.get("pretrain_steps") or 10**12),
-        pretrain_batch=budget.pretrain.get(f"batch_size{suffix}", budget.pretrain.batch_size),
-        transfer_steps=min(budget.transfer.steps, caps.get("transfer_steps") or 10**12),
-        transfer_batch=budget.transfer.get(f"batch_size{suffix}", budget.transfer.batch_size), num_workers=int(budget.num_workers),
-        device=pick_device(cfg.device), runs_dir=runs_dir, store=ResultsStore(cfg.results.url),
-        data_root=cfg.data.root, cache_dir=cfg.data.cache_dir, progress=bool(cfg.progress), seeds=tuple(seeds),
-        protocol=protocol,
-        pretrain_seed=seeds[0] if pretrain_seed == TIED else pretrain_seed, tied_pretrain_seed=pretrain_seed == TIED,
-        label_fraction=fraction, task=task, spatial_dims=int(spatial),
-        allow_leakage=bool(cfg.get("allow_leakage", False)),
-        transfer_evaluations=budget.transfer.get("evaluations"),
-        transfer_protocols=_plain_dict(budget.transfer.get("protocols")),
-        preprocessing=suite_preprocessing(suite, cfg.suite.get("preprocessing")),
-    )
 
 
 def dataset(plan: Plan, name: str):
@@ -311,16 +113,19 @@ def check_leakage(plan: Plan, corpus: set[str], tasks, memo: dict[str, dict[str,
         if task.dataset not in memo:
             ds = dataset(plan, task.dataset)
             ds.prepare(progress=plan.progress)
-            splits = [s for s in ("val", "test") if s in load_split_file(getattr(ds, "split_name", None) or task.dataset)]
+            declared = load_split_file(getattr(ds, "split_name", None) or task.dataset)
+            splits = [s for s in ("val", "test") if s in declared]
             memo[task.dataset] = leakage.split_hashes(ds, splits, cache)
         hit = leakage.leaks(corpus, memo[task.dataset])
         if hit:
             found[task.name] = hit
     cache.save()
     if found and not plan.allow_leakage:
-        detail = "; ".join(f"task {t}: {len(ids)} case(s) ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
+        detail = "; ".join(f"task {t}: {len(ids)} case(s) "
+                           f"({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
                            for t, ids in found.items())
-        raise UserError(f"leakage: the pretraining corpus {plan.suite.pretrain_dataset} {list(plan.suite.pretrain_splits)} "
+        corpus_name = f"{plan.suite.pretrain_dataset} {list(plan.suite.pretrain_splits)}"
+        raise UserError(f"leakage: the pretraining corpus {corpus_name} "
                         f"contains evaluation cases by content: {detail}. Remove them from the corpus, or pass "
                         f"allow_leakage=true to run anyway (recorded with the results and marked on the leaderboard)")
     return found
@@ -358,6 +163,19 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
         corpus_hashes(plan, run_dir, False)
         save_export(encoder, export, meta | {"pretrain_steps": 0}, extras=method.export_extras())
         return export, h
+    volumes, hashes = load_corpus(plan, backbone.in_channels)
+    # fail before hours of pretraining, not after
+    check_leakage(plan, hashes, plan.suite.tasks, {})
+    (run_dir / CORPUS_HASHES).write_text(json.dumps(sorted(hashes)))
+    res = train_method(plan, method, volumes, run_dir)
+    save_export(method.export_encoder(), export, meta | {"pretrain_steps": res.steps, "wall_s": res.wall_s,
+                                                         "final_loss": res.last_loss}, extras=method.export_extras())
+    (run_dir / "last.ckpt").unlink(missing_ok=True)  # the export is the product; keep the disk small
+    return export, h
+
+
+def load_corpus(plan: Plan, in_channels: int) -> tuple[list[Any], set[str]]:
+    """The pretraining corpus, preprocessed (from the disk cache where it can be), and its content hashes."""
     ds = dataset(plan, plan.suite.pretrain_dataset)
     ds.prepare(progress=plan.progress)
     pp = suite_preprocess(plan)
@@ -373,15 +191,17 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
         hashes.add(cache.record_hash(ds, rec, None if raw is None else raw["image"]))
         image = disk.get(ds, rec, pp, raw)["image"]   # the label too: transfer cells share the entry
         try:
-            volumes.append(match_channels(image, backbone.in_channels, f"{plan.suite.pretrain_dataset}/{rec.id}"))
+            volumes.append(match_channels(image, in_channels, f"{plan.suite.pretrain_dataset}/{rec.id}"))
         except ValueError as e:
             raise UserError(str(e)) from None
     cache.save()
     if not volumes:
         raise UserError(f"pretraining corpus {plan.suite.pretrain_dataset} {plan.suite.pretrain_splits} is empty")
-    # fail before hours of pretraining, not after
-    check_leakage(plan, hashes, plan.suite.tasks, {})
-    (run_dir / CORPUS_HASHES).write_text(json.dumps(sorted(hashes)))
+    return volumes, hashes
+
+
+def train_method(plan: Plan, method: Any, volumes: list[Any], run_dir: Path) -> Any:
+    """The engine's one loop over the method's views of the corpus, on the method's optimiser recipe."""
     loader = torch.utils.data.DataLoader(
         PretrainDataset(volumes, plan.roi, method.views, samples=max(plan.pretrain_batch * 50, 1),
                         seed=plan.pretrain_seed),
@@ -398,49 +218,22 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
         method.bind_corpus(len(volumes), plan.pretrain_batch * tcfg.accumulate)
     except ValueError as e:
         raise UserError(f"method {plan.method}: {e}") from None
-    res = fit(method, method.training_step, method.param_groups(tcfg.weight_decay), loader, tcfg, run_dir,
-              device=plan.device, ema_pairs=method.ema_pairs(), ema_momentum=method.ema_momentum,
-              after_step=method.after_optimizer_step, desc=f"pretrain {plan.method}",
-              log_prefix=f"pretrain/{plan.method}", progress=plan.progress)
-    save_export(method.export_encoder(), export, meta | {"pretrain_steps": res.steps, "wall_s": res.wall_s,
-                                                         "final_loss": res.last_loss}, extras=method.export_extras())
-    (run_dir / "last.ckpt").unlink(missing_ok=True)  # the export is the product; keep the disk small
-    return export, h
+    return fit(method, method.training_step, method.param_groups(tcfg.weight_decay), loader, tcfg, run_dir,
+               device=plan.device, ema_pairs=method.ema_pairs(), ema_momentum=method.ema_momentum,
+               after_step=method.after_optimizer_step, desc=f"pretrain {plan.method}",
+               log_prefix=f"pretrain/{plan.method}", progress=plan.progress)
 
 
 def method_cls_pretrains(plan: Plan) -> bool:
     return bool(getattr(METHODS.get(plan.method), "pretrains", True))
 
 
-def protocol_config(plan: Plan, cfg: DictConfig, name: str) -> dict[str, Any]:
-    if cfg.get("protocol") is not None and cfg.protocol.name == name:
-        return OmegaConf.to_container(cfg.protocol, resolve=True)  # type: ignore[return-value]
-    return load_group_option("protocol", name)
-
-
-def protocol_options(plan: Plan, cfg: DictConfig, name: str, kind: str) -> dict[str, Any]:
-    """A protocol's options for one task kind, with the budget's ``transfer.protocols.<name>.<kind>`` block over
-    them (a short schedule wants a larger learning rate; the same for every method). An option set on the command
-    line wins: the block replaces only values that still equal the protocol YAML's."""
-    values = protocol_values(protocol_config(plan, cfg, name), kind)
-    block = dict(((plan.transfer_protocols or {}).get(name) or {}).get(kind) or {})
-    if not block:
-        return values
-    defaults = protocol_values(load_group_option("protocol", name), kind)
-    for key, value in block.items():
-        if key not in defaults:
-            raise UserError(f"budget {plan.budget}: transfer.protocols.{name}.{kind}.{key} is not an option of the "
-                            f"{name} protocol for {kind} (conf/protocol/{name}.yaml)")
-        if values.get(key) == defaults[key]:
-            values[key] = value
-    return values
-
-
 def transfer_cells(plan: Plan) -> list[Cell]:
     """The plan's cells, less those of protocols that ignore the label fraction below the task's largest one, and
     less the repeats of a deterministic protocol (kNN): given one encoder its result is the same for every transfer
     seed, so it runs at the first of the plan's seeds only (per label fraction and draw), and says so."""
-    cells, repeats = [], {}
+    cells: list[Cell] = []
+    repeats: dict[str, set[int]] = {}
     for cell in expand(plan.suite, plan.seeds, plan.protocol, plan.label_fraction, plan.task):
         try:
             proto_cls = resolve_protocol(cell.protocol, cell.task.kind)
@@ -462,7 +255,7 @@ def transfer_cells(plan: Plan) -> list[Cell]:
     return cells
 
 
-def deterministic_repeat(plan: Plan, cell: Cell, ident: dict[str, Any], proto_cls: type) -> str | None:
+def deterministic_repeat(plan: Plan, cell: Cell, ident: dict[str, Any], proto_cls: type[Protocol]) -> str | None:
     """For a deterministic protocol, the id of a complete cell that is this one at another transfer seed (same
     encoder, options and data; e.g. an earlier job of ``-m seed=0,1,2``), else None."""
     if not proto_cls.deterministic:
@@ -487,7 +280,8 @@ def pretrain_compute(meta: dict[str, Any]) -> dict[str, Any]:
             "pretrain_cpu_hours": None if kind is None else (0.0 if kind == "cuda" else wall / 3600)}
 
 
-def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> list[dict[str, Any]]:
+def transfer(plan: Plan, export: Path, pretrain_hash: str) -> list[dict[str, Any]]:
+    """Run every cell of the plan on the exported encoder, skipping complete ones; return the new rows."""
     cells = transfer_cells(plan)
     pretrain_cost = pretrain_compute(load_meta(export))
     done: list[dict[str, Any]] = []
@@ -495,20 +289,10 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
     corpus = corpus_hashes(plan, export.parent, method_cls_pretrains(plan))
     eval_hashes: dict[str, dict[str, str]] = {}
     for cell in cells:
-        try:
-            proto_cls = resolve_protocol(cell.protocol, cell.task.kind)
-            values = protocol_options(plan, cfg, cell.protocol, cell.task.kind)
-            pcfg = proto_cls.make_config(values | dict(cell.task.protocol_options.get(cell.protocol, {})))
-        except (TypeError, ValueError) as e:
-            raise UserError(str(e)) from None
+        proto_cls, pcfg = protocol_config(plan, cell.protocol, cell.task.kind,
+                                          cell.task.protocol_options.get(cell.protocol))
         leaked = check_leakage(plan, corpus, [cell.task], eval_hashes)
-        ds = dataset(plan, cell.task.dataset)
-        shash = split_hash(cell.task.dataset)
-        ident = {"pretrain": pretrain_hash, "protocol": cell.protocol, "protocol_cfg": asdict(pcfg),
-                 "task": cell.task.name, "fraction": cell.label_fraction, "draw": cell.draw, "seed": cell.seed,
-                 "steps": plan.transfer_steps, "batch": plan.transfer_batch, "roi": plan.roi, "split": shash,
-                 "preprocess": asdict(suite_preprocess(plan)),
-                 **({"evaluations": plan.transfer_evaluations} if plan.transfer_evaluations else {})}
+        ident = cell_identity(plan, cell, pcfg, pretrain_hash)
         # the pretraining seed enters through pretrain_hash (its identity holds the seed), so the config hash of a
         # cell at pretraining seed 0 is what it was before the seed was part of a cell's identity
         h = config_hash(ident)
@@ -521,49 +305,71 @@ def transfer(plan: Plan, cfg: DictConfig, export: Path, pretrain_hash: str) -> l
             print(f"[transfer] skip {cid}: {cell.protocol} is deterministic given the encoder; it is the run stored "
                   f"as {same}")
             continue
-        ds.prepare(progress=plan.progress)
-        key = cell_key(cell, plan.pretrain_seed).replace("/", "_")
-        run_dir = plan.runs_dir / "cells" / plan.suite.name / plan.method / plan.budget / key / h
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        (run_dir / "cell.json").write_text(json.dumps(ident, indent=1, default=str))
-        seed_everything(cell.seed)
-        if plan.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(plan.device)
-        start = dt.datetime.now(dt.timezone.utc)
-        t0 = time.time()
-        ctx = TransferContext(export_path=export, dataset=ds, cell=cell, run_dir=run_dir, device=plan.device,
-                              preprocess=suite_preprocess(plan), roi=plan.roi, steps=plan.transfer_steps,
-                              batch_size=plan.transfer_batch, num_workers=plan.num_workers,
-                              progress=plan.progress, cache=cache, disk_cache=preprocessed_cache(plan),
-                              evaluations=plan.transfer_evaluations)
-        try:
-            with earlier_wall() as earlier:
-                result = proto_cls(pcfg).run(ctx)
-        except ValueError as e:   # a protocol's complaint about the data or its options, e.g. an empty split
-            raise UserError(f"{cid}: {e}") from None
-        wall = time.time() - t0 + sum(earlier)
-        on_gpu = plan.device.type == "cuda"
-        peak = torch.cuda.max_memory_allocated(plan.device) / 2**20 if on_gpu else None
-        row = {"cell_id": cid, "config_hash": h, "suite": plan.suite.name, "suite_version": plan.suite.version,
-               "task": cell.task.name, "method": plan.method, "protocol": cell.protocol,
-               "label_fraction": cell.label_fraction, "draw": cell.draw, "pretrain_seed": plan.pretrain_seed,
-               "seed": cell.seed, "budget": plan.budget,
-               "git_sha": git_sha(), "split_hash": shash, "start_time": start.isoformat(),
-               "end_time": dt.datetime.now(dt.timezone.utc).isoformat(), "device": device_name(plan.device),
-               "wall_s": wall, "gpu_hours": wall / 3600 if on_gpu else 0.0,
-               "cpu_hours": 0.0 if on_gpu else wall / 3600, "peak_memory_mb": peak, "params": result.params,
-               "pretrain_hash": pretrain_hash, "leakage_override": int(bool(leaked)), "run_dir": str(run_dir),
-               **pretrain_cost}
-        # run directory first, then the store: a row in the store always has its files
-        (run_dir / "metrics.json").write_text(json.dumps({"summary": result.summary, "cell": row}, indent=1))
-        import pandas as pd
-
-        pd.DataFrame(result.rows).to_csv(run_dir / "per_case.csv", index=False)
-        plan.store.write_cell(row, result.rows)
-        print(f"[transfer] {cid}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items()))
+        run_dir = plan.runs_dir / "cells" / plan.suite.name / plan.method / plan.budget / \
+            cell_key(cell, plan.pretrain_seed).replace("/", "_") / h
+        row, result = run_cell(plan, cell, proto_cls(pcfg), ident, run_dir, export, cache)
+        row |= {"cell_id": cid, "config_hash": h, "pretrain_hash": pretrain_hash,
+                "leakage_override": int(bool(leaked)), **pretrain_cost}
+        store_cell(plan, row, result, run_dir)
         done.append(row)
     return done
+
+
+def cell_identity(plan: Plan, cell: Cell, pcfg: Any, pretrain_hash: str) -> dict[str, Any]:
+    """What decides a cell's result: its hash is the cell's config hash (a changed option reruns the cell)."""
+    return {"pretrain": pretrain_hash, "protocol": cell.protocol, "protocol_cfg": asdict(pcfg),
+            "task": cell.task.name, "fraction": cell.label_fraction, "draw": cell.draw, "seed": cell.seed,
+            "steps": plan.transfer_steps, "batch": plan.transfer_batch, "roi": plan.roi,
+            "split": split_hash(cell.task.dataset), "preprocess": asdict(suite_preprocess(plan)),
+            **({"evaluations": plan.transfer_evaluations} if plan.transfer_evaluations else {})}
+
+
+def run_cell(plan: Plan, cell: Cell, protocol: Any, ident: dict[str, Any], run_dir: Path, export: Path,
+             cache: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """One transfer run in its own directory; returns the cell's row (less its ids) and the protocol's result."""
+    ds = dataset(plan, cell.task.dataset)
+    ds.prepare(progress=plan.progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(plan.config_yaml)
+    (run_dir / "cell.json").write_text(json.dumps(ident, indent=1, default=str))
+    seed_everything(cell.seed)
+    if plan.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(plan.device)
+    start = dt.datetime.now(dt.UTC)
+    t0 = time.time()
+    ctx = TransferContext(export_path=export, dataset=ds, cell=cell, run_dir=run_dir, device=plan.device,
+                          preprocess=suite_preprocess(plan), roi=plan.roi, steps=plan.transfer_steps,
+                          batch_size=plan.transfer_batch, num_workers=plan.num_workers,
+                          progress=plan.progress, cache=cache, disk_cache=preprocessed_cache(plan),
+                          evaluations=plan.transfer_evaluations)
+    try:
+        with earlier_wall() as earlier:
+            result = protocol.run(ctx)
+    except ValueError as e:   # a protocol's complaint about the data or its options, e.g. an empty split
+        raise UserError(f"{cell_id(plan, cell)}: {e}") from None
+    wall = time.time() - t0 + sum(earlier)
+    on_gpu = plan.device.type == "cuda"
+    peak = torch.cuda.max_memory_allocated(plan.device) / 2**20 if on_gpu else None
+    row = {"suite": plan.suite.name, "suite_version": plan.suite.version,
+           "task": cell.task.name, "method": plan.method, "protocol": cell.protocol,
+           "label_fraction": cell.label_fraction, "draw": cell.draw, "pretrain_seed": plan.pretrain_seed,
+           "seed": cell.seed, "budget": plan.budget,
+           "git_sha": git_sha(), "split_hash": ident["split"], "start_time": start.isoformat(),
+           "end_time": dt.datetime.now(dt.UTC).isoformat(), "device": device_name(plan.device),
+           "wall_s": wall, "gpu_hours": wall / 3600 if on_gpu else 0.0,
+           "cpu_hours": 0.0 if on_gpu else wall / 3600, "peak_memory_mb": peak, "params": result.params,
+           "run_dir": str(run_dir)}
+    return row, result
+
+
+def store_cell(plan: Plan, row: dict[str, Any], result: Any, run_dir: Path) -> None:
+    """Run directory first, then the store: a row in the store always has its files."""
+    import pandas as pd
+
+    (run_dir / "metrics.json").write_text(json.dumps({"summary": result.summary, "cell": row}, indent=1))
+    pd.DataFrame(result.rows).to_csv(run_dir / "per_case.csv", index=False)
+    plan.store.write_cell(row, result.rows)
+    print(f"[transfer] {row['cell_id']}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items()))
 
 
 def run(cfg: DictConfig) -> None:
@@ -592,46 +398,16 @@ def run(cfg: DictConfig) -> None:
                 print(f"[pipeline] pretraining seed {pipeline.pretrain_seed}, transfer seed {pipeline.seeds[0]}")
             export, h = pretrain(pipeline)
             if stage in ("all", "transfer"):
-                transfer(pipeline, cfg, export, h)
+                transfer(pipeline, export, h)
     if stage in ("all", "transfer", "leaderboard"):
         from bench import leaderboard
 
-        path = leaderboard.write(board_suite, plan.store, plan.runs_dir / "leaderboards", options=options)
-        print(f"[leaderboard] {path}")
+        # one analysis per run (its bootstraps are the slow part): the published board, else the working copy
         if cfg.publish:
             pub = leaderboard.publish(board_suite, plan.store, PROJECT_ROOT / "leaderboards", options=options)
             print(f"[leaderboard] published {pub}")
+        else:
+            path = leaderboard.write(board_suite, plan.store, plan.runs_dir / "leaderboards", options=options)
+            print(f"[leaderboard] {path}")
 
 
-def leaderboard_options(cfg: DictConfig) -> Any:
-    """The leaderboard's statistical settings: ``leaderboard.*`` of the config, margins from the suite's YAML with
-    ``leaderboard.margins`` on top. A margin must be a non-negative number and alpha lie in (0, 1)."""
-    from bench.leaderboard import Options
-
-    lb = _plain_dict(cfg.get("leaderboard"))
-    margins = {**_plain_dict(cfg.suite.get("margins")), **_plain_dict(lb.get("margins"))}
-    for metric, value in margins.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise UserError(f"margins.{metric}={value!r}: a margin is a non-negative number in the metric's units")
-    alpha = lb.get("alpha", 0.05)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise UserError(f"leaderboard.alpha={alpha!r}: must be a number in (0, 1)")
-    return Options(baseline=str(lb.get("baseline", "random")), alpha=float(alpha),
-                   bayesian=bool(lb.get("bayesian", False)), margins={k: float(v) for k, v in margins.items()})
-
-
-def leaderboard_suite(suite: Suite, version: Any, stage: str) -> Suite:
-    """The suite as the leaderboard renders it: its current version, or ``suite_version=K`` for the record of an
-    earlier one (only with stage=leaderboard: cells are always run on the current data)."""
-    if version is None:
-        return suite
-    if stage != "leaderboard":
-        raise UserError(f"suite_version={version} applies only to stage=leaderboard: runs always use the current "
-                        f"data (suite {suite.name!r} v{suite.version})")
-    try:
-        v = int(version)
-    except (TypeError, ValueError):
-        v = None
-    if v is None or isinstance(version, (bool, float)) or not 1 <= v <= suite.version:
-        raise UserError(f"suite_version={version!r}: suite {suite.name!r} has versions 1 to {suite.version}")
-    return replace(suite, version=v)

@@ -13,7 +13,7 @@ Recipe ([P] paper, [V] official code ``jlianglab/ACE``, [I] harness choice):
   parity as (x1, y1), so every large-crop token in the overlap covers exactly 4 small-crop tokens. The overlap is
   never empty [I] (draws of (x2, y2) are restricted to the ones that overlap).
   * paper geometry: ``input_size=448`` on ``swin_base_2d`` (stride 32): G = 14, canvas 32 cells = 1024 px, large
-    crop 896 px -> 448, small crop 448 px, (x1, y1) in {0..4}^2 (``budget_config.paper`` of conf/method/ace.yaml;
+    crop 896 px -> 448, small crop 448 px, (x1, y1) in {0..4}^2 (conf/method_budget/ace_paper.yaml;
     ``vit_base_2d`` at 224 px gives the same 14 x 14 token grid);
   * quick scaling [I]: ``input_size=null`` = the budget's 2D image size, e.g. 128 px on ``vit_tiny_2d`` (patch 16):
     G = 8, canvas 20 cells = 320 px. The 4-to-1 token correspondence is exact at every size; a size that is not a
@@ -50,8 +50,9 @@ Recipe ([P] paper, [V] official code ``jlianglab/ACE``, [I] harness choice):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -316,7 +317,7 @@ class ACE(PretrainMethod):
     def export_encoder(self) -> nn.Module:
         return self.teacher["backbone"]
 
-    def train(self, mode: bool = True) -> "ACE":
+    def train(self, mode: bool = True) -> ACE:
         super().train(mode)
         self.teacher["backbone"].eval()
         return self

@@ -130,7 +130,7 @@ def test_overlap_matching_every_pair_of_corners(roi, p2, patch):
     pairs = list(itertools.product(range(len(corners)), repeat=2))
     c1, c2 = corners[[a for a, _ in pairs]], corners[[b for _, b in pairs]]
     m1, m2 = overlap_masks(c1, c2, grid, patch)
-    for k, (a, b) in enumerate(pairs):
+    for k in range(len(pairs)):
         cells1 = to_cells(crop(vol, c1[k:k + 1], (roi,) * 3), patch)[0]  # [n, 1, p, p, p]
         cells2 = to_cells(crop(vol, c2[k:k + 1], (roi,) * 3), patch)[0]
         sel1, sel2 = cells1[m1[k]], cells2[m2[k]]
@@ -248,16 +248,16 @@ def test_views_shapes():
 
 
 def test_paper_geometry_overrides_the_budget_roi():
-    """roi=[128]*3 (budget=paper in conf/method/asa.yaml): 8^3 grid of 16^3 sub-volumes and 160^3 phase 2 whatever
-    ROI the budget crops; roi=None follows the budget (quick: 64^3 -> 4^3 grid, 80^3 phase 2)."""
+    """roi=[128]*3 (budget=paper: conf/method_budget/asa_paper.yaml): 8^3 grid of 16^3 sub-volumes and 160^3
+    phase 2 whatever ROI the budget crops; roi=None follows the budget (quick: 64^3 -> 4^3 grid, 80^3 phase 2)."""
     from omegaconf import OmegaConf
 
-    from bench.runner import CONF_DIR
+    from bench.plan import compose
 
-    yaml = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "method" / "asa.yaml"))
-    assert yaml["config"]["roi"] is None and yaml["budget_config"]["paper"] == {"roi": [128, 128, 128]}
-    paper = ASA(MockBackbone(), ASA.make_config(yaml["config"] | yaml["budget_config"]["paper"]
-                                                | {"global_dim": 8, "local_dim": 8}))
+    assert compose(["method=asa", "budget=quick"]).method.config.roi is None
+    config = OmegaConf.to_container(compose(["method=asa", "budget=paper"]).method.config)
+    assert config["roi"] == [128, 128, 128]
+    paper = ASA(MockBackbone(), ASA.make_config(config | {"global_dim": 8, "local_dim": 8}))
     vol = np.random.default_rng(0).random((1, 72, 70, 66), dtype=np.float32)
     v = paper.views({"image": vol, "roi": (96, 96, 96)}, np.random.default_rng(0))
     assert v["image"].shape == (1, 128, 128, 128) and v["image_p2"].shape == (1, 160, 160, 160)

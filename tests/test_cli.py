@@ -23,7 +23,9 @@ def run_bench(args, env_data: Path, cwd: Path = ROOT, timeout: int = 600) -> sub
 
 
 @pytest.mark.parametrize("arg, known", [("method=nosuch", "random"), ("suite=nosuch", "smoke"),
-                                        ("budget=nosuch", "quick"), ("protocol=fintune", "finetune")])
+                                        ("budget=nosuch", "quick"), ("protocol=fintune", "finetune"),
+                                        ("+experiment=nosuch", "brain_lesion_3d_encoders"),
+                                        ("protocol.segmentation.lr=1", "protocols.finetune.segmentation.lr")])
 def test_unknown_name_is_one_line_exit_2(arg, known, data_dir, tmp_path):
     p = run_bench([arg, f"runs_dir={tmp_path}"], data_dir)
     assert p.returncode == 2, p.stderr
@@ -71,6 +73,7 @@ def test_smoke_end_to_end_and_skip_on_rerun(data_dir, tmp_path):
     assert again.stdout.count("[transfer] skip") == 2 and "cached export" in again.stdout
 
 
+@pytest.mark.slow   # minutes of real training on 2 cores; run by make test-all (CI)
 def test_kill_during_pretraining_resumes(data_dir, tmp_path):
     runs = tmp_path / "runs"
     args = ["method=simmim3d", "stage=pretrain", f"runs_dir={runs}", "suite.budget_caps.pretrain_steps=8", *FAST[2:]]
@@ -97,6 +100,7 @@ def test_kill_during_pretraining_resumes(data_dir, tmp_path):
     assert steps.count(1) == 1, steps
 
 
+@pytest.mark.slow   # minutes of real training on 2 cores; run by make test-all (CI)
 def test_resumed_cell_records_the_compute_of_the_interrupted_run(data_dir, tmp_path):
     import torch
 
@@ -119,6 +123,7 @@ def test_resumed_cell_records_the_compute_of_the_interrupted_run(data_dir, tmp_p
     assert 1000.0 < wall < 1300.0 and cpu_h == pytest.approx(wall / 3600)
 
 
+@pytest.mark.slow   # minutes of real training on 2 cores; run by make test-all (CI)
 def test_random_baseline_runs_without_pretraining(data_dir, tmp_path):
     runs = tmp_path / "runs"
     p = run_bench(["method=random", "protocol=linear_probe", f"runs_dir={runs}", *FAST], data_dir)
@@ -147,6 +152,18 @@ def test_bare_method_options_become_method_config_overrides():
     assert bare_method_options(["method=simmim3d", "checkpoint=/x", "mask_ratio=0.6", "seed=1"]) == [
         "method=simmim3d", "checkpoint=/x", "++method.config.mask_ratio=0.6", "seed=1"]
     assert bare_method_options(["mask_ratio=0.6"]) == ["++method.config.mask_ratio=0.6"]   # default method simmim3d
+
+
+def test_an_experiment_keeps_its_own_budget():
+    """Without budget= the command line gets the machine's default budget, but an experiment pins its own: a default
+    appended to the command line would win over the experiment's `override /budget` by Hydra's precedence."""
+    from bench.cli import preflight
+    from bench.plan import compose
+
+    assert any(a.startswith("budget=") for a in preflight(["method=random"]))
+    args = preflight(["+experiment=brain_lesion_3d_encoders"])
+    assert not any(a.startswith("budget=") for a in args)
+    assert compose(args).budget.name == "quick"
 
 
 def test_external_checkpoint_short_form_end_to_end(data_dir, tmp_path):

@@ -58,13 +58,14 @@ def test_protocol_config_builds(protocol):
     from bench.protocols.base import ProtocolFamily, protocol_values
 
     cfg = _compose([f"protocol={protocol}"])
-    values = OmegaConf.to_container(cfg.protocol)
+    assert cfg.protocol == protocol
+    values = OmegaConf.to_container(cfg.protocols[protocol])
     entry = PROTOCOLS.get(protocol)
     members = entry.members if isinstance(entry, ProtocolFamily) else {k: entry for k in entry.kinds}
     assert members, f"protocol {protocol} serves no task kind"
     for kind, cls in members.items():
         section = protocol_values(values, kind)
-        assert section or not dataclasses.fields(cls.Config), f"conf/protocol/{protocol}.yaml has no {kind} section"
+        assert section or not dataclasses.fields(cls.Config), f"conf/protocols/{protocol}.yaml has no {kind} section"
         cls.make_config(section)
 
 
@@ -79,7 +80,7 @@ def test_plan_resolves(budget, suite, tmp_path):
     cfg = _compose([f"budget={budget}", f"suite={suite}", f"method={method}", f"runs_dir={tmp_path}"])
     plan = make_plan(cfg)
     assert all(r % 32 == 0 for r in plan.roi)
-    assert plan.backbone == (cfg.budget.backbone if plan.spatial_dims == 3 else cfg.budget.backbone_2d)
+    assert plan.backbone == (cfg.budget.backbone if plan.spatial_dims == 3 else cfg.budget.backbone_2d).name
     pretrain_identity(plan)  # every suite's corpus resolves to a committed split file
     for task in plan.suite.tasks:
         split_hash(task.dataset)
@@ -114,19 +115,53 @@ def test_unknown_method_option_is_an_error_naming_valid_ones():
 
 
 def test_struct_mode_rejects_typos():
-    with pytest.raises(Exception):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="budgett"):
         _compose(["budgett=quick"])
 
 
-def test_budget_config_block_applies_unless_the_user_set_the_option(tmp_path):
-    from bench.runner import make_plan
+def test_method_budget_config_applies_unless_the_user_set_the_option(tmp_path):
+    """conf/method_budget/asa_paper.yaml is Hydra's specialising config for method=asa budget=paper: it applies at
+    that budget only, and a command-line override wins even when it names the method YAML's own default."""
+    from bench.plan import make_plan
 
     quick = make_plan(_compose(["method=asa", "budget=quick", f"runs_dir={tmp_path}"]))
     paper = make_plan(_compose(["method=asa", "budget=paper", f"runs_dir={tmp_path}"]))
     mine = make_plan(_compose(["method=asa", "budget=paper", "method.config.roi=[96,96,96]", f"runs_dir={tmp_path}"]))
-    assert quick.method_cfg["roi"] is None
+    back = make_plan(_compose(["method=asa", "budget=quick", "method.config.ema_momentum=0.999",
+                               f"runs_dir={tmp_path}"]))
+    assert quick.method_cfg["roi"] is None and quick.method_cfg["ema_momentum"] == 0.99
     assert paper.method_cfg["roi"] == [128, 128, 128]      # ASA's paper geometry
+    assert paper.method_cfg["ema_momentum"] == 0.999       # the quick block stays at quick
     assert mine.method_cfg["roi"] == [96, 96, 96]
+    assert back.method_cfg["ema_momentum"] == 0.999        # the YAML's default, asked for explicitly
+
+
+def test_every_specialising_config_names_a_real_method_budget_and_option():
+    """A misspelt file name would never apply (Hydra's `optional`): each stem must be <method>_<budget> of
+    registered names, and each key an option of that method's config or of a protocol's kind."""
+    budgets = {p.stem for p in (CONF / "budget").glob("*.yaml")}
+    for p in (CONF / "method_budget").glob("*.yaml"):
+        method, budget = next((m, p.stem[len(m) + 1:]) for m in sorted(METHODS.names(), key=len, reverse=True)
+                              if p.stem.startswith(m + "_"))
+        assert budget in budgets, p
+        fields = {f.name for f in dataclasses.fields(METHODS.get(method).Config)}
+        assert set(OmegaConf.load(p)) <= fields, p
+    for p in (CONF / "protocol_budget").glob("*.yaml"):
+        assert p.stem in budgets, p
+        for name, kinds in OmegaConf.to_container(OmegaConf.load(p)).items():
+            from bench.protocols.base import resolve_protocol
+
+            for kind, values in kinds.items():
+                resolve_protocol(name, kind).make_config(values)
+
+
+def test_experiment_configs_compose():
+    """Every study in conf/experiment composes with the run config (``+experiment=<name>``)."""
+    for p in sorted((CONF / "experiment").glob("*.yaml")):
+        cfg = _compose([f"+experiment={p.stem}"])
+        assert cfg.method.name in METHODS.names() and cfg.suite.name in SUITES.names(), p
 
 
 def test_suite_preprocessing_is_chosen_by_config_and_keys_the_caches(tmp_path):
@@ -215,17 +250,18 @@ def test_task_selects_that_tasks_cells_and_refuses_a_task_or_protocol_the_suite_
 
 
 def test_budget_protocol_block_sets_segmentation_finetune_lr_unless_the_user_set_it(tmp_path):
-    from bench.runner import UserError, make_plan, protocol_options
+    from bench.plan import UserError, make_plan, protocol_options
 
     def lr(overrides: list[str], kind: str = "segmentation") -> float:
         cfg = _compose(["suite=abdomen", "method=random", f"runs_dir={tmp_path}", *overrides])
-        return protocol_options(make_plan(cfg), cfg, "finetune", kind)["lr"]
+        return protocol_options(make_plan(cfg), "finetune", kind)["lr"]
 
     assert lr(["budget=standard"]) == 1e-4                         # the protocol YAML
     assert lr(["budget=quick"]) == 1e-3                            # quick's short schedule
-    assert lr(["budget=quick", "protocol=finetune", "protocol.segmentation.lr=3e-4"]) == 3e-4
+    assert lr(["budget=quick", "protocols.finetune.segmentation.lr=3e-4"]) == 3e-4
+    assert lr(["budget=quick", "protocols.finetune.segmentation.lr=1e-4"]) == 1e-4   # the YAML's value, asked for
     assert lr(["budget=quick"], "classification") == 1e-4          # only the kind the block names
-    cfg = _compose(["suite=abdomen", "method=random", "budget=quick", f"runs_dir={tmp_path}",
-                    "+budget.transfer.protocols.finetune.segmentation.lrr=1"])
-    with pytest.raises(UserError, match="lrr"):
-        protocol_options(make_plan(cfg), cfg, "finetune", "segmentation")
+    # a misspelt option is refused when the plan is made, before any pretraining
+    with pytest.raises(UserError, match="protocols.finetune.segmentation: .*lrr"):
+        make_plan(_compose(["suite=abdomen", "method=random", "budget=quick", f"runs_dir={tmp_path}",
+                            "+protocols.finetune.segmentation.lrr=1"]))

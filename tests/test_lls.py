@@ -200,7 +200,7 @@ def test_yaml_defaults_equal_the_config_dataclass():
 
     from bench.protocols.base import protocol_values
 
-    path = Path(__file__).resolve().parent.parent / "conf" / "protocol" / "lls_two_stage.yaml"
+    path = Path(__file__).resolve().parent.parent / "conf" / "protocols" / "lls_two_stage.yaml"
     values = protocol_values(OmegaConf.to_container(OmegaConf.load(path)), "classification")
     cfg = lls.LLSTwoStage.make_config(values)
     cfg.phase_order = tuple(cfg.phase_order)

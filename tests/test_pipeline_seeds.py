@@ -71,7 +71,7 @@ def test_run_with_tied_pretrains_and_transfers_one_seed_at_a_time(tmp_path, monk
     monkeypatch.setattr(runner, "dataset", lambda plan, name: NoData())
     monkeypatch.setattr(runner, "pretrain", lambda p: (calls.append(("pretrain", p.pretrain_seed, p.seeds)),
                                                        (Path("export.pt"), f"h{p.pretrain_seed}"))[1])
-    monkeypatch.setattr(runner, "transfer", lambda p, cfg, export, h: calls.append(("transfer", h, p.seeds)))
+    monkeypatch.setattr(runner, "transfer", lambda p, export, h: calls.append(("transfer", h, p.seeds)))
     from bench import leaderboard
     monkeypatch.setattr(leaderboard, "write", lambda *a, **k: tmp_path / "board.md")
     runner.run(cfg)
@@ -124,6 +124,7 @@ def test_a_deterministic_cell_stored_at_another_seed_is_not_run_again(tmp_path):
     assert deterministic_repeat(other_p, mine, ident | {"seed": 1}, kcls) is None
 
 
+@pytest.mark.slow   # real stages three times (40-90 s on 2 cores); the unit tests above cover the plan without them
 def test_two_pretraining_seeds_are_two_cells_with_their_own_encoders(data_dir, tmp_path, monkeypatch):
     """The real stages on the smoke suite (random init, 2 transfer steps): pretrain_seed=1 adds cells beside those of
     seed 0, whose ids are as they always were, from its own export and run directories; tied with seed=1 is the

@@ -38,13 +38,13 @@ def test_names_filter_and_identifier_rule():
 
 
 @pytest.mark.parametrize("group, registry", [("method", METHODS), ("backbone", BACKBONES), ("suite", SUITES),
-                                             ("protocol", PROTOCOLS)])
+                                             ("protocols", PROTOCOLS)])
 def test_config_group_stems_equal_registry(group, registry):
     stems = {p.stem for p in (CONF / group).glob("*.yaml")}
     assert stems == set(registry.names())
 
 
-@pytest.mark.parametrize("group", ["method", "backbone", "suite", "protocol"])
+@pytest.mark.parametrize("group", ["method", "backbone", "suite", "protocols"])
 def test_config_name_key_equals_stem(group):
     from omegaconf import OmegaConf
 

@@ -36,20 +36,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import yaml
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
-def _load_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise SystemExit(f"error: {path} does not exist")
-    return yaml.safe_load(path.read_text()) or {}
-
 
 def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
     """``METHOD.KEY=VALUE`` (VALUE parsed as YAML) -> {method: {key: value}}; a malformed item is an error."""
@@ -83,7 +74,10 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     """Build, warm up and time one method (runs in a fresh process)."""
     import methods  # noqa: F401  (registers the methods)
     from bench.backbones import build_backbone
+    from omegaconf import OmegaConf
+
     from bench.engine import build_optimizer, pick_device, schedule_config, to_device, train_step
+    from bench.plan import compose
     from bench.registry import METHODS
 
     if opts["threads"]:
@@ -91,11 +85,12 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     device = pick_device(opts["device"])
     cls = METHODS.get(name)
-    spec = _load_yaml(CONF / "method" / f"{name}.yaml")
-    config = dict(spec.get("config") or {}) | opts["sets"].get(name, {})
-    train = dict(spec.get("train") or {})
-    bb_spec = _load_yaml(CONF / "backbone" / f"{opts['backbone']}.yaml")
-    backbone = build_backbone(bb_spec["name"], **(bb_spec.get("kwargs") or {}))
+    # the options a run at the quick budget gets, composed by Hydra as run_bench.py composes them
+    cfg = cast(dict[str, Any], OmegaConf.to_container(
+        compose([f"method={name}", "budget=quick", f"backbone={opts['backbone']}"]), resolve=True))
+    config = dict(cfg["method"].get("config") or {}) | opts["sets"].get(name, {})
+    train = dict(cfg["method"].get("train") or {})
+    backbone = build_backbone(cfg["backbone"]["name"], **(cfg["backbone"].get("kwargs") or {}))
     method = cls(backbone, cls.make_config(config)).to(device)
     total = opts["schedule_steps"]
     tcfg = schedule_config(train, total, opts["batch"])
@@ -222,7 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     import methods  # noqa: F401
     from bench.registry import METHODS
 
-    budget = _load_yaml(CONF / "budget" / "quick.yaml")
+    from omegaconf import OmegaConf
+
+    from bench.plan import compose
+
+    quick = compose(["budget=quick"]).budget
+    budget = cast(dict[str, Any], OmegaConf.to_container(quick, resolve=True)) | {"backbone": quick.backbone.name}
     known = [m for m in METHODS.names(tag="3d") if METHODS.get(m).pretrains]
     ap = argparse.ArgumentParser(prog="python -m bench.tools.method_cost", description=__doc__.split("\n")[0])
     ap.add_argument("--methods", default=",".join(known), help="comma-separated; default: every 3D method that "
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
             "data_dir": args.data_dir, "volume": args.volume}
     if args.corpus:  # generate the corpus once, before the timed processes
         corpus_volumes(args.corpus, 1, args.data_dir)
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
     ctx = mp.get_context("spawn")
     results, rows = [], []
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         proc.join()
         results.append(res)
         rows += summarise(res, args.warmup, args.loss_window)
-    finished = dt.datetime.now(dt.timezone.utc)
+    finished = dt.datetime.now(dt.UTC)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \

@@ -19,21 +19,21 @@ import math
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from bench.backbones import build_backbone
 from bench.data import PretrainDataset, Preprocess, SegTrainDataset, preprocess
 from bench.engine import TrainConfig, fit, pick_device
+from bench.plan import compose
 from bench.registry import METHODS
 from methods.base import StepInfo, StepOutput
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets (SXM parts).
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
@@ -65,7 +65,8 @@ def make_corpus(root: Path, n: int, shape: tuple[int, int, int]) -> list[tuple[P
 
     base = AbdomenConfig()
     fov = np.asarray(base.shape) * np.asarray(base.spacing)
-    cfg = AbdomenConfig(shape=shape, spacing=tuple(float(v) for v in fov / np.asarray(shape)))
+    sx, sy, sz = (float(v) for v in fov / np.asarray(shape))
+    cfg = AbdomenConfig(shape=shape, spacing=(sx, sy, sz))
     write_btcv_layout(root, [(f"img{i:04d}", 7000 + i) for i in range(1, n + 1)], cfg=cfg, progress=True)
     return [(root / "imagesTr" / f"img{i:04d}.nii.gz", root / "labelsTr" / f"label{i:04d}.nii.gz")
             for i in range(1, n + 1)]
@@ -97,6 +98,7 @@ class ReferenceDataset(torch.utils.data.Dataset):
             return {"image": torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32),
                     "label": torch.as_tensor(np.asarray(d["label"])).long()}
         rng = np.random.default_rng([i, int(torch.randint(0, 2**31 - 1, (1,)))])
+        assert self.views is not None   # given whenever with_label is False
         return self.views({"image": np.asarray(d["image"], np.float32), "roi": self.roi}, rng)
 
 
@@ -144,8 +146,8 @@ def summarise(label: str, path: str, times, waits, batch: int, flops: float, dev
 
 
 def run(args: argparse.Namespace) -> list[Measure]:
-    budget = OmegaConf.load(CONF / "budget" / f"{args.budget}.yaml")
-    bb_name = args.backbone or budget.backbone
+    budget = compose([f"budget={args.budget}"]).budget     # as run_bench.py composes it
+    bb_name = args.backbone or budget.backbone.name
     roi = tuple(args.roi or budget.roi)
     batch = args.batch or budget.pretrain.batch_size
     workers = budget.num_workers if args.workers is None else args.workers
@@ -159,9 +161,9 @@ def run(args: argparse.Namespace) -> list[Measure]:
 
     cached = []
     for img, lab in files:
-        a, aff = read_nifti(img)
-        b, _ = read_nifti(lab)
-        cached.append(preprocess({"image": a[None], "label": b, "spacing": spacing_of(aff)}, pp))
+        image, aff = read_nifti(img)
+        label, _ = read_nifti(lab)
+        cached.append(preprocess({"image": image[None], "label": label, "spacing": spacing_of(aff)}, pp))
     results: list[Measure] = []
     steps = args.warmup + args.steps
     pin = device.type == "cuda"
@@ -220,7 +222,7 @@ def run(args: argparse.Namespace) -> list[Measure]:
             torch.manual_seed(0)
             model = SegmentationModel(build_backbone(bb_name, use_checkpoint=args.checkpointing), 14).to(device)
             if freeze:
-                for p in model.backbone.encoder.parameters():
+                for p in model.backbone.encoder.parameters():   # type: ignore[union-attr]  # a Swin UNETR
                     p.requires_grad_(False)
             loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
@@ -254,12 +256,14 @@ def run(args: argparse.Namespace) -> list[Measure]:
 
 
 def to_markdown(results: list[Measure], args: argparse.Namespace, device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-    lines = [f"### {dt.datetime.now(dt.timezone.utc):%Y-%m-%d} — {name}", "",
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)")
+    lines = [f"### {dt.datetime.now(dt.UTC):%Y-%m-%d} — {name}", "",
              f"Command: `python -m bench.tools.perf {' '.join(args.argv)}`", "",
              f"Budget {args.budget}, backbone {args.backbone or 'budget default'}, ROI {args.roi or 'budget default'}, "
              f"batch {args.batch or 'budget default'}, {args.steps} measured steps after {args.warmup} warm-up steps, "
-             f"gradient checkpointing {'on' if args.checkpointing else 'off'}, torch.compile {'on' if args.compile else 'off'}.", "",
+             f"gradient checkpointing {'on' if args.checkpointing else 'off'}, "
+             f"torch.compile {'on' if args.compile else 'off'}.", "",
              "| workload | path | s/step | volumes/s | data wait | peak GPU mem (GB) | MFU | speed-up |",
              "|---|---|---|---|---|---|---|---|"]
     ref = {r.label: r for r in results if r.path == "reference"}
