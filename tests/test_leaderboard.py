@@ -28,7 +28,7 @@ from bench.suites import Suite, Task
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "leaderboard_fixture.csv"
 GOLDEN = DATA / "leaderboard_golden.md"
-NOW = dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.UTC)
 GIT = "0123456789ab"
 CLASS_NAMES = {"organs": {1: "liver", 2: "spleen", 3: "kidney"}}
 
@@ -463,8 +463,9 @@ def _set_frames(strength: dict[str, float], n: int = 120, seeds: int = 2) -> tup
                 rows.append(cell | {"case_id": "__set__", "class": c, "metric": "auroc",
                                     "value": mean_auroc(p[:, [c]], y[:, [c]])})
                 for i in range(n):
-                    rows.append(cell | {"case_id": f"img{i:04d}", "class": c, "metric": "pred_score", "value": p[i, c]})
-                    rows.append(cell | {"case_id": f"img{i:04d}", "class": c, "metric": "pred_target", "value": y[i, c]})
+                    case = {"case_id": f"img{i:04d}", "class": c}
+                    rows.append(cell | case | {"metric": "pred_score", "value": p[i, c]})
+                    rows.append(cell | case | {"metric": "pred_target", "value": y[i, c]})
     m = pd.DataFrame(rows)
     cells = m.drop_duplicates("cell_id")[["cell_id"]].assign(git_sha="abc", device="cpu", gpu_hours=0.0,
                                                              cpu_hours=0.1, params=1000)
@@ -513,7 +514,8 @@ def test_below_chance_auroc_is_flagged():
 def test_deterministic_protocol_seeds_are_one_run():
     # kNN on the same encoder gives the same result whatever the transfer seed: three seeds are one run
     suite = Suite(name="fixture_set", version=1, synthetic=True, pretrain_dataset="fixture_cxr",
-                  tasks=(Task("findings", "fixture_cxr", "classification", ("knn",), (1.0,), "auroc"),), seeds=(0, 1, 2))
+                  tasks=(Task("findings", "fixture_cxr", "classification", ("knn",), (1.0,), "auroc"),),
+                  seeds=(0, 1, 2))
     metrics, cells, _, _ = _set_frames({"random": 0.2, "other": 0.6}, seeds=1)
     metrics = metrics.assign(protocol="knn")
     copies = [metrics.assign(seed=s, cell_id=metrics["cell_id"] + f"/{s}") for s in range(3)]
@@ -668,6 +670,26 @@ def test_import_keeps_the_stores_own_cells_unless_told_to_replace_them(frames, t
     assert set(r.replaced) == set(cells["cell_id"]) and not r.added
     m = store.metrics().sort_values(["cell_id", "case_id", "class"])["value"].to_numpy()
     assert m == pytest.approx(metrics.sort_values(["cell_id", "case_id", "class"])["value"].to_numpy())
+
+
+def test_import_of_a_published_folder_glob_skips_the_comparisons_and_renders_the_same(frames, tmp_path, capsys):
+    """`python -m bench.tools.results import leaderboards/*.csv`: the glob also matches <suite>_comparisons.csv,
+    which holds tests derived from the rows, not rows; it is skipped by name and the board renders as published."""
+    from bench.tools import results
+
+    metrics, cells = frames
+    out = tmp_path / "lb"
+    md = leaderboard.publish(SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT,
+                             class_names=CLASS_NAMES).read_text(encoding="utf-8")
+    files = sorted(out.glob("*.csv"))
+    assert any(p.name.endswith("_comparisons.csv") for p in files)
+    db = tmp_path / "b.sqlite"
+    assert results.main(["import", *map(str, files), "--store", str(db)]) == 0
+    assert "_comparisons.csv: skipped" in capsys.readouterr().out
+    again = leaderboard.publish(SUITE, ResultsStore(db), tmp_path / "lb2", now=NOW, git=GIT, class_names=CLASS_NAMES)
+    assert again.read_text(encoding="utf-8") == md
+    assert results.main(["import", *[str(p) for p in files if p.name.endswith("_comparisons.csv")],
+                         "--store", str(tmp_path / "c.sqlite")]) == 2
 
 
 @pytest.mark.parametrize("spoil, says", [

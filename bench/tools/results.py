@@ -12,6 +12,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from bench.leaderboard.analysis import COMPARISONS_SUFFIX
 from bench.results import ResultsStore, import_published
 
 
@@ -30,9 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--replace", action="store_true",
                      help="replace cells the store already holds (default: keep them and skip the imported copy)")
     args = parser.parse_args(argv)
+    # `leaderboards/*.csv` also matches each board's comparisons: tests derived from the rows, recomputed whenever a
+    # board is rendered, so they are no results to import
+    derived = [p for p in args.csv if p.name.endswith(COMPARISONS_SUFFIX)]
+    for p in derived:
+        print(f"{p}: skipped (the board's comparisons, recomputed from the result rows when it is rendered)")
+    files = [p for p in args.csv if p not in derived]
+    if not files:
+        print("error: no published CSV of result rows given (leaderboards/<suite>.csv)", file=sys.stderr)
+        return 2
     try:
         store = ResultsStore(args.store)
-        reports = import_published(args.csv, store, replace=args.replace)
+        reports = import_published(files, store, replace=args.replace)
     except ValueError as e:          # a file that is no published CSV (PublishedCSVError), or a bad store URL
         print(f"error: {e}", file=sys.stderr)
         return 2
