@@ -4,7 +4,9 @@ Accepted layouts under ``root`` (shared/DATA.md A.1): the unzipped Synapse archi
 ``RawData/Training/{img,label}/`` (or the same without the ``RawData`` folder), and the MONAI
 renamed layout ``imagesTr/ labelsTr/`` that ``dataset_0.json`` refers to. Splits are the committed
 ``datasets/splits/btcv.json``: ``train``/``val`` = MONAI's dataset_0.json (24 / img0035–0040) and
-``liu_train``/``liu_test`` = the CLIP-driven Universal Model split ASA follows (test img0023–0028).
+``liu_train``/``liu_test`` = the CLIP-driven Universal Model split ASA follows (test img0023–0028);
+``pretrain`` = the 18 cases in no val/test split of either (dataset_0.json's 24 train images hold all six
+``liu_test`` cases, so pretraining on them would leak under Liu et al.'s split).
 """
 from __future__ import annotations
 
