@@ -16,17 +16,21 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from bench.types import StepInfo, StepOutput
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 CKPT = "last.ckpt"
 BEST = "best.pt"
@@ -53,7 +57,7 @@ class TrainConfig:
     compile: bool = False              # torch.compile the step function (CUDA; fuses the memory-bound ops)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         valid = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - valid)
         if unknown:
@@ -124,7 +128,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig,
+                    device: torch.device) -> torch.optim.Optimizer:
     groups = [g for g in param_groups if g["params"]]
     if cfg.optimizer == "adamw":
         fused = cfg.fused and device.type == "cuda"
@@ -142,7 +147,11 @@ def seed_everything(seed: int) -> None:
 
 def _rng_state() -> dict[str, Any]:
     # plain lists and tensors only, so checkpoints load with weights_only=True
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)   # legacy=True is the default: made explicit for the type checker
+    if not isinstance(state, tuple):   # a dict only if np.random.set_bit_generator swapped out the Mersenne Twister
+        raise TypeError(f"the global numpy generator is {state['bit_generator']}, not MT19937: its state cannot be "
+                        "checkpointed")
+    name, keys, pos, has_gauss, cached = state
     st = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
           "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -189,7 +198,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
 def ema_update(pairs: list[tuple[nn.Module, nn.Module]], momentum: float) -> None:
     for student, teacher in pairs:
         s_params = [p.detach() for p in student.parameters()]
-        t_params = list(teacher.parameters())
+        t_params: list[torch.Tensor] = list(teacher.parameters())
         torch._foreach_mul_(t_params, momentum)
         torch._foreach_add_(t_params, s_params, alpha=1 - momentum)
         for tb, sb in zip(teacher.buffers(), student.buffers()):
@@ -202,6 +211,7 @@ class ScalarLogger:
     def __init__(self, run_dir: Path, prefix: str) -> None:
         self.prefix = prefix
         self.jsonl = open(run_dir / "scalars.jsonl", "a")
+        self.tb: SummaryWriter | None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -272,7 +282,8 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     use_amp = cfg.amp and device.type == "cuda"
     res = StepResult(finite=True)
-    loss_sum, logs_sum = 0.0, {}
+    loss_sum = 0.0
+    logs_sum: dict[str, float] = {}
     t_step = time.perf_counter()
     for _ in range(cfg.accumulate):
         t_wait = time.perf_counter()
@@ -303,6 +314,128 @@ def train_step(
     return res
 
 
+@dataclass
+class _FitState:
+    """The loop's counters. The first four are what a checkpoint carries to a resumed process; the rest belong to
+    this process, so that its FitResult reports its own steps' timings."""
+
+    step: int = 0
+    best: float | None = None
+    skipped: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    last_loss: float | None = None
+    bad_in_a_row: int = 0
+    samples: int = 0
+    data_waits: list[float] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)
+    t0: float = 0.0
+    wall_before: float = 0.0
+
+    def wall(self) -> float:
+        """Training time including the interrupted processes before this one, so a resumed run is not cheap."""
+        return self.wall_before + time.time() - self.t0
+
+
+def _check_ema_targets(ema_pairs: list[tuple[nn.Module, nn.Module]]) -> None:
+    """A teacher moves by the EMA alone; one that requires grad is a method's bug (it could be optimised as well),
+    so refuse it before any step."""
+    for _, teacher in ema_pairs:
+        assert not any(p.requires_grad for p in teacher.parameters()), "EMA targets must not require grad"
+
+
+def _resume(ckpt_path: Path, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device) -> _FitState:
+    """Pick an interrupted run up where its last checkpoint left it. The RNG state is restored too, so that the
+    rest of the run does not replay the random draws of its start."""
+    st = _FitState()
+    if ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ck["model"], strict=True)
+        opt.load_state_dict(ck["optimizer"])
+        st.step, st.best, st.skipped, st.history = ck["step"], ck["best"], ck["skipped"], ck.get("history", [])
+        _set_rng_state(ck["rng"])
+    return st
+
+
+def _start_clock(st: _FitState) -> None:
+    """Start this process's wall clock and report the earlier processes' time to :func:`earlier_wall`, which adds
+    it to the cell's recorded compute."""
+    st.t0, st.wall_before = time.time(), (st.history[-1]["wall_s"] if st.history else 0.0)
+    if st.wall_before and (acc := _earlier_wall.get()) is not None:
+        acc.append(st.wall_before)
+
+
+def _save_checkpoint(ckpt_path: Path, model: nn.Module, opt: torch.optim.Optimizer, st: _FitState) -> None:
+    """Everything a rerun needs to continue from this step; written atomically, so that a kill mid-save leaves the
+    previous checkpoint intact."""
+    atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": st.step, "best": st.best,
+                       "skipped": st.skipped, "history": st.history + [{"wall_s": st.wall()}],
+                       "rng": _rng_state()}, ckpt_path)
+
+
+def _progress_bar(cfg: TrainConfig, step: int, desc: str, progress: bool) -> Any:
+    """A bar that starts at the resumed step, so that a resumed run shows its progress through the whole run."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
+
+
+def _nan_guard(st: _FitState, cfg: TrainConfig, desc: str, bar: Any, logger: ScalarLogger) -> None:
+    """A dropped step is tolerated (a rare overflow should not end a run); too many in a row is a real failure."""
+    st.skipped += 1
+    st.bad_in_a_row += 1
+    if st.bad_in_a_row >= cfg.max_bad_steps:
+        bar.close()
+        logger.close()
+        raise NonFiniteLossError(f"{desc}: {st.bad_in_a_row} consecutive non-finite losses at step {st.step}")
+
+
+def _count_step(st: _FitState, res: StepResult, bar: Any) -> None:
+    """Count a real optimizer step, keeping its timings for the cost report and the bar's throughput."""
+    st.bad_in_a_row = 0
+    st.step_times.append(res.seconds)
+    st.data_waits.append(res.data_wait)
+    st.step += 1
+    st.last_loss = res.loss
+    elapsed = time.time() - st.t0
+    bar.update(1)
+    bar.set_postfix(loss=f"{res.loss:.4f}", samples_s=f"{st.samples / max(elapsed, 1e-9):.2f}")
+
+
+def _log_step(logger: ScalarLogger, step: int, res: StepResult, opt: torch.optim.Optimizer,
+              cfg: TrainConfig) -> None:
+    """Every ``log_every`` steps and at the last, so that even a short run's curve ends at its final loss."""
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        scal = {"loss": res.loss, "lr": opt.param_groups[0]["lr"], **res.logs}
+        if res.grad_norm is not None:
+            scal["grad_norm"] = res.grad_norm
+        logger.log(step, scal)
+
+
+def _select_on_val(model: nn.Module, eval_fn: Callable[[], float] | None, cfg: TrainConfig, st: _FitState,
+                   logger: ScalarLogger, run_dir: Path) -> None:
+    """Model selection: keep the weights with the best val score on disk, so that selection survives a resume."""
+    if eval_fn is not None and cfg.eval_every and (st.step % cfg.eval_every == 0 or st.step == cfg.steps):
+        model.eval()
+        score = float(eval_fn())
+        model.train()
+        logger.log(st.step, {"val_score": score})
+        if st.best is None or score > st.best:
+            st.best = score
+            atomic_torch_save(model.state_dict(), run_dir / BEST)
+
+
+def _finish(model: nn.Module, eval_fn: Callable[[], float] | None, run_dir: Path, device: torch.device,
+            st: _FitState, bar: Any, logger: ScalarLogger) -> FitResult:
+    """Hand back the selected weights (not the last ones) in eval mode, which is what every caller evaluates."""
+    bar.close()
+    logger.close()
+    if eval_fn is not None and (run_dir / BEST).is_file():
+        model.load_state_dict(torch.load(run_dir / BEST, map_location=device, weights_only=True), strict=True)
+    model.eval()
+    return FitResult(steps=st.step, wall_s=st.wall(), best_score=st.best, last_loss=st.last_loss,
+                     skipped_steps=st.skipped, data_waits=st.data_waits, step_times=st.step_times)
+
+
 def fit(
     model: nn.Module,
     step_fn: Callable[[Any, StepInfo], StepOutput],
@@ -329,84 +462,31 @@ def fit(
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     ema_pairs = ema_pairs or []
-    for _, teacher in ema_pairs:
-        assert not any(p.requires_grad for p in teacher.parameters()), "EMA targets must not require grad"
+    _check_ema_targets(ema_pairs)
     model.to(device)
     opt = build_optimizer(param_groups, cfg, device)
     base_lrs = [g["lr"] for g in opt.param_groups]   # the config's rates, before a checkpoint's are loaded
-    step, best, skipped, history = 0, None, 0, []
-    ckpt_path = run_dir / CKPT
-    if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ck["model"], strict=True)
-        opt.load_state_dict(ck["optimizer"])
-        step, best, skipped, history = ck["step"], ck["best"], ck["skipped"], ck.get("history", [])
-        _set_rng_state(ck["rng"])
+    st = _resume(run_dir / CKPT, model, opt, device)
     logger = ScalarLogger(run_dir, log_prefix)
     data = infinite(loader)
-    t0, wall_before = time.time(), (history[-1]["wall_s"] if history else 0.0)
-    if wall_before and (acc := _earlier_wall.get()) is not None:
-        acc.append(wall_before)
-    last_loss = None
-    bad_in_a_row = 0
-    samples = 0
-    data_waits, step_times = [], []
-
-    def save_ckpt() -> None:
-        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
-                           "skipped": skipped, "history": history + [{"wall_s": wall_before + time.time() - t0}],
-                           "rng": _rng_state()}, ckpt_path)
-
+    _start_clock(st)
     if cfg.compile and device.type == "cuda":
         step_fn = torch.compile(step_fn)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = _progress_bar(cfg, st.step, desc, progress)
     model.train()
-    while step < cfg.steps:
-        res = train_step(model, step_fn, data, opt, cfg, step, device=device, base_lrs=base_lrs,
+    while st.step < cfg.steps:
+        res = train_step(model, step_fn, data, opt, cfg, st.step, device=device, base_lrs=base_lrs,
                          ema_pairs=ema_pairs, ema_momentum=ema_momentum, after_step=after_step, sync=timing)
-        samples += res.samples
+        st.samples += res.samples
         if not res.finite:
-            # NaN guard: the step's gradients were dropped; keep going, but too many in a row is a real failure
-            skipped += 1
-            bad_in_a_row += 1
-            if bad_in_a_row >= cfg.max_bad_steps:
-                bar.close()
-                logger.close()
-                raise NonFiniteLossError(f"{desc}: {bad_in_a_row} consecutive non-finite losses at step {step}")
+            _nan_guard(st, cfg, desc, bar, logger)   # the step's gradients were dropped: retry the same step
             continue
-        bad_in_a_row = 0
-        step_times.append(res.seconds)
-        data_waits.append(res.data_wait)
-        step += 1
-        loss_sum, logs_sum, grad_norm = res.loss, res.logs, res.grad_norm
-        last_loss = loss_sum
-        elapsed = time.time() - t0
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):.2f}")
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            scal = {"loss": loss_sum, "lr": opt.param_groups[0]["lr"], **logs_sum}
-            if grad_norm is not None:
-                scal["grad_norm"] = grad_norm
-            logger.log(step, scal)
-        if eval_fn is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            model.eval()
-            score = float(eval_fn())
-            model.train()
-            logger.log(step, {"val_score": score})
-            if best is None or score > best:
-                best = score
-                atomic_torch_save(model.state_dict(), run_dir / BEST)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_ckpt()
-    bar.close()
-    logger.close()
-    if eval_fn is not None and (run_dir / BEST).is_file():
-        model.load_state_dict(torch.load(run_dir / BEST, map_location=device, weights_only=True), strict=True)
-    model.eval()
-    return FitResult(steps=step, wall_s=wall_before + time.time() - t0, best_score=best, last_loss=last_loss,
-                     skipped_steps=skipped, data_waits=data_waits, step_times=step_times)
+        _count_step(st, res, bar)
+        _log_step(logger, st.step, res, opt, cfg)
+        _select_on_val(model, eval_fn, cfg, st, logger, run_dir)
+        if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps:
+            _save_checkpoint(run_dir / CKPT, model, opt, st)
+    return _finish(model, eval_fn, run_dir, device, st, bar, logger)
 
 
 def _batch_size(batch: Any) -> int:

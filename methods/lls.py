@@ -49,8 +49,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -228,7 +229,7 @@ class SliceSet:
         for pid in patients:
             ann = ds.annotation(pid)
             vol = _preprocessed_volume(ctx, pid)             # [P, Z, h, w]
-            for pi, ph in enumerate(ann["phases"]):
+            for _pi, ph in enumerate(ann["phases"]):
                 if ph not in phase_order:
                     raise ValueError(f"patient {pid}: phase {ph!r} not in {list(phase_order)}")
                 for z in range(vol.shape[1]):
@@ -339,70 +340,45 @@ class LLSTwoStage(Protocol):
         from bench.export import load_export   # bench.engine imports methods: load it at run time, not import time
 
         cfg = self.cfg
-        ds = ctx.dataset
-        if ds.info.task != "binary":
-            raise ValueError(f"lls_two_stage needs a binary slice dataset; {ds.registry_name!r} is {ds.info.task}")
-        if ds.info.spatial_dims != 2:
-            raise ValueError(f"lls_two_stage needs 2D slices; {ds.registry_name!r} is {ds.info.spatial_dims}D")
+        _check_dataset(ctx.dataset)
         backbone, _ = load_export(ctx.export_path)
-        recs = ds.records("train")
-        kept = set(subsample([r.id for r in recs], ctx.cell.label_fraction, ctx.cell.draw))
-        keep = {(r.patient_id, r.meta["slice"]) for r in recs if r.id in kept}
-        train_p = sorted({p for p, _ in keep})
-        val_p = sorted({r.patient_id for r in ds.records("val")})
-        test_p = sorted({r.patient_id for r in ds.records("test")})
-        train = SliceSet(ctx, train_p, cfg.phase_order)
-        val = SliceSet(ctx, val_p, cfg.phase_order) if val_p else None
-        test = SliceSet(ctx, test_p, cfg.phase_order)
-        if cfg.paper_sampling:
-            keep = paper_positions(ds, train_p, keep, ctx.cell.seed)
-        with torch.no_grad():
-            was = backbone.training
-            backbone.eval()
-            fmap = last_map(backbone.encode(train.images[:1]))
-            backbone.train(was)
-        grid = tuple(fmap.shape[-2:])
-        model = LLSNet(backbone, fmap.shape[1], cfg.patch_hidden)
+        keep, train, val, test = _slices(ctx, cfg)
+        grid, channels = _feature_grid(backbone, train)
+        model = LLSNet(backbone, channels, cfg.patch_hidden)
         size = tuple(train.images.shape[-2:])
-
-        @torch.no_grad()
-        def predict(data: SliceSet, idx: list[int], with_cells: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-            was = model.training
-            model.eval()
-            probs, cells = [], []
-            for s in range(0, len(idx), 32):
-                x = data.images[idx[s:s + 32]].to(ctx.device)
-                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
-                    probs.append(model.image_logits(x).float().softmax(1)[:, 1].cpu())
-                    if with_cells:
-                        cells.append(argmax_cells(model.patch_logits(x).float().softmax(1)).cpu())
-            model.train(was)
-            return torch.cat(probs).numpy(), (torch.cat(cells).numpy() if with_cells else None)
-
-        val_idx = val.where(cfg.main_phase) if val is not None else []
-
-        def val_score() -> float:
-            p, _ = predict(val, val_idx, with_cells=False)
-            s = metrics.auroc(p, val.y[val_idx].numpy())
-            return -1.0 if np.isnan(s) else s
-
+        val_score = _val_scorer(model, val, cfg.main_phase, ctx.device)
         s1 = max(1, int(round(cfg.stage1_fraction * ctx.steps)))
         s2 = max(1, ctx.steps - s1)
         heads = [{"params": list(model.backbone.parameters())},
                  {"params": list(model.head.parameters()), "lr": cfg.lr * cfg.head_lr_scale}]
         t0 = time.time()
+        self._stage1(ctx, model, train, keep, heads, s1, val_score)
+        self._stage2(ctx, model, train, keep, heads, s2, val_score, grid, size)
+        wall = time.time() - t0
+        rows = _test_rows(ctx, model, test, cfg.main_phase, grid)
+        n = sum(q.numel() for q in model.parameters())
+        return ProtocolResult(rows, {r["metric"]: r["value"] for r in rows if r["case"] == SET},
+                              train_wall_s=wall, params=n, trainable_params=n)
 
-        # stage 1: image-level CE on every phase's slices (NAP)
+    def _stage1(self, ctx: TransferContext, model: LLSNet, train: SliceSet, keep: set[tuple[str, int]],
+                heads: list[dict[str, Any]], steps: int, val_score: Callable[[], float] | None) -> None:
+        """Stage 1 (§6.5, NAP): image-level CE on the kept slices of every phase, each a separate 1-channel image;
+        stage 2 starts from the weights it selects on val."""
         idx1 = [i for i, (pid, ph, z) in enumerate(train.items) if (pid, z) in keep]
         loader1 = torch.utils.data.DataLoader(_Batches(train, idx1, ctx.batch_size, ctx.cell.seed, None, None,
-                                                       cfg.augment), batch_size=None)
+                                                       self.cfg.augment), batch_size=None)
 
         def step1(batch: dict[str, torch.Tensor], info: StepInfo) -> StepOutput:
             return StepOutput(F.cross_entropy(model.image_logits(batch["x"]).float(), batch["y"]))
 
-        self._fit(ctx, model, step1, heads, loader1, s1, "stage1", val_score if val_idx else None)
+        self._fit(ctx, model, step1, heads, loader1, steps, "stage1", val_score)
 
-        # stage 2: main N slice + neighbour volume, all losses
+    def _stage2(self, ctx: TransferContext, model: LLSNet, train: SliceSet, keep: set[tuple[str, int]],
+                heads: list[dict[str, Any]], steps: int, val_score: Callable[[], float] | None,
+                grid: tuple[int, int], size: tuple[int, int]) -> None:
+        """Stage 2 (N): the main-phase slice with its neighbour volume and every loss, from stage 1's selected
+        weights; the patch head joins the optimizer only here, where it gets a loss."""
+        cfg = self.cfg
         plan = neighbour_plan(cfg.phase_order, cfg.main_phase)
         nb = neighbour_indices(train.items, plan)
         idx2 = [i for i in train.where(cfg.main_phase) if (train.items[i][0], train.items[i][2]) in keep]
@@ -410,47 +386,10 @@ class LLSTwoStage(Protocol):
                                                        cfg.augment), batch_size=None)
 
         def step2(batch: dict[str, torch.Tensor], info: StepInfo) -> StepOutput:
-            x, y = batch["x"], batch["y"]
-            logits = model.image_logits(x).float()
-            l_cls = F.cross_entropy(logits, y)
-            patch = model.patch_logits(x).float()
-            l_patch = patch_loss(patch, y, batch["cell"], cfg.annotation_ratio)
-            pos = y == 1
-            zero = logits.sum() * 0.0
-            l_tm, l_loop = zero, zero
-            if pos.any():
-                p_main = patch[pos].softmax(1)
-                nbx = batch["nb"][pos]                                   # [n, K, 1, h, w]
-                valid = batch["nb_valid"][pos]
-                n, k = valid.shape
-                flat = nbx.flatten(0, 1)
-                use = valid.flatten()
-                p_nb = torch.zeros((n * k, 2, *p_main.shape[-2:]), device=x.device)
-                if use.any():
-                    p_nb[use] = model.patch_logits(flat[use]).float().softmax(1)
-                l_tm = location_consistency(p_main, p_nb.view(n, k, 2, *p_main.shape[-2:]), valid,
-                                            cfg.loose_radius, cfg.eps)
-                masked = x[pos] * loopback_mask(argmax_cells(p_main), grid, size).to(x.dtype)
-                l_loop = F.cross_entropy(model.image_logits(masked).float(),
-                                         torch.zeros(int(pos.sum()), dtype=torch.long, device=x.device))
-            loss = cfg.w_cls * l_cls + cfg.w_con * (l_patch + l_tm) + cfg.w_loop * l_loop
-            return StepOutput(loss, {"l_cls": l_cls.detach(), "l_patch": l_patch.detach(), "l_tm": l_tm.detach(),
-                                     "l_loop": l_loop.detach()})
+            return _stage2_loss(model, batch, cfg, grid, size)
 
         groups = heads + [{"params": list(model.patch_head.parameters()), "lr": cfg.lr * cfg.head_lr_scale}]
-        self._fit(ctx, model, step2, groups, loader2, s2, "stage2", val_score if val_idx else None)
-        wall = time.time() - t0
-
-        test_idx = test.where(cfg.main_phase)
-        p, cells = predict(test, test_idx)
-        # the test records' ids, so a leaderboard can resample these slices as it does other protocols' images
-        rid = {(r.patient_id, r.meta["slice"]): r.id for r in ds.records("test")}
-        ids = [rid[(test.items[i][0], test.items[i][2])] for i in test_idx]
-        rows = evaluate(p, cells, [test.items[i][0] for i in test_idx], test.y[test_idx].numpy(),
-                        [test.boxes[i] for i in test_idx], grid, ids=ids)
-        n = sum(q.numel() for q in model.parameters())
-        return ProtocolResult(rows, {r["metric"]: r["value"] for r in rows if r["case"] == SET},
-                              train_wall_s=wall, params=n, trainable_params=n)
+        self._fit(ctx, model, step2, groups, loader2, steps, "stage2", val_score)
 
     def _fit(self, ctx, model, step_fn, groups, loader, steps, stage, eval_fn) -> None:
         from bench.engine import TrainConfig, fit
@@ -463,6 +402,127 @@ class LLSTwoStage(Protocol):
         fit(model, step_fn, groups, loader, tcfg, ctx.run_dir / stage, device=ctx.device, eval_fn=eval_fn,
             desc=f"lls_two_stage {stage} {ctx.cell.key}", log_prefix=f"transfer/lls_two_stage/{stage}",
             progress=ctx.progress)
+
+
+def _check_dataset(ds: Any) -> None:
+    """Fail before loading anything: the method is defined for binary 2D slices only."""
+    if ds.info.task != "binary":
+        raise ValueError(f"lls_two_stage needs a binary slice dataset; {ds.registry_name!r} is {ds.info.task}")
+    if ds.info.spatial_dims != 2:
+        raise ValueError(f"lls_two_stage needs 2D slices; {ds.registry_name!r} is {ds.info.spatial_dims}D")
+
+
+def _slices(ctx: TransferContext, cfg: Any) -> tuple[set[tuple[str, int]], SliceSet, SliceSet | None, SliceSet]:
+    """The train (patient, z) positions to use and the three splits' slices. Whole patients' volumes are loaded,
+    kept positions or not, because a kept slice's neighbours may be slices that were not kept."""
+    ds = ctx.dataset
+    recs = ds.records("train")
+    kept = set(subsample([r.id for r in recs], ctx.cell.label_fraction, ctx.cell.draw))
+    keep = {(r.patient_id, r.meta["slice"]) for r in recs if r.id in kept}
+    train_p = sorted({p for p, _ in keep})
+    val_p = sorted({r.patient_id for r in ds.records("val")})
+    test_p = sorted({r.patient_id for r in ds.records("test")})
+    train = SliceSet(ctx, train_p, cfg.phase_order)
+    val = SliceSet(ctx, val_p, cfg.phase_order) if val_p else None
+    test = SliceSet(ctx, test_p, cfg.phase_order)
+    if cfg.paper_sampling:
+        keep = paper_positions(ds, train_p, keep, ctx.cell.seed)
+    return keep, train, val, test
+
+
+def _feature_grid(backbone: nn.Module, train: SliceSet) -> tuple[tuple[int, int], int]:
+    """The last feature map's (h, w) and channels, read off one slice: the patch head and the lesion cells are
+    sized by them, whatever the backbone. In eval mode, so that no BatchNorm statistic moves."""
+    with torch.no_grad():
+        was = backbone.training
+        backbone.eval()
+        fmap = last_map(backbone.encode(train.images[:1]))
+        backbone.train(was)
+    return tuple(fmap.shape[-2:]), fmap.shape[1]
+
+
+@torch.no_grad()
+def _predict(model: LLSNet, data: SliceSet, idx: list[int], device: torch.device,
+             with_cells: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Lesion probabilities (and argmax cells) in chunks of 32 slices; restores the model's mode, since validation
+    runs in the middle of training."""
+    was = model.training
+    model.eval()
+    probs, cells = [], []
+    for s in range(0, len(idx), 32):
+        x = data.images[idx[s:s + 32]].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            probs.append(model.image_logits(x).float().softmax(1)[:, 1].cpu())
+            if with_cells:
+                cells.append(argmax_cells(model.patch_logits(x).float().softmax(1)).cpu())
+    model.train(was)
+    return torch.cat(probs).numpy(), (torch.cat(cells).numpy() if with_cells else None)
+
+
+def _val_scorer(model: LLSNet, val: SliceSet | None, main_phase: str,
+                device: torch.device) -> Callable[[], float] | None:
+    """Model selection on the val main-phase slices' AUROC (None: no val slices, no selection). An undefined
+    AUROC (one class only) scores -1, below any real one."""
+    val_idx = val.where(main_phase) if val is not None else []
+    if not val_idx:
+        return None
+
+    def val_score() -> float:
+        p, _ = _predict(model, val, val_idx, device, with_cells=False)
+        s = metrics.auroc(p, val.y[val_idx].numpy())
+        return -1.0 if np.isnan(s) else s
+
+    return val_score
+
+
+def _stage2_loss(model: LLSNet, batch: dict[str, torch.Tensor], cfg: Any, grid: tuple[int, int],
+                size: tuple[int, int]) -> StepOutput:
+    """Stage 2's ``w_cls * L_cls + w_con * (L_patch + L_tm) + w_loop * L_loop``; the location terms need a lesion,
+    so they are 0 on a batch without positives."""
+    x, y = batch["x"], batch["y"]
+    logits = model.image_logits(x).float()
+    l_cls = F.cross_entropy(logits, y)
+    patch = model.patch_logits(x).float()
+    l_patch = patch_loss(patch, y, batch["cell"], cfg.annotation_ratio)
+    pos = y == 1
+    zero = logits.sum() * 0.0
+    l_tm, l_loop = zero, zero
+    if pos.any():
+        p_main = patch[pos].softmax(1)
+        l_tm = _neighbour_consistency(model, batch, pos, p_main, cfg)
+        masked = x[pos] * loopback_mask(argmax_cells(p_main), grid, size).to(x.dtype)
+        l_loop = F.cross_entropy(model.image_logits(masked).float(),
+                                 torch.zeros(int(pos.sum()), dtype=torch.long, device=x.device))
+    loss = cfg.w_cls * l_cls + cfg.w_con * (l_patch + l_tm) + cfg.w_loop * l_loop
+    return StepOutput(loss, {"l_cls": l_cls.detach(), "l_patch": l_patch.detach(), "l_tm": l_tm.detach(),
+                             "l_loop": l_loop.detach()})
+
+
+def _neighbour_consistency(model: LLSNet, batch: dict[str, torch.Tensor], pos: torch.Tensor, p_main: torch.Tensor,
+                           cfg: Any) -> torch.Tensor:
+    """L_tm of the positives. Only the neighbours that exist go through the model, in one batch: a missing one
+    (a zero image) costs no compute, its map stays 0 and ``location_consistency`` leaves it out of the mean."""
+    nbx = batch["nb"][pos]                                   # [n, K, 1, h, w]
+    valid = batch["nb_valid"][pos]
+    n, k = valid.shape
+    flat = nbx.flatten(0, 1)
+    use = valid.flatten()
+    p_nb = torch.zeros((n * k, 2, *p_main.shape[-2:]), device=batch["x"].device)
+    if use.any():
+        p_nb[use] = model.patch_logits(flat[use]).float().softmax(1)
+    return location_consistency(p_main, p_nb.view(n, k, 2, *p_main.shape[-2:]), valid, cfg.loose_radius, cfg.eps)
+
+
+def _test_rows(ctx: TransferContext, model: LLSNet, test: SliceSet, main_phase: str,
+               grid: tuple[int, int]) -> list[dict[str, Any]]:
+    """The §6.6 evaluation on the test split's main-phase slices, with each slice's record id, so that a leaderboard
+    can resample these slices as it does other protocols' images."""
+    test_idx = test.where(main_phase)
+    p, cells = _predict(model, test, test_idx, ctx.device)
+    rid = {(r.patient_id, r.meta["slice"]): r.id for r in ctx.dataset.records("test")}
+    ids = [rid[(test.items[i][0], test.items[i][2])] for i in test_idx]
+    return evaluate(p, cells, [test.items[i][0] for i in test_idx], test.y[test_idx].numpy(),
+                    [test.boxes[i] for i in test_idx], grid, ids=ids)
 
 
 def evaluate(probs: np.ndarray, cells: np.ndarray, patients: list[str], y: np.ndarray, boxes: list[Any],

@@ -8,7 +8,8 @@ import pandas as pd
 
 from bench import stats
 from bench.leaderboard.analysis import (BOUNDARY_METRIC, COMPARISONS_SUFFIX, METRIC_LABELS, MIN_CONTROL_RUNS, Across,
-                                        Comparison, Leaderboard, Options, Pretraining, Section, Table, _ints)
+                                        Comparison, Leaderboard, MethodRow, Options, Pretraining, Section, Table,
+                                        _ints)
 from bench.leaderboard.figures import _current_version, _curves, figure_files
 
 METRIC_FORMATS = {"hd95": ".2f", "hd": ".2f", "assd": ".2f", "asd": ".2f"}
@@ -27,25 +28,39 @@ def markdown(lb: Leaderboard, *, now: dt.datetime | str, git: str,
     if not lb.sections:
         out += ["No results yet for this suite version.", ""]
     for s in lb.sections:
-        out += [f"## Budget `{s.budget}`", ""]
-        for t in s.tables:
-            out += _table_md(t, lb.options, class_names.get(t.task.name, {}), files.get(("significance", s.budget,
-                                                                                          t.label)))
-        out += _controls_md(s, lb.options)
-        out += _pretraining_md(s.pretraining)
-        curves = [(task, protocol) for task, protocol in _curves(s)
-                  if ("label_efficiency", s.budget, task, protocol) in files]
-        if curves:
-            out += ["### Label efficiency", "",
-                    "Mean score against the label fraction, with the run-level 95% CI as a band.", ""]
-            for task, protocol in curves:
-                out += [f"![label efficiency: {task} / {protocol}]"
-                        f"({files['label_efficiency', s.budget, task, protocol]})", ""]
-        if s.across is not None:
-            out += _across_md(s.across, s, lb.options, files)
-        elif s.across_note:
-            out += [f"### Across tasks (budget `{s.budget}`)", "", s.across_note, ""]
+        out += _section_md(s, lb.options, class_names, files)
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _section_md(s: Section, o: Options, class_names: dict[str, dict[int, str]],
+                files: dict[tuple, str]) -> list[str]:
+    """One budget's section. Budgets are never pooled, so every table, control and summary is per section."""
+    out = [f"## Budget `{s.budget}`", ""]
+    for t in s.tables:
+        out += _table_md(t, o, class_names.get(t.task.name, {}), files.get(("significance", s.budget, t.label)))
+    out += _controls_md(s, o)
+    out += _pretraining_md(s.pretraining)
+    out += _label_efficiency_md(s, files)
+    if s.across is not None:
+        out += _across_md(s.across, s, o, files)
+    elif s.across_note:
+        out += [f"### Across tasks (budget `{s.budget}`)", "", s.across_note, ""]
+    return out
+
+
+def _label_efficiency_md(s: Section, files: dict[tuple, str]) -> list[str]:
+    """Links to the label-efficiency curves; only those whose figure was written, so a board without figures
+    (``write``) has no dangling links."""
+    curves = [(task, protocol) for task, protocol in _curves(s)
+              if ("label_efficiency", s.budget, task, protocol) in files]
+    if not curves:
+        return []
+    out = ["### Label efficiency", "",
+           "Mean score against the label fraction, with the run-level 95% CI as a band.", ""]
+    for task, protocol in curves:
+        out += [f"![label efficiency: {task} / {protocol}]"
+                f"({files['label_efficiency', s.budget, task, protocol]})", ""]
+    return out
 
 
 def _header(lb: Leaderboard, now: dt.datetime | str, git: str) -> list[str]:
@@ -61,7 +76,7 @@ def _header(lb: Leaderboard, now: dt.datetime | str, git: str) -> list[str]:
         budget_title, budget_row = "no results", "n/a"
     cells = rows.drop_duplicates("cell_id")
     datasets = ", ".join(sorted({t.dataset for t in suite.tasks}))
-    when = now if isinstance(now, str) else now.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = now if isinstance(now, str) else now.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     o = lb.options
     pre = sorted(rows["pretrain_seed"].unique()) if len(rows) else []
     out = [f"# {suite.name} v{suite.version} leaderboard — {source}, {budget_title}", "",
@@ -92,9 +107,9 @@ def _header(lb: Leaderboard, now: dt.datetime | str, git: str) -> list[str]:
                             t.kind == "segmentation" for t in suite.tasks) else set())))
     out += [f"| generated | {when} at commit `{git}` |",
             f"| statistics | the replicate is a pipeline run; {o.ci:.0%} CIs over runs (a run-level t with the case "
-            f"component below {stats.BOOTSTRAP_MIN_RUNS} runs, else a bootstrap of runs and cases, {o.n_resamples} resamples, "
-            f"seed {o.seed}); α = {o.alpha:g} per comparison; baseline `{o.baseline}`; margins of practical "
-            f"equivalence: {margins} |", ""]
+            f"component below {stats.BOOTSTRAP_MIN_RUNS} runs, else a bootstrap of runs and cases, "
+            f"{o.n_resamples} resamples, seed {o.seed}); α = {o.alpha:g} per comparison; baseline `{o.baseline}`; "
+            f"margins of practical equivalence: {margins} |", ""]
     return out
 
 
@@ -120,10 +135,30 @@ def _ci_text(ci: stats.Difference, spec: str) -> str:
 
 
 def _table_md(t: Table, o: Options, names: dict[int, str], significance: str | None = None) -> list[str]:
+    """One methods table and the notes that say how to read it. Each note appears only where it applies, so a
+    board carries no caveat that its numbers do not need."""
     metric = METRIC_LABELS.get(t.task.metric, t.task.metric)
     spec = METRIC_FORMATS.get(t.task.metric, ".4f")
-    direction = "lower is better" if t.lower_is_better else "higher is better"
     has_baseline = t.row(o.baseline) is not None
+    head, align = _table_columns(t, o, names, metric, has_baseline)
+    out = [f"### {t.label}", "", _table_caption(t, metric), "",
+           "| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    out += [_table_row(t, r, o, spec, has_baseline) for r in t.rows]
+    out.append("")
+    out += _mean_note(t, o, metric)
+    out += _baseline_note(t, o, has_baseline)
+    out += _best_note(t, o)
+    out += _evidence_notes(t)
+    out += _mark_notes(t)
+    if significance:
+        out += [f"![pairwise verdicts: {t.label}]({significance})", ""]
+    return out
+
+
+def _table_columns(t: Table, o: Options, names: dict[int, str], metric: str,
+                   has_baseline: bool) -> tuple[list[str], list[str]]:
+    """Header and alignment; the comparison columns only where the baseline ran, since without it there is
+    nothing to compare with."""
     extra = t.boundary_label
     head = ["method", metric, f"{o.ci:.0%} CI"] + ([extra] if extra else [])
     if has_baseline:
@@ -133,28 +168,41 @@ def _table_md(t: Table, o: Options, names: dict[int, str], significance: str | N
     align = ["---", "---:", "---"] + (["---:"] if extra else []) + (
         ["---:", "---", "---", "---:"] + (["---"] if o.bayesian else []) if has_baseline else [])
     align += ["---:"] * (len(head) - len(align))
+    return head, align
+
+
+def _table_caption(t: Table, metric: str) -> str:
+    """What the table's replicates are (runs, seeds, draws) and what they are scored on, so that a reader can
+    judge its intervals before reading them."""
+    direction = "lower is better" if t.lower_is_better else "higher is better"
     units = f"{t.cases} test {t.unit}" if t.unit != "runs" else "set-level scores"
     if t.patients is not None:
         units += f" from {t.patients} patients"
     pre = f"{len(t.pretrain_seeds)} pretraining seed{'s' if len(t.pretrain_seeds) != 1 else ''}"
     seeds = f"{len(t.seeds)} transfer seed{'s' if len(t.seeds) != 1 else ''}"
-    out = [f"### {t.label}", "",
-           f"{t.task.kind.capitalize()}, {metric} ({direction}); {t.runs} run{'s' if t.runs != 1 else ''} ({pre}, "
-           f"{seeds}" + (f", {t.draws} draws" if t.draws > 1 else "") + f"), {units}; margin of practical "
-           f"equivalence ±{t.margin:g}.", "",
-           "| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
-    for r in t.rows:
-        marks = (MARK_PARTIAL if r.missing else "") + (MARK_LEAKAGE if r.leakage else "") + (
-            MARK_CHANCE if t.task.metric == "auroc" and r.mean < 0.5 else "")
-        cells = [r.method + (f" {marks}" if marks else ""), _num(r.mean, spec), _ci_text(r.ci, spec)]
-        if extra:
-            cells.append(_num(r.boundary, ".4f"))
-        if has_baseline:
-            cells += _diff_cells(r.vs_baseline, spec, r.method == o.baseline, o)
-        cells += [_num(r.p_best, ".2f"), str(r.runs)] + [_num(r.per_class.get(c, np.nan), spec) for c in t.classes]
-        cells += [_num(r.gpu_hours, ".3f"), _num(r.cpu_hours, ".3f"), _params(r.params)]
-        out.append("| " + " | ".join(cells) + " |")
-    out.append("")
+    return (f"{t.task.kind.capitalize()}, {metric} ({direction}); {t.runs} run{'s' if t.runs != 1 else ''} ({pre}, "
+            f"{seeds}" + (f", {t.draws} draws" if t.draws > 1 else "") + f"), {units}; margin of practical "
+            f"equivalence ±{t.margin:g}.")
+
+
+def _table_row(t: Table, r: MethodRow, o: Options, spec: str, has_baseline: bool) -> str:
+    """One method's row; its marks flag, beside the name, what a reader must know before trusting its numbers."""
+    marks = (MARK_PARTIAL if r.missing else "") + (MARK_LEAKAGE if r.leakage else "") + (
+        MARK_CHANCE if t.task.metric == "auroc" and r.mean < 0.5 else "")
+    cells = [r.method + (f" {marks}" if marks else ""), _num(r.mean, spec), _ci_text(r.ci, spec)]
+    if t.boundary_label:
+        cells.append(_num(r.boundary, ".4f"))
+    if has_baseline:
+        cells += _diff_cells(r.vs_baseline, spec, r.method == o.baseline, o)
+    cells += [_num(r.p_best, ".2f"), str(r.runs)] + [_num(r.per_class.get(c, np.nan), spec) for c in t.classes]
+    cells += [_num(r.gpu_hours, ".3f"), _num(r.cpu_hours, ".3f"), _params(r.params)]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _mean_note(t: Table, o: Options, metric: str) -> list[str]:
+    """What the mean averages and which interval the CIs are: the interval differs with the table's unit and
+    runs, and the board states the one it used."""
+    extra = t.boundary_label
     over = f" (mean over its {len(t.classes)} classes)" if t.classes and t.unit == "cases" else ""
     kinds = {r.ci.interval for r in t.rows} | {r.vs_baseline.diff.interval for r in t.rows if r.vs_baseline}
     how = []
@@ -168,28 +216,44 @@ def _table_md(t: Table, o: Options, names: dict[int, str], significance: str | N
     score = (f"the set-level {metric} of each run (mean over classes)" if t.unit == "images"
              else f"each run's {metric}" + (" (mean over its draws)" if t.protocol == "few_shot" else "")
              if t.unit == "runs" else f"the per-case {metric}{over}")
-    out += [f"Mean: {score}, averaged over runs" + (" (patients weighted equally)" if t.patients and t.unit == "cases"
-                                                     else "")
+    return [f"Mean: {score}, averaged over runs" + (" (patients weighted equally)" if t.patients and t.unit == "cases"
+                                                    else "")
             + f". {o.ci:.0%} CI: " + (" or ".join(how) if how else "none (one run per method)") + "."
             + (" NSD: mean over runs and cases." if extra == "NSD" else ""), ""]
-    if has_baseline:
-        unit = "patients" if t.patients else t.unit
-        on = f" on the same test {unit}" if t.unit != "runs" else ""
-        out += [f"Δ: mean paired difference to `{o.baseline}` over matched runs{on} "
-                "(> 0: better). Verdict against the margin ±" + f"{t.margin:g}: better / worse when the CI excludes "
-                "0 and does not lie inside the margin, equivalent when it lies inside, inconclusive otherwise; too "
-                f"few runs to test with one matched run (no spread between runs to compare with). α = {o.alpha:g} per "
-                "comparison; the p-values, raw and Holm-adjusted over the table's comparisons, are in the published "
-                f"`<suite>{COMPARISONS_SUFFIX}`. MDE: the smallest true difference that this many runs detect with 80% "
-                f"power at α = {o.alpha:g}.", ""]
-    else:
-        out += [f"No `{o.baseline}` results in this table, so no baseline comparison.", ""]
-    if any(np.isfinite(r.p_best) for r in t.rows):
-        out += [f"P(best): the share of bootstrap resamples ({'runs and ' + t.unit if t.unit != 'runs' else 'runs'}"
-                f") in which the method is best or within ±{t.margin:g} of the best. Could be best (P(best) ≥ "
-                f"{o.best_share:g}): " + (", ".join(t.could_be_best) or "none") + "."
-                + (" With one run per method P(best) reflects the sampling of the test set only, not of training."
-                   if all(r.runs == 1 for r in t.rows) else ""), ""]
+
+
+def _baseline_note(t: Table, o: Options, has_baseline: bool) -> list[str]:
+    """How Δ, the verdict and the MDE are defined, or why the table has none."""
+    if not has_baseline:
+        return [f"No `{o.baseline}` results in this table, so no baseline comparison.", ""]
+    unit = "patients" if t.patients else t.unit
+    on = f" on the same test {unit}" if t.unit != "runs" else ""
+    return [f"Δ: mean paired difference to `{o.baseline}` over matched runs{on} "
+            "(> 0: better). Verdict against the margin ±" + f"{t.margin:g}: better / worse when the CI excludes "
+            "0 and does not lie inside the margin, equivalent when it lies inside, inconclusive otherwise; too "
+            f"few runs to test with one matched run (no spread between runs to compare with). α = {o.alpha:g} per "
+            "comparison; the p-values, raw and Holm-adjusted over the table's comparisons, are in the published "
+            f"`<suite>{COMPARISONS_SUFFIX}`. MDE: the smallest true difference that this many runs detect with 80% "
+            f"power at α = {o.alpha:g}.", ""]
+
+
+def _best_note(t: Table, o: Options) -> list[str]:
+    """How P(best) is drawn and which methods could be best; with one run per method it says that training
+    variation is not in it, so it is not read as more than it is."""
+    if not any(np.isfinite(r.p_best) for r in t.rows):
+        return []
+    return [f"P(best): the share of bootstrap resamples ({'runs and ' + t.unit if t.unit != 'runs' else 'runs'}"
+            f") in which the method is best or within ±{t.margin:g} of the best. Could be best (P(best) ≥ "
+            f"{o.best_share:g}): " + (", ".join(t.could_be_best) or "none") + "."
+            + (" With one run per method P(best) reflects the sampling of the test set only, not of training."
+               if all(r.runs == 1 for r in t.rows) else ""), ""]
+
+
+def _evidence_notes(t: Table) -> list[str]:
+    """What the table's evidence leaves out or counts differently (one pretraining run, collapsed seeds, no
+    per-image predictions, the AUPRC's chance level, a missing NSD), so that no interval is read as covering more
+    variation than it does."""
+    out = []
     if all(len(r.pretrain_seeds) <= 1 for r in t.rows):
         out += ["One pretraining run per method: a verdict compares these encoders, not the pretraining methods "
                 "(the variation between pretraining runs is in no interval); `pretrain_seed=tied` runs make it a "
@@ -204,8 +268,14 @@ def _table_md(t: Table, o: Options, names: dict[int, str], significance: str | N
     if t.unit == "images" and t.prevalence is not None:
         out += [f"AUPRC: mean over runs of the per-class average precision; positives are {t.prevalence:.1%} of the "
                 "(image, class) labels, the AUPRC of a random ranking.", ""]
-    if extra == "NSD" and not any(np.isfinite(r.boundary) for r in t.rows):
+    if t.boundary_label == "NSD" and not any(np.isfinite(r.boundary) for r in t.rows):
         out += ["NSD: not in these results (they were stored before the leaderboard kept the boundary metric).", ""]
+    return out
+
+
+def _mark_notes(t: Table) -> list[str]:
+    """The legend of the row marks, naming the methods each applies to (and only when one does)."""
+    out = []
     below = [r.method for r in t.rows if t.task.metric == "auroc" and r.mean < 0.5]
     if below:
         out += [f"{MARK_CHANCE} AUROC below chance (0.5): " + ", ".join(
@@ -220,8 +290,6 @@ def _table_md(t: Table, o: Options, names: dict[int, str], significance: str | N
     if leaks:
         out += [f"{MARK_LEAKAGE} Includes cells run with `leakage_override` (a data-leakage check was overridden): "
                 + ", ".join(leaks) + ".", ""]
-    if significance:
-        out += [f"![pairwise verdicts: {t.label}]({significance})", ""]
     return out
 
 
@@ -279,8 +347,8 @@ def _across_md(a: Across, s: Section, o: Options, files: dict[tuple, str]) -> li
         out += ["Blocks left out (too few of the methods ran them): "
                 + "; ".join(f"{t} (only {', '.join(v)})" for t, v in a.dropped.items()) + ".", ""]
     if a.excluded:
-        out += ["Methods left out (missing blocks): " + "; ".join(f"{m} ({', '.join(v)})" for m, v in a.excluded.items())
-                + ".", ""]
+        out += ["Methods left out (missing blocks): "
+                + "; ".join(f"{m} ({', '.join(v)})" for m, v in a.excluded.items()) + ".", ""]
     out += ["The blocks are not independent: every block transfers the same encoder of each method"
             + ("; " + "; ".join(a.shared) if a.shared else "") + ". Tests over blocks treat them as independent, so "
             "their p-values are optimistic.", ""]
