@@ -7,7 +7,8 @@ pretraining methods add their own heads, so an encoder export always loads with 
 from __future__ import annotations
 
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ class Backbone(nn.Module):
     spatial_dims: int
     feature_dim: int
     in_channels: int
+    _build_kwargs: dict[str, Any]
 
     def encode(self, x: torch.Tensor, patch_hook: PatchHook | None = None) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -36,7 +38,7 @@ class Backbone(nn.Module):
         return dict(self._build_kwargs)
 
 
-def _sdpa_window_attention(self: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _sdpa_window_attention(self: Any, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """MONAI WindowAttention.forward computed with fused scaled-dot-product attention.
 
     Same function (relative-position bias and the shifted-window mask are one additive bias), but
@@ -85,7 +87,7 @@ class SwinUNETRBackbone(Backbone):
         if fused_attention:
             for m in net.modules():
                 if isinstance(m, WindowAttention):
-                    m.forward = types.MethodType(_sdpa_window_attention, m)
+                    m.forward = types.MethodType(_sdpa_window_attention, m)  # type: ignore[method-assign]
         self.net = net
         self.in_channels = in_channels
         self.feature_size = feature_size
@@ -178,8 +180,9 @@ class TimmBackbone2D(Backbone):
         elif self.kind == "swin":
             extra.setdefault("strict_img_size", False)  # other sizes: windows padded, masks built per input
             extra["img_size"] = img_size
-        self.net = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_channels,
-                                     drop_path_rate=drop_path_rate, **extra)
+        # timm models are typed nn.Module; their attributes (blocks, stages, feature_info...) are model-specific
+        self.net: Any = cast(Any, timm.create_model(model_name, pretrained=False, num_classes=0,
+                                                    in_chans=in_channels, drop_path_rate=drop_path_rate, **extra))
         self.in_channels = in_channels
         self.img_size = img_size
         self.feature_dim = int(self.net.num_features)

@@ -11,9 +11,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ class Preprocess:
     size: tuple[int, ...] | None = None        # resize to this grid (2D images: the budget's input size)
 
     @classmethod
-    def from_config(cls, values: dict[str, Any]) -> "Preprocess":
+    def from_config(cls, values: dict[str, Any]) -> Preprocess:
         """From a suite's ``preprocessing`` mapping (YAML lists become the tuples the cache keys use)."""
         kw = dict(values)
         for k in ("spacing", "size"):
@@ -37,7 +38,8 @@ class Preprocess:
         return cls(**kw)
 
     def key(self) -> str:
-        key = f"w{self.a_min:g}_{self.a_max:g}_s{'x'.join(f'{v:g}' for v in self.spacing) if self.spacing else 'native'}"
+        spacing = 'x'.join(f'{v:g}' for v in self.spacing) if self.spacing else 'native'
+        key = f"w{self.a_min:g}_{self.a_max:g}_s{spacing}"
         return key + (f"_r{'x'.join(map(str, self.size))}" if self.size else "")
 
 
@@ -99,8 +101,8 @@ def random_crop(arrays: list[np.ndarray], roi: Sequence[int], rng: np.random.Gen
 class PretrainDataset(Dataset):
     """Unlabelled volumes -> method views; ``samples`` sets the epoch length (loader re-iterates)."""
 
-    def __init__(self, volumes: list[np.ndarray], roi: Sequence[int], views: Callable[[dict, np.random.Generator], dict],
-                 samples: int, seed: int) -> None:
+    def __init__(self, volumes: list[np.ndarray], roi: Sequence[int],
+                 views: Callable[[dict, np.random.Generator], dict], samples: int, seed: int) -> None:
         self.volumes, self.roi, self.views, self.samples, self.seed = volumes, tuple(roi), views, samples, seed
         self.epoch = 0
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Union
 
 import numpy as np
 from scipy import ndimage, stats
@@ -50,7 +49,7 @@ DEFAULT_TOLERANCE_MM = 2.0
 _TIE_RTOL = 1e-9
 """Relative slack on the NSD tolerance so that exact ties stay inside despite floating-point rounding."""
 
-SpacingLike = Union[float, Sequence[float], np.ndarray]
+SpacingLike = float | Sequence[float] | np.ndarray
 Box = tuple[slice, ...]
 
 

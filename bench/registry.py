@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ class Registry(Generic[T]):
             self._items[name] = obj
             self._tags[name] = frozenset(tags)
             try:
-                setattr(obj, "registry_name", name)
+                setattr(obj, "registry_name", name)  # noqa: B010  (obj is a generic T to the type checker)
             except (AttributeError, TypeError):
                 pass
             return obj

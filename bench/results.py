@@ -6,10 +6,11 @@ nothing a leaderboard would read. A cell already complete with the same config h
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -72,7 +73,8 @@ CASE_COLUMNS = ["cell_id", "case_id", "class", "metric", "value"]
 METRIC_COLUMNS = IDENTITY + CASE_COLUMNS                          # a published row, before its cell's provenance
 CELL_INFO_COLUMNS = [c.name for c in CELLS if c.info]
 TEXT_COLUMNS = [c.name for c in CELLS if c.text and (c.identity or c.info)] + ["cell_id", "case_id", "metric"]
-REQUIRED = ["cell_id"] + [c.name for c in CELLS if "NOT NULL" in c.sql and c.name != "status" and "DEFAULT" not in c.sql]
+REQUIRED = ["cell_id"] + [c.name for c in CELLS
+                          if "NOT NULL" in c.sql and c.name != "status" and "DEFAULT" not in c.sql]
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS cells (\n    " + ",\n    ".join(f"{c.name} {c.sql}" for c in CELLS) + "\n);\n"
           """CREATE TABLE IF NOT EXISTS case_metrics (

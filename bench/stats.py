@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -896,7 +896,7 @@ class Difference(NamedTuple):
 
 def _group_codes(groups: ArrayLike, n: int) -> NDArray[np.intp]:
     """Hashable labels [n] -> integer codes ``0 .. G-1`` in order of first appearance."""
-    labels = list(groups)
+    labels = list(cast(Iterable[Any], groups))   # hashable labels: a sequence or a 1-D array, never a scalar
     if len(labels) != n:
         raise ValueError(f"groups must hold one label per case/image ({n}), got {len(labels)}")
     index: dict[Any, int] = {}
@@ -957,7 +957,8 @@ def _t_result(estimate: float, v_run: float, v_unit: float, v_e: float, n_run: i
     Satterthwaite's [5] ``se^4 / (v_run^2 / (R - 1) + v_unit^2 / (G - 1) + v_e^2 / ((R - 1)(G - 1)))``, kept
     for the minimal detectable effect. With se == 0 the interval is the point and p is 1 (estimate 0) or 0."""
     if not (np.isfinite(estimate) and np.isfinite(v_run) and np.isfinite(v_unit) and np.isfinite(v_e)):
-        return Difference(float(estimate), *[float("nan")] * 4, int(n_run), int(n_unit), "t")
+        nan = float("nan")   # low, high, p, se and df (four NaNs here raised TypeError: interval missing)
+        return Difference(float(estimate), nan, nan, nan, nan, nan, int(n_run), int(n_unit), "t")
     c = v_unit - v_e if n_unit > 1 else 0.0
     if c > 0:
         var = v_run + c
@@ -996,7 +997,8 @@ def _boot_result(estimate: float, boots: NDArray[np.float64], alpha: float, runs
     """Percentile interval, :func:`bootstrap_p` and the resamples' sd as se."""
     finite = boots[np.isfinite(boots)]
     if finite.size == 0:
-        return Difference(float(estimate), *[float("nan")] * 4, int(runs), int(units), "bootstrap")
+        nan = float("nan")   # low, high, p, se and df (four NaNs here raised TypeError: interval missing)
+        return Difference(float(estimate), nan, nan, nan, nan, nan, int(runs), int(units), "bootstrap")
     low, high = _interval(finite, alpha)
     se = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
     return Difference(float(estimate), float(low), float(high), bootstrap_p(finite), se, float("nan"),
@@ -1016,8 +1018,8 @@ def _crossed_boots(tables: list[NDArray[np.float64]], n_resamples: int, seed: in
     shared = len(set(n_runs)) == 1
     prepared = []
     for t in tables:
-        valid = ~np.isnan(t)
-        prepared.append((np.where(valid, t, 0.0), None if valid.all() else valid.astype(np.float64)))
+        present = ~np.isnan(t)
+        prepared.append((np.where(present, t, 0.0), None if present.all() else present.astype(np.float64)))
     rng = np.random.default_rng(seed)
     boots = np.empty((len(tables), n_resamples))
     with _quiet():
@@ -1362,6 +1364,7 @@ def friedman_exact(scores: ArrayLike, lower_is_better: bool = False, max_enumera
         if n == 1:
             return res.chi2, 1.0, "exact"
         perms = np.array(list(itertools.permutations(range(k))))                         # [k!, k]
+        weights: np.ndarray
         states, weights = ranks[:1], np.ones(1)
         for b in range(1, n):
             rows, counts = np.unique(ranks[b][perms], axis=0, return_counts=True)        # distinct orders

@@ -40,7 +40,8 @@ FLAGS: dict[str, dict[str, Any]] = {
     "fracturemnist3d": {"modality": "CT", "dims": 3, "task": "multiclass", "labels": [
         "buckle rib fracture", "nondisplaced rib fracture", "displaced rib fracture"]},
     "vesselmnist3d": {"modality": "MR", "dims": 3, "task": "binary", "labels": ["vessel", "aneurysm"]},
-    "synapsemnist3d": {"modality": "EM", "dims": 3, "task": "binary", "labels": ["inhibitory synapse", "excitatory synapse"]},
+    "synapsemnist3d": {"modality": "EM", "dims": 3, "task": "binary", "labels": [
+        "inhibitory synapse", "excitatory synapse"]},
     "chestmnist": {"modality": "XR", "dims": 2, "task": "multilabel", "labels": [
         "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia", "pneumothorax",
         "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia"]},

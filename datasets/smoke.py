@@ -18,14 +18,16 @@ from datasets.synthetic.cache import atomic_save_nifti, ensure_generated
 
 SHAPE = (64, 64, 64)
 SPACING = 4.0
-GENERATOR_VERSION = "smoke-2"   # 2: organs on their RAS+ side (v1: liver at -x, the patient's left) and a centred affine
+# 2: organs on their RAS+ side (v1: liver at -x, the patient's left) and a centred affine
+GENERATOR_VERSION = "smoke-2"
 
 
 def generate(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[(np.arange(n) - n / 2 + 0.5) * SPACING for n in SHAPE], indexing="ij"))
     def ellipsoid(c, r):
-        return (((grid - np.asarray(c, float)[:, None, None, None]) / np.asarray(r, float)[:, None, None, None]) ** 2).sum(0) <= 1
+        scaled = (grid - np.asarray(c, float)[:, None, None, None]) / np.asarray(r, float)[:, None, None, None]
+        return (scaled ** 2).sum(0) <= 1
     s = rng.uniform(0.9, 1.1)
     body = ellipsoid([0, 0, 0], [110 * s, 80 * s, 200])
     image = np.full(SHAPE, -1000.0)

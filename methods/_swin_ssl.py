@@ -36,8 +36,8 @@ itself is drawn with torch on the batch's device.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -100,12 +100,12 @@ def draw_boxes(spatial: Sequence[int], rng: np.random.Generator, spec: CutoutSpe
     u = rng.uniform(0, spec.max_drop) if fraction is None else fraction
     target = u * math.prod(spatial)
     lo = [max(int(spec.tolerance * s), 1) for s in spatial]
-    hi = [max(int(spec.max_block * s), l + 1) for s, l in zip(spatial, lo)]
+    hi = [max(int(spec.max_block * s), low + 1) for s, low in zip(spatial, lo)]
     boxes: list[Box] = []
     total = 0
     while total < target:
-        corner = [int(rng.integers(0, s - l)) for s, l in zip(spatial, lo)]
-        end = [min(c + int(rng.integers(l, h)), s) for c, l, h, s in zip(corner, lo, hi, spatial)]
+        corner = [int(rng.integers(0, s - low)) for s, low in zip(spatial, lo)]
+        end = [min(c + int(rng.integers(low, h)), s) for c, low, h, s in zip(corner, lo, hi, spatial)]
         boxes.append(tuple(slice(c, e) for c, e in zip(corner, end)))  # type: ignore[arg-type]
         total += math.prod(e - c for c, e in zip(corner, end))
     return boxes

@@ -89,8 +89,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -345,7 +346,7 @@ class ASA(PretrainMethod):
     def export_encoder(self) -> nn.Module:
         return self.teacher["backbone"]
 
-    def train(self, mode: bool = True) -> "ASA":
+    def train(self, mode: bool = True) -> ASA:
         super().train(mode)
         self.teacher.eval()  # the teacher never uses stochastic depth
         return self

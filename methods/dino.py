@@ -22,8 +22,9 @@ official DINO ``main_dino.py`` defaults:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -175,7 +176,7 @@ class DINO(PretrainMethod):
         loss = self.criterion(list(t.reshape(2, b, -1).unbind(0)), list(torch.cat(student).unbind(0)))
         return StepOutput(loss, {"teacher_entropy": entropy})
 
-    def train(self, mode: bool = True) -> "DINO":
+    def train(self, mode: bool = True) -> DINO:
         super().train(mode)
         self.teacher["backbone"].eval()  # the code's teacher has no stochastic depth
         return self

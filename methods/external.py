@@ -43,9 +43,10 @@ With ``checkpoint=None`` the method constructs (the method-contract tests build 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 

@@ -69,8 +69,9 @@ Other choices [I]:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -409,7 +410,7 @@ class SACAClassifier(nn.Module):
         self.head = nn.Linear(dim, n_classes)
 
     @classmethod
-    def from_extras(cls, backbone: SwinUNETRBackbone, n_classes: int, extras: dict[str, Any]) -> "SACAClassifier":
+    def from_extras(cls, backbone: SwinUNETRBackbone, n_classes: int, extras: dict[str, Any]) -> SACAClassifier:
         """The classifier with the pre-trained SACA block of a ``saca`` export (``SACA.export_extras()``)."""
         block = extras.get("saca") if isinstance(extras, dict) else None
         if not isinstance(block, dict) or "state_dict" not in block:

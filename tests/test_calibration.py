@@ -116,7 +116,8 @@ def test_cli_on_a_published_csv(capsys):
     assert cal.main([str(csv), "--tables", "20", "--runs", "1", "3", "--resamples", "200"]) == 0
     captured = capsys.readouterr()
     out = captured.out
-    assert out.startswith("Command: `python -m bench.tools.calibration leaderboards/chest_xray.csv --tables 20 --seed 0")
+    assert out.startswith("Command: `python -m bench.tools.calibration leaderboards/chest_xray.csv "
+                          "--tables 20 --seed 0")
     assert "| table | metric | methods | runs per method | cases | sd_case | sd_run |" in out
     assert "| chest_xray v1 quick findings4 few_shot 100% | auroc | 4 | ace 3, dino 3, mae 3, random 3 | 5 |" in out
     assert "1 (set-level)" in out

@@ -57,7 +57,8 @@ class ToyBackbone(nn.Module):
         super().__init__()
         self.proj = nn.Linear(16, 16)
         with torch.no_grad():
-            self.proj.weight.copy_(torch.eye(16) + 0.01 * torch.randn(16, 16, generator=torch.Generator().manual_seed(0)))
+            noise = torch.randn(16, 16, generator=torch.Generator().manual_seed(0))
+            self.proj.weight.copy_(torch.eye(16) + 0.01 * noise)
             self.proj.bias.zero_()
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,7 +128,8 @@ def test_finetune_trains_the_encoder_and_selects_on_val(toy_export, tmp_path):
 
 def test_few_shot_stores_one_case_per_draw_with_k_examples_per_class(toy_export, tmp_path):
     cls = resolve_protocol("few_shot", "classification")
-    res = cls(cls.make_config({"shots": 3, "draws": 4, "steps": 60})).run(_ctx(ToyImages("multiclass", N), tmp_path, "few_shot"))
+    res = cls(cls.make_config({"shots": 3, "draws": 4, "steps": 60})).run(
+        _ctx(ToyImages("multiclass", N), tmp_path, "few_shot"))
     assert sorted({r["case"] for r in res.rows}) == [f"draw{d}" for d in range(4)]
     assert min(_overall(res)) > 0.9
 

@@ -44,7 +44,8 @@ def test_probe_finds_position_in_informative_features_and_none_in_noise():
     n_sub, n = 20, 16
     y = rng.random((n_sub * n, 3))
     groups = np.repeat(np.arange(n_sub), n)
-    informative = np.c_[y @ rng.normal(size=(3, 10)), rng.normal(size=(len(y), 30))] + 0.05 * rng.normal(size=(len(y), 40))
+    informative = (np.c_[y @ rng.normal(size=(3, 10)), rng.normal(size=(len(y), 30))]
+                   + 0.05 * rng.normal(size=(len(y), 40)))
     noise = rng.normal(size=(len(y), 40))
     tr, te = groups < 14, groups >= 14
     good = P.probe((informative[tr], y[tr], groups[tr]), (informative[te], y[te]))

@@ -6,6 +6,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from test_cli import FAST, run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,6 +19,9 @@ def readme_examples() -> dict[str, str]:
             re.finditer(r"<!-- example:(\S+) -->\n```\w+\n(.*?)```", text, flags=re.S)}
 
 
+# a run_bench.py subprocess on a copy of the tree (25-95 s on 2 cores): `make test-all`; test_cli's smoke run
+# keeps run_bench.py end to end in `make test`
+@pytest.mark.slow
 def test_readme_method_example_runs(data_dir, tmp_path):
     ex = readme_examples()
     assert set(ex) == {"methods/toy_ae.py", "conf/method/toy_ae.yaml", "methods/__init__.py"}

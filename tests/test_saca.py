@@ -359,7 +359,8 @@ class _SideVolumes:
         return {"id": record.id, "image": self.images[record.id], "spacing": (1.0, 1.0, 1.0), "label": None}
 
 
-@pytest.mark.parametrize("with_block", [True, False])
+# with_block=False: the same path on an export without SACA's block (~20 s on 2 cores), in `make test-all` only
+@pytest.mark.parametrize("with_block", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_classification_finetune_with_the_saca_head_runs_on_a_swin_export(tmp_path, with_block):
     """The brain suite's path end to end on a tiny 3D set: export (with or without SACA's block) -> finetune with
     head=saca -> per-class AUROC rows; the head adds the SACA block's parameters to the trained model."""

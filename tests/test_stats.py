@@ -390,3 +390,15 @@ def test_rank_stability():
     batch = np.stack([close, close[::-1] * 2])                     # [task, case, method]
     tb = S.rank_stability(batch, n_boot=300, seed=1)
     assert tb.shape == (2, 300) and np.array_equal(tb[0], tau)
+
+
+def test_inestimable_interval_is_all_nan_not_an_error():
+    """A t interval from non-finite variance components (set-level AUROC with < 2 finite image resamples) and a
+    bootstrap without a finite resample: the estimate with NaN bounds, p, se and df, not a TypeError."""
+    nan = float("nan")
+    d = S._t_result(0.1, 0.01, nan, nan, 3, 20, 0.05)
+    assert d.estimate == 0.1 and (d.runs, d.units, d.interval) == (3, 20, "t")
+    assert all(np.isnan(v) for v in (d.low, d.high, d.p, d.se, d.df))
+    b = S._boot_result(0.2, np.full(10, nan), 0.05, 4, 30)
+    assert b.estimate == 0.2 and (b.runs, b.units, b.interval) == (4, 30, "bootstrap")
+    assert all(np.isnan(v) for v in (b.low, b.high, b.p, b.se, b.df))

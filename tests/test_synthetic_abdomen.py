@@ -1,7 +1,7 @@
 """Tests of the SynthAbdomen generator (datasets/synthetic/abdomen.py)."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -21,7 +21,7 @@ DEFAULT = AbdomenConfig()
 SEEDS = (0, 1, 2, 3)
 
 
-@lru_cache(maxsize=None)
+@cache
 def subject(seed: int, layout: str = "atlas", small: bool = False):
     return _render(seed, SMALL if small else DEFAULT, layout)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from functools import lru_cache
+from functools import cache
 
 import nibabel as nib
 import numpy as np
@@ -14,7 +14,7 @@ from datasets.synthetic.brain import CLASSES, LABELS, BrainConfig, class_of, gen
 CFG = BrainConfig()
 
 
-@lru_cache(maxsize=None)
+@cache
 def subject(seed: int, label: int | None = None):
     return generate_subject(seed, CFG, label)
 

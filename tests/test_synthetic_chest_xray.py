@@ -1,7 +1,7 @@
 """Tests of the chest radiograph generator (datasets/synthetic/chest_xray.py)."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ from datasets.synthetic.chest_xray import (
 SMALL = CXRConfig(size=(128, 128))
 
 
-@lru_cache(maxsize=None)
+@cache
 def render(seed: int, cfg: CXRConfig = SMALL):
     return cxr._render(seed, cfg)
 

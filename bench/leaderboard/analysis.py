@@ -380,8 +380,8 @@ def _pretraining(cells: pd.DataFrame) -> list[Pretraining]:
     for (method, export), g in cells.groupby(["method", "pretrain_hash"], sort=True):
         first = g.iloc[0]
 
-        def value(c: str) -> float | None:
-            return None if pd.isna(first[c]) else float(first[c])
+        def value(c: str) -> float | None:  # called in this iteration only
+            return None if pd.isna(first[c]) else float(first[c])  # noqa: B023
         out.append(Pretraining(str(method), str(export), None if pd.isna(first["pretrain_device"])
                                else str(first["pretrain_device"]), value("pretrain_wall_s"),
                                value("pretrain_gpu_hours"), value("pretrain_cpu_hours"), len(g)))
@@ -502,7 +502,8 @@ class _Runs:
         if self.images is not None:
             d = stats.set_run_difference(x, y, self.images.targets, groups=self.image_groups, ci=o.ci,
                                          n_resamples=o.n_resamples, seed=o.seed)
-            return d, np.atleast_1d(stats.mean_auroc(x, self.images.targets) - stats.mean_auroc(y, self.images.targets)), how
+            return d, np.atleast_1d(stats.mean_auroc(x, self.images.targets)
+                                    - stats.mean_auroc(y, self.images.targets)), how
         d = stats.paired_run_difference(x, y, groups=self.groups, ci=o.ci, n_resamples=o.n_resamples, seed=o.seed)
         return d, np.nanmean(x - y, axis=1), how
 
@@ -530,7 +531,8 @@ def _bayes(per_run: np.ndarray, margin: float, seed: int) -> tuple[float, float,
     per_run = per_run[np.isfinite(per_run)]
     if per_run.size < 2:
         return None
-    return tuple(float(v) for v in stats.bayes_signed_rank(per_run, margin, seed=seed))
+    worse, equivalent, better = stats.bayes_signed_rank(per_run, margin, seed=seed)
+    return float(worse), float(equivalent), float(better)
 
 
 def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[int, float]],
@@ -548,18 +550,18 @@ def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[
     for method in methods:
         mat = data.wide.loc[method]
         runs = mat.index.to_frame(index=False)
-        complete = int(mat.notna().all().sum())
+        complete_cases = int(mat.notna().all().sum())
         ci = data.mean_ci(method)
         c = compute.loc[key + (method,)]
         seeds = tuple(int(s) for s in sorted(runs["seed"].unique()))
         rows.append(MethodRow(
             method=method, mean=float(ci.estimate), ci=ci, runs=len(runs),
             pretrain_seeds=tuple(int(s) for s in sorted(runs["pretrain_seed"].unique())), seeds=seeds,
-            cases=images.images if images is not None else complete, per_class=per_class.get(key + (method,), {}),
+            cases=images.images if images is not None else complete_cases, per_class=per_class.get(key + (method,), {}),
             boundary=auprc.get(method, boundary.get(key + (method,), float("nan"))),
             gpu_hours=float(c["gpu_hours"]), cpu_hours=float(c["cpu_hours"]), params=c["params"],
             leakage=bool(c["leakage"]),
-            missing=_missing(len(runs), len(all_runs), complete, all_cases, data.set_level)))
+            missing=_missing(len(runs), len(all_runs), complete_cases, all_cases, data.set_level)))
     sign = data.sign
     # a method with fewer runs is never ranked on a mean over other runs: complete rows come first
     rows.sort(key=lambda r: (bool(r.missing), -sign * r.mean, r.method))
@@ -586,14 +588,14 @@ def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[
                 d = d._replace(estimate=-d.estimate, low=-d.high, high=-d.low)
                 runs_d = -runs_d
             r.vs_baseline = replace(_compare(d, base, margin, opts.alpha), bayes=_bayes(runs_d, margin, opts.seed))
-            tested.append(r)
-        raw = np.array([r.vs_baseline.diff.p for r in tested], dtype=float)
+            tested.append((r, r.vs_baseline))
+        raw = np.array([vs.diff.p for _, vs in tested], dtype=float)
         adjusted = np.full(len(raw), np.nan)
         ok = np.isfinite(raw)
         if ok.any():
             adjusted[ok] = np.asarray(stats.holm(raw[ok]), dtype=float)
-        for r, p in zip(tested, adjusted):
-            r.vs_baseline = replace(r.vs_baseline, p_holm=float(p))
+        for (r, vs), p in zip(tested, adjusted):
+            r.vs_baseline = replace(vs, p_holm=float(p))
     complete = [r for r in rows if not r.missing]
     could_be_best: list[str] = []
     if len(complete) >= 2:
@@ -605,9 +607,9 @@ def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[
             could_be_best = [r.method for r in complete if r.p_best >= opts.best_share]
     controls = []
     for m in methods:
-        found = data.control(m)
-        if found is not None:
-            d, _, how = found
+        halves = data.control(m)
+        if halves is not None:
+            d, _, how = halves
             controls.append(Control(m, how, _compare(d, m, margin, opts.alpha)))
     classes = sorted(set().union(*(r.per_class for r in rows)))
     run_scores = data.wide.mean(axis=1).mul(sign).unstack("method") if len(data.wide) else pd.DataFrame()
@@ -725,6 +727,18 @@ def normalised(value: float, baseline: float | None, metric: str) -> float:
     return float((value - ref) / (ideal - ref))
 
 
+def _row_mean(t: Table, method: str) -> float:
+    """The mean of a method that has a row in ``t``."""
+    r = t.row(method)
+    assert r is not None
+    return r.mean
+
+
+def _baseline_mean(t: Table, baseline: str) -> float | None:
+    r = t.row(baseline)
+    return r.mean if r else None
+
+
 def _across(tables: list[Table], suite: Suite, budget: str, opts: Options) -> tuple[Across | None, str]:
     primary = {(t.name, *t.primary_table): t for t in suite.tasks}
     chosen = [t for t in tables if (t.task.name, t.protocol, t.fraction) in primary]
@@ -746,13 +760,13 @@ def _across(tables: list[Table], suite: Suite, budget: str, opts: Options) -> tu
     excluded = {m: [t.label for t in kept if t.row(m) is None] for m in methods if m not in included}
     n = len(kept)
     # ranks per block on the means, ties within the metric's margin
-    raw = np.array([[t.sign * t.row(m).mean for m in included] for t in kept])
+    raw = np.array([[t.sign * _row_mean(t, m) for m in included] for t in kept])
     ranks = np.array([margin_ranks(raw[i], kept[i].margin) for i in range(n)])
     chi2, p, how = stats.friedman_exact(-ranks, seed=opts.seed)
     mean_ranks = dict(zip(included, ranks.mean(0).tolist()))
     order = sorted(included, key=lambda m: (mean_ranks[m], m))
-    norm = np.array([[normalised(t.row(m).mean, t.row(opts.baseline).mean if t.row(opts.baseline) else None,
-                                 t.task.metric) for m in included] for t in kept])
+    norm = np.array([[normalised(_row_mean(t, m), _baseline_mean(t, opts.baseline), t.task.metric)
+                      for m in included] for t in kept])
     testable = n >= 1 and 2.0 / 2 ** n <= opts.alpha
     pairs = []
     if testable:
@@ -761,7 +775,7 @@ def _across(tables: list[Table], suite: Suite, budget: str, opts: Options) -> tu
             for j, b in enumerate(included[i + 1:], start=i + 1):
                 d = norm[:, i] - norm[:, j]
                 found.append((a, b, float(stats.paired_wilcoxon(norm[:, i], norm[:, j])[1]), float(np.nanmean(d))))
-        adj = stats.holm(np.array([f[2] for f in found])) if found else []
+        adj: np.ndarray | list[float] = stats.holm(np.array([f[2] for f in found])) if found else []
         pairs = [(a, b, praw, float(pa)) if dm >= 0 else (b, a, praw, float(pa))
                  for (a, b, praw, dm), pa in zip(found, adj)]
     shared = _shared_tests(kept)
@@ -770,10 +784,10 @@ def _across(tables: list[Table], suite: Suite, budget: str, opts: Options) -> tu
     for m in included:
         cols = []
         for t in kept:
-            b = t.row(opts.baseline).mean if t.row(opts.baseline) else None
+            base_mean = _baseline_mean(t, opts.baseline)
             s = t.run_scores[m] * t.sign if m in t.run_scores else pd.Series(dtype=float)
             cols.append(s.groupby(level=["pretrain_seed", "seed"]).mean().map(
-                lambda v, t=t, b=b: normalised(v, b, t.task.metric)))
+                lambda v, t=t, b=base_mean: normalised(v, b, t.task.metric)))
         runs[m] = pd.concat(cols, axis=1).dropna()
     iqm = {}
     for m in order:
@@ -825,7 +839,8 @@ def comparisons(lb: Leaderboard) -> pd.DataFrame:
             def row(kind: str, method: str, c: Comparison) -> dict:
                 d = c.diff
                 b = c.bayes or (np.nan, np.nan, np.nan)
-                return key | {"kind": kind, "method": method, "other": c.other, "estimate": d.estimate,
+                # called in this iteration only, so the loop's current key is the one meant
+                return key | {"kind": kind, "method": method, "other": c.other, "estimate": d.estimate,  # noqa: B023
                               "low": d.low, "high": d.high, "p": d.p, "p_holm": c.p_holm, "se": d.se, "df": d.df,
                               "runs": d.runs, "units": d.units, "ci_method": d.interval, "verdict": c.verdict,
                               "mde": c.mde, "bayes_worse": b[0], "bayes_equivalent": b[1], "bayes_better": b[2]}

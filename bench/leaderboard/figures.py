@@ -68,7 +68,7 @@ def write_figures(plots, s: Section, files: dict[tuple, str], out_dir: Path) -> 
                 verdicts.loc[b, a] = flip.get(c.verdict, c.verdict)
             plots.significance_map(verdicts, out_dir / files["significance", s.budget, t.label],
                                    title=f"{t.label} (budget {s.budget})")
-    if ("poi", s.budget) in files:
+    if ("poi", s.budget) in files and s.across is not None:   # figure_files lists it only with an across block
         plots.probability_of_improvement(s.across.poi, out_dir / files["poi", s.budget], title=f"budget {s.budget}")
 
 

@@ -83,7 +83,7 @@ def _atomic_csv(rows: pd.DataFrame, path: Path) -> None:
 def _markdown(lb: Leaderboard, now, git, class_names, figures: bool) -> str:
     if class_names is None:
         class_names = dataset_class_names(lb.suite)
-    return markdown(lb, now=now if now is not None else dt.datetime.now(dt.timezone.utc),
+    return markdown(lb, now=now if now is not None else dt.datetime.now(dt.UTC),
                     git=git if git is not None else git_sha(), class_names=class_names, figures=figures)
 
 

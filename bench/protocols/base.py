@@ -74,7 +74,7 @@ class Protocol:
     deterministic: ClassVar[bool] = False
 
     def __init__(self, cfg: Any = None) -> None:
-        self.cfg = cfg if cfg is not None else self.Config()
+        self.cfg: Any = cfg if cfg is not None else self.Config()   # the subclass's own Config
 
     @classmethod
     def make_config(cls, values: dict[str, Any] | None) -> Any:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import metrics
+from bench.backbones import Backbone
 from bench.data import subsample
 from bench.engine import TrainConfig, fit
 from bench.export import load_export, load_extras
@@ -138,7 +139,7 @@ def inference_batch(ctx: TransferContext) -> int:
 
 
 @torch.no_grad()
-def encode(backbone: nn.Module, images: torch.Tensor, device: torch.device, batch: int = 32) -> torch.Tensor:
+def encode(backbone: Backbone, images: torch.Tensor, device: torch.device, batch: int = 32) -> torch.Tensor:
     backbone.eval().to(device)
     out = []
     for i in range(0, len(images), batch):
@@ -148,7 +149,8 @@ def encode(backbone: nn.Module, images: torch.Tensor, device: torch.device, batc
     return torch.cat(out)
 
 
-def cached_features(ctx: TransferContext, backbone: nn.Module, split: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
+def cached_features(ctx: TransferContext, backbone: Backbone,
+                    split: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
     """Pooled features of a whole split, computed once per encoder export."""
     data = load_split(ctx, split, backbone.in_channels)
     key = f"feat/{ctx.export_path}/{ctx.dataset.registry_name}/{split}/{ctx.preprocess.key()}/{ctx.roi}"
@@ -263,6 +265,9 @@ def _train_cfg(steps: int, lr: float, weight_decay: float, eval_every: int, warm
 class _FeatureHead(nn.Module):
     """A linear head on standardised features (MAE's linear probe: BatchNorm without affine, then linear)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, n_out: int) -> None:
         super().__init__()
         self.register_buffer("mean", mean)
@@ -284,6 +289,7 @@ def train_linear_head(ctx: TransferContext, feats: torch.Tensor, y: np.ndarray, 
         return StepOutput(crit(head(batch["x"]), batch["y"]))
 
     def val_score() -> float:
+        assert val is not None   # passed to fit only with a validation split
         head.eval()
         with torch.no_grad():
             s = probabilities(head(val[0].to(ctx.device)).cpu(), space)
@@ -334,7 +340,7 @@ class LinearProbe(Protocol):
 class _Classifier(nn.Module):
     """A linear layer on the encoder's pooled features (the default head)."""
 
-    def __init__(self, backbone: nn.Module, n_out: int, extras: dict[str, Any] | None = None) -> None:
+    def __init__(self, backbone: Backbone, n_out: int, extras: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.feature_dim, n_out)

@@ -53,7 +53,8 @@ def synthetic_dice(tasks: int, methods: int, seeds: int, cases: int, classes: in
     method effect, a seed effect and noise."""
     rng = np.random.default_rng(seed)
     difficulty = rng.beta(8, 2, (tasks, 1, 1, cases, classes))
-    method = np.linspace(-0.05, 0.05, methods)[None, :, None, None, None] + rng.normal(0, 0.01, (tasks, methods, 1, 1, 1))
+    method = (np.linspace(-0.05, 0.05, methods)[None, :, None, None, None]
+              + rng.normal(0, 0.01, (tasks, methods, 1, 1, 1)))
     seed_effect = rng.normal(0, 0.01, (tasks, methods, seeds, 1, 1))
     noise = rng.normal(0, 0.03, (tasks, methods, seeds, cases, classes))
     return np.clip(difficulty + method + seed_effect + noise, 0.0, 1.0)
@@ -113,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank_boots = a.resamples if a.rank_boots is None else a.rank_boots
 
     # the leaderboard's own helpers: _compare gives a comparison's verdict and minimal detectable effect
-    from bench.leaderboard.analysis import DEFAULT_MARGINS, MIN_CONTROL_RUNS, Options, _compare, margin_ranks, normalised
+    from bench.leaderboard.analysis import (DEFAULT_MARGINS, MIN_CONTROL_RUNS, Options, _compare, margin_ranks,
+                                            normalised)
 
     opts = Options()
     margin, alpha, ci = opts.margin("dice"), opts.alpha, opts.ci
@@ -208,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 6. negative controls: each method's alternate runs as two halves (the leaderboard's split with one
     #    pretraining seed), from MIN_CONTROL_RUNS runs on
     def controls() -> list[Any]:
-        out = []
+        out: list[Any] = []
         if ns < MIN_CONTROL_RUNS:
             return out
         first, second = np.arange(0, ns, 2), np.arange(1, ns, 2)

@@ -28,12 +28,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from bench.stats import bootstrap_p, draw_counts
+
+if TYPE_CHECKING:
+    from bench.backbones import Backbone
 
 LAMBDAS = tuple(10.0 ** k for k in range(-3, 5))
 
@@ -143,7 +146,7 @@ def _volumes(suite_name: str, data_dir: str | None) -> dict[str, list[tuple[str,
 
 
 @torch.no_grad()
-def features(backbone: torch.nn.Module, vols: list[tuple[str, np.ndarray]], crop: int, n: int, seed: int,
+def features(backbone: Backbone, vols: list[tuple[str, np.ndarray]], crop: int, n: int, seed: int,
              batch: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled features [N, F], normalised centres [N, 3] and subject index [N] of ``n`` crops per volume."""
     backbone.eval()
@@ -198,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         boots.append(resampled_r2(ty, pred, res.pop("reference"), tg, idx))
         err = np.abs(pred - ty) * (np.asarray(vols["test"][0][1].shape[-3:]) - 1)
         ci = np.quantile(boots[-1], [0.025, 0.975])
-        rows.append({"export": str(path), "method": meta.get("method", "?"), "pretrain_steps": meta.get("pretrain_steps"),
-                     **res, "r2_ci": [float(v) for v in ci], "mae_voxels": float(err.mean()),
+        rows.append({"export": str(path), "method": meta.get("method", "?"),
+                     "pretrain_steps": meta.get("pretrain_steps"), **res,
+                     "r2_ci": [float(v) for v in ci], "mae_voxels": float(err.mean()),
                      "seconds": round(time.time() - t0, 1)})
         if len(rows) > 1:
             # paired over the same resampled subjects: what the test subjects share cancels in the difference

@@ -905,7 +905,7 @@ def make_preview(path: str | os.PathLike, seeds=(0, 1, 2), cfg: AbdomenConfig = 
         zs = np.nonzero(label.any((0, 1)))[0]
         z_lo, z_hi = (zs.min(), zs.max()) if len(zs) else (0, image.shape[2] - 1)
 
-        def centroid_z(lab):
+        def centroid_z(lab, label=label):   # called in this iteration only: bind its label
             m = label == lab
             return int(np.round(np.nonzero(m)[2].mean())) if m.any() else None
 

@@ -121,7 +121,7 @@ def template_dir() -> Path:
 def template_paths() -> dict[str, Path]:
     d = template_dir()
     out = {k: d / name for k, name in TEMPLATE_FILES.items()}
-    for k, p in out.items():
+    for _k, p in out.items():
         if not p.is_file():
             raise FileNotFoundError(f"MNI152 2009a symmetric template file missing: {p} "
                                     f"(expected in the installed nilearn package; reinstall nilearn)")

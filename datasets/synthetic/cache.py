@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from datasets.base import DataError
 from datasets.synthetic._common import atomic_save_nifti  # noqa: F401  (one NIfTI writer for every generator)

@@ -769,7 +769,7 @@ class _Renderer:
             D = np.array(rdirs)
             D /= np.linalg.norm(D, axis=1, keepdims=True)
             Rr = np.full(len(P), 3.8) * rng.uniform(0.8, 1.2, len(P))
-            for gen in range(11):
+            for _gen in range(11):
                 if not len(P):
                     break
                 Lseg = Rr * rng.uniform(3.5, 6.5, len(Rr)) + 3.0
@@ -796,7 +796,7 @@ class _Renderer:
                 out = P1 - hil
                 out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
                 kids_D = []
-                for sgn in (1, -1):
+                for _sgn in (1, -1):
                     rnd = rng.normal(0, 1, (nP, 3))
                     rnd -= (rnd * D).sum(1, keepdims=True) * D
                     rnd /= np.maximum(np.linalg.norm(rnd, axis=1, keepdims=True), 1e-9)
@@ -906,13 +906,13 @@ class _Renderer:
         tex = ndimage.gaussian_filter(rng.standard_normal(A.shape), 3.0 / self.sp)
         tex /= max(float(tex.std()), 1e-9)
         A = A + 0.02 * tex * (self.maps["lung"] > 0) * np.clip(self.maps["lung"] / 150.0, 0, 1)
-        I = np.exp(-A)
+        intensity = np.exp(-A)
         if ph.scatter > 0:
-            I = I + ph.scatter * ndimage.gaussian_filter(I, 25.0 / self.sp, truncate=2.5)
+            intensity = intensity + ph.scatter * ndimage.gaussian_filter(intensity, 25.0 / self.sp, truncate=2.5)
         n0 = ph.photons * (256.0 / self.W) ** 2
-        I = I + rng.standard_normal(I.shape) * np.sqrt(np.maximum(I, 1e-6) / n0)
-        I = ndimage.gaussian_filter(I, 0.9 / self.sp)        # detector blur (~0.9 mm)
-        L = -np.log(np.clip(I, 1e-4, None))
+        intensity = intensity + rng.standard_normal(intensity.shape) * np.sqrt(np.maximum(intensity, 1e-6) / n0)
+        intensity = ndimage.gaussian_filter(intensity, 0.9 / self.sp)   # detector blur (~0.9 mm)
+        L = -np.log(np.clip(intensity, 1e-4, None))
         # CR-like processing: dynamic-range compression and unsharp masking in the log domain
         big = ndimage.gaussian_filter(L, 30.0 / self.sp, truncate=2.5)
         body = self.maps["body"] * ph.sy > 30
@@ -1177,7 +1177,7 @@ def _main(argv=None) -> None:
         print(msg + f"; {res['n_images']} images (seeds 1000..{999 + res['n_images']})")
         print(f"writing the ChestX-ray14 layout (render + PNG + CSV), one process: {res['write_ips']:.1f} images/s "
               f"({60 * res['write_ips']:.0f}/min); {res['n_write']} images")
-        print(f"prevalence (configured "
+        print("prevalence (configured "
               + ", ".join(f"{k} {p:.2f}" for k, p in zip(FINDINGS, cfg.prevalence)) + "):")
         print(f"  {'':<13}{'rendered':>10}{'labels':>10}")
         print(f"  {'':<13}{'n=' + str(res['n_images']):>10}{'n=' + str(res['n_prevalence']):>10}")
