@@ -37,10 +37,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q --runslow
 
-# ruff's lint rules on the whole tree and mypy on bench/ (settings and backlog in pyproject.toml). Not yet
-# `ruff format --check`: the tree is formatted in one later commit, which adds it here.
+# ruff's lint rules and its formatter (check only) on the whole tree, mypy on bench/ (settings in pyproject.toml).
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy bench/
 
 clean:

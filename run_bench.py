@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """The only entry point: ``python run_bench.py method=simmim3d suite=smoke``. See README.md."""
+
 import sys
 
 # The harness (bench/) knows no dataset and no method: importing these packages registers them, here, before the

@@ -4,6 +4,7 @@
 A backbone never holds a task head: the segmentation protocol adds a 1x1x1 output conv and the
 pretraining methods add their own heads, so an encoder export always loads with ``strict=True``.
 """
+
 from __future__ import annotations
 
 import types
@@ -56,8 +57,9 @@ def _sdpa_window_attention(self: Any, x: torch.Tensor, mask: torch.Tensor | None
         nw = mask.shape[0]
         bias = bias.unsqueeze(1) + mask.reshape(1, nw, 1, n, n)
         q, k, v = (t.reshape(b // nw, nw, *t.shape[1:]) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale,
-                                         dropout_p=self.attn_drop.p if self.training else 0.0)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale, dropout_p=self.attn_drop.p if self.training else 0.0
+    )
     return self.proj_drop(self.proj(out.reshape(b, self.num_heads, n, -1).transpose(1, 2).reshape(b, n, c)))
 
 
@@ -71,18 +73,35 @@ class SwinUNETRBackbone(Backbone):
 
     spatial_dims = 3
 
-    def __init__(self, feature_size: int = 48, in_channels: int = 1, dropout_path_rate: float = 0.0,
-                 use_checkpoint: bool = False, fused_attention: bool = True,
-                 depths: tuple[int, ...] = (2, 2, 2, 2)) -> None:
+    def __init__(
+        self,
+        feature_size: int = 48,
+        in_channels: int = 1,
+        dropout_path_rate: float = 0.0,
+        use_checkpoint: bool = False,
+        fused_attention: bool = True,
+        depths: tuple[int, ...] = (2, 2, 2, 2),
+    ) -> None:
         super().__init__()
         from monai.networks.nets import SwinUNETR
         from monai.networks.nets.swin_unetr import WindowAttention
 
-        self._build_kwargs = dict(feature_size=feature_size, in_channels=in_channels,
-                                  dropout_path_rate=dropout_path_rate, use_checkpoint=use_checkpoint,
-                                  fused_attention=fused_attention, depths=tuple(depths))
-        net = SwinUNETR(in_channels=in_channels, out_channels=1, feature_size=feature_size, depths=tuple(depths),
-                        dropout_path_rate=dropout_path_rate, use_checkpoint=use_checkpoint)
+        self._build_kwargs = dict(
+            feature_size=feature_size,
+            in_channels=in_channels,
+            dropout_path_rate=dropout_path_rate,
+            use_checkpoint=use_checkpoint,
+            fused_attention=fused_attention,
+            depths=tuple(depths),
+        )
+        net = SwinUNETR(
+            in_channels=in_channels,
+            out_channels=1,
+            feature_size=feature_size,
+            depths=tuple(depths),
+            dropout_path_rate=dropout_path_rate,
+            use_checkpoint=use_checkpoint,
+        )
         del net.out  # task heads live outside the backbone
         if fused_attention:
             for m in net.modules():
@@ -166,23 +185,43 @@ class TimmBackbone2D(Backbone):
     spatial_dims = 2
     kind: str = ""
 
-    def __init__(self, model_name: str, in_channels: int = 1, img_size: int | tuple[int, int] = 224,
-                 drop_path_rate: float = 0.0, **timm_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        in_channels: int = 1,
+        img_size: int | tuple[int, int] = 224,
+        drop_path_rate: float = 0.0,
+        **timm_kwargs: Any,
+    ) -> None:
         super().__init__()
         import timm
 
-        self._build_kwargs = dict(model_name=model_name, in_channels=in_channels, img_size=img_size,
-                                  drop_path_rate=drop_path_rate, **timm_kwargs)
+        self._build_kwargs = dict(
+            model_name=model_name,
+            in_channels=in_channels,
+            img_size=img_size,
+            drop_path_rate=drop_path_rate,
+            **timm_kwargs,
+        )
         extra = dict(timm_kwargs)
         if self.kind == "vit":
-            extra.setdefault("dynamic_img_size", True)   # any multiple of the patch size, pos-embed resampled
+            extra.setdefault("dynamic_img_size", True)  # any multiple of the patch size, pos-embed resampled
             extra["img_size"] = img_size
         elif self.kind == "swin":
             extra.setdefault("strict_img_size", False)  # other sizes: windows padded, masks built per input
             extra["img_size"] = img_size
         # timm models are typed nn.Module; their attributes (blocks, stages, feature_info...) are model-specific
-        self.net: Any = cast(Any, timm.create_model(model_name, pretrained=False, num_classes=0,
-                                                    in_chans=in_channels, drop_path_rate=drop_path_rate, **extra))
+        self.net: Any = cast(
+            Any,
+            timm.create_model(
+                model_name,
+                pretrained=False,
+                num_classes=0,
+                in_chans=in_channels,
+                drop_path_rate=drop_path_rate,
+                **extra,
+            ),
+        )
         self.in_channels = in_channels
         self.img_size = img_size
         self.feature_dim = int(self.net.num_features)
@@ -216,13 +255,14 @@ class ViT2D(TimmBackbone2D):
         super().__init__(model_name, **kw)
         self.token_stride = int(self.net.patch_embed.patch_size[0])
 
-    def tokens(self, x: torch.Tensor, patch_hook: PatchHook | None = None,
-               idx_keep: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def tokens(
+        self, x: torch.Tensor, patch_hook: PatchHook | None = None, idx_keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(CLS [B, D] or None, final normed patch tokens [B, N, D]); with ``idx_keep`` [B, K] only those
         patch tokens (row-major indices) enter the blocks and N = K."""
         vit = self.net
-        t = _hooked(vit.patch_embed(x), patch_hook)          # [B, h, w, D] (dynamic_img_size)
-        t = vit._pos_embed(t)                                 # prefix tokens prepended, pos-embed added
+        t = _hooked(vit.patch_embed(x), patch_hook)  # [B, h, w, D] (dynamic_img_size)
+        t = vit._pos_embed(t)  # prefix tokens prepended, pos-embed added
         npre = vit.num_prefix_tokens
         if idx_keep is not None:
             patches = torch.gather(t[:, npre:], 1, idx_keep[..., None].expand(-1, -1, t.shape[-1]))
@@ -234,8 +274,10 @@ class ViT2D(TimmBackbone2D):
     def grid(self, x: torch.Tensor) -> tuple[int, int]:
         h, w = x.shape[-2:]
         if h % self.token_stride or w % self.token_stride:
-            raise ValueError(f"{self.registry_name if hasattr(self, 'registry_name') else 'vit'}: image size "
-                             f"{(h, w)} is not a multiple of the patch size {self.token_stride}")
+            raise ValueError(
+                f"{self.registry_name if hasattr(self, 'registry_name') else 'vit'}: image size "
+                f"{(h, w)} is not a multiple of the patch size {self.token_stride}"
+            )
         return h // self.token_stride, w // self.token_stride
 
     def encode(self, x: torch.Tensor, patch_hook: PatchHook | None = None) -> list[torch.Tensor]:
@@ -255,7 +297,7 @@ class Swin2D(TimmBackbone2D):
 
     def encode(self, x: torch.Tensor, patch_hook: PatchHook | None = None) -> list[torch.Tensor]:
         net = self.net
-        h = _hooked(net.patch_embed(x), patch_hook)           # NHWC
+        h = _hooked(net.patch_embed(x), patch_hook)  # NHWC
         outs = []
         for i, layer in enumerate(net.layers):
             h = layer(h)
@@ -293,6 +335,7 @@ def _timm_2d(cls: type[TimmBackbone2D], model_name: str) -> Callable[..., TimmBa
     def build(**kw: Any) -> TimmBackbone2D:
         kw.pop("model_name", None)
         return cls(model_name, **kw)
+
     return build
 
 

@@ -2,6 +2,7 @@
 
 User mistakes (an unknown name, a bad option, unreadable data) print one line and exit with 2.
 """
+
 from __future__ import annotations
 
 import sys
@@ -28,8 +29,10 @@ def preflight(argv: list[str]) -> list[str]:
         key, value = arg.split("=", 1)
         key = key.lstrip("+~")
         if key.startswith("protocol."):
-            _fail(f"{arg}: a protocol's options are protocols.<protocol>.<task kind>.<option>, e.g. "
-                  f"protocols.finetune.segmentation.lr=3e-4 (protocol=NAME only selects which protocol runs)")
+            _fail(
+                f"{arg}: a protocol's options are protocols.<protocol>.<task kind>.<option>, e.g. "
+                f"protocols.finetune.segmentation.lr=3e-4 (protocol=NAME only selects which protocol runs)"
+            )
         if key == "experiment":
             # a study pins its own budget; a default added here would override it from the command line
             has_budget = True
@@ -77,7 +80,7 @@ def bare_method_options(argv: list[str]) -> list[str]:
     for arg in argv:
         key = arg.split("=", 1)[0] if "=" in arg and not arg.startswith("-") else None
         if key and key.isidentifier() and key not in top and key not in GROUPS and key in fields:
-            arg = f"++method.config.{arg}"   # ++: also options the YAML leaves at their default
+            arg = f"++method.config.{arg}"  # ++: also options the YAML leaves at their default
         out.append(arg)
     return out
 

@@ -4,6 +4,7 @@ Volumes are preprocessed once (HU window to [0, 1], optional resampling to a tar
 to a fixed grid), kept on disk by ``PreprocessedCache`` for later runs and in memory within a run; 3D training
 samples are random ROI crops, evaluation runs on whole volumes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,8 @@ from torch.utils.data import Dataset
 class Preprocess:
     a_min: float = -175.0
     a_max: float = 250.0
-    spacing: tuple[float, ...] | None = None   # resample to this spacing (mm); None keeps the native grid
-    size: tuple[int, ...] | None = None        # resize to this grid (2D images: the budget's input size)
+    spacing: tuple[float, ...] | None = None  # resample to this spacing (mm); None keeps the native grid
+    size: tuple[int, ...] | None = None  # resize to this grid (2D images: the budget's input size)
 
     @classmethod
     def from_config(cls, values: dict[str, Any]) -> Preprocess:
@@ -38,7 +39,7 @@ class Preprocess:
         return cls(**kw)
 
     def key(self) -> str:
-        spacing = 'x'.join(f'{v:g}' for v in self.spacing) if self.spacing else 'native'
+        spacing = "x".join(f"{v:g}" for v in self.spacing) if self.spacing else "native"
         key = f"w{self.a_min:g}_{self.a_max:g}_s{spacing}"
         return key + (f"_r{'x'.join(map(str, self.size))}" if self.size else "")
 
@@ -63,8 +64,18 @@ def preprocess(sample: dict[str, Any], pp: Preprocess) -> dict[str, Any]:
         zoom = [t / s for s, t in zip(image.shape[1:], pp.size)]
         # order-1 zoom after a Gaussian pre-filter of the downsampled axes (no aliasing of fine texture)
         sigma = [max(0.0, (1 / z - 1) / 2) for z in zoom]
-        image = np.stack([ndimage.zoom(ndimage.gaussian_filter(c, sigma) if any(sigma) else c, zoom, order=1,
-                                       grid_mode=True, mode="nearest") for c in image])
+        image = np.stack(
+            [
+                ndimage.zoom(
+                    ndimage.gaussian_filter(c, sigma) if any(sigma) else c,
+                    zoom,
+                    order=1,
+                    grid_mode=True,
+                    mode="nearest",
+                )
+                for c in image
+            ]
+        )
         if label is not None:
             label = ndimage.zoom(label, zoom, order=0, grid_mode=True, mode="nearest")
         spacing = tuple(sp / z for sp, z in zip(spacing, zoom))
@@ -77,16 +88,18 @@ def preprocess(sample: dict[str, Any], pp: Preprocess) -> dict[str, Any]:
 
 def pad_to(image: np.ndarray, roi: Sequence[int], value: float = 0.0) -> np.ndarray:
     """Pad the spatial dims of [C, *S] (or [*S]) symmetrically up to ``roi``."""
-    spatial = image.shape[-len(roi):]
-    pads = [(0, 0)] * (image.ndim - len(roi)) + [((max(r - s, 0)) // 2, max(r - s, 0) - (max(r - s, 0)) // 2)
-                                                 for s, r in zip(spatial, roi)]
+    spatial = image.shape[-len(roi) :]
+    pads = [(0, 0)] * (image.ndim - len(roi)) + [
+        ((max(r - s, 0)) // 2, max(r - s, 0) - (max(r - s, 0)) // 2) for s, r in zip(spatial, roi)
+    ]
     return np.pad(image, pads, constant_values=value) if any(p != (0, 0) for p in pads) else image
 
 
-def random_crop(arrays: list[np.ndarray], roi: Sequence[int], rng: np.random.Generator,
-                center: Sequence[int] | None = None) -> list[np.ndarray]:
+def random_crop(
+    arrays: list[np.ndarray], roi: Sequence[int], rng: np.random.Generator, center: Sequence[int] | None = None
+) -> list[np.ndarray]:
     """Crop the same ROI from each [.., *S] array; ``center`` (voxel) biases the crop to contain it."""
-    spatial = arrays[0].shape[-len(roi):]
+    spatial = arrays[0].shape[-len(roi) :]
     starts = []
     for i, (s, r) in enumerate(zip(spatial, roi)):
         hi = s - r
@@ -101,8 +114,14 @@ def random_crop(arrays: list[np.ndarray], roi: Sequence[int], rng: np.random.Gen
 class PretrainDataset(Dataset):
     """Unlabelled volumes -> method views; ``samples`` sets the epoch length (loader re-iterates)."""
 
-    def __init__(self, volumes: list[np.ndarray], roi: Sequence[int],
-                 views: Callable[[dict, np.random.Generator], dict], samples: int, seed: int) -> None:
+    def __init__(
+        self,
+        volumes: list[np.ndarray],
+        roi: Sequence[int],
+        views: Callable[[dict, np.random.Generator], dict],
+        samples: int,
+        seed: int,
+    ) -> None:
         self.volumes, self.roi, self.views, self.samples, self.seed = volumes, tuple(roi), views, samples, seed
         self.epoch = 0
 
@@ -111,8 +130,9 @@ class PretrainDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, i, torch.initial_seed() % 2**31 if info else 0,
-                                     int(torch.randint(0, 2**31 - 1, (1,)))])
+        rng = np.random.default_rng(
+            [self.seed, i, torch.initial_seed() % 2**31 if info else 0, int(torch.randint(0, 2**31 - 1, (1,)))]
+        )
         vol = self.volumes[int(rng.integers(len(self.volumes)))]
         return self.views({"image": vol, "roi": self.roi}, rng)
 
@@ -135,8 +155,15 @@ class SegTrainDataset(Dataset):
     so a short schedule sees the small organs as often as the liver.
     """
 
-    def __init__(self, cases: list[dict[str, Any]], roi: Sequence[int], samples: int, pos_fraction: float = 0.5,
-                 intensity_aug: bool = True, positive_crops: str = "foreground") -> None:
+    def __init__(
+        self,
+        cases: list[dict[str, Any]],
+        roi: Sequence[int],
+        samples: int,
+        pos_fraction: float = 0.5,
+        intensity_aug: bool = True,
+        positive_crops: str = "foreground",
+    ) -> None:
         check_positive_crops(positive_crops)
         self.cases, self.roi, self.samples = cases, tuple(roi), samples
         self.pos_fraction, self.intensity_aug = pos_fraction, intensity_aug
@@ -165,8 +192,10 @@ class SegTrainDataset(Dataset):
         image = np.ascontiguousarray(image)
         if self.intensity_aug:
             image = image * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
-        return {"image": torch.from_numpy(np.asarray(image, np.float32)),
-                "label": torch.from_numpy(np.ascontiguousarray(label)[None].astype(np.int64))}
+        return {
+            "image": torch.from_numpy(np.asarray(image, np.float32)),
+            "label": torch.from_numpy(np.ascontiguousarray(label)[None].astype(np.int64)),
+        }
 
 
 def subsample(ids: list[str], fraction: float, draw: int) -> list[str]:
@@ -201,7 +230,7 @@ class PreprocessedCache:
     Writes are atomic (temporary folder, then rename), so a killed run leaves no half-written entry.
     """
 
-    VERSION = 1   # bump when preprocess() changes what it computes
+    VERSION = 1  # bump when preprocess() changes what it computes
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
@@ -241,7 +270,7 @@ class PreprocessedCache:
                 out.pop("has_label")
                 return out
             except (OSError, ValueError, KeyError, json.JSONDecodeError):
-                pass   # a damaged entry is only a cache: recompute it below
+                pass  # a damaged entry is only a cache: recompute it below
         sample = preprocess(raw if raw is not None else adapter.load(record), pp)
         if path is not None:
             self._write(path, sample)
@@ -254,15 +283,22 @@ class PreprocessedCache:
             np.save(tmp / "image.npy", sample["image"])
             if sample.get("label") is not None:
                 np.save(tmp / "label.npy", sample["label"])
-            extra = {k: v for k, v in sample.items() if k not in ("image", "label", "affine")
-                     and isinstance(v, (str, int, float, bool, list, tuple))}
+            extra = {
+                k: v
+                for k, v in sample.items()
+                if k not in ("image", "label", "affine") and isinstance(v, (str, int, float, bool, list, tuple))
+            }
             affine = sample.get("affine")
-            meta = dict(extra, spacing=list(sample["spacing"]), has_label=sample.get("label") is not None,
-                        affine=np.asarray(affine).tolist() if affine is not None else np.eye(4).tolist())
+            meta = dict(
+                extra,
+                spacing=list(sample["spacing"]),
+                has_label=sample.get("label") is not None,
+                affine=np.asarray(affine).tolist() if affine is not None else np.eye(4).tolist(),
+            )
             (tmp / "meta.json").write_text(json.dumps(meta))
             try:
                 os.rename(tmp, path)
-            except OSError:          # another process wrote the same entry first: keep theirs
+            except OSError:  # another process wrote the same entry first: keep theirs
                 shutil.rmtree(tmp, ignore_errors=True)
         except OSError:
-            pass   # an unwritable cache folder only costs recomputing next time
+            pass  # an unwritable cache folder only costs recomputing next time

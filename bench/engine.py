@@ -9,6 +9,7 @@ One optimizer step (schedule, autocast, accumulation, NaN guard, clipping, optim
 :func:`train_step`; :func:`fit` loops it and the cost tool (``bench.tools.method_cost``) times it, so the
 step that is measured is the step that trains.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,22 +40,22 @@ BEST = "best.pt"
 @dataclass
 class TrainConfig:
     steps: int = 100
-    optimizer: str = "adamw"           # adamw | sgd
+    optimizer: str = "adamw"  # adamw | sgd
     lr: float = 1e-4
     min_lr: float = 0.0
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = 0.9              # sgd only
+    momentum: float = 0.9  # sgd only
     warmup_steps: int = 0
     accumulate: int = 1
     grad_clip: float | None = None
-    amp: bool = True                   # bf16 autocast, CUDA only
+    amp: bool = True  # bf16 autocast, CUDA only
     checkpoint_every: int = 50
     log_every: int = 10
-    eval_every: int = 0                # 0: no model selection
-    max_bad_steps: int = 20            # consecutive non-finite losses before giving up
-    fused: bool = True                 # fused AdamW on CUDA
-    compile: bool = False              # torch.compile the step function (CUDA; fuses the memory-bound ops)
+    eval_every: int = 0  # 0: no model selection
+    max_bad_steps: int = 20  # consecutive non-finite losses before giving up
+    fused: bool = True  # fused AdamW on CUDA
+    compile: bool = False  # torch.compile the step function (CUDA; fuses the memory-bound ops)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -94,8 +95,8 @@ class FitResult:
     last_loss: float | None = None
     skipped_steps: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
-    data_waits: list[float] = field(default_factory=list)   # per step: time blocked on the loader
-    step_times: list[float] = field(default_factory=list)   # per step: wall time of the whole step
+    data_waits: list[float] = field(default_factory=list)  # per step: time blocked on the loader
+    step_times: list[float] = field(default_factory=list)  # per step: wall time of the whole step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -128,8 +129,9 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig,
-                    device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    param_groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device
+) -> torch.optim.Optimizer:
     groups = [g for g in param_groups if g["params"]]
     if cfg.optimizer == "adamw":
         fused = cfg.fused and device.type == "cuda"
@@ -147,13 +149,17 @@ def seed_everything(seed: int) -> None:
 
 def _rng_state() -> dict[str, Any]:
     # plain lists and tensors only, so checkpoints load with weights_only=True
-    state = np.random.get_state(legacy=True)   # legacy=True is the default: made explicit for the type checker
-    if not isinstance(state, tuple):   # a dict only if np.random.set_bit_generator swapped out the Mersenne Twister
-        raise TypeError(f"the global numpy generator is {state['bit_generator']}, not MT19937: its state cannot be "
-                        "checkpointed")
+    state = np.random.get_state(legacy=True)  # legacy=True is the default: made explicit for the type checker
+    if not isinstance(state, tuple):  # a dict only if np.random.set_bit_generator swapped out the Mersenne Twister
+        raise TypeError(
+            f"the global numpy generator is {state['bit_generator']}, not MT19937: its state cannot be checkpointed"
+        )
     name, keys, pos, has_gauss, cached = state
-    st = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-          "torch": torch.get_rng_state()}
+    st = {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -237,13 +243,13 @@ class ScalarLogger:
 class StepResult:
     """What one :func:`train_step` did."""
 
-    finite: bool                    # False: a non-finite loss; gradients dropped, no optimizer step, no EMA
-    loss: float | None = None       # mean over the micro-batches; None on a dropped step
-    logs: dict[str, float] = field(default_factory=dict)   # the step's logs, mean over the micro-batches
+    finite: bool  # False: a non-finite loss; gradients dropped, no optimizer step, no EMA
+    loss: float | None = None  # mean over the micro-batches; None on a dropped step
+    logs: dict[str, float] = field(default_factory=dict)  # the step's logs, mean over the micro-batches
     grad_norm: float | None = None  # total gradient norm before clipping (only when cfg.grad_clip is set)
-    samples: int = 0                # samples of the micro-batches that were backpropagated
-    data_wait: float = 0.0          # seconds blocked on ``batches``
-    seconds: float = 0.0            # wall time from zero_grad to the optimizer step (EMA and after_step excluded)
+    samples: int = 0  # samples of the micro-batches that were backpropagated
+    data_wait: float = 0.0  # seconds blocked on ``batches``
+    seconds: float = 0.0  # wall time from zero_grad to the optimizer step (EMA and after_step excluded)
 
 
 def train_step(
@@ -367,9 +373,18 @@ def _start_clock(st: _FitState) -> None:
 def _save_checkpoint(ckpt_path: Path, model: nn.Module, opt: torch.optim.Optimizer, st: _FitState) -> None:
     """Everything a rerun needs to continue from this step; written atomically, so that a kill mid-save leaves the
     previous checkpoint intact."""
-    atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": st.step, "best": st.best,
-                       "skipped": st.skipped, "history": st.history + [{"wall_s": st.wall()}],
-                       "rng": _rng_state()}, ckpt_path)
+    atomic_torch_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": st.step,
+            "best": st.best,
+            "skipped": st.skipped,
+            "history": st.history + [{"wall_s": st.wall()}],
+            "rng": _rng_state(),
+        },
+        ckpt_path,
+    )
 
 
 def _progress_bar(cfg: TrainConfig, step: int, desc: str, progress: bool) -> Any:
@@ -401,8 +416,7 @@ def _count_step(st: _FitState, res: StepResult, bar: Any) -> None:
     bar.set_postfix(loss=f"{res.loss:.4f}", samples_s=f"{st.samples / max(elapsed, 1e-9):.2f}")
 
 
-def _log_step(logger: ScalarLogger, step: int, res: StepResult, opt: torch.optim.Optimizer,
-              cfg: TrainConfig) -> None:
+def _log_step(logger: ScalarLogger, step: int, res: StepResult, opt: torch.optim.Optimizer, cfg: TrainConfig) -> None:
     """Every ``log_every`` steps and at the last, so that even a short run's curve ends at its final loss."""
     if step % cfg.log_every == 0 or step == cfg.steps:
         scal = {"loss": res.loss, "lr": opt.param_groups[0]["lr"], **res.logs}
@@ -411,8 +425,14 @@ def _log_step(logger: ScalarLogger, step: int, res: StepResult, opt: torch.optim
         logger.log(step, scal)
 
 
-def _select_on_val(model: nn.Module, eval_fn: Callable[[], float] | None, cfg: TrainConfig, st: _FitState,
-                   logger: ScalarLogger, run_dir: Path) -> None:
+def _select_on_val(
+    model: nn.Module,
+    eval_fn: Callable[[], float] | None,
+    cfg: TrainConfig,
+    st: _FitState,
+    logger: ScalarLogger,
+    run_dir: Path,
+) -> None:
     """Model selection: keep the weights with the best val score on disk, so that selection survives a resume."""
     if eval_fn is not None and cfg.eval_every and (st.step % cfg.eval_every == 0 or st.step == cfg.steps):
         model.eval()
@@ -424,16 +444,30 @@ def _select_on_val(model: nn.Module, eval_fn: Callable[[], float] | None, cfg: T
             atomic_torch_save(model.state_dict(), run_dir / BEST)
 
 
-def _finish(model: nn.Module, eval_fn: Callable[[], float] | None, run_dir: Path, device: torch.device,
-            st: _FitState, bar: Any, logger: ScalarLogger) -> FitResult:
+def _finish(
+    model: nn.Module,
+    eval_fn: Callable[[], float] | None,
+    run_dir: Path,
+    device: torch.device,
+    st: _FitState,
+    bar: Any,
+    logger: ScalarLogger,
+) -> FitResult:
     """Hand back the selected weights (not the last ones) in eval mode, which is what every caller evaluates."""
     bar.close()
     logger.close()
     if eval_fn is not None and (run_dir / BEST).is_file():
         model.load_state_dict(torch.load(run_dir / BEST, map_location=device, weights_only=True), strict=True)
     model.eval()
-    return FitResult(steps=st.step, wall_s=st.wall(), best_score=st.best, last_loss=st.last_loss,
-                     skipped_steps=st.skipped, data_waits=st.data_waits, step_times=st.step_times)
+    return FitResult(
+        steps=st.step,
+        wall_s=st.wall(),
+        best_score=st.best,
+        last_loss=st.last_loss,
+        skipped_steps=st.skipped,
+        data_waits=st.data_waits,
+        step_times=st.step_times,
+    )
 
 
 def fit(
@@ -465,7 +499,7 @@ def fit(
     _check_ema_targets(ema_pairs)
     model.to(device)
     opt = build_optimizer(param_groups, cfg, device)
-    base_lrs = [g["lr"] for g in opt.param_groups]   # the config's rates, before a checkpoint's are loaded
+    base_lrs = [g["lr"] for g in opt.param_groups]  # the config's rates, before a checkpoint's are loaded
     st = _resume(run_dir / CKPT, model, opt, device)
     logger = ScalarLogger(run_dir, log_prefix)
     data = infinite(loader)
@@ -475,11 +509,23 @@ def fit(
     bar = _progress_bar(cfg, st.step, desc, progress)
     model.train()
     while st.step < cfg.steps:
-        res = train_step(model, step_fn, data, opt, cfg, st.step, device=device, base_lrs=base_lrs,
-                         ema_pairs=ema_pairs, ema_momentum=ema_momentum, after_step=after_step, sync=timing)
+        res = train_step(
+            model,
+            step_fn,
+            data,
+            opt,
+            cfg,
+            st.step,
+            device=device,
+            base_lrs=base_lrs,
+            ema_pairs=ema_pairs,
+            ema_momentum=ema_momentum,
+            after_step=after_step,
+            sync=timing,
+        )
         st.samples += res.samples
         if not res.finite:
-            _nan_guard(st, cfg, desc, bar, logger)   # the step's gradients were dropped: retry the same step
+            _nan_guard(st, cfg, desc, bar, logger)  # the step's gradients were dropped: retry the same step
             continue
         _count_step(st, res, bar)
         _log_step(logger, st.step, res, opt, cfg)

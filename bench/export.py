@@ -3,6 +3,7 @@
 Loading is always ``strict=True``: a missing or unexpected key is an error, never a silent
 partial load.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,13 @@ from bench.engine import atomic_torch_save
 def save_export(backbone: Backbone, path: Path, meta: dict[str, Any], extras: dict[str, Any] | None = None) -> None:
     """The backbone (loaded strictly by every protocol) plus optional method extras (e.g. SACA's pre-trained
     block) that a protocol may use; plain tensors and numbers only, so ``weights_only`` loading keeps working."""
-    meta = dict(meta, backbone=backbone.registry_name, backbone_kwargs=backbone.build_kwargs(),
-                spatial_dims=backbone.spatial_dims, feature_dim=backbone.feature_dim)
+    meta = dict(
+        meta,
+        backbone=backbone.registry_name,
+        backbone_kwargs=backbone.build_kwargs(),
+        spatial_dims=backbone.spatial_dims,
+        feature_dim=backbone.feature_dim,
+    )
     state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
     atomic_torch_save({"state_dict": state, "meta": meta, "extras": extras or {}}, path)
 

@@ -4,6 +4,7 @@ A test case copied into a pretraining folder under another name, or a dataset wh
 another's test split, is found because the hash is of the loaded voxel array (as float32, with its shape), not of
 the path or the file bytes (a re-compressed or re-encoded copy of the same voxels hashes the same).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,7 +49,7 @@ class HashCache:
             try:
                 self.memo = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
-                self.memo = {}   # a damaged memo is only a cache: recompute
+                self.memo = {}  # a damaged memo is only a cache: recompute
         self.dirty = False
 
     def known(self, record: Record) -> bool:
@@ -77,7 +78,7 @@ class HashCache:
             os.replace(tmp, self.path)
             self.dirty = False
         except OSError:
-            pass   # an unwritable cache folder only costs re-reading next time
+            pass  # an unwritable cache folder only costs re-reading next time
 
 
 def split_hashes(ds: DatasetAdapter, splits: Iterable[str], cache: HashCache) -> dict[str, str]:

@@ -35,6 +35,7 @@ Differences from MONAI 1.6:
 
 Only numpy and scipy are imported here.
 """
+
 from __future__ import annotations
 
 import math
@@ -120,7 +121,8 @@ def _union_padded(a: Box | None, b: Box | None, shape: Sequence[int], margin: in
     boxes = [x for x in (a, b) if x is not None]
     return tuple(
         slice(max(min(bx[d].start for bx in boxes) - margin, 0), min(max(bx[d].stop for bx in boxes) + margin, n))
-        for d, n in enumerate(shape))
+        for d, n in enumerate(shape)
+    )
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -129,8 +131,7 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
 
 
-def _surface_distances(pred: np.ndarray, ref: np.ndarray,
-                       spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Distances in mm from each pred surface voxel to the ref surface, and from each ref surface voxel to pred's.
 
     Both masks must be non-empty. Cropping both masks to the same box that contains all their foreground plus a
@@ -161,8 +162,9 @@ def _dice_from(pred: np.ndarray, ref: np.ndarray) -> float:
     return float(2.0 * np.count_nonzero(pred & ref) / total)
 
 
-def _prepare(pred: np.ndarray, ref: np.ndarray, spacing: SpacingLike,
-             crop: bool) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], bool, bool]:
+def _prepare(
+    pred: np.ndarray, ref: np.ndarray, spacing: SpacingLike, crop: bool
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], bool, bool]:
     """Masks (cropped when asked and both non-empty), spacing, and whether each mask is non-empty."""
     pred, ref = _as_mask(pred), _as_mask(ref)
     _check_pair(pred, ref)
@@ -223,8 +225,14 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: SpacingLike, *, crop: bool 
     return _hd95_from(*_surface_distances(pred, ref, sp))
 
 
-def nsd(pred: np.ndarray, ref: np.ndarray, spacing: SpacingLike, tolerance_mm: float = DEFAULT_TOLERANCE_MM, *,
-        crop: bool = True) -> float:
+def nsd(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: SpacingLike,
+    tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+    *,
+    crop: bool = True,
+) -> float:
     """Normalised surface Dice (Nikolov et al. 2021) with voxel-counted surfaces, as MONAI's ``compute_surface_dice``.
 
     ``(|{d(pred -> ref) <= tol}| + |{d(ref -> pred) <= tol}|) / (|surface(pred)| + |surface(ref)|)``.
@@ -259,10 +267,15 @@ def _class_boxes(labels: np.ndarray, class_ids: Sequence[int]) -> dict[int, Box 
     return {c: _bbox(labels == c) for c in class_ids}
 
 
-def segmentation_case_metrics(pred_labels: np.ndarray, ref_labels: np.ndarray, class_ids: Sequence[int],
-                              spacing: SpacingLike,
-                              tolerance_mm: float | Mapping[int, float] = DEFAULT_TOLERANCE_MM, *,
-                              crop: bool = True) -> list[dict]:
+def segmentation_case_metrics(
+    pred_labels: np.ndarray,
+    ref_labels: np.ndarray,
+    class_ids: Sequence[int],
+    spacing: SpacingLike,
+    tolerance_mm: float | Mapping[int, float] = DEFAULT_TOLERANCE_MM,
+    *,
+    crop: bool = True,
+) -> list[dict]:
     """Dice, NSD and HD95 of every requested class of one case.
 
     Each class is cropped to the bounding box of ``(pred == c) | (ref == c)`` grown by one voxel before the

@@ -5,6 +5,7 @@ Hydra does every merge. The method x budget blocks are specialising configs (``c
 composed under ``protocols.<name>``: a command-line override wins by Hydra's own precedence, and nothing here reads
 a YAML file. :func:`make_plan` checks every option before any work, so a mistake costs seconds, not a pretraining.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,17 +60,17 @@ class Plan:
     progress: bool
     seeds: tuple[int, ...]
     protocol: str | None
-    pretrain_seed: int                # the seed of the pretraining the transfer seeds use (unless tied)
+    pretrain_seed: int  # the seed of the pretraining the transfer seeds use (unless tied)
     label_fraction: float | None = None
     task: str | None = None
     spatial_dims: int = 3
     allow_leakage: bool = False
     transfer_evaluations: int | None = None
-    protocols: dict[str, Any] | None = None   # every protocol's options as composed: {protocol: {kind: {k: v}}}
-    preprocessing: dict[str, Any] | None = None   # the suite's, with `suite.preprocessing.*` overrides merged
+    protocols: dict[str, Any] | None = None  # every protocol's options as composed: {protocol: {kind: {k: v}}}
+    preprocessing: dict[str, Any] | None = None  # the suite's, with `suite.preprocessing.*` overrides merged
     # pretrain_seed=tied: each transfer seed uses its own pretraining with the same seed (see pipeline_plans)
     tied_pretrain_seed: bool = False
-    config_yaml: str = ""             # the resolved config, written into every cell's run directory
+    config_yaml: str = ""  # the resolved config, written into every cell's run directory
 
 
 TIED = "tied"
@@ -85,9 +86,11 @@ def parse_pretrain_seed(value: Any) -> int | str:
     elif isinstance(value, str) and value.strip().isdigit():
         seed = int(value)
     if seed is None or seed < 0:
-        raise UserError(f"pretrain_seed={value!r}: expected a non-negative integer (the seed of the pretraining every "
-                        f"transfer seed uses) or `tied` (each transfer seed uses its own pretraining with the same "
-                        f"seed)")
+        raise UserError(
+            f"pretrain_seed={value!r}: expected a non-negative integer (the seed of the pretraining every "
+            f"transfer seed uses) or `tied` (each transfer seed uses its own pretraining with the same "
+            f"seed)"
+        )
     return seed
 
 
@@ -129,8 +132,9 @@ def suite_preprocessing(suite: Suite, override: Any) -> dict[str, Any]:
     extra = _plain_dict(override)
     unknown = sorted(set(extra) - set(PREPROCESS_KEYS))
     if unknown:
-        raise UserError(f"suite.preprocessing: unknown key(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(PREPROCESS_KEYS)}")
+        raise UserError(
+            f"suite.preprocessing: unknown key(s) {', '.join(unknown)}; known: {', '.join(PREPROCESS_KEYS)}"
+        )
     return values | extra
 
 
@@ -150,20 +154,32 @@ def make_plan(cfg: DictConfig) -> Plan:
     if threads:
         torch.set_num_threads(int(threads))
     plan = Plan(
-        suite=suite, method=cfg.method.name,
-        method_cfg=_plain_dict(cfg.method.get("config")), method_train=_plain_dict(cfg.method.get("train")),
-        backbone=backbone["name"], backbone_kwargs=dict(backbone.get("kwargs") or {}), budget=budget.name, roi=roi,
+        suite=suite,
+        method=cfg.method.name,
+        method_cfg=_plain_dict(cfg.method.get("config")),
+        method_train=_plain_dict(cfg.method.get("train")),
+        backbone=backbone["name"],
+        backbone_kwargs=dict(backbone.get("kwargs") or {}),
+        budget=budget.name,
+        roi=roi,
         pretrain_steps=min(budget.pretrain.steps, caps.get("pretrain_steps") or 10**12),
         pretrain_batch=budget.pretrain.get(f"batch_size{suffix}", budget.pretrain.batch_size),
         transfer_steps=min(budget.transfer.steps, caps.get("transfer_steps") or 10**12),
         transfer_batch=budget.transfer.get(f"batch_size{suffix}", budget.transfer.batch_size),
         num_workers=int(budget.num_workers),
-        device=pick_device(cfg.device), runs_dir=Path(cfg.runs_dir), store=ResultsStore(cfg.results.url),
-        data_root=cfg.data.root, cache_dir=cfg.data.cache_dir, progress=bool(cfg.progress), seeds=tuple(seeds),
+        device=pick_device(cfg.device),
+        runs_dir=Path(cfg.runs_dir),
+        store=ResultsStore(cfg.results.url),
+        data_root=cfg.data.root,
+        cache_dir=cfg.data.cache_dir,
+        progress=bool(cfg.progress),
+        seeds=tuple(seeds),
         protocol=protocol,
-        pretrain_seed=seeds[0] if isinstance(pretrain_seed, str) else pretrain_seed,   # str: TIED
+        pretrain_seed=seeds[0] if isinstance(pretrain_seed, str) else pretrain_seed,  # str: TIED
         tied_pretrain_seed=pretrain_seed == TIED,
-        label_fraction=fraction, task=task, spatial_dims=int(spatial),
+        label_fraction=fraction,
+        task=task,
+        spatial_dims=int(spatial),
         allow_leakage=bool(cfg.get("allow_leakage", False)),
         transfer_evaluations=budget.transfer.get("evaluations"),
         protocols=_plain_dict(cfg.get("protocols")),
@@ -210,8 +226,9 @@ def _selection(cfg: DictConfig, suite: Suite) -> tuple[str | None, float | None,
         try:
             fraction = float(fraction)
         except (TypeError, ValueError):
-            raise UserError(f"label_fraction={fraction!r}: not a number; "
-                            f"suite {suite.name!r} offers {offered}") from None
+            raise UserError(
+                f"label_fraction={fraction!r}: not a number; suite {suite.name!r} offers {offered}"
+            ) from None
         if not any(abs(fraction - f) < 1e-9 for f in offered):
             raise UserError(f"label_fraction={fraction}: suite {suite.name!r} offers only {offered}")
     task = cfg.get("task")
@@ -222,11 +239,15 @@ def _selection(cfg: DictConfig, suite: Suite) -> tuple[str | None, float | None,
             raise UserError(f"task={task}: suite {suite.name!r} has tasks {', '.join(names)}")
         chosen = next(t for t in suite.tasks if t.name == task)
         if protocol is not None and protocol not in chosen.protocols:
-            raise UserError(f"task={task} of suite {suite.name!r} has no protocol {protocol!r}; "
-                            f"it offers {', '.join(chosen.protocols)}")
+            raise UserError(
+                f"task={task} of suite {suite.name!r} has no protocol {protocol!r}; "
+                f"it offers {', '.join(chosen.protocols)}"
+            )
         if fraction is not None and not any(abs(fraction - f) < 1e-9 for f in chosen.label_fractions):
-            raise UserError(f"label_fraction={fraction}: task {task!r} of suite {suite.name!r} offers only "
-                            f"{sorted(chosen.label_fractions)}")
+            raise UserError(
+                f"label_fraction={fraction}: task {task!r} of suite {suite.name!r} offers only "
+                f"{sorted(chosen.label_fractions)}"
+            )
     return protocol, fraction, task
 
 
@@ -235,8 +256,10 @@ def protocol_options(plan: Plan, name: str, kind: str) -> dict[str, Any]:
     YAML, then the budget's ``conf/protocol_budget/<budget>.yaml``, then the command line)."""
     composed = plan.protocols or {}
     if name not in composed:
-        raise UserError(f"protocol {name!r} has no options in the config: conf/protocols/{name}.yaml must exist and "
-                        f"conf/config.yaml's defaults must list `- protocols@protocols.{name}: {name}`")
+        raise UserError(
+            f"protocol {name!r} has no options in the config: conf/protocols/{name}.yaml must exist and "
+            f"conf/config.yaml's defaults must list `- protocols@protocols.{name}: {name}`"
+        )
     return protocol_values(composed[name], kind)
 
 
@@ -273,8 +296,12 @@ def leaderboard_options(cfg: DictConfig) -> Any:
     alpha = lb.get("alpha", 0.05)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise UserError(f"leaderboard.alpha={alpha!r}: must be a number in (0, 1)")
-    return Options(baseline=str(lb.get("baseline", "random")), alpha=float(alpha),
-                   bayesian=bool(lb.get("bayesian", False)), margins={k: float(v) for k, v in margins.items()})
+    return Options(
+        baseline=str(lb.get("baseline", "random")),
+        alpha=float(alpha),
+        bayesian=bool(lb.get("bayesian", False)),
+        margins={k: float(v) for k, v in margins.items()},
+    )
 
 
 def leaderboard_suite(suite: Suite, version: Any, stage: str) -> Suite:
@@ -283,8 +310,10 @@ def leaderboard_suite(suite: Suite, version: Any, stage: str) -> Suite:
     if version is None:
         return suite
     if stage != "leaderboard":
-        raise UserError(f"suite_version={version} applies only to stage=leaderboard: runs always use the current "
-                        f"data (suite {suite.name!r} v{suite.version})")
+        raise UserError(
+            f"suite_version={version} applies only to stage=leaderboard: runs always use the current "
+            f"data (suite {suite.name!r} v{suite.version})"
+        )
     try:
         v = int(version)
     except (TypeError, ValueError):
@@ -302,5 +331,3 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
-
-

@@ -6,6 +6,7 @@ Every function takes plain data (dicts and DataFrames, computed by ``bench.leade
 (Agg canvas, no pyplot state), so they are safe in headless runs and never leak open figures. PNGs carry no
 software-version metadata, so an unchanged figure is byte-identical on re-publication.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -40,8 +41,13 @@ def _palette(n: int) -> list:
     return sns.color_palette("colorblind" if n <= 10 else "husl", n)
 
 
-VERDICT_COLOURS = {"better": "#1a9850", "equivalent": "#91bfdb", "worse": "#d73027", "inconclusive": "#f0f0f0",
-                   "untested": "#ffffff"}
+VERDICT_COLOURS = {
+    "better": "#1a9850",
+    "equivalent": "#91bfdb",
+    "worse": "#d73027",
+    "inconclusive": "#f0f0f0",
+    "untested": "#ffffff",
+}
 
 
 def significance_map(verdicts: pd.DataFrame, path: str | Path, title: str = "") -> Path:
@@ -52,13 +58,18 @@ def significance_map(verdicts: pd.DataFrame, path: str | Path, title: str = "") 
 
     names = list(verdicts.index)
     keys = list(VERDICT_COLOURS)
-    codes = np.array([[keys.index(v) if v in keys else np.nan for v in verdicts.loc[r, names]] for r in names],
-                     dtype=float)
+    codes = np.array(
+        [[keys.index(v) if v in keys else np.nan for v in verdicts.loc[r, names]] for r in names], dtype=float
+    )
     k = len(names)
     fig = _figure(3.4 + 0.6 * k, 1.6 + 0.55 * k)
     ax = fig.add_subplot()
-    ax.imshow(np.ma.masked_invalid(codes), cmap=ListedColormap(list(VERDICT_COLOURS.values())), vmin=-0.5,
-              vmax=len(keys) - 0.5)
+    ax.imshow(
+        np.ma.masked_invalid(codes),
+        cmap=ListedColormap(list(VERDICT_COLOURS.values())),
+        vmin=-0.5,
+        vmax=len(keys) - 0.5,
+    )
     ax.set_xticks(range(k), names, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
     ax.set_yticks(range(k), names, fontsize=8)
     ax.set_xticks(np.arange(k + 1) - 0.5, minor=True)
@@ -67,9 +78,16 @@ def significance_map(verdicts: pd.DataFrame, path: str | Path, title: str = "") 
     ax.tick_params(which="minor", length=0)
     ax.set_xlabel("column method")
     ax.set_ylabel("row method")
-    ax.legend(handles=[Patch(facecolor=c, edgecolor="grey", label="too few runs" if v == "untested" else v)
-                       for v, c in VERDICT_COLOURS.items()],
-              fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(
+        handles=[
+            Patch(facecolor=c, edgecolor="grey", label="too few runs" if v == "untested" else v)
+            for v, c in VERDICT_COLOURS.items()
+        ],
+        fontsize=7,
+        frameon=False,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
     for i in range(k):
         ax.text(i, i, "—", ha="center", va="center", fontsize=9, color="grey")
     ax.set_title("Row method against column method" + (f"\n{title}" if title else ""), fontsize=8)
@@ -83,10 +101,21 @@ def probability_of_improvement(matrix: pd.DataFrame, path: str | Path, title: st
     k = len(matrix)
     fig = _figure(1.6 + 0.75 * k, 1.2 + 0.6 * k)
     ax = fig.add_subplot()
-    with warnings.catch_warnings():   # seaborn 0.13 calls Colormap.set_bad, deprecated in matplotlib 3.11
+    with warnings.catch_warnings():  # seaborn 0.13 calls Colormap.set_bad, deprecated in matplotlib 3.11
         warnings.simplefilter("ignore", PendingDeprecationWarning)
-        sns.heatmap(matrix.astype(float), ax=ax, annot=True, fmt=".2f", vmin=0, vmax=1, center=0.5, cmap="RdBu_r",
-                    square=True, cbar_kws={"label": "P(row better than column)"}, annot_kws={"fontsize": 8})
+        sns.heatmap(
+            matrix.astype(float),
+            ax=ax,
+            annot=True,
+            fmt=".2f",
+            vmin=0,
+            vmax=1,
+            center=0.5,
+            cmap="RdBu_r",
+            square=True,
+            cbar_kws={"label": "P(row better than column)"},
+            annot_kws={"fontsize": 8},
+        )
     ax.set_xlabel("column method")
     ax.set_ylabel("row method")
     ax.set_title(("Probability of improvement" + (f" ({title})" if title else "")), fontsize=10)

@@ -3,6 +3,7 @@
 The registry key is the public identity of a component: it equals the Hydra option name
 (``conf/<group>/<key>.yaml``) and the leaderboard row label.
 """
+
 from __future__ import annotations
 
 import difflib

@@ -3,6 +3,7 @@
 A cell's row and all its per-case metrics are written in one transaction, so a crashed cell leaves
 nothing a leaderboard would read. A cell already complete with the same config hash is skipped.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -14,15 +15,16 @@ from typing import Any
 
 import pandas as pd
 
+
 @dataclass(frozen=True)
 class Column:
     """One column of the ``cells`` table: the single definition from which the schema, the published CSV's columns
     and every list of column names are made."""
 
     name: str
-    sql: str                  # SQLite type and constraints
-    identity: bool = False    # names the cell: published with every metric row, part of METRIC_COLUMNS
-    info: bool = False        # the cell's provenance, published with every row (CELL_INFO_COLUMNS)
+    sql: str  # SQLite type and constraints
+    identity: bool = False  # names the cell: published with every metric row, part of METRIC_COLUMNS
+    info: bool = False  # the cell's provenance, published with every row (CELL_INFO_COLUMNS)
     # added after the first stores were written: an older store gains it when opened, NULL in its rows unless the
     # declaration gives a default (pretrain_seed: every older cell ran at pretraining seed 0, the only one then)
     added: bool = False
@@ -67,30 +69,33 @@ CELLS = (
 )
 CELL_COLUMNS = tuple(c.name for c in CELLS)
 ADDED_COLUMNS = {c.name: c.sql for c in CELLS if c.added}
-IDENTITY = [c.name for c in CELLS if c.identity]                 # what names a cell, in publishing order
+IDENTITY = [c.name for c in CELLS if c.identity]  # what names a cell, in publishing order
 NUMERIC_IDENTITY = [c.name for c in CELLS if c.identity and not c.text]
 CASE_COLUMNS = ["cell_id", "case_id", "class", "metric", "value"]
-METRIC_COLUMNS = IDENTITY + CASE_COLUMNS                          # a published row, before its cell's provenance
+METRIC_COLUMNS = IDENTITY + CASE_COLUMNS  # a published row, before its cell's provenance
 CELL_INFO_COLUMNS = [c.name for c in CELLS if c.info]
 TEXT_COLUMNS = [c.name for c in CELLS if c.text and (c.identity or c.info)] + ["cell_id", "case_id", "metric"]
-REQUIRED = ["cell_id"] + [c.name for c in CELLS
-                          if "NOT NULL" in c.sql and c.name != "status" and "DEFAULT" not in c.sql]
+REQUIRED = ["cell_id"] + [
+    c.name for c in CELLS if "NOT NULL" in c.sql and c.name != "status" and "DEFAULT" not in c.sql
+]
 
-SCHEMA = ("CREATE TABLE IF NOT EXISTS cells (\n    " + ",\n    ".join(f"{c.name} {c.sql}" for c in CELLS) + "\n);\n"
-          """CREATE TABLE IF NOT EXISTS case_metrics (
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS cells (\n    " + ",\n    ".join(f"{c.name} {c.sql}" for c in CELLS) + "\n);\n"
+    """CREATE TABLE IF NOT EXISTS case_metrics (
     cell_id TEXT NOT NULL REFERENCES cells(cell_id) ON DELETE CASCADE,
     case_id TEXT NOT NULL, class INTEGER NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL,
     PRIMARY KEY (cell_id, case_id, class, metric)
 );
 CREATE INDEX IF NOT EXISTS cells_suite ON cells(suite, suite_version);
-""")
+"""
+)
 
 # Per-image rows a set-level classification cell stores beside its AUROC rows: case = image id, class = the
 # dataset's class index, value = the predicted probability / the 0-1 label. With them a leaderboard bootstraps
 # the test images (a set-level AUROC alone is one number per cell, with no spread to bootstrap).
 PRED_SCORE, PRED_TARGET = "pred_score", "pred_target"
 PREDICTION_METRICS = (PRED_SCORE, PRED_TARGET)
-PREDICTIONS_SUFFIX = "_predictions.csv.gz"       # published per-image predictions, beside <suite>.csv
+PREDICTIONS_SUFFIX = "_predictions.csv.gz"  # published per-image predictions, beside <suite>.csv
 
 
 def _plain(v: Any) -> Any:
@@ -102,7 +107,7 @@ class ResultsStore:
     def __init__(self, url: str | Path) -> None:
         url = str(url)
         if url.startswith("sqlite:///"):
-            url = url[len("sqlite:///"):]
+            url = url[len("sqlite:///") :]
         elif "://" in url:
             raise ValueError(f"results.url {url!r}: only SQLite files (a path or sqlite:///PATH) are supported")
         self.path = Path(url)
@@ -139,11 +144,14 @@ class ResultsStore:
             for cell, rows in items:
                 con.execute("DELETE FROM case_metrics WHERE cell_id = ?", (cell["cell_id"],))
                 con.execute("DELETE FROM cells WHERE cell_id = ?", (cell["cell_id"],))
-                con.execute(f"INSERT INTO cells ({', '.join(CELL_COLUMNS)}) "
-                            f"VALUES ({', '.join('?' * len(CELL_COLUMNS))})", [cell[c] for c in CELL_COLUMNS])
-                con.executemany("INSERT INTO case_metrics VALUES (?, ?, ?, ?, ?)",
-                                [(cell["cell_id"], str(r["case"]), int(r["class"]), r["metric"], float(r["value"]))
-                                 for r in rows])
+                con.execute(
+                    f"INSERT INTO cells ({', '.join(CELL_COLUMNS)}) VALUES ({', '.join('?' * len(CELL_COLUMNS))})",
+                    [cell[c] for c in CELL_COLUMNS],
+                )
+                con.executemany(
+                    "INSERT INTO case_metrics VALUES (?, ?, ?, ?, ?)",
+                    [(cell["cell_id"], str(r["case"]), int(r["class"]), r["metric"], float(r["value"])) for r in rows],
+                )
 
     @staticmethod
     def _cell_row(cell: dict[str, Any]) -> dict[str, Any]:
@@ -172,8 +180,10 @@ class ResultsStore:
 
     def metrics(self, suite: str | None = None) -> pd.DataFrame:
         """Per-case metrics joined with their cell's identity (complete cells only)."""
-        q = (f"SELECT {', '.join('c.' + c for c in IDENTITY)}, {', '.join('m.' + c for c in CASE_COLUMNS)} "
-             "FROM case_metrics m JOIN cells c ON c.cell_id = m.cell_id WHERE c.status = 'complete'")
+        q = (
+            f"SELECT {', '.join('c.' + c for c in IDENTITY)}, {', '.join('m.' + c for c in CASE_COLUMNS)} "
+            "FROM case_metrics m JOIN cells c ON c.cell_id = m.cell_id WHERE c.status = 'complete'"
+        )
         args = []
         if suite:
             q += " AND c.suite = ?"
@@ -189,8 +199,12 @@ def from_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read a published CSV of result rows (with its ``<suite>_predictions.csv.gz`` beside it, if any) back as
     (metrics, cells) frames for :func:`render`."""
     path = Path(path)
-    kw = dict(dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
-              na_values={c: [""] for c in CELL_INFO_COLUMNS}, float_precision="round_trip")
+    kw = dict(
+        dtype={c: str for c in TEXT_COLUMNS},
+        keep_default_na=False,
+        na_values={c: [""] for c in CELL_INFO_COLUMNS},
+        float_precision="round_trip",
+    )
     rows = pd.read_csv(path, **kw)
     preds = path.with_name(path.name.removesuffix(".csv") + PREDICTIONS_SUFFIX)
     if preds.is_file():
@@ -237,7 +251,7 @@ def read_published(path: str | Path) -> dict[str, tuple[dict[str, Any], list[dic
         raise PublishedCSVError(f"{path}: not a published results CSV: it lacks the column(s) {', '.join(missing)}")
     try:
         metrics, cells = from_csv(path)
-    except ValueError as e:         # pandas' ParserError is one
+    except ValueError as e:  # pandas' ParserError is one
         raise PublishedCSVError(f"{path}: unreadable rows ({e})") from None
     metrics = metrics.copy()
     for c in NUMERIC_IDENTITY + ["value"]:
@@ -247,13 +261,17 @@ def read_published(path: str | Path) -> dict[str, tuple[dict[str, Any], list[dic
     if blank.any(axis=None):
         row = blank.any(axis=1).idxmax()
         col = blank.columns[blank.loc[row]][0]
-        raise PublishedCSVError(f"{path}: a row of cell {metrics.at[row, 'cell_id']!r} has an empty or non-numeric "
-                                f"{col} ({int(blank.any(axis=1).sum())} such rows)")
+        raise PublishedCSVError(
+            f"{path}: a row of cell {metrics.at[row, 'cell_id']!r} has an empty or non-numeric "
+            f"{col} ({int(blank.any(axis=1).sum())} such rows)"
+        )
     identity = metrics.groupby("cell_id")[IDENTITY].nunique()
     mixed = identity.index[(identity > 1).any(axis=1)]
     if len(mixed):
-        raise PublishedCSVError(f"{path}: the rows of cell {mixed[0]!r} disagree on its "
-                                f"{', '.join(identity.columns[identity.loc[mixed[0]] > 1])}")
+        raise PublishedCSVError(
+            f"{path}: the rows of cell {mixed[0]!r} disagree on its "
+            f"{', '.join(identity.columns[identity.loc[mixed[0]] > 1])}"
+        )
     metrics = metrics.astype({c: int for c in NUMERIC_IDENTITY if c != "label_fraction"} | {"class": int})
     info = cells.set_index("cell_id")
     out = {}
@@ -264,8 +282,10 @@ def read_published(path: str | Path) -> dict[str, tuple[dict[str, Any], list[dic
             cell[c] = None if pd.isna(v) else v
         if cell.get("params") is not None:
             cell["params"] = int(cell["params"])
-        out[cell_id] = (cell, g.rename(columns={"case_id": "case"})[["case", "class", "metric", "value"]]
-                        .to_dict("records"))
+        out[cell_id] = (
+            cell,
+            g.rename(columns={"case_id": "case"})[["case", "class", "metric", "value"]].to_dict("records"),
+        )
     return out
 
 

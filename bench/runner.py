@@ -3,6 +3,7 @@
 It executes a :class:`bench.plan.Plan` (resolved and checked from the config by :mod:`bench.plan`), building
 everything from the registries by name; it knows no method, dataset or suite by name.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -22,8 +23,18 @@ from bench.backbones import build_backbone
 from bench.data import PretrainDataset, Preprocess, PreprocessedCache, match_channels
 from bench.engine import earlier_wall, fit, schedule_config, seed_everything
 from bench.export import load_meta, save_export
-from bench.plan import (Plan, UserError, cell_id, cell_key, config_hash, leaderboard_options, leaderboard_suite,
-                        make_plan, pipeline_plans, protocol_config)
+from bench.plan import (
+    Plan,
+    UserError,
+    cell_id,
+    cell_key,
+    config_hash,
+    leaderboard_options,
+    leaderboard_suite,
+    make_plan,
+    pipeline_plans,
+    protocol_config,
+)
 from bench.protocols.base import Protocol, TransferContext, resolve_protocol
 from bench.provenance import git_sha
 from bench.registry import DATASETS, METHODS
@@ -52,7 +63,7 @@ def split_hash(dataset_name: str) -> str:
 def suite_preprocess(plan: Plan) -> Preprocess:
     pp = dict(plan.preprocessing if plan.preprocessing is not None else plan.suite.preprocessing)
     if plan.spatial_dims == 2:
-        pp.setdefault("size", tuple(plan.roi))   # 2D images are fed whole, at the budget's input size
+        pp.setdefault("size", tuple(plan.roi))  # 2D images are fed whole, at the budget's input size
     return Preprocess.from_config(pp)
 
 
@@ -66,15 +77,25 @@ def method_identity(plan: Plan) -> dict[str, Any]:
 
 
 def pretrain_identity(plan: Plan) -> dict[str, Any]:
-    return {"method": plan.method, "method_cfg": plan.method_cfg, "train": plan.method_train,
-            "backbone": plan.backbone, "backbone_kwargs": plan.backbone_kwargs, "roi": plan.roi,
-            "steps": plan.pretrain_steps, "batch": plan.pretrain_batch, "corpus": plan.suite.pretrain_dataset,
-            "corpus_splits": plan.suite.pretrain_splits, "corpus_split_hash": split_hash(plan.suite.pretrain_dataset),
-            "preprocess": asdict(suite_preprocess(plan)), "seed": plan.pretrain_seed,
-            # a suite's version goes up when its data change (abdomen v2: the orientation fix), and an encoder
-            # pretrained on the old corpus must not be reused; version 1 adds no key, so older caches stay valid
-            **({"suite_version": plan.suite.version} if plan.suite.version != 1 else {}),
-            **({"method_identity": mi} if (mi := method_identity(plan)) else {})}
+    return {
+        "method": plan.method,
+        "method_cfg": plan.method_cfg,
+        "train": plan.method_train,
+        "backbone": plan.backbone,
+        "backbone_kwargs": plan.backbone_kwargs,
+        "roi": plan.roi,
+        "steps": plan.pretrain_steps,
+        "batch": plan.pretrain_batch,
+        "corpus": plan.suite.pretrain_dataset,
+        "corpus_splits": plan.suite.pretrain_splits,
+        "corpus_split_hash": split_hash(plan.suite.pretrain_dataset),
+        "preprocess": asdict(suite_preprocess(plan)),
+        "seed": plan.pretrain_seed,
+        # a suite's version goes up when its data change (abdomen v2: the orientation fix), and an encoder
+        # pretrained on the old corpus must not be reused; version 1 adds no key, so older caches stay valid
+        **({"suite_version": plan.suite.version} if plan.suite.version != 1 else {}),
+        **({"method_identity": mi} if (mi := method_identity(plan)) else {}),
+    }
 
 
 def preprocessed_cache(plan: Plan) -> PreprocessedCache:
@@ -121,13 +142,16 @@ def check_leakage(plan: Plan, corpus: set[str], tasks, memo: dict[str, dict[str,
             found[task.name] = hit
     cache.save()
     if found and not plan.allow_leakage:
-        detail = "; ".join(f"task {t}: {len(ids)} case(s) "
-                           f"({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
-                           for t, ids in found.items())
+        detail = "; ".join(
+            f"task {t}: {len(ids)} case(s) ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
+            for t, ids in found.items()
+        )
         corpus_name = f"{plan.suite.pretrain_dataset} {list(plan.suite.pretrain_splits)}"
-        raise UserError(f"leakage: the pretraining corpus {corpus_name} "
-                        f"contains evaluation cases by content: {detail}. Remove them from the corpus, or pass "
-                        f"allow_leakage=true to run anyway (recorded with the results and marked on the leaderboard)")
+        raise UserError(
+            f"leakage: the pretraining corpus {corpus_name} "
+            f"contains evaluation cases by content: {detail}. Remove them from the corpus, or pass "
+            f"allow_leakage=true to run anyway (recorded with the results and marked on the leaderboard)"
+        )
     return found
 
 
@@ -151,10 +175,17 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
         method = method_cls(backbone, method_cls.make_config(plan.method_cfg))
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
-    meta = {"method": plan.method, "config_hash": h, "git_sha": git_sha(), "corpus": plan.suite.pretrain_dataset,
-            "device": device_name(plan.device), "device_type": plan.device.type,
-            "corpus_split_hash": ident["corpus_split_hash"], "preprocess": ident["preprocess"],
-            **({"method_identity": ident["method_identity"]} if "method_identity" in ident else {})}
+    meta = {
+        "method": plan.method,
+        "config_hash": h,
+        "git_sha": git_sha(),
+        "corpus": plan.suite.pretrain_dataset,
+        "device": device_name(plan.device),
+        "device_type": plan.device.type,
+        "corpus_split_hash": ident["corpus_split_hash"],
+        "preprocess": ident["preprocess"],
+        **({"method_identity": ident["method_identity"]} if "method_identity" in ident else {}),
+    }
     if not method.pretrains:
         try:
             encoder = method.export_encoder()
@@ -168,8 +199,12 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
     check_leakage(plan, hashes, plan.suite.tasks, {})
     (run_dir / CORPUS_HASHES).write_text(json.dumps(sorted(hashes)))
     res = train_method(plan, method, volumes, run_dir)
-    save_export(method.export_encoder(), export, meta | {"pretrain_steps": res.steps, "wall_s": res.wall_s,
-                                                         "final_loss": res.last_loss}, extras=method.export_extras())
+    save_export(
+        method.export_encoder(),
+        export,
+        meta | {"pretrain_steps": res.steps, "wall_s": res.wall_s, "final_loss": res.last_loss},
+        extras=method.export_extras(),
+    )
     (run_dir / "last.ckpt").unlink(missing_ok=True)  # the export is the product; keep the disk small
     return export, h
 
@@ -189,7 +224,7 @@ def load_corpus(plan: Plan, in_channels: int) -> tuple[list[Any], set[str]]:
         cached = entry is not None and (entry / "meta.json").is_file() and cache.known(rec)
         raw = None if cached else ds.load(rec)
         hashes.add(cache.record_hash(ds, rec, None if raw is None else raw["image"]))
-        image = disk.get(ds, rec, pp, raw)["image"]   # the label too: transfer cells share the entry
+        image = disk.get(ds, rec, pp, raw)["image"]  # the label too: transfer cells share the entry
         try:
             volumes.append(match_channels(image, in_channels, f"{plan.suite.pretrain_dataset}/{rec.id}"))
         except ValueError as e:
@@ -203,14 +238,22 @@ def load_corpus(plan: Plan, in_channels: int) -> tuple[list[Any], set[str]]:
 def train_method(plan: Plan, method: Any, volumes: list[Any], run_dir: Path) -> Any:
     """The engine's one loop over the method's views of the corpus, on the method's optimiser recipe."""
     loader = torch.utils.data.DataLoader(
-        PretrainDataset(volumes, plan.roi, method.views, samples=max(plan.pretrain_batch * 50, 1),
-                        seed=plan.pretrain_seed),
-        batch_size=plan.pretrain_batch, num_workers=plan.num_workers, pin_memory=plan.device.type == "cuda",
-        persistent_workers=plan.num_workers > 0)
+        PretrainDataset(
+            volumes, plan.roi, method.views, samples=max(plan.pretrain_batch * 50, 1), seed=plan.pretrain_seed
+        ),
+        batch_size=plan.pretrain_batch,
+        num_workers=plan.num_workers,
+        pin_memory=plan.device.type == "cuda",
+        persistent_workers=plan.num_workers > 0,
+    )
     try:
-        tcfg = schedule_config(plan.method_train, plan.pretrain_steps, plan.pretrain_batch,
-                               checkpoint_every=max(1, min(50, plan.pretrain_steps // 4)),
-                               log_every=max(1, min(10, plan.pretrain_steps // 10)))
+        tcfg = schedule_config(
+            plan.method_train,
+            plan.pretrain_steps,
+            plan.pretrain_batch,
+            checkpoint_every=max(1, min(50, plan.pretrain_steps // 4)),
+            log_every=max(1, min(10, plan.pretrain_steps // 10)),
+        )
     except (TypeError, ValueError) as e:
         raise UserError(f"method {plan.method} train options: {e}") from None
     try:
@@ -218,10 +261,21 @@ def train_method(plan: Plan, method: Any, volumes: list[Any], run_dir: Path) -> 
         method.bind_corpus(len(volumes), plan.pretrain_batch * tcfg.accumulate)
     except ValueError as e:
         raise UserError(f"method {plan.method}: {e}") from None
-    return fit(method, method.training_step, method.param_groups(tcfg.weight_decay), loader, tcfg, run_dir,
-               device=plan.device, ema_pairs=method.ema_pairs(), ema_momentum=method.ema_momentum,
-               after_step=method.after_optimizer_step, desc=f"pretrain {plan.method}",
-               log_prefix=f"pretrain/{plan.method}", progress=plan.progress)
+    return fit(
+        method,
+        method.training_step,
+        method.param_groups(tcfg.weight_decay),
+        loader,
+        tcfg,
+        run_dir,
+        device=plan.device,
+        ema_pairs=method.ema_pairs(),
+        ema_momentum=method.ema_momentum,
+        after_step=method.after_optimizer_step,
+        desc=f"pretrain {plan.method}",
+        log_prefix=f"pretrain/{plan.method}",
+        progress=plan.progress,
+    )
 
 
 def method_cls_pretrains(plan: Plan) -> bool:
@@ -244,14 +298,18 @@ def transfer_cells(plan: Plan) -> list[Cell]:
         elif proto_cls.uses_label_fraction or cell.label_fraction == max(cell.task.label_fractions):
             cells.append(cell)
         elif plan.label_fraction is not None and plan.protocol is not None:
-            raise UserError(f"protocol={cell.protocol} picks its own labelled examples and runs at label_fraction="
-                            f"{max(cell.task.label_fractions):g} only (task {cell.task.name!r}); drop label_fraction="
-                            f"{plan.label_fraction:g}")
+            raise UserError(
+                f"protocol={cell.protocol} picks its own labelled examples and runs at label_fraction="
+                f"{max(cell.task.label_fractions):g} only (task {cell.task.name!r}); drop label_fraction="
+                f"{plan.label_fraction:g}"
+            )
     for protocol, seeds in repeats.items():
         rest = ", ".join(map(str, sorted(seeds)))
-        print(f"[transfer] {protocol} is deterministic given the encoder: seeds {plan.seeds[0]}, {rest} are one run, "
-              f"run once at seed {plan.seeds[0]} (pretraining seed {plan.pretrain_seed}); seeds {rest} are not run "
-              f"again")
+        print(
+            f"[transfer] {protocol} is deterministic given the encoder: seeds {plan.seeds[0]}, {rest} are one run, "
+            f"run once at seed {plan.seeds[0]} (pretraining seed {plan.pretrain_seed}); seeds {rest} are not run "
+            f"again"
+        )
     return cells
 
 
@@ -272,12 +330,19 @@ def pretrain_compute(meta: dict[str, Any]) -> dict[str, Any]:
     ran no pretraining (random init, an imported checkpoint); hours None when the export predates the recording
     of its device (wall time only)."""
     if not meta.get("pretrain_steps") or meta.get("wall_s") is None:
-        return {"pretrain_device": None, "pretrain_wall_s": None, "pretrain_gpu_hours": None,
-                "pretrain_cpu_hours": None}
+        return {
+            "pretrain_device": None,
+            "pretrain_wall_s": None,
+            "pretrain_gpu_hours": None,
+            "pretrain_cpu_hours": None,
+        }
     wall, kind = float(meta["wall_s"]), meta.get("device_type")
-    return {"pretrain_device": meta.get("device"), "pretrain_wall_s": wall,
-            "pretrain_gpu_hours": None if kind is None else (wall / 3600 if kind == "cuda" else 0.0),
-            "pretrain_cpu_hours": None if kind is None else (0.0 if kind == "cuda" else wall / 3600)}
+    return {
+        "pretrain_device": meta.get("device"),
+        "pretrain_wall_s": wall,
+        "pretrain_gpu_hours": None if kind is None else (wall / 3600 if kind == "cuda" else 0.0),
+        "pretrain_cpu_hours": None if kind is None else (0.0 if kind == "cuda" else wall / 3600),
+    }
 
 
 def transfer(plan: Plan, export: Path, pretrain_hash: str) -> list[dict[str, Any]]:
@@ -289,8 +354,9 @@ def transfer(plan: Plan, export: Path, pretrain_hash: str) -> list[dict[str, Any
     corpus = corpus_hashes(plan, export.parent, method_cls_pretrains(plan))
     eval_hashes: dict[str, dict[str, str]] = {}
     for cell in cells:
-        proto_cls, pcfg = protocol_config(plan, cell.protocol, cell.task.kind,
-                                          cell.task.protocol_options.get(cell.protocol))
+        proto_cls, pcfg = protocol_config(
+            plan, cell.protocol, cell.task.kind, cell.task.protocol_options.get(cell.protocol)
+        )
         leaked = check_leakage(plan, corpus, [cell.task], eval_hashes)
         ident = cell_identity(plan, cell, pcfg, pretrain_hash)
         # the pretraining seed enters through pretrain_hash (its identity holds the seed), so the config hash of a
@@ -302,14 +368,28 @@ def transfer(plan: Plan, export: Path, pretrain_hash: str) -> list[dict[str, Any
             continue
         same = deterministic_repeat(plan, cell, ident, proto_cls)
         if same is not None:
-            print(f"[transfer] skip {cid}: {cell.protocol} is deterministic given the encoder; it is the run stored "
-                  f"as {same}")
+            print(
+                f"[transfer] skip {cid}: {cell.protocol} is deterministic given the encoder; it is the run stored "
+                f"as {same}"
+            )
             continue
-        run_dir = plan.runs_dir / "cells" / plan.suite.name / plan.method / plan.budget / \
-            cell_key(cell, plan.pretrain_seed).replace("/", "_") / h
+        run_dir = (
+            plan.runs_dir
+            / "cells"
+            / plan.suite.name
+            / plan.method
+            / plan.budget
+            / cell_key(cell, plan.pretrain_seed).replace("/", "_")
+            / h
+        )
         row, result = run_cell(plan, cell, proto_cls(pcfg), ident, run_dir, export, cache)
-        row |= {"cell_id": cid, "config_hash": h, "pretrain_hash": pretrain_hash,
-                "leakage_override": int(bool(leaked)), **pretrain_cost}
+        row |= {
+            "cell_id": cid,
+            "config_hash": h,
+            "pretrain_hash": pretrain_hash,
+            "leakage_override": int(bool(leaked)),
+            **pretrain_cost,
+        }
         store_cell(plan, row, result, run_dir)
         done.append(row)
     return done
@@ -317,15 +397,26 @@ def transfer(plan: Plan, export: Path, pretrain_hash: str) -> list[dict[str, Any
 
 def cell_identity(plan: Plan, cell: Cell, pcfg: Any, pretrain_hash: str) -> dict[str, Any]:
     """What decides a cell's result: its hash is the cell's config hash (a changed option reruns the cell)."""
-    return {"pretrain": pretrain_hash, "protocol": cell.protocol, "protocol_cfg": asdict(pcfg),
-            "task": cell.task.name, "fraction": cell.label_fraction, "draw": cell.draw, "seed": cell.seed,
-            "steps": plan.transfer_steps, "batch": plan.transfer_batch, "roi": plan.roi,
-            "split": split_hash(cell.task.dataset), "preprocess": asdict(suite_preprocess(plan)),
-            **({"evaluations": plan.transfer_evaluations} if plan.transfer_evaluations else {})}
+    return {
+        "pretrain": pretrain_hash,
+        "protocol": cell.protocol,
+        "protocol_cfg": asdict(pcfg),
+        "task": cell.task.name,
+        "fraction": cell.label_fraction,
+        "draw": cell.draw,
+        "seed": cell.seed,
+        "steps": plan.transfer_steps,
+        "batch": plan.transfer_batch,
+        "roi": plan.roi,
+        "split": split_hash(cell.task.dataset),
+        "preprocess": asdict(suite_preprocess(plan)),
+        **({"evaluations": plan.transfer_evaluations} if plan.transfer_evaluations else {}),
+    }
 
 
-def run_cell(plan: Plan, cell: Cell, protocol: Any, ident: dict[str, Any], run_dir: Path, export: Path,
-             cache: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+def run_cell(
+    plan: Plan, cell: Cell, protocol: Any, ident: dict[str, Any], run_dir: Path, export: Path, cache: dict[str, Any]
+) -> tuple[dict[str, Any], Any]:
     """One transfer run in its own directory; returns the cell's row (less its ids) and the protocol's result."""
     ds = dataset(plan, cell.task.dataset)
     ds.prepare(progress=plan.progress)
@@ -337,28 +428,53 @@ def run_cell(plan: Plan, cell: Cell, protocol: Any, ident: dict[str, Any], run_d
         torch.cuda.reset_peak_memory_stats(plan.device)
     start = dt.datetime.now(dt.UTC)
     t0 = time.time()
-    ctx = TransferContext(export_path=export, dataset=ds, cell=cell, run_dir=run_dir, device=plan.device,
-                          preprocess=suite_preprocess(plan), roi=plan.roi, steps=plan.transfer_steps,
-                          batch_size=plan.transfer_batch, num_workers=plan.num_workers,
-                          progress=plan.progress, cache=cache, disk_cache=preprocessed_cache(plan),
-                          evaluations=plan.transfer_evaluations)
+    ctx = TransferContext(
+        export_path=export,
+        dataset=ds,
+        cell=cell,
+        run_dir=run_dir,
+        device=plan.device,
+        preprocess=suite_preprocess(plan),
+        roi=plan.roi,
+        steps=plan.transfer_steps,
+        batch_size=plan.transfer_batch,
+        num_workers=plan.num_workers,
+        progress=plan.progress,
+        cache=cache,
+        disk_cache=preprocessed_cache(plan),
+        evaluations=plan.transfer_evaluations,
+    )
     try:
         with earlier_wall() as earlier:
             result = protocol.run(ctx)
-    except ValueError as e:   # a protocol's complaint about the data or its options, e.g. an empty split
+    except ValueError as e:  # a protocol's complaint about the data or its options, e.g. an empty split
         raise UserError(f"{cell_id(plan, cell)}: {e}") from None
     wall = time.time() - t0 + sum(earlier)
     on_gpu = plan.device.type == "cuda"
     peak = torch.cuda.max_memory_allocated(plan.device) / 2**20 if on_gpu else None
-    row = {"suite": plan.suite.name, "suite_version": plan.suite.version,
-           "task": cell.task.name, "method": plan.method, "protocol": cell.protocol,
-           "label_fraction": cell.label_fraction, "draw": cell.draw, "pretrain_seed": plan.pretrain_seed,
-           "seed": cell.seed, "budget": plan.budget,
-           "git_sha": git_sha(), "split_hash": ident["split"], "start_time": start.isoformat(),
-           "end_time": dt.datetime.now(dt.UTC).isoformat(), "device": device_name(plan.device),
-           "wall_s": wall, "gpu_hours": wall / 3600 if on_gpu else 0.0,
-           "cpu_hours": 0.0 if on_gpu else wall / 3600, "peak_memory_mb": peak, "params": result.params,
-           "run_dir": str(run_dir)}
+    row = {
+        "suite": plan.suite.name,
+        "suite_version": plan.suite.version,
+        "task": cell.task.name,
+        "method": plan.method,
+        "protocol": cell.protocol,
+        "label_fraction": cell.label_fraction,
+        "draw": cell.draw,
+        "pretrain_seed": plan.pretrain_seed,
+        "seed": cell.seed,
+        "budget": plan.budget,
+        "git_sha": git_sha(),
+        "split_hash": ident["split"],
+        "start_time": start.isoformat(),
+        "end_time": dt.datetime.now(dt.UTC).isoformat(),
+        "device": device_name(plan.device),
+        "wall_s": wall,
+        "gpu_hours": wall / 3600 if on_gpu else 0.0,
+        "cpu_hours": 0.0 if on_gpu else wall / 3600,
+        "peak_memory_mb": peak,
+        "params": result.params,
+        "run_dir": str(run_dir),
+    }
     return row, result
 
 
@@ -377,7 +493,7 @@ def run(cfg: DictConfig) -> None:
     stage = cfg.stage
     if stage not in ("all", "validate", "pretrain", "transfer", "leaderboard"):
         raise UserError(f"unknown stage {stage!r}; known: all, validate, pretrain, transfer, leaderboard")
-    board_suite = leaderboard_suite(plan.suite, cfg.get("suite_version"), stage)   # checked before any work
+    board_suite = leaderboard_suite(plan.suite, cfg.get("suite_version"), stage)  # checked before any work
     options = leaderboard_options(cfg)
     if stage in ("all", "validate", "transfer"):
         names = {t.dataset for t in plan.suite.tasks if plan.task in (None, t.name)}
@@ -409,5 +525,3 @@ def run(cfg: DictConfig) -> None:
         else:
             path = leaderboard.write(board_suite, plan.store, plan.runs_dir / "leaderboards", options=options)
             print(f"[leaderboard] {path}")
-
-

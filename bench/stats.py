@@ -35,6 +35,7 @@ References:
 - [9]: Banerjee, On confidence interval for two-means problem based on separate estimates of variances and
   tabulated values of t-table, Sankhya A 23, 1961 (a conservative interval for a sum of variance components).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,10 +49,10 @@ from scipy import stats as ss
 
 Stat = Callable[..., Any]
 
-_DRAW = 1000                 # resamples whose indices are drawn at once (at most)
-_MAX_ELEMENTS = 1 << 22      # elements of one temporary array (4 Mi: 32 MiB as float64)
+_DRAW = 1000  # resamples whose indices are drawn at once (at most)
+_MAX_ELEMENTS = 1 << 22  # elements of one temporary array (4 Mi: 32 MiB as float64)
 _BOOTSTRAP_METHODS = ("bca", "percentile")
-_LINEAR_MIN_BATCH = 4        # batch size from which a batched bootstrap mean uses draw counts
+_LINEAR_MIN_BATCH = 4  # batch size from which a batched bootstrap mean uses draw counts
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -118,8 +119,9 @@ def draw_counts(idx: NDArray[np.integer], size: int) -> NDArray[np.float64]:
 # ---------------------------------------------------------------------------------------- bootstraps
 
 
-def bootstrap_ci(x: ArrayLike, stat: Stat = np.mean, n_resamples: int = 10_000, ci: float = 0.95,
-                 method: str = "bca", seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    x: ArrayLike, stat: Stat = np.mean, n_resamples: int = 10_000, ci: float = 0.95, method: str = "bca", seed: int = 0
+) -> tuple[float, float]:
     """Bootstrap confidence interval of ``stat`` over one sample.
 
     ``method="percentile"`` is the percentile interval ([0] ch. 13). ``method="bca"`` is the bias-corrected
@@ -167,8 +169,8 @@ def bootstrap_ci(x: ArrayLike, stat: Stat = np.mean, n_resamples: int = 10_000, 
     z0 = ss.norm.ppf(np.clip(prop, 1.0 / (2 * n_resamples), 1.0 - 1.0 / (2 * n_resamples)))
     jack = _jackknife(x, stat)
     d = jack.mean() - jack
-    ss2 = np.sum(d ** 2)
-    a = float(np.sum(d ** 3) / (6.0 * ss2 ** 1.5)) if ss2 > 0 else 0.0
+    ss2 = np.sum(d**2)
+    a = float(np.sum(d**3) / (6.0 * ss2**1.5)) if ss2 > 0 else 0.0
     z = ss.norm.ppf([alpha, 1.0 - alpha])
     levels = ss.norm.cdf(z0 + (z0 + z) / (1.0 - a * (z0 + z)))
     if not np.all(np.isfinite(levels)):
@@ -186,15 +188,16 @@ def _jackknife(x: NDArray[np.floating], stat: Stat) -> NDArray[np.float64]:
     j = np.arange(n - 1)
     for rows in _sub_blocks(n, n - 1):
         i = np.arange(rows.start, rows.stop)[:, None]
-        out[rows] = stat(x[j[None, :] + (j[None, :] >= i)], axis=-1)      # row i skips x[i]
+        out[rows] = stat(x[j[None, :] + (j[None, :] >= i)], axis=-1)  # row i skips x[i]
     return out
 
 
 _NAN_AWARE: dict[Any, Stat] = {np.mean: np.nanmean, np.median: np.nanmedian}
 
 
-def hierarchical_bootstrap_ci(scores: ArrayLike, stat: Stat = np.mean, n_resamples: int = 10_000,
-                              ci: float = 0.95, seed: int = 0) -> tuple[Any, Any]:
+def hierarchical_bootstrap_ci(
+    scores: ArrayLike, stat: Stat = np.mean, n_resamples: int = 10_000, ci: float = 0.95, seed: int = 0
+) -> tuple[Any, Any]:
     """Two-level bootstrap percentile interval: resample seeds, then cases within each resampled seed.
 
     One resample draws ``S`` seeds with replacement and, for each drawn seed slot independently, ``C``
@@ -222,14 +225,14 @@ def hierarchical_bootstrap_ci(scores: ArrayLike, stat: Stat = np.mean, n_resampl
         raise ValueError(f"hierarchical_bootstrap_ci needs at least one seed and one case, got {s.shape}")
     nan = bool(np.isnan(s).any())
     fn = _NAN_AWARE.get(stat, stat) if nan else stat
-    flat = s.reshape(-1, n_seed * n_case)                                   # [L, S*C]
+    flat = s.reshape(-1, n_seed * n_case)  # [L, S*C]
     per = n_seed * n_case
     # The mean is linear: a resample's mean is (draw counts . values) / (valid draws). For a batch this
     # replaces L gathers per resample by one bincount and one product; a single entry gathers directly.
     linear = (fn is np.mean or fn is np.nanmean) and flat.shape[0] >= _LINEAR_MIN_BATCH
     if linear:
         valid = ~np.isnan(flat)
-        values = np.ascontiguousarray(np.where(valid, flat, 0.0).T, dtype=np.float64)   # [S*C, L]
+        values = np.ascontiguousarray(np.where(valid, flat, 0.0).T, dtype=np.float64)  # [S*C, L]
         weights = np.ascontiguousarray(valid.T, dtype=np.float64)
     rng = np.random.default_rng(seed)
     boots = np.empty((flat.shape[0], n_resamples))
@@ -238,15 +241,15 @@ def hierarchical_bootstrap_ci(scores: ArrayLike, stat: Stat = np.mean, n_resampl
             m = stop - start
             seeds = rng.integers(0, n_seed, size=(m, n_seed, 1))
             cases = rng.integers(0, n_case, size=(m, n_seed, n_case))
-            idx = (seeds * n_case + cases).reshape(m, per)                  # flat [seed, case] index
+            idx = (seeds * n_case + cases).reshape(m, per)  # flat [seed, case] index
             if linear:
-                w = draw_counts(idx, per)                                   # [m, S*C]
+                w = draw_counts(idx, per)  # [m, S*C]
                 # einsum, not matmul: a threaded BLAS call is slow on a small, busy machine
                 total = np.einsum("rp,pl->rl", w, values)
                 boots[:, start:stop] = (total / (np.einsum("rp,pl->rl", w, weights) if nan else per)).T
                 continue
             for sub in _sub_blocks(m, per * flat.shape[0]):
-                boots[:, start + sub.start:start + sub.stop] = fn(flat[:, idx[sub]], axis=-1)
+                boots[:, start + sub.start : start + sub.stop] = fn(flat[:, idx[sub]], axis=-1)
     return _interval(boots.reshape(*lead, n_resamples), alpha)
 
 
@@ -263,8 +266,9 @@ def iqm(x: ArrayLike, axis: int | None = None) -> Any:
     return _out(ss.trim_mean(_floats(x), 0.25, axis=axis))
 
 
-def stratified_bootstrap_ci(scores: ArrayLike, aggregate: Stat = iqm, n_resamples: int = 10_000,
-                            ci: float = 0.95, seed: int = 0) -> tuple[Any, Any]:
+def stratified_bootstrap_ci(
+    scores: ArrayLike, aggregate: Stat = iqm, n_resamples: int = 10_000, ci: float = 0.95, seed: int = 0
+) -> tuple[Any, Any]:
     """rliable's stratified bootstrap percentile interval ([3]): runs are resampled within each task.
 
     For each task independently, ``R`` runs are drawn with replacement, so every resample keeps the task
@@ -287,7 +291,7 @@ def stratified_bootstrap_ci(scores: ArrayLike, aggregate: Stat = iqm, n_resample
     if s.ndim < 2:
         raise ValueError(f"stratified_bootstrap_ci needs scores [..., run, task], got shape {s.shape}")
     *lead, n_run, n_task = s.shape
-    flat = s.reshape(-1, n_run * n_task)                                    # [L, R*T], run-major
+    flat = s.reshape(-1, n_run * n_task)  # [L, R*T], run-major
     per = n_run * n_task
     rng = np.random.default_rng(seed)
     boots = np.empty((flat.shape[0], n_resamples))
@@ -296,7 +300,7 @@ def stratified_bootstrap_ci(scores: ArrayLike, aggregate: Stat = iqm, n_resample
         m = stop - start
         idx = (rng.integers(0, n_run, size=(m, n_run, n_task)) * n_task + task).reshape(m, per)
         for sub in _sub_blocks(m, per * flat.shape[0]):
-            boots[:, start + sub.start:start + sub.stop] = aggregate(flat[:, idx[sub]], axis=-1)
+            boots[:, start + sub.start : start + sub.stop] = aggregate(flat[:, idx[sub]], axis=-1)
     return _interval(boots.reshape(*lead, n_resamples), alpha)
 
 
@@ -390,11 +394,11 @@ def mean_ranks(scores: ArrayLike, lower_is_better: bool = False) -> NDArray[np.f
 class FriedmanResult(NamedTuple):
     """Friedman test result (Demšar 2006, §3.2.2)."""
 
-    mean_ranks: NDArray[np.float64]    # [k], rank 1 = best
-    chi2: float                        # Friedman chi2_F, no tie correction
-    chi2_p: float                      # chi2 with k - 1 df
-    ff: float                          # Iman-Davenport F_F
-    ff_p: float                        # F with (k - 1, (k - 1)(N - 1)) df
+    mean_ranks: NDArray[np.float64]  # [k], rank 1 = best
+    chi2: float  # Friedman chi2_F, no tie correction
+    chi2_p: float  # chi2 with k - 1 df
+    ff: float  # Iman-Davenport F_F
+    ff_p: float  # F with (k - 1, (k - 1)(N - 1)) df
 
 
 def friedman(scores: ArrayLike, lower_is_better: bool = False) -> FriedmanResult:
@@ -421,8 +425,8 @@ def friedman(scores: ArrayLike, lower_is_better: bool = False) -> FriedmanResult
         raise ValueError(f"friedman needs scores [block, method] with >= 1 block and >= 2 methods, got {s.shape}")
     n, k = s.shape
     r = mean_ranks(s, lower_is_better)
-    chi2 = float(12.0 * n / (k * (k + 1)) * (np.sum(r ** 2) - k * (k + 1) ** 2 / 4.0))
-    chi2 = max(chi2, 0.0)                              # rounding can give -1e-15 when all ranks tie
+    chi2 = float(12.0 * n / (k * (k + 1)) * (np.sum(r**2) - k * (k + 1) ** 2 / 4.0))
+    chi2 = max(chi2, 0.0)  # rounding can give -1e-15 when all ranks tie
     chi2_p = float(ss.chi2.sf(chi2, k - 1))
     denom = n * (k - 1) - chi2
     if denom > 1e-12 * n * k:
@@ -483,7 +487,7 @@ def bonferroni_dunn_cd(k: int, n: int, alpha: float = 0.05) -> float:
 
 def _poi(x: NDArray[np.floating], y: NDArray[np.floating]) -> NDArray[np.float64]:
     """P(X > Y) + P(X = Y) / 2 per task: x [..., n, T], y [..., m, T] -> [..., T]."""
-    sgn = np.sign(x[..., :, None, :] - y[..., None, :, :])                 # [..., n, m, T]
+    sgn = np.sign(x[..., :, None, :] - y[..., None, :, :])  # [..., n, m, T]
     return (sgn.mean(axis=(-3, -2), dtype=np.float64) + 1.0) / 2.0
 
 
@@ -511,8 +515,9 @@ def probability_of_improvement(x: ArrayLike, y: ArrayLike) -> Any:
     return _out(_poi(x, y).mean(-1))
 
 
-def probability_of_improvement_ci(x: ArrayLike, y: ArrayLike, n_resamples: int = 10_000, ci: float = 0.95,
-                                  seed: int = 0) -> tuple[Any, Any]:
+def probability_of_improvement_ci(
+    x: ArrayLike, y: ArrayLike, n_resamples: int = 10_000, ci: float = 0.95, seed: int = 0
+) -> tuple[Any, Any]:
     """Stratified bootstrap percentile interval of :func:`probability_of_improvement` ([3]).
 
     Each resample draws, for every task independently, the runs of X and (independently) the runs of Y
@@ -537,17 +542,18 @@ def probability_of_improvement_ci(x: ArrayLike, y: ArrayLike, n_resamples: int =
     size = int(np.prod(lead, dtype=np.int64))
     # P(X_i > Y_j) + P(X_i = Y_j) / 2 for every run pair, once; a resample then weighs the pairs by how
     # often it draws each run: PoI_t = wx_t . g_t . wy_t / (n m), an einsum instead of new comparisons
-    g = (np.sign(x[..., :, None, :] - y[..., None, :, :]) + 1.0) / 2.0   # [..., n, m, T]
+    g = (np.sign(x[..., :, None, :] - y[..., None, :, :]) + 1.0) / 2.0  # [..., n, m, T]
     rng = np.random.default_rng(seed)
     boots = np.empty((*lead, n_resamples))
     for start, stop in _blocks(n_resamples, (n + m) * n_task):
         r = stop - start
         ix = rng.integers(0, n, size=(r, n, n_task))
         iy = rng.integers(0, m, size=(r, m, n_task))
-        wx, wy = _task_counts(ix, n), _task_counts(iy, m)                   # [r, n, T], [r, m, T]
+        wx, wy = _task_counts(ix, n), _task_counts(iy, m)  # [r, n, T], [r, m, T]
         for sub in _sub_blocks(r, size * max(n, m) * n_task):
-            boots[..., start + sub.start:start + sub.stop] = np.einsum(
-                "rit,...ijt,rjt->...r", wx[sub], g, wy[sub], optimize=True) / (n * m * n_task)
+            boots[..., start + sub.start : start + sub.stop] = np.einsum(
+                "rit,...ijt,rjt->...r", wx[sub], g, wy[sub], optimize=True
+            ) / (n * m * n_task)
     return _interval(boots, alpha)
 
 
@@ -566,16 +572,17 @@ def _kendall_tau_b(a: NDArray[np.floating], b: NDArray[np.floating]) -> NDArray[
     Only the pairwise order matters, so ``a`` and ``b`` may be scores or ranks.
     """
     i, j = np.triu_indices(a.shape[-1], 1)
-    da = np.sign(a[..., i] - a[..., j])                                      # [..., r, P]
-    db = np.sign(b[..., i] - b[..., j])[..., None, :]                        # [..., 1, P]
+    da = np.sign(a[..., i] - a[..., j])  # [..., r, P]
+    db = np.sign(b[..., i] - b[..., j])[..., None, :]  # [..., 1, P]
     num = (da * db).sum(-1)
     den = np.sqrt(np.count_nonzero(da, axis=-1) * np.count_nonzero(db, axis=-1).astype(np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def rank_stability(scores: ArrayLike, n_boot: int = 1000, seed: int = 0,
-                   lower_is_better: bool = False) -> NDArray[np.float64]:
+def rank_stability(
+    scores: ArrayLike, n_boot: int = 1000, seed: int = 0, lower_is_better: bool = False
+) -> NDArray[np.float64]:
     """Bootstrap rank stability as in challengeR ([4]).
 
     Cases are resampled with replacement; on each resample the methods are ranked by their mean score
@@ -604,7 +611,7 @@ def rank_stability(scores: ArrayLike, n_boot: int = 1000, seed: int = 0,
     nan = bool(np.isnan(s).any())
     mean = np.nanmean if nan else np.mean
     with _quiet():
-        full = sign * mean(s, axis=-2)                                       # [..., k]
+        full = sign * mean(s, axis=-2)  # [..., k]
     lead = s.shape[:-2]
     size = int(np.prod(lead, dtype=np.int64))
     rng = np.random.default_rng(seed)
@@ -614,8 +621,8 @@ def rank_stability(scores: ArrayLike, n_boot: int = 1000, seed: int = 0,
         idx = rng.integers(0, n_case, size=(r, n_case))
         for sub in _sub_blocks(r, size * n_case * k):
             with _quiet():
-                means = sign * mean(s[..., idx[sub], :], axis=-2)            # [..., r, k]
-            tau[..., start + sub.start:start + sub.stop] = _kendall_tau_b(means, full)
+                means = sign * mean(s[..., idx[sub], :], axis=-2)  # [..., r, k]
+            tau[..., start + sub.start : start + sub.stop] = _kendall_tau_b(means, full)
     return tau
 
 
@@ -624,8 +631,10 @@ def rank_stability(scores: ArrayLike, n_boot: int = 1000, seed: int = 0,
 
 def _check_set(scores: NDArray[np.floating], targets: NDArray[np.floating]) -> None:
     if scores.ndim != 4 or targets.ndim != 2 or scores.shape[2:] != targets.shape:
-        raise ValueError(f"scores must be [methods, runs, images, classes] matching targets [images, classes], "
-                         f"got {scores.shape} and {targets.shape}")
+        raise ValueError(
+            f"scores must be [methods, runs, images, classes] matching targets [images, classes], "
+            f"got {scores.shape} and {targets.shape}"
+        )
     if scores.shape[1] == 0 or scores.shape[2] < 2:
         raise ValueError(f"need at least one run and two images, got {scores.shape}")
 
@@ -633,9 +642,9 @@ def _check_set(scores: NDArray[np.floating], targets: NDArray[np.floating]) -> N
 class _SortedScores(NamedTuple):
     """One score column sorted once, so every resample's AUROC is a weighted sum (no sort per resample)."""
 
-    order: NDArray[np.integer]          # images by ascending score
-    starts: NDArray[np.integer]         # first position of each run of tied scores in ``order``
-    pos: NDArray[np.float64]            # target of each image in ``order`` (0/1)
+    order: NDArray[np.integer]  # images by ascending score
+    starts: NDArray[np.integer]  # first position of each run of tied scores in ``order``
+    pos: NDArray[np.float64]  # target of each image in ``order`` (0/1)
 
 
 def _sorted_scores(scores: NDArray[np.floating], targets: NDArray[np.floating]) -> _SortedScores:
@@ -651,7 +660,7 @@ def _weighted_auroc(col: _SortedScores, weights: NDArray[np.floating]) -> NDArra
     equal to the AUROC of the resampled images (sklearn's value, ties one half); NaN where a resample holds one
     label only."""
     w = weights[:, col.order]
-    pos = np.add.reduceat(w * col.pos, col.starts, axis=1)                       # [m, groups]
+    pos = np.add.reduceat(w * col.pos, col.starts, axis=1)  # [m, groups]
     neg = np.add.reduceat(w, col.starts, axis=1) - pos
     below = np.cumsum(neg, axis=1) - neg
     u = (pos * (below + 0.5 * neg)).sum(1)
@@ -671,15 +680,22 @@ def mean_auroc(scores: ArrayLike, targets: ArrayLike) -> Any:
     lead = s.shape[:-2]
     flat = s.reshape(-1, *s.shape[-2:])
     ones = np.ones((1, t.shape[0]))
-    per = np.array([[_weighted_auroc(_sorted_scores(x[:, c], t[:, c]), ones)[0] for c in range(t.shape[1])]
-                    for x in flat])
+    per = np.array(
+        [[_weighted_auroc(_sorted_scores(x[:, c], t[:, c]), ones)[0] for c in range(t.shape[1])] for x in flat]
+    )
     with _quiet():
         return _out(np.nanmean(per, axis=-1).reshape(lead))
 
 
-def _set_auroc_boots(scores: NDArray[np.floating], targets: NDArray[np.floating], n_resamples: int,
-                     seed: int, groups: NDArray[np.integer] | None = None,
-                     resample_runs: bool = True, by_run: bool = False) -> NDArray[np.float64]:
+def _set_auroc_boots(
+    scores: NDArray[np.floating],
+    targets: NDArray[np.floating],
+    n_resamples: int,
+    seed: int,
+    groups: NDArray[np.integer] | None = None,
+    resample_runs: bool = True,
+    by_run: bool = False,
+) -> NDArray[np.float64]:
     """Bootstrap distribution of the run-averaged mean AUROC of each method: scores [M, R, n, C] (method, run,
     image, class) and targets [n, C] -> [M, n_resamples].
 
@@ -695,8 +711,10 @@ def _set_auroc_boots(scores: NDArray[np.floating], targets: NDArray[np.floating]
     defaults draw exactly the indices they always drew."""
     n_method, n_run, n_img, n_cls = scores.shape
     n_unit = n_img if groups is None else int(groups.max()) + 1
-    cols = [[[_sorted_scores(scores[k, r, :, c], targets[:, c]) for c in range(n_cls)] for r in range(n_run)]
-            for k in range(n_method)]
+    cols = [
+        [[_sorted_scores(scores[k, r, :, c], targets[:, c]) for c in range(n_cls)] for r in range(n_run)]
+        for k in range(n_method)
+    ]
     if by_run and resample_runs:
         raise ValueError("per-run resamples need the runs held fixed (resample_runs=False)")
     rng = np.random.default_rng(seed)
@@ -710,13 +728,13 @@ def _set_auroc_boots(scores: NDArray[np.floating], targets: NDArray[np.floating]
         img = rng.integers(0, n_unit, size=(m, n_unit))
         per = np.empty((n_method, n_run, m, n_cls))
         for sub in _sub_blocks(m, 4 * n_img):
-            w = draw_counts(img[sub], n_unit)                                      # [m', n] draw counts
+            w = draw_counts(img[sub], n_unit)  # [m', n] draw counts
             if groups is not None:
-                w = w[:, groups]                                                   # a group's count, per image
+                w = w[:, groups]  # a group's count, per image
             for k, r, c in np.ndindex(n_method, n_run, n_cls):
                 per[k, r, sub, c] = _weighted_auroc(cols[k][r][c], w)
         with _quiet():
-            per_run = np.nanmean(per, axis=-1)                                     # [M, R, m]
+            per_run = np.nanmean(per, axis=-1)  # [M, R, m]
         if by_run:
             boots[:, :, start:stop] = per_run
         else:
@@ -724,8 +742,14 @@ def _set_auroc_boots(scores: NDArray[np.floating], targets: NDArray[np.floating]
     return boots
 
 
-def set_auroc_ci(scores: ArrayLike, targets: ArrayLike, n_resamples: int = 10_000, ci: float = 0.95,
-                 seed: int = 0, groups: ArrayLike | None = None) -> tuple[float, float]:
+def set_auroc_ci(
+    scores: ArrayLike,
+    targets: ArrayLike,
+    n_resamples: int = 10_000,
+    ci: float = 0.95,
+    seed: int = 0,
+    groups: ArrayLike | None = None,
+) -> tuple[float, float]:
     """Percentile interval of a set-level mean AUROC, bootstrapping runs (seeds) and then test images.
 
     A classification cell scores the whole test split at once, so the cell has one AUROC and no per-case
@@ -752,8 +776,14 @@ def set_auroc_ci(scores: ArrayLike, targets: ArrayLike, n_resamples: int = 10_00
     return _interval(_set_auroc_boots(s, t, int(n_resamples), seed, groups=codes)[0], alpha)
 
 
-def paired_set_auroc_test(a: ArrayLike, b: ArrayLike, targets: ArrayLike, n_resamples: int = 10_000,
-                          seed: int = 0, groups: ArrayLike | None = None) -> tuple[float, float]:
+def paired_set_auroc_test(
+    a: ArrayLike,
+    b: ArrayLike,
+    targets: ArrayLike,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    groups: ArrayLike | None = None,
+) -> tuple[float, float]:
     """Paired bootstrap test of two methods' set-level mean AUROC on the same test images.
 
     Both methods are scored on the same resampled runs and images, so what the images have in common
@@ -816,8 +846,8 @@ def set_rank_stability(scores: ArrayLike, targets: ArrayLike, n_boot: int = 1000
     _check_set(s, t)
     if s.shape[0] < 2:
         raise ValueError(f"set_rank_stability needs >= 2 methods, got {s.shape[0]}")
-    full = np.mean(mean_auroc(s, t), axis=-1)                                       # [M]
-    boots = _set_auroc_boots(s, t, int(n_boot), seed)                              # [M, B]
+    full = np.mean(mean_auroc(s, t), axis=-1)  # [M]
+    boots = _set_auroc_boots(s, t, int(n_boot), seed)  # [M, B]
     return _kendall_tau_b(boots.T, full)
 
 
@@ -883,20 +913,20 @@ _RUN_METHODS = ("auto", "t", "bootstrap")
 class Difference(NamedTuple):
     """Run-level estimate of a mean (or of a difference ``a - b``) with its interval and test of 0."""
 
-    estimate: float   # mean over runs and units of a - b (for run_mean: the mean of a)
-    low: float        # CI bounds; NaN when not estimable
+    estimate: float  # mean over runs and units of a - b (for run_mean: the mean of a)
+    low: float  # CI bounds; NaN when not estimable
     high: float
-    p: float          # two-sided p-value of "no difference" (H0: 0); NaN when not testable
-    se: float         # standard error (bootstrap: sd of the resampled estimates); NaN when not estimable
-    df: float         # degrees of freedom of the t reference (NaN for bootstrap / none)
-    runs: int         # runs used
-    units: int        # cases, or patient groups when groups is given
-    interval: str     # "t" | "bootstrap" | "none" (R < 2: too few runs to test)
+    p: float  # two-sided p-value of "no difference" (H0: 0); NaN when not testable
+    se: float  # standard error (bootstrap: sd of the resampled estimates); NaN when not estimable
+    df: float  # degrees of freedom of the t reference (NaN for bootstrap / none)
+    runs: int  # runs used
+    units: int  # cases, or patient groups when groups is given
+    interval: str  # "t" | "bootstrap" | "none" (R < 2: too few runs to test)
 
 
 def _group_codes(groups: ArrayLike, n: int) -> NDArray[np.intp]:
     """Hashable labels [n] -> integer codes ``0 .. G-1`` in order of first appearance."""
-    labels = list(cast(Iterable[Any], groups))   # hashable labels: a sequence or a 1-D array, never a scalar
+    labels = list(cast(Iterable[Any], groups))  # hashable labels: a sequence or a 1-D array, never a scalar
     if len(labels) != n:
         raise ValueError(f"groups must hold one label per case/image ({n}), got {len(labels)}")
     index: dict[Any, int] = {}
@@ -910,8 +940,9 @@ def _group_means(s: NDArray[np.float64], codes: NDArray[np.integer]) -> NDArray[
     onehot[np.arange(s.shape[1]), codes] = 1.0
     valid = ~np.isnan(s)
     with _quiet():
-        return (np.einsum("rc,cg->rg", np.where(valid, s, 0.0), onehot)
-                / np.einsum("rc,cg->rg", valid.astype(np.float64), onehot))
+        return np.einsum("rc,cg->rg", np.where(valid, s, 0.0), onehot) / np.einsum(
+            "rc,cg->rg", valid.astype(np.float64), onehot
+        )
 
 
 def _run_table(scores: ArrayLike, groups: ArrayLike | None) -> NDArray[np.float64]:
@@ -943,8 +974,9 @@ def _untested(estimate: float, runs: int, units: int) -> Difference:
     return Difference(float(estimate), nan, nan, nan, nan, nan, int(runs), int(units), "none")
 
 
-def _t_result(estimate: float, v_run: float, v_unit: float, v_e: float, n_run: int, n_unit: int,
-              alpha: float) -> Difference:
+def _t_result(
+    estimate: float, v_run: float, v_unit: float, v_e: float, n_run: int, n_unit: int, alpha: float
+) -> Difference:
     """t interval and test of 0 from the two-way mean squares of a run x unit table, scaled by 1 / (R G).
 
     ``v_run = MS_run / (R G)``, ``v_unit = MS_unit / (R G)``, ``v_e = MS_e / (R G)`` with ``R - 1``,
@@ -957,52 +989,72 @@ def _t_result(estimate: float, v_run: float, v_unit: float, v_e: float, n_run: i
     Satterthwaite's [5] ``se^4 / (v_run^2 / (R - 1) + v_unit^2 / (G - 1) + v_e^2 / ((R - 1)(G - 1)))``, kept
     for the minimal detectable effect. With se == 0 the interval is the point and p is 1 (estimate 0) or 0."""
     if not (np.isfinite(estimate) and np.isfinite(v_run) and np.isfinite(v_unit) and np.isfinite(v_e)):
-        nan = float("nan")   # low, high, p, se and df (four NaNs here raised TypeError: interval missing)
+        nan = float("nan")  # low, high, p, se and df (four NaNs here raised TypeError: interval missing)
         return Difference(float(estimate), nan, nan, nan, nan, nan, int(n_run), int(n_unit), "t")
     c = v_unit - v_e if n_unit > 1 else 0.0
     if c > 0:
         var = v_run + c
-        df = var ** 2 / (v_run ** 2 / (n_run - 1) + v_unit ** 2 / (n_unit - 1)
-                         + v_e ** 2 / ((n_run - 1) * (n_unit - 1)))
+        df = var**2 / (v_run**2 / (n_run - 1) + v_unit**2 / (n_unit - 1) + v_e**2 / ((n_run - 1) * (n_unit - 1)))
     else:
         var, df = v_run, float(n_run - 1)
     if var <= 0:
         p = 1.0 if estimate == 0 else 0.0
-        return Difference(float(estimate), float(estimate), float(estimate), p, 0.0, float(df),
-                          int(n_run), int(n_unit), "t")
+        return Difference(
+            float(estimate), float(estimate), float(estimate), p, 0.0, float(df), int(n_run), int(n_unit), "t"
+        )
     se = float(np.sqrt(var))
     if c <= 0:
         q = float(ss.t.ppf(1.0 - alpha, df))
         p = float(min(1.0, 2.0 * ss.t.sf(abs(estimate) / se, df)))
-        return Difference(float(estimate), float(estimate - q * se), float(estimate + q * se), p, se, float(df),
-                          int(n_run), int(n_unit), "t")
+        return Difference(
+            float(estimate),
+            float(estimate - q * se),
+            float(estimate + q * se),
+            p,
+            se,
+            float(df),
+            int(n_run),
+            int(n_unit),
+            "t",
+        )
 
     def half(tail: float) -> float:
         return float(np.sqrt(ss.t.ppf(1.0 - tail, n_run - 1) ** 2 * v_run + ss.t.ppf(1.0 - tail, n_unit - 1) ** 2 * c))
+
     h = half(alpha)
     if estimate == 0:
         p = 1.0
     else:
         # half(p / 2) == |estimate|: half falls from infinity to 0 as p goes from 0 to 1
         from scipy.optimize import brentq
+
         lo, hi = 1e-15, 1.0 - 1e-12
-        f = lambda a: half(a / 2.0) - abs(estimate)          # noqa: E731
+        f = lambda a: half(a / 2.0) - abs(estimate)  # noqa: E731
         p = lo if f(lo) < 0 else 1.0 if f(hi) > 0 else float(brentq(f, lo, hi, xtol=1e-12))
-    return Difference(float(estimate), float(estimate - h), float(estimate + h), float(p), se, float(df),
-                      int(n_run), int(n_unit), "t")
+    return Difference(
+        float(estimate), float(estimate - h), float(estimate + h), float(p), se, float(df), int(n_run), int(n_unit), "t"
+    )
 
 
-def _boot_result(estimate: float, boots: NDArray[np.float64], alpha: float, runs: int,
-                 units: int) -> Difference:
+def _boot_result(estimate: float, boots: NDArray[np.float64], alpha: float, runs: int, units: int) -> Difference:
     """Percentile interval, :func:`bootstrap_p` and the resamples' sd as se."""
     finite = boots[np.isfinite(boots)]
     if finite.size == 0:
-        nan = float("nan")   # low, high, p, se and df (four NaNs here raised TypeError: interval missing)
+        nan = float("nan")  # low, high, p, se and df (four NaNs here raised TypeError: interval missing)
         return Difference(float(estimate), nan, nan, nan, nan, nan, int(runs), int(units), "bootstrap")
     low, high = _interval(finite, alpha)
     se = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
-    return Difference(float(estimate), float(low), float(high), bootstrap_p(finite), se, float("nan"),
-                      int(runs), int(units), "bootstrap")
+    return Difference(
+        float(estimate),
+        float(low),
+        float(high),
+        bootstrap_p(finite),
+        se,
+        float("nan"),
+        int(runs),
+        int(units),
+        "bootstrap",
+    )
 
 
 def _crossed_boots(tables: list[NDArray[np.float64]], n_resamples: int, seed: int) -> NDArray[np.float64]:
@@ -1025,13 +1077,13 @@ def _crossed_boots(tables: list[NDArray[np.float64]], n_resamples: int, seed: in
     with _quiet():
         for start, stop in _blocks(n_resamples, n_unit + (n_runs[0] if shared else sum(n_runs))):
             m = stop - start
-            wg = draw_counts(rng.integers(0, n_unit, size=(m, n_unit)), n_unit)              # [m, G]
+            wg = draw_counts(rng.integers(0, n_unit, size=(m, n_unit)), n_unit)  # [m, G]
             if shared:
                 wr = draw_counts(rng.integers(0, n_runs[0], size=(m, n_runs[0])), n_runs[0])
             for k, (values, valid) in enumerate(prepared):
                 r = n_runs[k]
                 if not shared:
-                    wr = draw_counts(rng.integers(0, r, size=(m, r)), r)                     # [m, R_k]
+                    wr = draw_counts(rng.integers(0, r, size=(m, r)), r)  # [m, R_k]
                 # einsum, not matmul: a threaded BLAS call is slow on a small, busy machine
                 total = (np.einsum("br,rg->bg", wr, values) * wg).sum(1)
                 count = (np.einsum("br,rg->bg", wr, valid) * wg).sum(1) if valid is not None else r * n_unit
@@ -1046,8 +1098,7 @@ def _interval_kind(requested: str, n_run: int) -> str:
     return "bootstrap" if n_run >= BOOTSTRAP_MIN_RUNS else "t"
 
 
-def _run_inference(x: NDArray[np.float64], alpha: float, method: str, n_resamples: int,
-                   seed: int) -> Difference:
+def _run_inference(x: NDArray[np.float64], alpha: float, method: str, n_resamples: int, seed: int) -> Difference:
     n_run, n_unit = x.shape
     if n_unit == 0:
         return _untested(float("nan"), n_run, 0)
@@ -1061,14 +1112,20 @@ def _run_inference(x: NDArray[np.float64], alpha: float, method: str, n_resample
             return _t_result(estimate, v_run, 0.0, 0.0, n_run, n_unit, alpha)
         v_unit = float(np.var(u, ddof=1)) / n_unit
         resid = x - m[:, None] - u[None, :] + estimate
-        v_e = float(np.sum(resid ** 2)) / ((n_run - 1) * (n_unit - 1) * n_run * n_unit)
+        v_e = float(np.sum(resid**2)) / ((n_run - 1) * (n_unit - 1) * n_run * n_unit)
         return _t_result(estimate, v_run, v_unit, v_e, n_run, n_unit, alpha)
     boots = _crossed_boots([x], int(n_resamples), seed)[0]
     return _boot_result(estimate, boots, alpha, n_run, n_unit)
 
 
-def run_mean(scores: ArrayLike, groups: ArrayLike | None = None, ci: float = 0.95, method: str = "auto",
-             n_resamples: int = 10_000, seed: int = 0) -> Difference:
+def run_mean(
+    scores: ArrayLike,
+    groups: ArrayLike | None = None,
+    ci: float = 0.95,
+    method: str = "auto",
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> Difference:
     """Run-level mean of one method's per-case scores with an interval and a test of 0.
 
     ``method="t"``: with x[r, g] the (grouped) scores, run means ``m_r = mean_g x[r, g]``, unit means
@@ -1106,8 +1163,15 @@ def run_mean(scores: ArrayLike, groups: ArrayLike | None = None, ci: float = 0.9
     return _run_inference(_run_table(scores, groups), alpha, _check_method(method), int(n_resamples), seed)
 
 
-def paired_run_difference(a: ArrayLike, b: ArrayLike, groups: ArrayLike | None = None, ci: float = 0.95,
-                          method: str = "auto", n_resamples: int = 10_000, seed: int = 0) -> Difference:
+def paired_run_difference(
+    a: ArrayLike,
+    b: ArrayLike,
+    groups: ArrayLike | None = None,
+    ci: float = 0.95,
+    method: str = "auto",
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> Difference:
     """Run-level mean difference ``a - b`` of two methods: :func:`run_mean` of ``a - b``.
 
     Args:
@@ -1127,8 +1191,15 @@ def paired_run_difference(a: ArrayLike, b: ArrayLike, groups: ArrayLike | None =
     return run_mean(np.asarray(a, dtype=np.float64) - b, groups, ci, method, n_resamples, seed)
 
 
-def _set_inference(s: NDArray[np.floating], t: NDArray[np.floating], groups: ArrayLike | None, ci: float,
-                   method: str, n_resamples: int, seed: int) -> Difference:
+def _set_inference(
+    s: NDArray[np.floating],
+    t: NDArray[np.floating],
+    groups: ArrayLike | None,
+    ci: float,
+    method: str,
+    n_resamples: int,
+    seed: int,
+) -> Difference:
     """Set-level AUROC inference for s [M, R, n, K] (M = 1: the mean, M = 2: the difference 0 - 1)."""
     alpha = _check_ci(ci, n_resamples)
     method = _check_method(method)
@@ -1136,7 +1207,7 @@ def _set_inference(s: NDArray[np.floating], t: NDArray[np.floating], groups: Arr
     n_run, n_img = s.shape[1], s.shape[2]
     codes = None if groups is None else _group_codes(groups, n_img)
     n_unit = n_img if codes is None else int(codes.max()) + 1
-    per_run = np.asarray(mean_auroc(s, t), dtype=np.float64).reshape(s.shape[0], n_run)   # [M, R]
+    per_run = np.asarray(mean_auroc(s, t), dtype=np.float64).reshape(s.shape[0], n_run)  # [M, R]
     d = per_run[0] - per_run[1] if s.shape[0] == 2 else per_run[0]
     estimate = float(np.mean(d))
     if n_run < 2 or not np.isfinite(estimate):
@@ -1146,13 +1217,13 @@ def _set_inference(s: NDArray[np.floating], t: NDArray[np.floating], groups: Arr
         return _boot_result(estimate, boots[0] - boots[1] if s.shape[0] == 2 else boots[0], alpha, n_run, n_unit)
     # t: runs held fixed, images resampled; per-run resampled values give the image covariance between runs
     boots = _set_auroc_boots(s, t, int(n_resamples), seed, groups=codes, resample_runs=False, by_run=True)
-    bd = boots[0] - boots[1] if s.shape[0] == 2 else boots[0]                    # [R, B]
+    bd = boots[0] - boots[1] if s.shape[0] == 2 else boots[0]  # [R, B]
     bd = bd[:, np.isfinite(bd).all(axis=0)]
     v_run = float(np.var(d, ddof=1)) / n_run
     if bd.shape[1] < 2:
         return _t_result(estimate, v_run, float("nan"), float("nan"), n_run, n_unit, alpha)
-    v_unit = float(np.var(bd.mean(axis=0), ddof=1))                               # var of the run average
-    v_each = float(np.mean(np.var(bd, axis=1, ddof=1)))                           # mean per-run variance
+    v_unit = float(np.var(bd.mean(axis=0), ddof=1))  # var of the run average
+    v_each = float(np.mean(np.var(bd, axis=1, ddof=1)))  # mean per-run variance
     v_e = max(0.0, (v_each - v_unit) / (n_run - 1))
     return _t_result(estimate, v_run, v_unit, v_e, n_run, n_unit, alpha)
 
@@ -1165,8 +1236,15 @@ def _set_stack(arrays: list[ArrayLike], targets: ArrayLike) -> tuple[NDArray[np.
     return (s[:, None] if s.ndim == 3 else s), _floats(targets)
 
 
-def set_run_mean(scores: ArrayLike, targets: ArrayLike, groups: ArrayLike | None = None, ci: float = 0.95,
-                 method: str = "auto", n_resamples: int = 10_000, seed: int = 0) -> Difference:
+def set_run_mean(
+    scores: ArrayLike,
+    targets: ArrayLike,
+    groups: ArrayLike | None = None,
+    ci: float = 0.95,
+    method: str = "auto",
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> Difference:
     """Run-level mean of a set-level metric: one mean AUROC per run (:func:`mean_auroc`), averaged over runs.
 
     ``method="t"``: an image bootstrap with the runs held fixed (images drawn with replacement, as clusters
@@ -1193,8 +1271,9 @@ def set_run_mean(scores: ArrayLike, targets: ArrayLike, groups: ArrayLike | None
     return _set_inference(s, t, groups, ci, method, n_resamples, seed)
 
 
-def set_bootstrap_means(scores: ArrayLike, targets: ArrayLike, groups: ArrayLike | None = None,
-                        n_resamples: int = 10_000, seed: int = 0) -> NDArray[np.float64]:
+def set_bootstrap_means(
+    scores: ArrayLike, targets: ArrayLike, groups: ArrayLike | None = None, n_resamples: int = 10_000, seed: int = 0
+) -> NDArray[np.float64]:
     """Bootstrap replicates of each method's run-averaged set-level mean AUROC, for rank probabilities.
 
     The set-level counterpart of :func:`hierarchical_bootstrap_means`: one resample draws the runs (matched
@@ -1216,9 +1295,16 @@ def set_bootstrap_means(scores: ArrayLike, targets: ArrayLike, groups: ArrayLike
     return _set_auroc_boots(s, t, int(n_resamples), seed, groups=codes)
 
 
-def set_run_difference(a: ArrayLike, b: ArrayLike, targets: ArrayLike, groups: ArrayLike | None = None,
-                       ci: float = 0.95, method: str = "auto", n_resamples: int = 10_000,
-                       seed: int = 0) -> Difference:
+def set_run_difference(
+    a: ArrayLike,
+    b: ArrayLike,
+    targets: ArrayLike,
+    groups: ArrayLike | None = None,
+    ci: float = 0.95,
+    method: str = "auto",
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> Difference:
     """Run-level difference of a set-level metric: ``d_r = AUROC(a_r) - AUROC(b_r)``, averaged over runs.
 
     As :func:`set_run_mean` with ``d_r`` for the run AUROCs; both methods see the same resampled images
@@ -1266,8 +1352,9 @@ def minimal_detectable_effect(se: float, df: float, alpha: float = 0.05, power: 
     return float((ss.t.ppf(1.0 - alpha / 2.0, df) + ss.t.ppf(power, df)) * se)
 
 
-def bayes_signed_rank(d: ArrayLike, rope: float, prior_strength: float = 1.0, n_samples: int = 50_000,
-                      seed: int = 0) -> tuple[float, float, float]:
+def bayes_signed_rank(
+    d: ArrayLike, rope: float, prior_strength: float = 1.0, n_samples: int = 50_000, seed: int = 0
+) -> tuple[float, float, float]:
     """Bayesian signed-rank test of Benavoli et al. ([6]), as baycomp's ``SignedRankTest`` defines it.
 
     The posterior of the distribution of the differences is a Dirichlet process with one pseudo-observation at
@@ -1298,8 +1385,9 @@ def bayes_signed_rank(d: ArrayLike, rope: float, prior_strength: float = 1.0, n_
     if x.size == 0:
         raise ValueError("bayes_signed_rank needs at least one finite difference")
     if rope < 0 or prior_strength < 0 or int(n_samples) < 1:
-        raise ValueError(f"need rope >= 0, prior_strength >= 0 and n_samples >= 1, got {rope}, "
-                         f"{prior_strength}, {n_samples}")
+        raise ValueError(
+            f"need rope >= 0, prior_strength >= 0 and n_samples >= 1, got {rope}, {prior_strength}, {n_samples}"
+        )
     if prior_strength > 0:
         z, alpha = np.r_[0.0, x], np.r_[float(prior_strength), np.ones(x.size)]
     else:
@@ -1310,7 +1398,7 @@ def bayes_signed_rank(d: ArrayLike, rope: float, prior_strength: float = 1.0, n_
     rng = np.random.default_rng(seed)
     wins = np.zeros(3)
     for start, stop in _blocks(int(n_samples), z.size):
-        w = rng.dirichlet(alpha, size=stop - start)                                   # [m, n + 1]
+        w = rng.dirichlet(alpha, size=stop - start)  # [m, n + 1]
         right = (np.einsum("bi,ij->bj", w, above) * w).sum(1)
         if rope > 0:
             left = (np.einsum("bi,ij->bj", w, below) * w).sum(1)
@@ -1322,8 +1410,13 @@ def bayes_signed_rank(d: ArrayLike, rope: float, prior_strength: float = 1.0, n_
     return float(p[0]), float(p[1]), float(p[2])
 
 
-def friedman_exact(scores: ArrayLike, lower_is_better: bool = False, max_enumeration: int = 2_000_000,
-                   n_permutations: int = 200_000, seed: int = 0) -> tuple[float, float, str]:
+def friedman_exact(
+    scores: ArrayLike,
+    lower_is_better: bool = False,
+    max_enumeration: int = 2_000_000,
+    n_permutations: int = 200_000,
+    seed: int = 0,
+) -> tuple[float, float, str]:
     """Friedman chi2_F with its permutation p-value ([8]; exact for few blocks where chi2 is poor).
 
     The statistic is :func:`friedman`'s (average ranks for ties within a block). Under H0 each block's
@@ -1353,26 +1446,26 @@ def friedman_exact(scores: ArrayLike, lower_is_better: bool = False, max_enumera
     res = friedman(scores, lower_is_better)
     s = np.asarray(scores, dtype=np.float64)
     n, k = s.shape
-    ranks = np.rint(2.0 * ss.rankdata(s if lower_is_better else -s, axis=1)).astype(np.int64)   # doubled
+    ranks = np.rint(2.0 * ss.rankdata(s if lower_is_better else -s, axis=1)).astype(np.int64)  # doubled
     observed = int(np.sum(ranks.sum(axis=0) ** 2))
     size = 1
-    for _ in range(n - 1):                              # (k!)^(N-1), stopping once it passes the limit
+    for _ in range(n - 1):  # (k!)^(N-1), stopping once it passes the limit
         size *= math.factorial(k)
         if size > max_enumeration:
             break
     if size <= max_enumeration:
         if n == 1:
             return res.chi2, 1.0, "exact"
-        perms = np.array(list(itertools.permutations(range(k))))                         # [k!, k]
+        perms = np.array(list(itertools.permutations(range(k))))  # [k!, k]
         weights: np.ndarray
         states, weights = ranks[:1], np.ones(1)
         for b in range(1, n):
-            rows, counts = np.unique(ranks[b][perms], axis=0, return_counts=True)        # distinct orders
+            rows, counts = np.unique(ranks[b][perms], axis=0, return_counts=True)  # distinct orders
             new = (states[:, None, :] + rows[None]).reshape(-1, k)
             w = (weights[:, None] * counts[None]).ravel()
             states, inverse = np.unique(new, axis=0, return_inverse=True)
             weights = np.bincount(inverse.ravel(), weights=w)
-        stat = np.sum(states ** 2, axis=1)
+        stat = np.sum(states**2, axis=1)
         return res.chi2, float(min(1.0, weights[stat >= observed].sum() / weights.sum())), "exact"
     if int(n_permutations) < 1:
         raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
@@ -1386,8 +1479,9 @@ def friedman_exact(scores: ArrayLike, lower_is_better: bool = False, max_enumera
     return res.chi2, (1.0 + count) / (1.0 + int(n_permutations)), "monte carlo"
 
 
-def hierarchical_bootstrap_means(scores: list[ArrayLike], groups: ArrayLike | None = None,
-                                 n_resamples: int = 10_000, seed: int = 0) -> NDArray[np.float64]:
+def hierarchical_bootstrap_means(
+    scores: list[ArrayLike], groups: ArrayLike | None = None, n_resamples: int = 10_000, seed: int = 0
+) -> NDArray[np.float64]:
     """Crossed bootstrap replicates of each method's grand mean, for rankings over shared cases ([7]).
 
     Every resample draws the units (cases, or groups) with replacement once, shared by all methods and runs;
@@ -1415,8 +1509,10 @@ def hierarchical_bootstrap_means(scores: list[ArrayLike], groups: ArrayLike | No
         t = np.asarray(_floats(x), dtype=np.float64)
         tables.append(t[None] if t.ndim == 1 else t)
     if not tables or any(t.ndim != 2 or t.shape[0] == 0 or t.shape[1] != tables[0].shape[1] for t in tables):
-        raise ValueError(f"scores must be a non-empty list of [run, case] arrays over the same cases, got "
-                         f"{[t.shape for t in tables]}")
+        raise ValueError(
+            f"scores must be a non-empty list of [run, case] arrays over the same cases, got "
+            f"{[t.shape for t in tables]}"
+        )
     if tables[0].shape[1] == 0:
         raise ValueError("hierarchical_bootstrap_means needs at least one case")
     if groups is not None:
@@ -1425,8 +1521,9 @@ def hierarchical_bootstrap_means(scores: list[ArrayLike], groups: ArrayLike | No
     return _crossed_boots(tables, int(n_resamples), seed)
 
 
-def rank_probabilities(boots: ArrayLike, lower_is_better: bool = False,
-                       margin: float = 0.0) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def rank_probabilities(
+    boots: ArrayLike, lower_is_better: bool = False, margin: float = 0.0
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Rank distribution of M methods over bootstrap replicates (e.g. from
     :func:`hierarchical_bootstrap_means`).
 
@@ -1452,8 +1549,8 @@ def rank_probabilities(boots: ArrayLike, lower_is_better: bool = False,
     n_boot = b.shape[1]
     if n_boot == 0:
         return np.full((n_method, n_method), np.nan), np.full(n_method, np.nan)
-    v = b if lower_is_better else -b                                                # lower v is better
-    ranks = ss.rankdata(v, method="min", axis=0).astype(np.int64) - 1               # [M, B], 0-based
+    v = b if lower_is_better else -b  # lower v is better
+    ranks = ss.rankdata(v, method="min", axis=0).astype(np.int64) - 1  # [M, B], 0-based
     key = np.arange(n_method)[:, None] * n_method + ranks
     p = np.bincount(key.ravel(), minlength=n_method * n_method).reshape(n_method, n_method) / n_boot
     p_best = np.mean(v <= v.min(axis=0) + margin, axis=1)
@@ -1478,22 +1575,23 @@ def average_precision(scores: ArrayLike, targets: ArrayLike) -> Any:
     s = np.asarray(_floats(scores), dtype=np.float64)
     t = np.asarray(_floats(targets), dtype=np.float64)
     if s.ndim < 2 or t.ndim != 2 or s.shape[-2:] != t.shape:
-        raise ValueError(f"scores must be [..., images, classes] matching targets [images, classes], "
-                         f"got {s.shape} and {t.shape}")
+        raise ValueError(
+            f"scores must be [..., images, classes] matching targets [images, classes], got {s.shape} and {t.shape}"
+        )
     n = t.shape[0]
-    x = np.moveaxis(s, -1, -2)                                                       # [..., K, n]
+    x = np.moveaxis(s, -1, -2)  # [..., K, n]
     y = np.broadcast_to(t.T, x.shape)
-    order = np.argsort(-x, axis=-1, kind="stable")                                    # descending
+    order = np.argsort(-x, axis=-1, kind="stable")  # descending
     xs = np.take_along_axis(x, order, axis=-1)
     ys = np.take_along_axis(y, order, axis=-1)
     tp = np.cumsum(ys, axis=-1)
     pos = np.arange(n)
     end = np.ones(xs.shape, dtype=bool)
-    end[..., :-1] = xs[..., 1:] != xs[..., :-1]                                     # last of a tie group
+    end[..., :-1] = xs[..., 1:] != xs[..., :-1]  # last of a tie group
     # each position's tie-group end: the first end at or after it (a reverse running minimum)
     last = np.minimum.accumulate(np.where(end, pos, n)[..., ::-1], axis=-1)[..., ::-1]
     precision = np.take_along_axis(tp / (pos + 1.0), last, axis=-1)
     n_pos = t.sum(axis=0)
     with _quiet():
-        ap = np.where(n_pos > 0, (ys * precision).sum(-1) / n_pos, np.nan)          # [..., K]
+        ap = np.where(n_pos > 0, (ys * precision).sum(-1) / n_pos, np.nan)  # [..., K]
         return _out(np.nanmean(ap, axis=-1))

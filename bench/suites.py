@@ -4,6 +4,7 @@ A suite expands to cells (method, task, protocol, label fraction, seed). Changin
 the version; leaderboards are keyed by (suite, version). Suites are registered next to their
 datasets (datasets/), never here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,12 +14,12 @@ from dataclasses import dataclass, field
 class Task:
     name: str
     dataset: str
-    kind: str                                   # "segmentation" | "classification"
+    kind: str  # "segmentation" | "classification"
     protocols: tuple[str, ...]
     label_fractions: tuple[float, ...] = (1.0,)
     metric: str = "dice"
     split: str = "test"
-    draws: int = 1                              # independent subsets per label fraction < 1
+    draws: int = 1  # independent subsets per label fraction < 1
     # the (protocol, label fraction) that stands for this task in a leaderboard's across-task analysis, declared
     # before results exist so that it cannot be picked for how it ranks; None: the first protocol at the largest
     # label fraction
@@ -41,7 +42,7 @@ class Suite:
     version: int
     tasks: tuple[Task, ...]
     seeds: tuple[int, ...]
-    pretrain_dataset: str                       # the unlabelled corpus methods pretrain on
+    pretrain_dataset: str  # the unlabelled corpus methods pretrain on
     pretrain_splits: tuple[str, ...] = ("pretrain",)
     synthetic: bool = False
     description: str = ""
@@ -67,8 +68,13 @@ class Cell:
         return f"{self.task.name}/{self.protocol}/f{self.label_fraction:g}/d{self.draw}/s{self.seed}"
 
 
-def expand(suite: Suite, seeds: tuple[int, ...] | None = None, protocol: str | None = None,
-           label_fraction: float | None = None, task_name: str | None = None) -> list[Cell]:
+def expand(
+    suite: Suite,
+    seeds: tuple[int, ...] | None = None,
+    protocol: str | None = None,
+    label_fraction: float | None = None,
+    task_name: str | None = None,
+) -> list[Cell]:
     cells = []
     for task in suite.tasks:
         if task_name is not None and task.name != task_name:
@@ -80,6 +86,6 @@ def expand(suite: Suite, seeds: tuple[int, ...] | None = None, protocol: str | N
                 if label_fraction is not None and abs(frac - label_fraction) > 1e-9:
                     continue
                 for draw in range(task.draws if frac < 1.0 else 1):
-                    for seed in (seeds if seeds is not None else suite.seeds):
+                    for seed in seeds if seeds is not None else suite.seeds:
                         cells.append(Cell(task, proto, frac, seed, draw))
     return cells

@@ -4,6 +4,7 @@
 ``datasets/`` or ``methods/`` (``tests/test_layout.py``), except the tools under ``bench/tools/``. The datasets and
 methods are registered by whoever runs the harness: ``run_bench.py`` imports both packages before the command line.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SPLITS_DIR = PROJECT_ROOT / "datasets" / "splits"          # committed split files, one JSON per dataset
+SPLITS_DIR = PROJECT_ROOT / "datasets" / "splits"  # committed split files, one JSON per dataset
 
 
 class DataError(Exception):
@@ -24,9 +25,9 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    modality: str                       # "CT" | "MR" | "XR"
+    modality: str  # "CT" | "MR" | "XR"
     spatial_dims: int
-    task: str                           # "segmentation" | "multiclass" | "multilabel" | "binary"
+    task: str  # "segmentation" | "multiclass" | "multilabel" | "binary"
     labels: dict[int, str] = field(default_factory=dict)
     n_channels: int = 1
     synthetic: bool = False
@@ -68,7 +69,7 @@ class StepOutput:
 class StepInfo:
     """What the engine tells a method about the step it is on."""
 
-    step: int          # optimizer steps done so far
+    step: int  # optimizer steps done so far
     total_steps: int
 
     @property

@@ -1,4 +1,5 @@
 """Dataset adapters and suites; one import line per module registers its entries."""
+
 from datasets import abdomen  # noqa: F401
 from datasets import amos  # noqa: F401
 from datasets import brats  # noqa: F401

@@ -15,6 +15,7 @@ between the zenodo records), deterministically, never random:
 
 The 15 labels keep their released spellings ("arota", "postcava").
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,10 +24,24 @@ from bench.suites import Suite, Task
 from datasets.base import DataError, DatasetAdapter, DatasetInfo, Record, natural_key
 from datasets.msd import ASA_PREPROCESSING, case_id, count_problems, entry_paths, is_junk, read_index
 
-AMOS_LABELS = {0: "background", 1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gall bladder",
-               5: "esophagus", 6: "liver", 7: "stomach", 8: "arota", 9: "postcava", 10: "pancreas",
-               11: "right adrenal gland", 12: "left adrenal gland", 13: "duodenum", 14: "bladder",
-               15: "prostate/uterus"}
+AMOS_LABELS = {
+    0: "background",
+    1: "spleen",
+    2: "right kidney",
+    3: "left kidney",
+    4: "gall bladder",
+    5: "esophagus",
+    6: "liver",
+    7: "stomach",
+    8: "arota",
+    9: "postcava",
+    10: "pancreas",
+    11: "right adrenal gland",
+    12: "left adrenal gland",
+    13: "duodenum",
+    14: "bladder",
+    15: "prostate/uterus",
+}
 AMOS_TO_BTCV = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: 8, 9: 9, 10: 11, 11: 12, 12: 13}
 CT_MAX_ID = 500
 
@@ -73,23 +88,31 @@ class AMOS(DatasetAdapter):
         return ("train", "val", "test", "pretrain", "unlabelled")
 
     def expected_count(self, split: str) -> int | None:
-        return None   # derived from dataset.json; index_problems checks its counts
+        return None  # derived from dataset.json; index_problems checks its counts
 
     def split_ids(self, split: str) -> list[str]:
         lists = self._lists()
         valid = sorted(lists["validation"], key=natural_key)
-        table = {"train": sorted(lists["training"], key=natural_key),
-                 "pretrain": sorted(lists["training"], key=natural_key),
-                 "val": valid[0::4], "test": [c for i, c in enumerate(valid) if i % 4],
-                 "unlabelled": sorted(lists["test"], key=natural_key)}
+        table = {
+            "train": sorted(lists["training"], key=natural_key),
+            "pretrain": sorted(lists["training"], key=natural_key),
+            "val": valid[0::4],
+            "test": [c for i, c in enumerate(valid) if i % 4],
+            "unlabelled": sorted(lists["test"], key=natural_key),
+        }
         if split not in table:
             raise DataError(f"dataset 'amos' has no split {split!r}; it has {list(table)}")
         return table[split]
 
     def records(self, split: str) -> list[Record]:
         lists = self._lists()
-        source = {"train": "training", "pretrain": "training", "val": "validation", "test": "validation",
-                  "unlabelled": "test"}.get(split)
+        source = {
+            "train": "training",
+            "pretrain": "training",
+            "val": "validation",
+            "test": "validation",
+            "unlabelled": "test",
+        }.get(split)
         ids = self.split_ids(split)
         labelled = split in ("train", "val", "test")
         out = []
@@ -106,15 +129,32 @@ class AMOS(DatasetAdapter):
             doc = read_index(index)
         except DataError as e:
             return [str(e)]
-        return count_problems(index, doc, (("numTraining", "training"), ("numValidation", "validation"),
-                                           ("numTest", "test")))
+        return count_problems(
+            index, doc, (("numTraining", "training"), ("numValidation", "validation"), ("numTest", "test"))
+        )
 
 
-SUITES.register("amos")(Suite(
-    name="amos", version=1, pretrain_dataset="amos", pretrain_splits=("pretrain",),
-    description="AMOS22 CT, 15 organs: label efficiency on 5/10/20/50/100% of the training list (5 draws per "
-                "fraction), tested on the released validation list; pretraining on the training images (ASA); "
-                "ASA preprocessing",
-    tasks=(Task(name="organs15", dataset="amos", kind="segmentation", protocols=("finetune",),
-                label_fractions=(0.05, 0.1, 0.2, 0.5, 1.0), draws=5, metric="dice"),),
-    seeds=(0,), preprocessing=dict(ASA_PREPROCESSING)))
+SUITES.register("amos")(
+    Suite(
+        name="amos",
+        version=1,
+        pretrain_dataset="amos",
+        pretrain_splits=("pretrain",),
+        description="AMOS22 CT, 15 organs: label efficiency on 5/10/20/50/100% of the training list (5 draws per "
+        "fraction), tested on the released validation list; pretraining on the training images (ASA); "
+        "ASA preprocessing",
+        tasks=(
+            Task(
+                name="organs15",
+                dataset="amos",
+                kind="segmentation",
+                protocols=("finetune",),
+                label_fractions=(0.05, 0.1, 0.2, 0.5, 1.0),
+                draws=5,
+                metric="dice",
+            ),
+        ),
+        seeds=(0,),
+        preprocessing=dict(ASA_PREPROCESSING),
+    )
+)

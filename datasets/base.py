@@ -3,6 +3,7 @@
 An adapter lists records of a committed split (``datasets/splits/<name>.json``, patient-level,
 never computed at load time) and loads one record as numpy arrays in RAS+ orientation.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 # the harness's contracts, defined in bench and re-exported here for dataset authors
-from bench.types import (PROJECT_ROOT, SPLITS_DIR, DataError, DatasetInfo, Record,  # noqa: E402,F401
-                         default_data_dir, load_split_file)
+from bench.types import (
+    PROJECT_ROOT,  # noqa: F401
+    SPLITS_DIR,  # noqa: F401
+    DataError,
+    DatasetInfo,
+    Record,
+    default_data_dir,
+    load_split_file,
+)
 
 
 def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -46,10 +54,11 @@ class DatasetAdapter:
     info: ClassVar[DatasetInfo]
     registry_name: ClassVar[str]
     root_env: ClassVar[str | None] = None
-    split_name: ClassVar[str | None] = None   # defaults to the registry name
+    split_name: ClassVar[str | None] = None  # defaults to the registry name
 
-    def __init__(self, root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self, root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None, **options: Any
+    ) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir else default_data_dir()
         env = os.environ.get(self.root_env) if self.root_env else None
         self.root = Path(root or env or self.default_root())
@@ -58,8 +67,10 @@ class DatasetAdapter:
     def default_root(self) -> Path:
         if self.info.synthetic:
             return self.cache_dir / self.registry_name
-        raise DataError(f"dataset {self.registry_name!r}: no root given; pass data.root=PATH"
-                        + (f" or set ${self.root_env}" if self.root_env else ""))
+        raise DataError(
+            f"dataset {self.registry_name!r}: no root given; pass data.root=PATH"
+            + (f" or set ${self.root_env}" if self.root_env else "")
+        )
 
     def prepare(self, progress: bool = True) -> None:
         """Make the data available (generate a synthetic set); real datasets only check the root."""
@@ -69,8 +80,10 @@ class DatasetAdapter:
     def split_ids(self, split: str) -> list[str]:
         splits = load_split_file(self.split_name or self.registry_name)
         if split not in splits:
-            raise DataError(f"split file {self.split_name or self.registry_name}.json has no split {split!r}; "
-                            f"it has {sorted(splits)}")
+            raise DataError(
+                f"split file {self.split_name or self.registry_name}.json has no split {split!r}; "
+                f"it has {sorted(splits)}"
+            )
         return list(splits[split])
 
     def records(self, split: str) -> list[Record]:
@@ -81,8 +94,13 @@ class DatasetAdapter:
         image, affine = read_nifti(record.image)
         if image.ndim == 3:
             image = image[None]
-        out: dict[str, Any] = {"id": record.id, "image": image.astype(np.float32), "spacing": spacing_of(affine),
-                               "affine": affine, "label": None}
+        out: dict[str, Any] = {
+            "id": record.id,
+            "image": image.astype(np.float32),
+            "spacing": spacing_of(affine),
+            "affine": affine,
+            "label": None,
+        }
         if record.label is not None:
             label, laff = read_nifti(record.label)
             check_label_geometry(record, image.shape[1:], affine, label.shape, laff)
@@ -129,8 +147,10 @@ class DatasetAdapter:
             want = self.expected_count(split)
             # a split file may list patients with several records each (2D slices): either count must agree
             if want is not None and want not in (len(recs), len({r.patient_id for r in recs})):
-                problems.append(f"split {split!r} of {self.split_name or self.registry_name}: {len(recs)} records "
-                                f"found, the split file names {want}")
+                problems.append(
+                    f"split {split!r} of {self.split_name or self.registry_name}: {len(recs)} records "
+                    f"found, the split file names {want}"
+                )
             for rec in recs:
                 key = (rec.id, str(rec.image), rec.label)
                 if key in seen:
@@ -151,8 +171,10 @@ class DatasetAdapter:
                     if bad:
                         problems.append(f"{rec.label}: label values {bad} outside the label map {sorted(known)}")
                 if any(not (0 < v < MAX_SPACING_MM) for v in s["spacing"]):
-                    problems.append(f"{paths[0]}: implausible spacing {tuple(round(v, 4) for v in s['spacing'])} mm "
-                                    f"(each must be > 0 and < {MAX_SPACING_MM:g})")
+                    problems.append(
+                        f"{paths[0]}: implausible spacing {tuple(round(v, 4) for v in s['spacing'])} mm "
+                        f"(each must be > 0 and < {MAX_SPACING_MM:g})"
+                    )
         return problems
 
 
@@ -177,19 +199,27 @@ def positional_split(ids: list[str]) -> dict[str, list[str]]:
     return out
 
 
-MAX_SPACING_MM = 10.0   # no CT/MR volume of these benchmarks has a voxel side of 1 cm or more
+MAX_SPACING_MM = 10.0  # no CT/MR volume of these benchmarks has a voxel side of 1 cm or more
 
 
-def check_label_geometry(record: Record, image_shape: tuple[int, ...], image_affine: np.ndarray,
-                         label_shape: tuple[int, ...], label_affine: np.ndarray, atol: float = 1e-3) -> None:
+def check_label_geometry(
+    record: Record,
+    image_shape: tuple[int, ...],
+    image_affine: np.ndarray,
+    label_shape: tuple[int, ...],
+    label_affine: np.ndarray,
+    atol: float = 1e-3,
+) -> None:
     """Raise one DataError listing every disagreement between a label and its image (shape and affine)."""
     image_path = record.image if isinstance(record.image, (str, os.PathLike)) else record.image[0]
     problems = []
     if tuple(label_shape) != tuple(image_shape):
         problems.append(f"label shape {tuple(label_shape)} != image shape {tuple(image_shape)} of {image_path}")
     if not np.allclose(np.asarray(label_affine), np.asarray(image_affine), atol=atol):
-        problems.append(f"label affine {np.round(np.asarray(label_affine)[:3], 3).tolist()} != image affine "
-                        f"{np.round(np.asarray(image_affine)[:3], 3).tolist()} of {image_path}")
+        problems.append(
+            f"label affine {np.round(np.asarray(label_affine)[:3], 3).tolist()} != image affine "
+            f"{np.round(np.asarray(image_affine)[:3], 3).tolist()} of {image_path}"
+        )
     if problems:
         raise DataError(f"{record.label}: " + "; ".join(problems))
 

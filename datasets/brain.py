@@ -12,6 +12,7 @@ Split: subjects 1..240 are labelled, split by ``positional_split`` (train 168 / 
 ``SEED_OFFSET + NNNN``. About 0.38 s per subject (``datasets.synthetic.brain.measure``), so the whole
 set takes about 3.5 minutes once.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,11 +42,13 @@ def build_split() -> dict:
     """The committed split document (regenerate with ``python -m datasets.brain``)."""
     splits = positional_split([case_id(n) for n in range(1, N_LABELLED + 1)])
     splits["pretrain"] = [case_id(n) for n in range(N_LABELLED + 1, N_LABELLED + N_PRETRAIN + 1)]
-    return {"dataset": "brain",
-            "note": f"SynthBrainSym; generator seed = {SEED_OFFSET} + case number; one case = one synthetic subject. "
-                    "Used by brain (classification) and brain_lesion (segmentation). pretrain = 300 unlabelled "
-                    "subjects disjoint from every labelled split.",
-            "splits": splits}
+    return {
+        "dataset": "brain",
+        "note": f"SynthBrainSym; generator seed = {SEED_OFFSET} + case number; one case = one synthetic subject. "
+        "Used by brain (classification) and brain_lesion (segmentation). pretrain = 300 unlabelled "
+        "subjects disjoint from every labelled split.",
+        "splits": splits,
+    }
 
 
 class _SynthBrain(DatasetAdapter):
@@ -60,8 +63,10 @@ class _SynthBrain(DatasetAdapter):
         corpus = set(self.split_ids("pretrain")) - labelled
         items = {}
         for cid in sorted(labelled | corpus):
+
             def write(_p: Path, cid: str = cid) -> None:
                 gen.write_layout(self.root, [(cid, seed_of(cid))], progress=False)
+
             items[f"imagesTr/{cid}.nii.gz"] = write
             if cid in labelled:
                 items[f"labelsTr/{cid}.nii.gz"] = write
@@ -97,16 +102,38 @@ class BrainLesion(_SynthBrain):
         return Record(c, c, self.image_path(c), str(self.root / "labelsTr" / f"{c}.nii.gz"))
 
 
-SUITES.register("brain")(Suite(
-    name="brain", version=1, synthetic=True, pretrain_dataset="brain", pretrain_splits=("pretrain",),
-    description="synthetic brain MR (SynthBrainSym): lesion side none/right/left and lesion segmentation; "
-                "pretraining on 300 unlabelled subjects",
-    tasks=(Task(name="side3", dataset="brain", kind="classification",
-                protocols=("linear_probe", "finetune", "knn", "few_shot"), label_fractions=(0.125, 1.0),
-                metric="auroc", protocol_options={"finetune": {"head": "saca"}}),
-           Task(name="lesion", dataset="brain_lesion", kind="segmentation", protocols=("finetune", "linear_probe"),
-                label_fractions=(0.125, 1.0), metric="dice")),
-    seeds=(0, 1, 2), preprocessing=dict(PREPROCESSING)))
+SUITES.register("brain")(
+    Suite(
+        name="brain",
+        version=1,
+        synthetic=True,
+        pretrain_dataset="brain",
+        pretrain_splits=("pretrain",),
+        description="synthetic brain MR (SynthBrainSym): lesion side none/right/left and lesion segmentation; "
+        "pretraining on 300 unlabelled subjects",
+        tasks=(
+            Task(
+                name="side3",
+                dataset="brain",
+                kind="classification",
+                protocols=("linear_probe", "finetune", "knn", "few_shot"),
+                label_fractions=(0.125, 1.0),
+                metric="auroc",
+                protocol_options={"finetune": {"head": "saca"}},
+            ),
+            Task(
+                name="lesion",
+                dataset="brain_lesion",
+                kind="segmentation",
+                protocols=("finetune", "linear_probe"),
+                label_fractions=(0.125, 1.0),
+                metric="dice",
+            ),
+        ),
+        seeds=(0, 1, 2),
+        preprocessing=dict(PREPROCESSING),
+    )
+)
 
 
 if __name__ == "__main__":

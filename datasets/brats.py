@@ -16,6 +16,7 @@ silently merged.
 Validation/test labels are hidden, so train/val/test are derived from the case folders found on disk by
 ``datasets.base.positional_split`` (deterministic, never random); ``pretrain`` = the train images.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,22 +26,29 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bench.registry import DATASETS
-from datasets.base import (DataError, DatasetAdapter, DatasetInfo, Record, check_label_geometry, positional_split,
-                           read_nifti, spacing_of)
+from datasets.base import (
+    DataError,
+    DatasetAdapter,
+    DatasetInfo,
+    Record,
+    check_label_geometry,
+    positional_split,
+    read_nifti,
+    spacing_of,
+)
 
-BRATS_LABELS = {0: "background", 1: "necrotic / non-enhancing tumour core", 2: "edema / SNFH",
-                3: "enhancing tumour"}
+BRATS_LABELS = {0: "background", 1: "necrotic / non-enhancing tumour core", 2: "edema / SNFH", 3: "enhancing tumour"}
 REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 
 
 class _BraTS(DatasetAdapter):
     info = DatasetInfo(modality="MR", spatial_dims=3, task="segmentation", labels=BRATS_LABELS, n_channels=4)
     prefix: ClassVar[str]
-    case_pattern: ClassVar[str]                # a case folder's full name (not the wrapper folder)
-    split_name = "brats"   # the split rule file; the ids come from the case folders
+    case_pattern: ClassVar[str]  # a case folder's full name (not the wrapper folder)
+    split_name = "brats"  # the split rule file; the ids come from the case folders
     sep: ClassVar[str]
     modalities: ClassVar[tuple[str, ...]]
-    raw_labels: ClassVar[dict[int, int]]        # on-disk value -> unified value
+    raw_labels: ClassVar[dict[int, int]]  # on-disk value -> unified value
 
     def case_dirs(self) -> dict[str, Path]:
         if not self.root.is_dir():
@@ -89,16 +97,23 @@ class _BraTS(DatasetAdapter):
             chans.append(arr.astype(np.float32))
             affine = aff if affine is None else affine
         image = np.stack(chans)
-        out: dict[str, Any] = {"id": record.id, "image": image, "spacing": spacing_of(affine), "affine": affine,
-                               "label": None}
+        out: dict[str, Any] = {
+            "id": record.id,
+            "image": image,
+            "spacing": spacing_of(affine),
+            "affine": affine,
+            "label": None,
+        }
         if record.label is not None:
             raw, laff = read_nifti(record.label)
             check_label_geometry(record, image.shape[1:], affine, raw.shape, laff)
             values = set(np.unique(raw).astype(int).tolist())
             bad = sorted(values - set(self.raw_labels))
             if bad:
-                raise DataError(f"{record.label}: label values {bad} outside the {self.registry_name} convention "
-                                f"{sorted(self.raw_labels)}")
+                raise DataError(
+                    f"{record.label}: label values {bad} outside the {self.registry_name} convention "
+                    f"{sorted(self.raw_labels)}"
+                )
             lut = np.zeros(max(self.raw_labels) + 1, np.int16)
             for k, v in self.raw_labels.items():
                 lut[k] = v

@@ -14,6 +14,7 @@ generator renders about 4.7 images/s in one process (``datasets.synthetic.chest_
 the whole set (2666 images) takes about 10 minutes once; the suite yaml caps what a quick budget uses.
 Generation is resumable: each patient is one item of the checksum manifest.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,17 +57,20 @@ def build_split() -> dict:
     for s in ("train", "val", "test"):
         splits[s] = [image_name(int(p), fu) for p in by_patient[s] for fu in range(1 + (int(p) % 3 == 0))]
     splits["pretrain"] = [image_name(p, 0) for p in range(PRETRAIN_FIRST_PATIENT, PRETRAIN_FIRST_PATIENT + N_PRETRAIN)]
-    return {"dataset": "chest_xray",
-            "note": f"SynthCXR; image NNNNNNNN_FFF.png has generator seed {SEED_OFFSET} + 10 * patient + follow-up. "
-                    "Labelled patients 1..500 split by positional_split (patient-level); pretrain = 2000 unlabelled "
-                    "images of patients 10001..12000, disjoint from every labelled split.",
-            "splits": splits}
+    return {
+        "dataset": "chest_xray",
+        "note": f"SynthCXR; image NNNNNNNN_FFF.png has generator seed {SEED_OFFSET} + 10 * patient + follow-up. "
+        "Labelled patients 1..500 split by positional_split (patient-level); pretrain = 2000 unlabelled "
+        "images of patients 10001..12000, disjoint from every labelled split.",
+        "splits": splits,
+    }
 
 
 @DATASETS.register("chest_xray")
 class ChestXray(ChestXray14):
-    info = DatasetInfo(modality="XR", spatial_dims=2, task="multilabel",
-                                      labels=dict(enumerate(gen.FINDINGS)), synthetic=True)
+    info = DatasetInfo(
+        modality="XR", spatial_dims=2, task="multilabel", labels=dict(enumerate(gen.FINDINGS)), synthetic=True
+    )
     root_env = None
     label_names = tuple(gen.FINDINGS)
 
@@ -96,8 +100,10 @@ class ChestXray(ChestXray14):
             patients.setdefault(parse_name(n)[0], []).append(n)
         items = {}
         for pid, pnames in patients.items():
+
             def write(_p: Path, pid: int = pid, pnames: list[str] = pnames) -> None:
                 self._write_patient(pid, pnames)
+
             for n in pnames:
                 items[f"images/{n}"] = write
             items[f"parts/{pid:08d}.csv"] = write
@@ -122,9 +128,11 @@ class ChestXray(ChestXray14):
         for pid in patients:
             lines = (self.root / "parts" / f"{pid:08d}.csv").read_text().splitlines()
             rows += [ln for ln in lines[1:] if ln.strip()]
-        text = {"Data_Entry_2017.csv": "\n".join(rows) + "\n",
-                "train_val_list.txt": "".join(n + "\n" for s in ("train", "val", "pretrain") for n in splits[s]),
-                "test_list.txt": "".join(n + "\n" for n in splits["test"])}
+        text = {
+            "Data_Entry_2017.csv": "\n".join(rows) + "\n",
+            "train_val_list.txt": "".join(n + "\n" for s in ("train", "val", "pretrain") for n in splits[s]),
+            "test_list.txt": "".join(n + "\n" for n in splits["test"]),
+        }
         for name, content in text.items():
             path = self.root / name
             if path.is_file() and path.read_text() == content:
@@ -136,14 +144,30 @@ class ChestXray(ChestXray14):
 
 
 # quick budgets cap the corpus in conf/suite/chest_xray.yaml; the split itself is always full size
-SUITES.register("chest_xray")(Suite(
-    name="chest_xray", version=1, synthetic=True, pretrain_dataset="chest_xray", pretrain_splits=("pretrain",),
-    description="synthetic PA chest radiographs (SynthCXR), 4-finding multi-label classification; "
-                "pretraining on 2000 unlabelled images",
-    tasks=(Task(name="findings4", dataset="chest_xray", kind="classification",
-                protocols=("linear_probe", "finetune", "knn", "few_shot"), label_fractions=(0.1, 1.0),
-                metric="auroc", patient_pattern=r"^(\d+)_"),),
-    seeds=(0, 1, 2), preprocessing=dict(PREPROCESSING_8BIT)))
+SUITES.register("chest_xray")(
+    Suite(
+        name="chest_xray",
+        version=1,
+        synthetic=True,
+        pretrain_dataset="chest_xray",
+        pretrain_splits=("pretrain",),
+        description="synthetic PA chest radiographs (SynthCXR), 4-finding multi-label classification; "
+        "pretraining on 2000 unlabelled images",
+        tasks=(
+            Task(
+                name="findings4",
+                dataset="chest_xray",
+                kind="classification",
+                protocols=("linear_probe", "finetune", "knn", "few_shot"),
+                label_fractions=(0.1, 1.0),
+                metric="auroc",
+                patient_pattern=r"^(\d+)_",
+            ),
+        ),
+        seeds=(0, 1, 2),
+        preprocessing=dict(PREPROCESSING_8BIT),
+    )
+)
 
 
 if __name__ == "__main__":

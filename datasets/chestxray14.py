@@ -21,6 +21,7 @@ Spec choices:
   with extra channels keep channel 0 (as torchxrayvision does). Spacing (mm) is the CSV's original
   pixel spacing scaled by the original / stored image width and height.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,12 +36,25 @@ from bench.suites import Suite, Task
 from datasets.base import DataError, DatasetAdapter, DatasetInfo, Record
 
 CXR14_LABELS: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
 NO_FINDING = "No Finding"
 CSV_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
-VAL_MODULUS = 10     # a patient is in val iff sha256(patient id) % VAL_MODULUS == 0
+VAL_MODULUS = 10  # a patient is in val iff sha256(patient id) % VAL_MODULUS == 0
 
 
 def is_val_patient(patient_id: str) -> bool:
@@ -83,24 +97,29 @@ def read_data_entry(path: Path, label_names: tuple[str, ...]) -> dict[str, dict[
         findings = [t.strip() for t in row[col["Finding Labels"]].split("|") if t.strip()]
         unknown = [t for t in findings if t != NO_FINDING and t not in index]
         if unknown:
-            raise DataError(f"{path}: line {line_no} ({name}): unknown finding(s) {unknown}; "
-                            f"known: {list(label_names)} or {NO_FINDING!r}")
+            raise DataError(
+                f"{path}: line {line_no} ({name}): unknown finding(s) {unknown}; "
+                f"known: {list(label_names)} or {NO_FINDING!r}"
+            )
         if NO_FINDING in findings and len(findings) > 1:
             raise DataError(f"{path}: line {line_no} ({name}): {NO_FINDING!r} together with findings {findings}")
         try:
             pid = str(int(row[col["Patient ID"]]))
         except ValueError:
-            raise DataError(f"{path}: line {line_no} ({name}): Patient ID {row[col['Patient ID']]!r} "
-                            f"is not an integer") from None
-        entry: dict[str, Any] = {"patient_id": pid,
-                                 "classes": tuple(sorted(index[t] for t in findings if t != NO_FINDING))}
+            raise DataError(
+                f"{path}: line {line_no} ({name}): Patient ID {row[col['Patient ID']]!r} is not an integer"
+            ) from None
+        entry: dict[str, Any] = {
+            "patient_id": pid,
+            "classes": tuple(sorted(index[t] for t in findings if t != NO_FINDING)),
+        }
         try:
             if sp_col is not None and len(row) > sp_col + 1:
-                entry["spacing"] = (float(row[sp_col + 1]), float(row[sp_col]))   # (y, x) like [H, W]
+                entry["spacing"] = (float(row[sp_col + 1]), float(row[sp_col]))  # (y, x) like [H, W]
             if sz_col is not None and len(row) > sz_col + 1:
                 entry["orig_size"] = (float(row[sz_col + 1]), float(row[sz_col]))
         except ValueError:
-            pass   # size/spacing are optional metadata; a malformed value only loses the mm scale
+            pass  # size/spacing are optional metadata; a malformed value only loses the mm scale
         if name in out:
             raise DataError(f"{path}: image {name} listed twice (line {line_no})")
         out[name] = entry
@@ -163,8 +182,10 @@ class ChestXray14(DatasetAdapter):
         tv = read_list(self.root / "train_val_list.txt")
         unknown = [n for n in tv if n not in entries]
         if unknown:
-            raise DataError(f"{self.root / 'train_val_list.txt'}: {len(unknown)} image(s) not in "
-                            f"{self.csv_path().name}, e.g. {unknown[:3]}")
+            raise DataError(
+                f"{self.root / 'train_val_list.txt'}: {len(unknown)} image(s) not in "
+                f"{self.csv_path().name}, e.g. {unknown[:3]}"
+            )
         want_val = split == "val"
         return [n for n in tv if is_val_patient(entries[n]["patient_id"]) == want_val]
 
@@ -177,19 +198,28 @@ class ChestXray14(DatasetAdapter):
         list_file = "test_list.txt" if split == "test" else "train_val_list.txt"
         unknown = [n for n in names if n not in entries]
         if unknown:
-            raise DataError(f"{self.root / list_file}: {len(unknown)} image(s) not in {self.csv_path().name}, "
-                            f"e.g. {unknown[:3]}")
+            raise DataError(
+                f"{self.root / list_file}: {len(unknown)} image(s) not in {self.csv_path().name}, e.g. {unknown[:3]}"
+            )
         missing = [n for n in names if not self.image_path(n).is_file()]
         if missing:
-            raise DataError(f"{self.root / 'images'}: {len(missing)} image(s) of split {split!r} listed in "
-                            f"{list_file} are missing, e.g. {missing[:3]}")
+            raise DataError(
+                f"{self.root / 'images'}: {len(missing)} image(s) of split {split!r} listed in "
+                f"{list_file} are missing, e.g. {missing[:3]}"
+            )
         out = []
         for n in names:
             e = entries[n]
             meta = {k: e[k] for k in ("spacing", "orig_size") if k in e}
-            out.append(Record(id=n[:-4] if n.endswith(".png") else n, patient_id=e["patient_id"],
-                              image=str(self.image_path(n)),
-                              classes=None if split == "pretrain" else e["classes"], meta=meta))
+            out.append(
+                Record(
+                    id=n[:-4] if n.endswith(".png") else n,
+                    patient_id=e["patient_id"],
+                    image=str(self.image_path(n)),
+                    classes=None if split == "pretrain" else e["classes"],
+                    meta=meta,
+                )
+            )
         return out
 
     def load(self, record: Record) -> dict[str, Any]:
@@ -203,11 +233,26 @@ class ChestXray14(DatasetAdapter):
 
 PREPROCESSING_8BIT = {"a_min": 0.0, "a_max": 255.0}
 
-SUITES.register("chestxray14")(Suite(
-    name="chestxray14", version=1, pretrain_dataset="chestxray14", pretrain_splits=("pretrain",),
-    description="NIH ChestX-ray14: 14-finding multi-label classification on the official test list; val carved "
-                "from train_val by a patient-id hash; pretraining on the unlabelled train images",
-    tasks=(Task(name="findings14", dataset="chestxray14", kind="classification",
-                protocols=("linear_probe", "finetune", "knn", "few_shot"), label_fractions=(0.01, 0.1, 1.0),
-                metric="auroc", patient_pattern=r"^(\d+)_"),),
-    seeds=(0, 1, 2), preprocessing=dict(PREPROCESSING_8BIT)))
+SUITES.register("chestxray14")(
+    Suite(
+        name="chestxray14",
+        version=1,
+        pretrain_dataset="chestxray14",
+        pretrain_splits=("pretrain",),
+        description="NIH ChestX-ray14: 14-finding multi-label classification on the official test list; val carved "
+        "from train_val by a patient-id hash; pretraining on the unlabelled train images",
+        tasks=(
+            Task(
+                name="findings14",
+                dataset="chestxray14",
+                kind="classification",
+                protocols=("linear_probe", "finetune", "knn", "few_shot"),
+                label_fractions=(0.01, 0.1, 1.0),
+                metric="auroc",
+                patient_pattern=r"^(\d+)_",
+            ),
+        ),
+        seeds=(0, 1, 2),
+        preprocessing=dict(PREPROCESSING_8BIT),
+    )
+)

@@ -19,6 +19,7 @@ slice, in the order of ``meta["phases"]``) for callers that want them. The ``pre
 every slice as its own record (``{patient}_{z:02d}_{phase}``): the unlabelled pretraining corpus holds all the
 single-phase images the method's stage 1 sees.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,17 +35,16 @@ from datasets.base import DataError, DatasetAdapter, DatasetInfo, Record
 from datasets.synthetic import colon as gen
 from datasets.synthetic.cache import ensure_generated
 
-SEED_OFFSET = 300_000   # generator seed = SEED_OFFSET + patient number
+SEED_OFFSET = 300_000  # generator seed = SEED_OFFSET + patient number
 MAIN_PHASE = "N"
 LABELLED = ("train", "val", "test")
 
 
 @DATASETS.register("colon")
 class Colon(DatasetAdapter):
-    info = DatasetInfo(modality="CT", spatial_dims=2, task="binary", labels={0: "normal", 1: "tumour"},
-                       synthetic=True)
+    info = DatasetInfo(modality="CT", spatial_dims=2, task="binary", labels={0: "normal", 1: "tumour"}, synthetic=True)
     gen_config = gen.ColonConfig()
-    cached_volumes = 8        # per-patient volumes kept in memory (slices of one patient are read together)
+    cached_volumes = 8  # per-patient volumes kept in memory (slices of one patient are read together)
 
     def __init__(self, root=None, cache_dir=None, **options: Any) -> None:
         super().__init__(root, cache_dir, **options)
@@ -64,12 +64,15 @@ class Colon(DatasetAdapter):
     def prepare(self, progress: bool = True) -> None:
         items = {}
         for pid in self.all_patients():
+
             def write(_p: Path, pid: str = pid) -> None:
                 gen.write_patient(self.root, pid, self.seed_of(pid), self.gen_config)
+
             items[f"{pid}.npz"] = write
             items[f"{pid}.json"] = write
-        ensure_generated(self.root, f"{gen.GENERATOR_VERSION}/{self.gen_config.key()}", items, self.registry_name,
-                         progress)
+        ensure_generated(
+            self.root, f"{gen.GENERATOR_VERSION}/{self.gen_config.key()}", items, self.registry_name, progress
+        )
 
     # ---------------------------------------------------------------------------------------------- reading
 
@@ -79,8 +82,10 @@ class Colon(DatasetAdapter):
             try:
                 doc = json.loads(path.read_text())
             except FileNotFoundError:
-                raise DataError(f"{path}: annotation file missing (run the suite once to generate the data, or "
-                                f"check data.cache_dir)") from None
+                raise DataError(
+                    f"{path}: annotation file missing (run the suite once to generate the data, or "
+                    f"check data.cache_dir)"
+                ) from None
             except (OSError, json.JSONDecodeError) as e:
                 raise DataError(f"{path}: unreadable annotation ({e})") from None
             missing = {"phases", "labels", "loc", "box", "spacing", "shape"} - set(doc)
@@ -122,12 +127,24 @@ class Colon(DatasetAdapter):
                 for ph in phases:
                     rid = f"{pid}_{z:02d}" if split != "pretrain" else f"{pid}_{z:02d}_{ph}"
                     loc, box = ann["loc"][ph][z], ann["box"][ph][z]
-                    out.append(Record(
-                        id=rid, patient_id=pid, image=str(self.root / f"{pid}.npz"),
-                        classes=None if split == "pretrain" else (int(ann["labels"][z]),),
-                        meta={"patient": pid, "slice": z, "phase": ph, "phases": len(ann["phases"]),
-                              "phase_names": tuple(ann["phases"]), "n_slices": n,
-                              "loc": tuple(loc) if loc else None, "box": tuple(box) if box else None}))
+                    out.append(
+                        Record(
+                            id=rid,
+                            patient_id=pid,
+                            image=str(self.root / f"{pid}.npz"),
+                            classes=None if split == "pretrain" else (int(ann["labels"][z]),),
+                            meta={
+                                "patient": pid,
+                                "slice": z,
+                                "phase": ph,
+                                "phases": len(ann["phases"]),
+                                "phase_names": tuple(ann["phases"]),
+                                "n_slices": n,
+                                "loc": tuple(loc) if loc else None,
+                                "box": tuple(box) if box else None,
+                            },
+                        )
+                    )
         return out
 
     def load(self, record: Record) -> dict[str, Any]:
@@ -135,17 +152,38 @@ class Colon(DatasetAdapter):
         ann = self.annotation(pid)
         vol = self.volume(pid)
         phases = vol[:, z].astype(np.float32)
-        return {"id": record.id, "image": phases[ann["phases"].index(ph)][None], "phases": phases,
-                "spacing": tuple(float(v) for v in ann["spacing"]), "affine": None, "label": None,
-                "loc": record.meta["loc"]}
+        return {
+            "id": record.id,
+            "image": phases[ann["phases"].index(ph)][None],
+            "phases": phases,
+            "spacing": tuple(float(v) for v in ann["spacing"]),
+            "affine": None,
+            "label": None,
+            "loc": record.meta["loc"],
+        }
 
 
-SUITES.register("colon")(Suite(
-    name="colon", version=1, synthetic=True, pretrain_dataset="colon", pretrain_splits=("pretrain",),
-    description="synthetic multi-phase colon CT slices, colorectal tumour vs normal (LooseLocationSS)",
-    tasks=(Task(name="crc_slice", dataset="colon", kind="classification", protocols=("finetune", "lls_two_stage"),
-                label_fractions=(1.0,), metric="auroc", patient_pattern=r"^(c\d+)_"),),
-    seeds=(0, 1, 2),
-    # LooseLocationSS's window (METHODS.md §6.2): WW 400, WL 60
-    preprocessing={"a_min": -140.0, "a_max": 260.0},
-))
+SUITES.register("colon")(
+    Suite(
+        name="colon",
+        version=1,
+        synthetic=True,
+        pretrain_dataset="colon",
+        pretrain_splits=("pretrain",),
+        description="synthetic multi-phase colon CT slices, colorectal tumour vs normal (LooseLocationSS)",
+        tasks=(
+            Task(
+                name="crc_slice",
+                dataset="colon",
+                kind="classification",
+                protocols=("finetune", "lls_two_stage"),
+                label_fractions=(1.0,),
+                metric="auroc",
+                patient_pattern=r"^(c\d+)_",
+            ),
+        ),
+        seeds=(0, 1, 2),
+        # LooseLocationSS's window (METHODS.md §6.2): WW 400, WL 60
+        preprocessing={"a_min": -140.0, "a_max": 260.0},
+    )
+)

@@ -7,6 +7,7 @@ the path relative to the root without the extension, ``/`` replaced by ``__`` (u
 This module also holds the BTCV suite and its ``btcv_liu`` adapter: BTCV's own module belongs to another
 change, and the suite needs a split with a ``test`` list (see ``datasets/splits/btcv_liu.json``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,13 @@ class Folder(DatasetAdapter):
     def files(self) -> list[Path]:
         if not self.root.is_dir():
             raise DataError(f"{self.root}: folder corpus root does not exist")
-        out = sorted(p for p in self.root.rglob("*") if p.is_file() and p.name.endswith(EXTENSIONS)
-                     and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
+        out = sorted(
+            p
+            for p in self.root.rglob("*")
+            if p.is_file()
+            and p.name.endswith(EXTENSIONS)
+            and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
+        )
         if not out:
             raise DataError(f"{self.root}: no {', '.join(EXTENSIONS)} files under this folder")
         return out
@@ -63,8 +69,13 @@ class Folder(DatasetAdapter):
             arr, affine = read_metaimage_canonical(record.image)
             if arr.ndim != 3:
                 raise DataError(f"{record.image}: expected a 3D volume, got shape {arr.shape}")
-            return {"id": record.id, "image": arr.astype(np.float32)[None], "spacing": spacing_of(affine),
-                    "affine": affine, "label": None}
+            return {
+                "id": record.id,
+                "image": arr.astype(np.float32)[None],
+                "spacing": spacing_of(affine),
+                "affine": affine,
+                "label": None,
+            }
         out = super().load(record)
         if out["image"].ndim != 4 or out["image"].shape[0] != 1:
             raise DataError(f"{record.image}: expected a 3D volume, got shape {out['image'].shape[1:]} (4D?)")
@@ -78,10 +89,24 @@ class BTCVLiu(BTCV):
     split_name = "btcv_liu"
 
 
-SUITES.register("btcv")(Suite(
-    name="btcv", version=1, pretrain_dataset="btcv_liu", pretrain_splits=("pretrain",),
-    description="BTCV, 13 organs, ASA Table 1: Liu et al.'s split (test img0023-0028, train the other 24); "
-                "pretraining on the 24 train images; ASA preprocessing (1.5x1.5x2.0 mm, HU -175..250)",
-    tasks=(Task(name="organs13", dataset="btcv_liu", kind="segmentation", protocols=("finetune", "linear_probe"),
-                metric="dice"),),
-    seeds=(0, 1, 2), preprocessing=dict(ASA_PREPROCESSING)))
+SUITES.register("btcv")(
+    Suite(
+        name="btcv",
+        version=1,
+        pretrain_dataset="btcv_liu",
+        pretrain_splits=("pretrain",),
+        description="BTCV, 13 organs, ASA Table 1: Liu et al.'s split (test img0023-0028, train the other 24); "
+        "pretraining on the 24 train images; ASA preprocessing (1.5x1.5x2.0 mm, HU -175..250)",
+        tasks=(
+            Task(
+                name="organs13",
+                dataset="btcv_liu",
+                kind="segmentation",
+                protocols=("finetune", "linear_probe"),
+                metric="dice",
+            ),
+        ),
+        seeds=(0, 1, 2),
+        preprocessing=dict(ASA_PREPROCESSING),
+    )
+)

@@ -5,6 +5,7 @@
 ``.nii`` (``.nii.gz`` is accepted too). There is no index file: volume-N pairs with segmentation-N.
 Labels: 0 background, 1 liver, 2 tumour. Splits: committed ``datasets/splits/lits.json`` (see its note).
 """
+
 from __future__ import annotations
 
 import re
@@ -60,10 +61,24 @@ class LiTS(DatasetAdapter):
         return out
 
 
-SUITES.register("lits")(Suite(
-    name="lits", version=1, pretrain_dataset="lits", pretrain_splits=("pretrain",),
-    description="LiTS 2017 liver + tumour CT (131 training volumes, committed 91/13/27 split); pretraining on the "
-                "train images; ASA preprocessing",
-    tasks=(Task(name="liver_tumour", dataset="lits", kind="segmentation", protocols=("finetune", "linear_probe"),
-                metric="dice"),),
-    seeds=(0, 1, 2), preprocessing=dict(ASA_PREPROCESSING)))
+SUITES.register("lits")(
+    Suite(
+        name="lits",
+        version=1,
+        pretrain_dataset="lits",
+        pretrain_splits=("pretrain",),
+        description="LiTS 2017 liver + tumour CT (131 training volumes, committed 91/13/27 split); pretraining on the "
+        "train images; ASA preprocessing",
+        tasks=(
+            Task(
+                name="liver_tumour",
+                dataset="lits",
+                kind="segmentation",
+                protocols=("finetune", "linear_probe"),
+                metric="dice",
+            ),
+        ),
+        seeds=(0, 1, 2),
+        preprocessing=dict(ASA_PREPROCESSING),
+    )
+)

@@ -9,6 +9,7 @@
 (the same frame as the header's ``Offset``). Each record carries them in ``meta['nodules_world']``; ``load``
 adds ``nodules_voxel``, the continuous (i, j, k) indices into the returned (RAS+) array.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,7 @@ def read_annotations(path: Path) -> dict[str, list[tuple[float, float, float, fl
                 vals = tuple(float(row[c]) for c in _COLUMNS[1:])
             except (TypeError, ValueError):
                 raise DataError(f"{path}: line {n}: non-numeric coordinate in {row}") from None
-            out.setdefault(row["seriesuid"], []).append(vals)   # type: ignore[arg-type]
+            out.setdefault(row["seriesuid"], []).append(vals)  # type: ignore[arg-type]
     return out
 
 
@@ -82,14 +83,26 @@ class LUNA16(DatasetAdapter):
         else:
             raise DataError(f"dataset 'luna16' has no split {split!r}; it has {list(self.split_names())}")
         ann = self.annotations()
-        return [Record(p.stem, p.stem, str(p), None,
-                       meta={"subset": p.parent.name, "nodules_world": tuple(ann.get(p.stem, ()))})
-                for p in chosen]
+        return [
+            Record(
+                p.stem,
+                p.stem,
+                str(p),
+                None,
+                meta={"subset": p.parent.name, "nodules_world": tuple(ann.get(p.stem, ()))},
+            )
+            for p in chosen
+        ]
 
     def load(self, record: Record) -> dict[str, Any]:
         arr, affine = read_metaimage_canonical(record.image)
         nodules = np.asarray(record.meta.get("nodules_world", ()), float).reshape(-1, 4)
-        return {"id": record.id, "image": arr.astype(np.float32)[None], "spacing": spacing_of(affine),
-                "affine": affine, "label": None,
-                "nodules_voxel": world_to_voxel(nodules[:, :3], affine) if len(nodules) else np.zeros((0, 3)),
-                "nodules_diameter_mm": nodules[:, 3]}
+        return {
+            "id": record.id,
+            "image": arr.astype(np.float32)[None],
+            "spacing": spacing_of(affine),
+            "affine": affine,
+            "label": None,
+            "nodules_voxel": world_to_voxel(nodules[:, :3], affine) if len(nodules) else np.zeros((0, 3)),
+            "nodules_diameter_mm": nodules[:, 3],
+        }

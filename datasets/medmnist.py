@@ -16,6 +16,7 @@ Spec choices:
 * ``medmnist3d`` is the pretraining corpus of the ``medmnist3d`` suite: the train images of every 3D
   flag present under the root (unlabelled).
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -32,19 +33,60 @@ SPLITS = ("train", "val", "test")
 
 # label maps and order as in the medmnist package INFO table (info.py)
 FLAGS: dict[str, dict[str, Any]] = {
-    "organmnist3d": {"modality": "CT", "dims": 3, "task": "multiclass", "labels": [
-        "liver", "kidney-right", "kidney-left", "femur-right", "femur-left", "bladder", "heart", "lung-right",
-        "lung-left", "spleen", "pancreas"]},
+    "organmnist3d": {
+        "modality": "CT",
+        "dims": 3,
+        "task": "multiclass",
+        "labels": [
+            "liver",
+            "kidney-right",
+            "kidney-left",
+            "femur-right",
+            "femur-left",
+            "bladder",
+            "heart",
+            "lung-right",
+            "lung-left",
+            "spleen",
+            "pancreas",
+        ],
+    },
     "nodulemnist3d": {"modality": "CT", "dims": 3, "task": "binary", "labels": ["benign", "malignant"]},
     "adrenalmnist3d": {"modality": "CT", "dims": 3, "task": "binary", "labels": ["normal", "hyperplasia"]},
-    "fracturemnist3d": {"modality": "CT", "dims": 3, "task": "multiclass", "labels": [
-        "buckle rib fracture", "nondisplaced rib fracture", "displaced rib fracture"]},
+    "fracturemnist3d": {
+        "modality": "CT",
+        "dims": 3,
+        "task": "multiclass",
+        "labels": ["buckle rib fracture", "nondisplaced rib fracture", "displaced rib fracture"],
+    },
     "vesselmnist3d": {"modality": "MR", "dims": 3, "task": "binary", "labels": ["vessel", "aneurysm"]},
-    "synapsemnist3d": {"modality": "EM", "dims": 3, "task": "binary", "labels": [
-        "inhibitory synapse", "excitatory synapse"]},
-    "chestmnist": {"modality": "XR", "dims": 2, "task": "multilabel", "labels": [
-        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia", "pneumothorax",
-        "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia"]},
+    "synapsemnist3d": {
+        "modality": "EM",
+        "dims": 3,
+        "task": "binary",
+        "labels": ["inhibitory synapse", "excitatory synapse"],
+    },
+    "chestmnist": {
+        "modality": "XR",
+        "dims": 2,
+        "task": "multilabel",
+        "labels": [
+            "atelectasis",
+            "cardiomegaly",
+            "effusion",
+            "infiltration",
+            "mass",
+            "nodule",
+            "pneumonia",
+            "pneumothorax",
+            "consolidation",
+            "edema",
+            "emphysema",
+            "fibrosis",
+            "pleural",
+            "hernia",
+        ],
+    },
     "pneumoniamnist": {"modality": "XR", "dims": 2, "task": "binary", "labels": ["normal", "pneumonia"]},
 }
 FLAGS_3D = tuple(f for f, v in FLAGS.items() if v["dims"] == 3)
@@ -55,7 +97,7 @@ class MedMNIST(DatasetAdapter):
 
     flag: str
     root_env = "MEDMNIST_ROOT"
-    split_name = "medmnist"   # a derived split file: the splits live in each npz
+    split_name = "medmnist"  # a derived split file: the splits live in each npz
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -91,8 +133,10 @@ class MedMNIST(DatasetAdapter):
             path = self.npz_path()
             keys = self._keys()
             if key not in keys:
-                raise DataError(f"{path}: missing key {key!r}; it has {sorted(keys)} "
-                                f"(expected {[f'{s}_{k}' for s in SPLITS for k in ('images', 'labels')]})")
+                raise DataError(
+                    f"{path}: missing key {key!r}; it has {sorted(keys)} "
+                    f"(expected {[f'{s}_{k}' for s in SPLITS for k in ('images', 'labels')]})"
+                )
             try:
                 with np.load(path) as z:
                     self._arrays[key] = z[key]
@@ -121,34 +165,59 @@ class MedMNIST(DatasetAdapter):
             raise DataError(f"{path}: {split}_images has {len(images)} rows but {split}_labels {len(labels)}")
         want_ndim = 1 + self.info.spatial_dims
         if images.ndim not in (want_ndim, want_ndim + 1):
-            raise DataError(f"{path}: {split}_images has shape {images.shape}, expected (N, "
-                            f"{', '.join(['S'] * self.info.spatial_dims)}[, C]) for a {self.info.spatial_dims}D flag")
+            raise DataError(
+                f"{path}: {split}_images has shape {images.shape}, expected (N, "
+                f"{', '.join(['S'] * self.info.spatial_dims)}[, C]) for a {self.info.spatial_dims}D flag"
+            )
         if self.info.task != "multilabel" and len(labels) and not (0 <= labels.min() and labels.max() < n_lab):
-            raise DataError(f"{path}: {split}_labels values {int(labels.min())}..{int(labels.max())} outside "
-                            f"0..{n_lab - 1} for {self.flag}")
+            raise DataError(
+                f"{path}: {split}_labels values {int(labels.min())}..{int(labels.max())} outside "
+                f"0..{n_lab - 1} for {self.flag}"
+            )
         out = []
         for row in range(len(images)):
             rid = f"{self.flag}_{split}_{row}"
-            out.append(Record(id=rid, patient_id=rid, image=str(path), classes=self._classes(labels, row),
-                              meta={"split": split, "row": row}))
+            out.append(
+                Record(
+                    id=rid,
+                    patient_id=rid,
+                    image=str(path),
+                    classes=self._classes(labels, row),
+                    meta={"split": split, "row": row},
+                )
+            )
         return out
 
     def load(self, record: Record) -> dict[str, Any]:
         arr = self._array(f"{record.meta['split']}_images")[record.meta["row"]]
-        if arr.ndim == self.info.spatial_dims + 1:   # channel-last RGB
+        if arr.ndim == self.info.spatial_dims + 1:  # channel-last RGB
             image = np.moveaxis(arr, -1, 0)
         else:
             image = arr[None]
-        return {"id": record.id, "image": image.astype(np.float32), "spacing": (1.0,) * self.info.spatial_dims,
-                "label": None}
+        return {
+            "id": record.id,
+            "image": image.astype(np.float32),
+            "spacing": (1.0,) * self.info.spatial_dims,
+            "label": None,
+        }
 
 
 def _register(flag: str) -> type[MedMNIST]:
     spec = FLAGS[flag]
-    cls = type(f"MedMNIST_{flag}", (MedMNIST,), {
-        "flag": flag, "__doc__": f"MedMNIST {flag} ({spec['task']}, {len(spec['labels'])} labels).",
-        "info": DatasetInfo(modality=spec["modality"], spatial_dims=spec["dims"], task=spec["task"],
-                            labels=dict(enumerate(spec["labels"])))})
+    cls = type(
+        f"MedMNIST_{flag}",
+        (MedMNIST,),
+        {
+            "flag": flag,
+            "__doc__": f"MedMNIST {flag} ({spec['task']}, {len(spec['labels'])} labels).",
+            "info": DatasetInfo(
+                modality=spec["modality"],
+                spatial_dims=spec["dims"],
+                task=spec["task"],
+                labels=dict(enumerate(spec["labels"])),
+            ),
+        },
+    )
     return DATASETS.register(flag)(cls)
 
 
@@ -174,16 +243,20 @@ class MedMNIST3DCorpus(DatasetAdapter):
         adapters = [DATASETS.get(f)(root=self.root, cache_dir=self.cache_dir, **self.options) for f in FLAGS_3D]
         found = [a for a in adapters if a.npz_path().is_file()]
         if not found:
-            raise DataError(f"{self.root}: no MedMNIST 3D file found (looked for "
-                            f"{[a.npz_path().name for a in adapters]})")
+            raise DataError(
+                f"{self.root}: no MedMNIST 3D file found (looked for {[a.npz_path().name for a in adapters]})"
+            )
         return found
 
     def records(self, split: str) -> list[Record]:
         if split != "pretrain":
             raise DataError(f"dataset 'medmnist3d' has only the split 'pretrain', not {split!r}")
         self._by_flag = {a.flag: a for a in self._flags()}
-        return [Record(r.id, r.patient_id, r.image, meta={**r.meta, "flag": a.flag})
-                for a in self._by_flag.values() for r in a.records("train")]
+        return [
+            Record(r.id, r.patient_id, r.image, meta={**r.meta, "flag": a.flag})
+            for a in self._by_flag.values()
+            for r in a.records("train")
+        ]
 
     def load(self, record: Record) -> dict[str, Any]:
         if not hasattr(self, "_by_flag"):
@@ -191,11 +264,26 @@ class MedMNIST3DCorpus(DatasetAdapter):
         return self._by_flag[record.meta["flag"]].load(record)
 
 
-SUITES.register("medmnist3d")(Suite(
-    name="medmnist3d", version=1, pretrain_dataset="medmnist3d", pretrain_splits=("pretrain",),
-    description="MedMNIST v2 3D flags (28^3 unless data.size is set): one classification task per flag on its "
-                "official test split; pretraining on the unlabelled train images of all six",
-    tasks=tuple(Task(name=f.replace("mnist3d", ""), dataset=f, kind="classification",
-                     protocols=("linear_probe", "finetune", "knn", "few_shot"), label_fractions=(0.1, 1.0),
-                     metric="auroc") for f in FLAGS_3D),
-    seeds=(0, 1, 2), preprocessing={"a_min": 0.0, "a_max": 255.0}))
+SUITES.register("medmnist3d")(
+    Suite(
+        name="medmnist3d",
+        version=1,
+        pretrain_dataset="medmnist3d",
+        pretrain_splits=("pretrain",),
+        description="MedMNIST v2 3D flags (28^3 unless data.size is set): one classification task per flag on its "
+        "official test split; pretraining on the unlabelled train images of all six",
+        tasks=tuple(
+            Task(
+                name=f.replace("mnist3d", ""),
+                dataset=f,
+                kind="classification",
+                protocols=("linear_probe", "finetune", "knn", "few_shot"),
+                label_fractions=(0.1, 1.0),
+                metric="auroc",
+            )
+            for f in FLAGS_3D
+        ),
+        seeds=(0, 1, 2),
+        preprocessing={"a_min": 0.0, "a_max": 255.0},
+    )
+)

@@ -13,6 +13,7 @@ Conventions (as ITK's MetaImageIO reads them):
   array (LPS negated on the first two world axes), i.e. what nibabel would give for the same volume
   written as NIfTI. ``read_metaimage_canonical`` additionally reorients to RAS+ like ``datasets.base.read_nifti``.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -22,12 +23,27 @@ import numpy as np
 
 from datasets.base import DataError
 
-_TYPES = {"MET_CHAR": np.int8, "MET_UCHAR": np.uint8, "MET_SHORT": np.int16, "MET_USHORT": np.uint16,
-          "MET_INT": np.int32, "MET_UINT": np.uint32, "MET_LONG": np.int32, "MET_ULONG": np.uint32,
-          "MET_LONG_LONG": np.int64, "MET_ULONG_LONG": np.uint64, "MET_FLOAT": np.float32,
-          "MET_DOUBLE": np.float64}
-_ALIASES = {"Position": "Offset", "Origin": "Offset", "Rotation": "TransformMatrix",
-            "Orientation": "TransformMatrix", "ElementSize": "_ElementSize"}
+_TYPES = {
+    "MET_CHAR": np.int8,
+    "MET_UCHAR": np.uint8,
+    "MET_SHORT": np.int16,
+    "MET_USHORT": np.uint16,
+    "MET_INT": np.int32,
+    "MET_UINT": np.uint32,
+    "MET_LONG": np.int32,
+    "MET_ULONG": np.uint32,
+    "MET_LONG_LONG": np.int64,
+    "MET_ULONG_LONG": np.uint64,
+    "MET_FLOAT": np.float32,
+    "MET_DOUBLE": np.float64,
+}
+_ALIASES = {
+    "Position": "Offset",
+    "Origin": "Offset",
+    "Rotation": "TransformMatrix",
+    "Orientation": "TransformMatrix",
+    "ElementSize": "_ElementSize",
+}
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -115,14 +131,16 @@ def read_metaimage(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         except zlib.error as e:
             raise DataError(f"{source}: CompressedData = True but zlib cannot inflate it ({e})") from None
     elif header_size == -1:
-        blob = blob[len(blob) - n_bytes:]   # -1: the data are the last bytes of the file
+        blob = blob[len(blob) - n_bytes :]  # -1: the data are the last bytes of the file
     if len(blob) < n_bytes:
-        raise DataError(f"{source}: truncated: {len(blob)} bytes, expected {n_bytes} for DimSize "
-                        f"{dims.tolist()} x {channels} x {etype}")
+        raise DataError(
+            f"{source}: truncated: {len(blob)} bytes, expected {n_bytes} for DimSize "
+            f"{dims.tolist()} x {channels} x {etype}"
+        )
     arr = np.frombuffer(blob[:n_bytes], dtype=dtype).astype(dtype.newbyteorder("="))
     shape = (dims[2], dims[1], dims[0]) + ((channels,) if channels > 1 else ())
     arr = arr.reshape(shape)
-    arr = np.moveaxis(arr, (0, 1, 2), (2, 1, 0))    # [z, y, x] -> [x, y, z]
+    arr = np.moveaxis(arr, (0, 1, 2), (2, 1, 0))  # [z, y, x] -> [x, y, z]
     direction = tm.reshape(3, 3).T
     lps = np.eye(4)
     lps[:3, :3] = direction * spacing[None, :]

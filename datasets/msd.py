@@ -13,6 +13,7 @@ train split plus the official unlabelled ``test`` images (never a val/test case 
 BrainTumour and Prostate images are 4D channel-last NIfTI (x, y, z, c) and load as ``[C, X, Y, Z]``; a 3D
 file where 4D is expected (or the reverse) is an error naming the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,15 +24,28 @@ import numpy as np
 
 from bench.registry import DATASETS, SUITES
 from bench.suites import Suite, Task
-from datasets.base import (DataError, DatasetAdapter, DatasetInfo, Record, check_label_geometry, natural_key,
-                           positional_split, read_nifti, spacing_of)
+from datasets.base import (
+    DataError,
+    DatasetAdapter,
+    DatasetInfo,
+    Record,
+    check_label_geometry,
+    natural_key,
+    positional_split,
+    read_nifti,
+    spacing_of,
+)
 
-ASA_PREPROCESSING = {"spacing": (1.5, 1.5, 2.0), "a_min": -175.0, "a_max": 250.0}   # METHODS.md §1.2 / §3.7
+ASA_PREPROCESSING = {"spacing": (1.5, 1.5, 2.0), "a_min": -175.0, "a_max": 250.0}  # METHODS.md §1.2 / §3.7
 
 # key -> (folder, modality, channels, labels)
 MSD_TASKS: dict[str, tuple[str, str, int, dict[int, str]]] = {
-    "braintumour": ("Task01_BrainTumour", "MR", 4,
-                    {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}),
+    "braintumour": (
+        "Task01_BrainTumour",
+        "MR",
+        4,
+        {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"},
+    ),
     "heart": ("Task02_Heart", "MR", 1, {0: "background", 1: "left atrium"}),
     "liver": ("Task03_Liver", "CT", 1, {0: "background", 1: "liver", 2: "cancer"}),
     "hippocampus": ("Task04_Hippocampus", "MR", 1, {0: "background", 1: "Anterior", 2: "Posterior"}),
@@ -92,8 +106,9 @@ def load_channels(record: Record, channels: int) -> tuple[np.ndarray, np.ndarray
     image, affine = read_nifti(record.image)
     if channels > 1:
         if image.ndim != 4 or image.shape[-1] != channels:
-            raise DataError(f"{record.image}: expected a 4D channel-last image with {channels} channels, "
-                            f"got shape {image.shape}")
+            raise DataError(
+                f"{record.image}: expected a 4D channel-last image with {channels} channels, got shape {image.shape}"
+            )
         image = np.moveaxis(image, -1, 0)
     else:
         if image.ndim == 4 and image.shape[-1] == 1:
@@ -108,14 +123,16 @@ class MSDTask(DatasetAdapter):
     task_key: ClassVar[str]
     folder: ClassVar[str]
     root_env = "SSLBENCH_MSD_ROOT"
-    split_name = "msd"   # the split rule file; the ids come from dataset.json
+    split_name = "msd"  # the split rule file; the ids come from dataset.json
 
     def task_root(self) -> Path:
         for cand in (self.root, self.root / self.folder):
             if (cand / "dataset.json").is_file():
                 return cand
-        raise DataError(f"{self.root}: not an MSD {self.folder} folder; expected {self.folder}/dataset.json "
-                        f"(or dataset.json directly under the root)")
+        raise DataError(
+            f"{self.root}: not an MSD {self.folder} folder; expected {self.folder}/dataset.json "
+            f"(or dataset.json directly under the root)"
+        )
 
     def prepare(self, progress: bool = True) -> None:
         super().prepare(progress)
@@ -140,7 +157,7 @@ class MSDTask(DatasetAdapter):
         return ("train", "val", "test", "pretrain")
 
     def expected_count(self, split: str) -> int | None:
-        return None   # derived from dataset.json at load time; index_problems checks its counts
+        return None  # derived from dataset.json at load time; index_problems checks its counts
 
     def split_ids(self, split: str) -> list[str]:
         train, tests = self._entries()
@@ -155,8 +172,10 @@ class MSDTask(DatasetAdapter):
         train, tests = self._entries()
         if split == "pretrain":
             test_by_id = {case_id(t): t for t in tests}
-            return [Record(cid, cid, train[cid][0] if cid in train else test_by_id[cid], None)
-                    for cid in self.split_ids("pretrain")]
+            return [
+                Record(cid, cid, train[cid][0] if cid in train else test_by_id[cid], None)
+                for cid in self.split_ids("pretrain")
+            ]
         return [Record(cid, cid, train[cid][0], train[cid][1]) for cid in self.split_ids(split)]
 
     def index_problems(self) -> list[str]:
@@ -167,14 +186,21 @@ class MSDTask(DatasetAdapter):
         out = count_problems(base / "dataset.json", doc, (("numTraining", "training"), ("numTest", "test")))
         labels = doc.get("labels")
         if isinstance(labels, dict) and {int(k) for k in labels} != set(self.info.labels):
-            out.append(f"{base / 'dataset.json'}: labels {sorted(int(k) for k in labels)} differ from the "
-                       f"{self.folder} label map {sorted(self.info.labels)}")
+            out.append(
+                f"{base / 'dataset.json'}: labels {sorted(int(k) for k in labels)} differ from the "
+                f"{self.folder} label map {sorted(self.info.labels)}"
+            )
         return out
 
     def load(self, record: Record) -> dict[str, Any]:
         image, affine = load_channels(record, self.info.n_channels)
-        out: dict[str, Any] = {"id": record.id, "image": image, "spacing": spacing_of(affine), "affine": affine,
-                               "label": None}
+        out: dict[str, Any] = {
+            "id": record.id,
+            "image": image,
+            "spacing": spacing_of(affine),
+            "affine": affine,
+            "label": None,
+        }
         if record.label is not None:
             label, laff = read_nifti(record.label)
             check_label_geometry(record, image.shape[1:], affine, label.shape, laff)
@@ -183,19 +209,41 @@ class MSDTask(DatasetAdapter):
 
 
 def _make(key: str, folder: str, modality: str, channels: int, labels: dict[int, str]) -> type[MSDTask]:
-    cls = type(f"MSD_{key}", (MSDTask,), {
-        "task_key": key, "folder": folder, "__doc__": f"MSD {folder} (see module docstring).",
-        "info": DatasetInfo(modality=modality, spatial_dims=3, task="segmentation", labels=labels,
-                            n_channels=channels)})
+    cls = type(
+        f"MSD_{key}",
+        (MSDTask,),
+        {
+            "task_key": key,
+            "folder": folder,
+            "__doc__": f"MSD {folder} (see module docstring).",
+            "info": DatasetInfo(
+                modality=modality, spatial_dims=3, task="segmentation", labels=labels, n_channels=channels
+            ),
+        },
+    )
     return DATASETS.register(f"msd_{key}")(cls)
 
 
 MSD_CLASSES = {k: _make(k, *v) for k, v in MSD_TASKS.items()}
 
-SUITES.register("pancreas")(Suite(
-    name="pancreas", version=1, pretrain_dataset="msd_pancreas", pretrain_splits=("pretrain",),
-    description="MSD Task07 pancreas (CT, pancreas + cancer), derived 70/10/20 split of dataset.json's training "
-                "list; pretraining on its train split plus the unlabelled imagesTs scans; ASA preprocessing",
-    tasks=(Task(name="pancreas", dataset="msd_pancreas", kind="segmentation",
-                protocols=("finetune", "linear_probe"), metric="dice"),),
-    seeds=(0, 1, 2), preprocessing=dict(ASA_PREPROCESSING)))
+SUITES.register("pancreas")(
+    Suite(
+        name="pancreas",
+        version=1,
+        pretrain_dataset="msd_pancreas",
+        pretrain_splits=("pretrain",),
+        description="MSD Task07 pancreas (CT, pancreas + cancer), derived 70/10/20 split of dataset.json's training "
+        "list; pretraining on its train split plus the unlabelled imagesTs scans; ASA preprocessing",
+        tasks=(
+            Task(
+                name="pancreas",
+                dataset="msd_pancreas",
+                kind="segmentation",
+                protocols=("finetune", "linear_probe"),
+                metric="dice",
+            ),
+        ),
+        seeds=(0, 1, 2),
+        preprocessing=dict(ASA_PREPROCESSING),
+    )
+)

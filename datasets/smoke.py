@@ -4,6 +4,7 @@ Ten 64^3 CT-like volumes (4 mm voxels) with three labelled structures: a liver-l
 patient's right and two identical-looking kidneys that only their side tells apart. The pretraining
 corpus is the unlabelled train images.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,9 +26,11 @@ GENERATOR_VERSION = "smoke-2"
 def generate(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[(np.arange(n) - n / 2 + 0.5) * SPACING for n in SHAPE], indexing="ij"))
+
     def ellipsoid(c, r):
         scaled = (grid - np.asarray(c, float)[:, None, None, None]) / np.asarray(r, float)[:, None, None, None]
-        return (scaled ** 2).sum(0) <= 1
+        return (scaled**2).sum(0) <= 1
+
     s = rng.uniform(0.9, 1.1)
     body = ellipsoid([0, 0, 0], [110 * s, 80 * s, 200])
     image = np.full(SHAPE, -1000.0)
@@ -45,14 +48,19 @@ def generate(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         label[mask] = lab
     image = ndimage.gaussian_filter(image, 0.7) + ndimage.gaussian_filter(rng.normal(0, 25, SHAPE), 0.8)
     affine = np.diag([SPACING, SPACING, SPACING, 1.0])
-    affine[:3, 3] = [-(n / 2 - 0.5) * SPACING for n in SHAPE]      # world = the grid the organs are drawn on
+    affine[:3, 3] = [-(n / 2 - 0.5) * SPACING for n in SHAPE]  # world = the grid the organs are drawn on
     return image.astype(np.int16), label, affine
 
 
 @DATASETS.register("smoke")
 class SmokeDataset(DatasetAdapter):
-    info = DatasetInfo(modality="CT", spatial_dims=3, task="segmentation", synthetic=True,
-                       labels={0: "background", 1: "liver", 2: "right kidney", 3: "left kidney"})
+    info = DatasetInfo(
+        modality="CT",
+        spatial_dims=3,
+        task="segmentation",
+        synthetic=True,
+        labels={0: "background", 1: "liver", 2: "right kidney", 3: "left kidney"},
+    )
 
     def _seed(self, case_id: str) -> int:
         return 1000 + int(case_id.split("_")[1])
@@ -61,10 +69,12 @@ class SmokeDataset(DatasetAdapter):
         ids = sorted({i for s in ("train", "val", "test") for i in self.split_ids(s)})
         items = {}
         for cid in ids:
+
             def write_pair(_p: Path, cid: str = cid) -> None:
                 img, lab, aff = generate(self._seed(cid))
                 atomic_save_nifti(img, aff, self.root / "imagesTr" / f"{cid}.nii.gz")
                 atomic_save_nifti(lab, aff, self.root / "labelsTr" / f"{cid}.nii.gz")
+
             items[f"imagesTr/{cid}.nii.gz"] = write_pair
             items[f"labelsTr/{cid}.nii.gz"] = write_pair
         ensure_generated(self.root, GENERATOR_VERSION, items, "smoke", progress)
@@ -77,13 +87,23 @@ class SmokeDataset(DatasetAdapter):
     def records(self, split: str) -> list[Record]:
         if split == "pretrain":  # the corpus is the unlabelled train images
             return [Record(r.id, r.patient_id, r.image) for r in self.records("train")]
-        return [Record(cid, cid, str(self.root / "imagesTr" / f"{cid}.nii.gz"),
-                       str(self.root / "labelsTr" / f"{cid}.nii.gz")) for cid in self.split_ids(split)]
+        return [
+            Record(
+                cid, cid, str(self.root / "imagesTr" / f"{cid}.nii.gz"), str(self.root / "labelsTr" / f"{cid}.nii.gz")
+            )
+            for cid in self.split_ids(split)
+        ]
 
 
-SUITES.register("smoke")(Suite(
-    name="smoke", version=2, synthetic=True, pretrain_dataset="smoke", pretrain_splits=("pretrain",),
-    description="tiny generated 3D segmentation set for exercising every code path",
-    tasks=(Task(name="seg3", dataset="smoke", kind="segmentation", protocols=("finetune", "linear_probe")),),
-    seeds=(0,),
-))
+SUITES.register("smoke")(
+    Suite(
+        name="smoke",
+        version=2,
+        synthetic=True,
+        pretrain_dataset="smoke",
+        pretrain_splits=("pretrain",),
+        description="tiny generated 3D segmentation set for exercising every code path",
+        tasks=(Task(name="seg3", dataset="smoke", kind="segmentation", protocols=("finetune", "linear_probe")),),
+        seeds=(0,),
+    )
+)

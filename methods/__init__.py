@@ -1,4 +1,5 @@
 """Pretraining methods; one import line per method registers it (timm style)."""
+
 from methods import random_init  # noqa: F401
 from methods import simmim3d  # noqa: F401
 from methods import asa  # noqa: F401

@@ -33,6 +33,7 @@ itself is drawn with torch on the batch's device.
   arXiv 2111.14791
 - [1]: Chen et al., A Simple Framework for Contrastive Learning of Visual Representations (SimCLR), ICML 2020
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,10 @@ def check_rotation(axis: str, spatial: Sequence[int]) -> tuple[int, int]:
         raise ValueError(f"rotation_axis must be one of {', '.join(ROTATION_PLANES)}; got {axis!r}")
     a, b = ROTATION_PLANES[axis]
     if spatial[a - 1] != spatial[b - 1]:
-        raise ValueError(f"rotation_axis={axis!r} rotates the plane of spatial axes {a - 1} and {b - 1}, which must be "
-                         f"equal for 90-degree rotations; the ROI is {tuple(spatial)}")
+        raise ValueError(
+            f"rotation_axis={axis!r} rotates the plane of spatial axes {a - 1} and {b - 1}, which must be "
+            f"equal for 90-degree rotations; the ROI is {tuple(spatial)}"
+        )
     return a, b
 
 
@@ -76,8 +79,9 @@ def rotate(x: torch.Tensor, k: Sequence[int], axis: str = "x") -> torch.Tensor:
     return torch.stack([x[i].rot90(int(k[i]), (a, b)) for i in range(x.shape[0])])
 
 
-def rot_rand(xs: Sequence[torch.Tensor], rng: np.random.Generator, axis: str = "x"
-             ) -> tuple[list[torch.Tensor], torch.Tensor]:
+def rot_rand(
+    xs: Sequence[torch.Tensor], rng: np.random.Generator, axis: str = "x"
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """One k ~ U{0..3} per sample, applied to every tensor of ``xs`` alike (``rot_rand`` / ``rot_rand_for_double``).
 
     Returns the rotated tensors and the labels k (int64, on the tensors' device).
@@ -89,13 +93,14 @@ def rot_rand(xs: Sequence[torch.Tensor], rng: np.random.Generator, axis: str = "
 
 @dataclass
 class CutoutSpec:
-    max_drop: float = 0.3      # u ~ U(0, max_drop) of the volume per pass
-    max_block: float = 0.25    # box side < floor(max_block * S)
-    tolerance: float = 0.05    # box side >= floor(tolerance * S); corner < S - floor(tolerance * S)
+    max_drop: float = 0.3  # u ~ U(0, max_drop) of the volume per pass
+    max_block: float = 0.25  # box side < floor(max_block * S)
+    tolerance: float = 0.05  # box side >= floor(tolerance * S); corner < S - floor(tolerance * S)
 
 
-def draw_boxes(spatial: Sequence[int], rng: np.random.Generator, spec: CutoutSpec,
-               fraction: float | None = None) -> list[Box]:
+def draw_boxes(
+    spatial: Sequence[int], rng: np.random.Generator, spec: CutoutSpec, fraction: float | None = None
+) -> list[Box]:
     """Random boxes until their summed volume reaches ``fraction`` (default u ~ U(0, max_drop)) of the volume."""
     u = rng.uniform(0, spec.max_drop) if fraction is None else fraction
     target = u * math.prod(spatial)
@@ -111,8 +116,13 @@ def draw_boxes(spatial: Sequence[int], rng: np.random.Generator, spec: CutoutSpe
     return boxes
 
 
-def patch_rand_drop(x: torch.Tensor, rng: np.random.Generator, spec: CutoutSpec,
-                    source: torch.Tensor | None = None, fraction: float | None = None) -> list[Box]:
+def patch_rand_drop(
+    x: torch.Tensor,
+    rng: np.random.Generator,
+    spec: CutoutSpec,
+    source: torch.Tensor | None = None,
+    fraction: float | None = None,
+) -> list[Box]:
     """In place on one sample [C, *S]: noise boxes (``source`` None) or same-location voxels of ``source``."""
     boxes = draw_boxes(x.shape[1:], rng, spec, fraction)
     for box in boxes:
@@ -129,13 +139,15 @@ def patch_rand_drop(x: torch.Tensor, rng: np.random.Generator, spec: CutoutSpec,
 @dataclass
 class CutoutRecord:
     """What ``aug_rand`` did to one sample (for tests and diagnostics)."""
+
     noise: list[Box]
-    source: int | None = None             # j of pass 2, None when j == i
+    source: int | None = None  # j of pass 2, None when j == i
     paste: list[Box] = field(default_factory=list)
 
 
-def aug_rand(x: torch.Tensor, rng: np.random.Generator, spec: CutoutSpec | None = None
-             ) -> tuple[torch.Tensor, list[CutoutRecord]]:
+def aug_rand(
+    x: torch.Tensor, rng: np.random.Generator, spec: CutoutSpec | None = None
+) -> tuple[torch.Tensor, list[CutoutRecord]]:
     """The official ``aug_rand`` on a batch [B, C, *S]: returns the augmented copy and per-sample records."""
     spec = spec or CutoutSpec()
     out = x.detach().clone()
@@ -163,8 +175,12 @@ def vae_decoder(dim: int, out_channels: int) -> nn.Sequential:
         raise ValueError(f"the vae decoder needs feature_dim >= 16; got {dim}")
     layers: list[nn.Module] = []
     for cin, cout in zip(widths[:-1], widths[1:]):
-        layers += [nn.Conv3d(cin, cout, kernel_size=3, stride=1, padding=1), nn.InstanceNorm3d(cout), nn.LeakyReLU(),
-                   nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False)]
+        layers += [
+            nn.Conv3d(cin, cout, kernel_size=3, stride=1, padding=1),
+            nn.InstanceNorm3d(cout),
+            nn.LeakyReLU(),
+            nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False),
+        ]
     layers.append(nn.Conv3d(widths[-1], out_channels, kernel_size=1, stride=1))
     return nn.Sequential(*layers)
 

@@ -47,6 +47,7 @@ Recipe ([P] paper, [V] official code ``jlianglab/ACE``, [I] harness choice):
 - Optimiser [V] (conf/method/ace.yaml): AdamW lr 5e-4 x batch/256, wd 0.04 (the code's cosine 0.04 -> 0.4 wd
   schedule is not reproduced: the engine has a fixed weight decay), clip 0.8, warmup, cosine.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,8 +71,10 @@ NORM_MEAN, NORM_STD = 0.5056, 0.252
 def token_grid(input_size: int, stride: int) -> int:
     """G tokens per side; the composition needs an even G (2 x 2 token groups)."""
     if input_size % (2 * stride):
-        raise ValueError(f"ace: input_size={input_size} must be a multiple of 2 x the backbone's token stride "
-                         f"({2 * stride}) so that the token grid is even")
+        raise ValueError(
+            f"ace: input_size={input_size} must be a multiple of 2 x the backbone's token stride "
+            f"({2 * stride}) so that the token grid is even"
+        )
     return input_size // stride
 
 
@@ -130,8 +133,13 @@ def matching_targets(large: Sequence[int], small: Sequence[int], grid: int) -> t
 
 
 # --- data side ------------------------------------------------------------------------------------------------
-def random_resized_crop(img: torch.Tensor, size: int, scale: tuple[float, float], rng: np.random.Generator,
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+def random_resized_crop(
+    img: torch.Tensor,
+    size: int,
+    scale: tuple[float, float],
+    rng: np.random.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
     """torchvision's RandomResizedCrop sampling (10 tries, then the centre crop), bicubic, clipped to [0, 1]."""
     _, h, w = img.shape
     box = None
@@ -146,7 +154,7 @@ def random_resized_crop(img: torch.Tensor, size: int, scale: tuple[float, float]
         s = min(h, w)
         box = ((h - s) // 2, (w - s) // 2, s, s)
     y, x, ch, cw = box
-    out = F.interpolate(img[None, :, y:y + ch, x:x + cw], size=(size, size), mode="bicubic", align_corners=False)
+    out = F.interpolate(img[None, :, y : y + ch, x : x + cw], size=(size, size), mode="bicubic", align_corners=False)
     return out[0].clamp(0, 1)
 
 
@@ -163,7 +171,7 @@ def appearance(img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     if rng.random() < 0.5:
         k = int(rng.choice([3, 5, 7]))
         sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8  # OpenCV's sigma for a given kernel size
-        g = torch.exp(-torch.arange(-(k // 2), k // 2 + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
+        g = torch.exp(-(torch.arange(-(k // 2), k // 2 + 1, dtype=torch.float32) ** 2) / (2 * sigma**2))
         g = g / g.sum()
         img = _conv(img, g[:, None] * g[None, :])
     if rng.random() < 0.3:
@@ -183,8 +191,7 @@ def masked_mean(tok: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (tok * m).sum(1) / m.sum(1).clamp_min(1)
 
 
-def global_loss(h_s: torch.Tensor, h_t: torch.Tensor, center: torch.Tensor, tau_s: float,
-                tau_t: float) -> torch.Tensor:
+def global_loss(h_s: torch.Tensor, h_t: torch.Tensor, center: torch.Tensor, tau_s: float, tau_t: float) -> torch.Tensor:
     """h_* [2, B, K]: (large, small) overlap outputs. 1/2 [CE(P_t(L), P_s(S)) + CE(P_t(S), P_s(L))]."""
     p_t = F.softmax((h_t.float() - center) / tau_t, dim=-1)
     log_p_s = F.log_softmax(h_s.float() / tau_s, dim=-1)
@@ -221,8 +228,12 @@ class Decompose(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim, bias=False), nn.LayerNorm(4 * dim), nn.ReLU(inplace=True),
-                                 nn.Linear(4 * dim, 4 * dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 4 * dim, bias=False),
+            nn.LayerNorm(4 * dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(4 * dim, 4 * dim),
+        )
 
     def forward(self, tok: torch.Tensor, grid: int) -> torch.Tensor:
         x = self.mlp(tok)
@@ -236,8 +247,9 @@ class Compose(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(4 * dim, dim, bias=False), nn.LayerNorm(dim), nn.ReLU(inplace=True),
-                                 nn.Linear(dim, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(4 * dim, dim, bias=False), nn.LayerNorm(dim), nn.ReLU(inplace=True), nn.Linear(dim, dim)
+        )
 
     def forward(self, tok: torch.Tensor, grid: int) -> torch.Tensor:
         b, _, d = tok.shape
@@ -250,11 +262,11 @@ class Compose(nn.Module):
 class ACE(PretrainMethod):
     @dataclass
     class Config:
-        input_size: int | None = None     # crop side fed to the network; None: the budget's image size; paper 448
-        margin_cells: int = 4             # canvas = 2G + margin cells (paper: 32 = 2 x 14 + 4)
+        input_size: int | None = None  # crop side fed to the network; None: the budget's image size; paper 448
+        margin_cells: int = 4  # canvas = 2G + margin cells (paper: 32 = 2 x 14 + 4)
         rrc_scale: tuple[float, float] = (0.85, 1.0)
-        global_input: str = "overlap"     # overlap pooling (Swin, paper) | cls (the code's ViT variant)
-        out_dim: int = 65536              # DINO head output
+        global_input: str = "overlap"  # overlap pooling (Swin, paper) | cls (the code's ViT variant)
+        out_dim: int = 65536  # DINO head output
         hidden_dim: int = 2048
         bottleneck_dim: int = 256
         student_temp: float = 0.1
@@ -287,6 +299,7 @@ class ACE(PretrainMethod):
         if cfg.input_size is not None:
             token_grid(cfg.input_size, backbone.token_stride)
         dim = backbone.feature_dim
+
         def dino_head() -> nn.Module:
             return DINOProjectionHead(dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim, norm_last_layer=True)
 
@@ -299,16 +312,20 @@ class ACE(PretrainMethod):
         self.decompose = Decompose(dim)
         self.compose = Compose(dim)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
-        self.teacher = nn.ModuleDict({"backbone": make_teacher(backbone), "dino_head": t_head,
-                                      "dense_head": make_teacher(self.dense_head)})
+        self.teacher = nn.ModuleDict(
+            {"backbone": make_teacher(backbone), "dino_head": t_head, "dense_head": make_teacher(self.dense_head)}
+        )
         self._freeze_now = False
         for p in self.dino_head.last_layer.parameters():
             if p.requires_grad:  # weight_g is fixed at 1 (norm_last_layer)
                 p.register_hook(lambda g: torch.zeros_like(g) if self._freeze_now else g)
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.teacher["backbone"]), (self.dino_head, self.teacher["dino_head"]),
-                (self.dense_head, self.teacher["dense_head"])]
+        return [
+            (self.backbone, self.teacher["backbone"]),
+            (self.dino_head, self.teacher["dino_head"]),
+            (self.dense_head, self.teacher["dense_head"]),
+        ]
 
     def ema_momentum(self, progress: float) -> float:
         base, end = self.cfg.ema_momentum, self.cfg.ema_momentum_end
@@ -342,18 +359,23 @@ class ACE(PretrainMethod):
         canvas = random_resized_crop(img, canvas_cells * cell, tuple(cfg.rrc_scale), rng)
         large, small = sample_offsets(rng, grid, cfg.margin_cells)
         (y1, x1), (y2, x2) = large * cell, small * cell
-        big = canvas[:, y1:y1 + 2 * size, x1:x1 + 2 * size]
+        big = canvas[:, y1 : y1 + 2 * size, x1 : x1 + 2 * size]
         big = F.interpolate(big[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-        little = canvas[:, y2:y2 + size, x2:x2 + size]
+        little = canvas[:, y2 : y2 + size, x2 : x2 + size]
         if cfg.augment:
             big, little = appearance(big, rng), appearance(little, rng)
         else:
             big, little = (big - NORM_MEAN) / NORM_STD, (little - NORM_MEAN) / NORM_STD
         m_l, m_s = overlap_masks(large, small, grid)
         dec, comp = matching_targets(large, small, grid)
-        return {"large": big.contiguous(), "small": little.contiguous(),
-                "mask_l": torch.from_numpy(m_l.reshape(-1)), "mask_s": torch.from_numpy(m_s.reshape(-1)),
-                "target_dec": torch.from_numpy(dec), "target_comp": torch.from_numpy(comp)}
+        return {
+            "large": big.contiguous(),
+            "small": little.contiguous(),
+            "mask_l": torch.from_numpy(m_l.reshape(-1)),
+            "mask_s": torch.from_numpy(m_s.reshape(-1)),
+            "target_dec": torch.from_numpy(dec),
+            "target_comp": torch.from_numpy(comp),
+        }
 
     # --- networks --------------------------------------------------------------------------------------------
     def _features(self, backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -369,21 +391,23 @@ class ACE(PretrainMethod):
     def training_step(self, batch: dict[str, torch.Tensor], step: StepInfo) -> StepOutput:
         cfg = self.cfg
         self._freeze_now = step.progress < cfg.freeze_last_layer
-        x = torch.cat([batch["large"], batch["small"]])          # [2B, C, S, S]: large first
+        x = torch.cat([batch["large"], batch["small"]])  # [2B, C, S, S]: large first
         b = batch["large"].shape[0]
         masks = torch.cat([batch["mask_l"], batch["mask_s"]]).bool()  # [2B, G*G]
         grid = int(round(math.sqrt(masks.shape[1])))
 
         cls_s, fmap_s = self._features(self.backbone, x)
         if fmap_s.shape[-1] != grid or fmap_s.shape[-2] != grid:
-            raise ValueError(f"ace: the backbone's token grid {tuple(fmap_s.shape[-2:])} does not match the crop "
-                             f"geometry ({grid} x {grid}); check input_size")
+            raise ValueError(
+                f"ace: the backbone's token grid {tuple(fmap_s.shape[-2:])} does not match the crop "
+                f"geometry ({grid} x {grid}); check input_size"
+            )
         tok_s = fmap_s.flatten(2).transpose(1, 2)
         g_s = cls_s if cls_s is not None else masked_mean(tok_s, masks)
         h_s = self.dino_head(g_s.float()).reshape(2, b, -1)
         dense_s = self.dense_head(fmap_s)
-        up = self.decompose(dense_s[:b], grid)                   # U_s(L): [B, 4G^2, D]
-        down = self.compose(dense_s[b:], grid)                   # C_s(S): [B, G^2/4, D]
+        up = self.decompose(dense_s[:b], grid)  # U_s(L): [B, 4G^2, D]
+        down = self.compose(dense_s[b:], grid)  # C_s(S): [B, G^2/4, D]
         with torch.no_grad():
             t = self.teacher
             cls_t, fmap_t = self._features(t["backbone"], x)
@@ -394,8 +418,8 @@ class ACE(PretrainMethod):
             dense_t = t["dense_head"](fmap_t)
 
         l_global = global_loss(h_s, h_t.reshape(2, b, -1), self.center, cfg.student_temp, cfg.teacher_temp)
-        logits_dec = cfg.logit_scale * dense_t[b:] @ up.transpose(1, 2)      # D_t(S) vs U_s(L)
-        logits_comp = cfg.logit_scale * dense_t[:b] @ down.transpose(1, 2)   # D_t(L) vs C_s(S)
+        logits_dec = cfg.logit_scale * dense_t[b:] @ up.transpose(1, 2)  # D_t(S) vs U_s(L)
+        logits_comp = cfg.logit_scale * dense_t[:b] @ down.transpose(1, 2)  # D_t(L) vs C_s(S)
         l_dec = matching_loss(logits_dec, batch["target_dec"], cfg.alpha_dec)
         l_comp = matching_loss(logits_comp, batch["target_comp"], cfg.alpha_comp)
         l_local = 0.5 * (l_dec + l_comp)
@@ -404,5 +428,12 @@ class ACE(PretrainMethod):
             with torch.no_grad():
                 batch_center = torch.cat([h_t, h_non]).float().mean(0, keepdim=True)
                 self.center.mul_(cfg.center_momentum).add_(batch_center, alpha=1 - cfg.center_momentum)
-        return StepOutput(loss, {"global": l_global.detach(), "dec": l_dec.detach(), "comp": l_comp.detach(),
-                                 "overlap_fraction": batch["mask_s"].float().mean().detach()})
+        return StepOutput(
+            loss,
+            {
+                "global": l_global.detach(),
+                "dec": l_dec.detach(),
+                "comp": l_comp.detach(),
+                "overlap_fraction": batch["mask_s"].float().mean().detach(),
+            },
+        )

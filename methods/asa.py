@@ -85,6 +85,7 @@ docs/methods.md.
 - [2]: Caron et al., Emerging Properties in Self-Supervised Vision Transformers (DINO), ICCV 2021 (projector
   pattern and momentum schedule)
 """
+
 from __future__ import annotations
 
 import math
@@ -181,12 +182,13 @@ def crop(volume: torch.Tensor, corners: torch.Tensor, roi: Sequence[int]) -> tor
     """Per-sample crops: volume [B, C, *P], corners [B, 3] voxel offsets -> [B, C, *roi]."""
     out = []
     for v, (z, y, x) in zip(volume, corners.tolist()):
-        out.append(v[:, z:z + roi[0], y:y + roi[1], x:x + roi[2]])
+        out.append(v[:, z : z + roi[0], y : y + roi[1], x : x + roi[2]])
     return torch.stack(out)
 
 
-def overlap_masks(corners1: torch.Tensor, corners2: torch.Tensor, grid: Sequence[int],
-                  patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def overlap_masks(
+    corners1: torch.Tensor, corners2: torch.Tensor, grid: Sequence[int], patch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean [B, n] masks of the tokens of crop 1 / crop 2 that lie in both crops.
 
     Both crops are aligned to the sub-volume grid, so selecting the True entries in row-major order pairs the
@@ -213,16 +215,31 @@ def normalized_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1))
 
 
-def phase1_losses(order: torch.Tensor, target: torch.Tensor, restored: torch.Tensor, image: torch.Tensor,
-                  g_s: torch.Tensor, g_t: torch.Tensor) -> dict[str, torch.Tensor]:
+def phase1_losses(
+    order: torch.Tensor,
+    target: torch.Tensor,
+    restored: torch.Tensor,
+    image: torch.Tensor,
+    g_s: torch.Tensor,
+    g_t: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """L_vop (coordinates), L_var (appearance), L_g (global consistency), each an MSE with mean reduction."""
-    return {"order": F.mse_loss(order.float(), target.float()),
-            "recovery": F.mse_loss(restored.float(), image.float()),
-            "global": normalized_mse(g_s, g_t)}
+    return {
+        "order": F.mse_loss(order.float(), target.float()),
+        "recovery": F.mse_loss(restored.float(), image.float()),
+        "global": normalized_mse(g_s, g_t),
+    }
 
 
-def phase2_losses(g_s: torch.Tensor, g_t: torch.Tensor, l_s: torch.Tensor, l_t: torch.Tensor, m1: torch.Tensor,
-                  m2: torch.Tensor, normalize_local: bool) -> dict[str, torch.Tensor]:
+def phase2_losses(
+    g_s: torch.Tensor,
+    g_t: torch.Tensor,
+    l_s: torch.Tensor,
+    l_t: torch.Tensor,
+    m1: torch.Tensor,
+    m2: torch.Tensor,
+    normalize_local: bool,
+) -> dict[str, torch.Tensor]:
     """Symmetrised global and local consistency. Inputs stack crop 1 then crop 2 along the batch:
     g_* [2B, D], l_* [2B, n, d]; m1, m2 [B, n] overlap masks of crop 1 and crop 2."""
     b = m1.shape[0]
@@ -235,8 +252,12 @@ def phase2_losses(g_s: torch.Tensor, g_t: torch.Tensor, l_s: torch.Tensor, l_t: 
 def projector(in_dim: int, dim: int) -> nn.Sequential:
     """in -> dim -> dim -> dim, LayerNorm + ReLU between, last layer without bias (ASA's ``MLP``)."""
     return nn.Sequential(
-        nn.Linear(in_dim, dim), nn.LayerNorm(dim), nn.ReLU(inplace=True),
-        nn.Linear(dim, dim), nn.LayerNorm(dim), nn.ReLU(inplace=True),
+        nn.Linear(in_dim, dim),
+        nn.LayerNorm(dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(dim, dim),
+        nn.LayerNorm(dim),
+        nn.ReLU(inplace=True),
         nn.Linear(dim, dim, bias=False),
     )
 
@@ -259,21 +280,21 @@ def resize(image: np.ndarray, size: Sequence[int], mode: str) -> torch.Tensor:
 class ASA(PretrainMethod):
     @dataclass
     class Config:
-        patch_size: int = 16              # sub-volume side = stride of the token stage (16 -> hs[3], 32 -> hs[4])
-        phase2_scale: float = 1.25        # phase-2 side = ceil(ROI * scale / patch) * patch (128 -> 160)
+        patch_size: int = 16  # sub-volume side = stride of the token stage (16 -> hs[3], 32 -> hs[4])
+        phase2_scale: float = 1.25  # phase-2 side = ceil(ROI * scale / patch) * patch (128 -> 160)
         roi: tuple[int, int, int] | None = None  # phase-1 volume; None: the budget's ROI; paper: 128^3
-        phase_steps: int = 0              # optimizer steps per phase block; 0: one corpus epoch (the code)
-        teacher_input: str = "original"   # phase-1 teacher input: original (paper) | permuted (code)
-        normalize_local: bool = False     # False: code; True: paper ("normalized" local embeddings)
-        global_dim: int = 8192            # global projector width (hidden and output)
-        local_dim: int = 512              # local projector width (hidden and output)
+        phase_steps: int = 0  # optimizer steps per phase block; 0: one corpus epoch (the code)
+        teacher_input: str = "original"  # phase-1 teacher input: original (paper) | permuted (code)
+        normalize_local: bool = False  # False: code; True: paper ("normalized" local embeddings)
+        global_dim: int = 8192  # global projector width (hidden and output)
+        local_dim: int = 512  # local projector width (hidden and output)
         lambda_order: float = 1.0
         lambda_recovery: float = 1.0
         lambda_global: float = 1.0
         lambda_local: float = 1.0
-        ema_momentum: float = 0.999       # teacher momentum at the start ...
-        ema_momentum_end: float = 1.0     # ... cosine to this at the end
-        resize_mode: str = "trilinear"    # whole-volume resize; the code's MONAI Resized default is "area"
+        ema_momentum: float = 0.999  # teacher momentum at the start ...
+        ema_momentum_end: float = 1.0  # ... cosine to this at the end
+        resize_mode: str = "trilinear"  # whole-volume resize; the code's MONAI Resized default is "area"
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"3d", "ema"})
 
@@ -298,14 +319,23 @@ class ASA(PretrainMethod):
             raise ValueError(f"asa: patch_size must be the stride of a Swin stage (2..{top}), got {cfg.patch_size}")
         self.stage = stage
         width = backbone.stage_channels[stage]  # 8 * feature_size for hs[3]: 384 at feature_size 48
-        self.order_head = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True),
-                                        nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, 3))
+        self.order_head = nn.Sequential(
+            nn.Linear(width, width),
+            nn.ReLU(inplace=True),
+            nn.Linear(width, width),
+            nn.ReLU(inplace=True),
+            nn.Linear(width, 3),
+        )
         self.recovery_head = nn.Conv3d(backbone.decoder_channels, backbone.in_channels, kernel_size=1)
         self.proj_global = projector(width, cfg.global_dim)
         self.proj_local = projector(width, cfg.local_dim)
-        self.teacher = nn.ModuleDict({"backbone": make_teacher(backbone),
-                                      "proj_global": make_teacher(self.proj_global),
-                                      "proj_local": make_teacher(self.proj_local)})
+        self.teacher = nn.ModuleDict(
+            {
+                "backbone": make_teacher(backbone),
+                "proj_global": make_teacher(self.proj_global),
+                "proj_local": make_teacher(self.proj_local),
+            }
+        )
         self.teacher.eval()
         self.epoch_steps: int | None = None  # set by bind_corpus
         self._warned = False
@@ -315,8 +345,9 @@ class ASA(PretrainMethod):
         """Told by the harness before training: corpus volumes and volumes per optimizer step (batch x
         accumulation). One corpus epoch = floor(n_volumes / batch_size) steps, the code's drop_last loader."""
         if n_volumes < 1 or batch_size < 1:
-            raise ValueError(f"asa: bind_corpus needs n_volumes >= 1 and batch_size >= 1; got {n_volumes}, "
-                             f"{batch_size}")
+            raise ValueError(
+                f"asa: bind_corpus needs n_volumes >= 1 and batch_size >= 1; got {n_volumes}, {batch_size}"
+            )
         self.epoch_steps = max(1, n_volumes // batch_size)
 
     def phase_block(self) -> int:
@@ -326,8 +357,11 @@ class ASA(PretrainMethod):
         if self.epoch_steps is not None:
             return self.epoch_steps
         if not self._warned:
-            warnings.warn(f"asa: phase_steps=0 (one corpus epoch) but no corpus was bound (bind_corpus); using the "
-                          f"paper's AMOS epoch of {PAPER_EPOCH_STEPS} steps", stacklevel=2)
+            warnings.warn(
+                f"asa: phase_steps=0 (one corpus epoch) but no corpus was bound (bind_corpus); using the "
+                f"paper's AMOS epoch of {PAPER_EPOCH_STEPS} steps",
+                stacklevel=2,
+            )
             self._warned = True
         return PAPER_EPOCH_STEPS
 
@@ -336,8 +370,11 @@ class ASA(PretrainMethod):
         return 1 + (step // self.phase_block()) % 2
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.teacher["backbone"]), (self.proj_global, self.teacher["proj_global"]),
-                (self.proj_local, self.teacher["proj_local"])]
+        return [
+            (self.backbone, self.teacher["backbone"]),
+            (self.proj_global, self.teacher["proj_global"]),
+            (self.proj_local, self.teacher["proj_local"]),
+        ]
 
     def ema_momentum(self, progress: float) -> float:
         base, end = self.cfg.ema_momentum, self.cfg.ema_momentum_end
@@ -402,8 +439,11 @@ class ASA(PretrainMethod):
             g_t = project(self.teacher["proj_global"], t_tok.mean(1))
 
         parts = phase1_losses(order, target, restored, x, g_s, g_t)
-        loss = (cfg.lambda_order * parts["order"] + cfg.lambda_recovery * parts["recovery"]
-                + cfg.lambda_global * parts["global"])
+        loss = (
+            cfg.lambda_order * parts["order"]
+            + cfg.lambda_recovery * parts["recovery"]
+            + cfg.lambda_global * parts["global"]
+        )
         return loss, {f"p1_{k}": v.detach() for k, v in parts.items()}
 
     def _phase2(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -3,6 +3,7 @@
 A method turns a batch of views into a loss. It never calls backward, an optimizer, autocast, save
 or a logger: the engine (bench/engine.py) owns all of that, for every method alike.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,8 +50,10 @@ class PretrainMethod(nn.Module):
         valid = {f.name for f in dataclasses.fields(cls.Config)}
         unknown = sorted(set(overrides) - valid)
         if unknown:
-            raise ValueError(f"method {cls.registry_name!r} has no option(s) {', '.join(unknown)}; "
-                             f"valid options: {', '.join(sorted(valid)) or '(none)'}")
+            raise ValueError(
+                f"method {cls.registry_name!r} has no option(s) {', '.join(unknown)}; "
+                f"valid options: {', '.join(sorted(valid)) or '(none)'}"
+            )
         return cls.Config(**overrides)
 
     @classmethod
@@ -105,8 +108,7 @@ class PretrainMethod(nn.Module):
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim <= 1 or name.endswith(("token", "tokens")) else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def make_teacher(module: nn.Module) -> nn.Module:

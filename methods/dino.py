@@ -19,6 +19,7 @@ official DINO ``main_dino.py`` defaults:
 - Optimiser (conf/method/dino.yaml): AdamW lr 5e-4 x batch/256, wd 0.04 (the code's cosine 0.04 -> 0.4 is not
   reproduced: the engine's weight decay is fixed), clip 3.0, warmup 10 of 100 epochs, cosine to 1e-6.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,9 @@ def square_side(roi: Sequence[int], option: str, method: str) -> int:
 
 def check_multiple(size: int, stride: int, option: str, method: str) -> int:
     if size < stride or size % stride:
-        raise ValueError(f"{method}: {option}={size} must be a positive multiple of the backbone's token stride "
-                         f"({stride})")
+        raise ValueError(
+            f"{method}: {option}={size} must be a positive multiple of the backbone's token stride ({stride})"
+        )
     return size
 
 
@@ -55,7 +57,7 @@ def gaussian_blur(img: torch.Tensor, rng: np.random.Generator, sigma: tuple[floa
     s = rng.uniform(*sigma)
     r = max(1, int(math.ceil(3 * s)))
     r = min(r, (min(img.shape[-2:]) - 1) // 2)  # reflect padding must stay inside the image
-    g = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * s * s))
+    g = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float32) ** 2) / (2 * s * s))
     g = g / g.sum()
     return _conv(img, g[:, None] * g[None, :])
 
@@ -64,9 +66,9 @@ def photometric(img: torch.Tensor, rng: np.random.Generator, blur_p: float, sola
     if rng.random() < 0.5:
         img = img.flip(-1)
     if rng.random() < 0.8:
-        img = img * rng.uniform(0.6, 1.4)                                          # brightness
+        img = img * rng.uniform(0.6, 1.4)  # brightness
         mean = img.mean()
-        img = ((img - mean) * rng.uniform(0.6, 1.4) + mean).clamp(0, 1)            # contrast
+        img = ((img - mean) * rng.uniform(0.6, 1.4) + mean).clamp(0, 1)  # contrast
     if rng.random() < blur_p:
         img = gaussian_blur(img, rng)
     if rng.random() < solarize_p:
@@ -87,8 +89,8 @@ def head_pair(make: Any) -> tuple[nn.Module, nn.Module]:
 class DINO(PretrainMethod):
     @dataclass
     class Config:
-        global_size: int | None = None    # None: the budget's image size (paper 224)
-        local_size: int | None = None     # None: global * 96 / 224, a multiple of the token stride (paper 96)
+        global_size: int | None = None  # None: the budget's image size (paper 224)
+        local_size: int | None = None  # None: global * 96 / 224, a multiple of the token stride (paper 96)
         n_local: int = 8
         global_scale: tuple[float, float] = (0.4, 1.0)
         local_scale: tuple[float, float] = (0.05, 0.4)
@@ -98,7 +100,7 @@ class DINO(PretrainMethod):
         student_temp: float = 0.1
         teacher_temp: float = 0.04
         center_momentum: float = 0.9
-        freeze_last_layer: float = 0.01   # fraction of training (epoch 1 of 100)
+        freeze_last_layer: float = 0.01  # fraction of training (epoch 1 of 100)
         ema_momentum: float = 0.996
         ema_momentum_end: float = 1.0
 
@@ -115,12 +117,17 @@ class DINO(PretrainMethod):
         if cfg.n_local < 0:
             raise ValueError(f"dino: n_local must be >= 0, got {cfg.n_local}")
         dim = backbone.feature_dim
-        self.head, t_head = head_pair(lambda: DINOProjectionHead(dim, cfg.hidden_dim, cfg.bottleneck_dim,
-                                                                 cfg.out_dim, norm_last_layer=True))
+        self.head, t_head = head_pair(
+            lambda: DINOProjectionHead(dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim, norm_last_layer=True)
+        )
         self.teacher = nn.ModuleDict({"backbone": make_teacher(backbone), "head": t_head})
-        self.criterion = DINOLoss(output_dim=cfg.out_dim, warmup_teacher_temp=cfg.teacher_temp,
-                                  teacher_temp=cfg.teacher_temp, student_temp=cfg.student_temp,
-                                  center_momentum=cfg.center_momentum)
+        self.criterion = DINOLoss(
+            output_dim=cfg.out_dim,
+            warmup_teacher_temp=cfg.teacher_temp,
+            teacher_temp=cfg.teacher_temp,
+            student_temp=cfg.student_temp,
+            center_momentum=cfg.center_momentum,
+        )
         self._freeze_now = False
         for p in self.head.last_layer.parameters():
             if p.requires_grad:
@@ -151,25 +158,31 @@ class DINO(PretrainMethod):
         g, loc = self.sizes(sample["roi"])
         img = torch.from_numpy(np.ascontiguousarray(sample["image"], dtype=np.float32))
         out = {
-            "global": torch.stack([
-                photometric(random_resized_crop(img, g, tuple(cfg.global_scale), rng), rng, 1.0, 0.0),
-                photometric(random_resized_crop(img, g, tuple(cfg.global_scale), rng), rng, 0.1, 0.2)]),
+            "global": torch.stack(
+                [
+                    photometric(random_resized_crop(img, g, tuple(cfg.global_scale), rng), rng, 1.0, 0.0),
+                    photometric(random_resized_crop(img, g, tuple(cfg.global_scale), rng), rng, 0.1, 0.2),
+                ]
+            ),
         }
         if cfg.n_local:
-            out["local"] = torch.stack([photometric(random_resized_crop(img, loc, tuple(cfg.local_scale), rng),
-                                                    rng, 0.5, 0.0) for _ in range(cfg.n_local)])
+            out["local"] = torch.stack(
+                [
+                    photometric(random_resized_crop(img, loc, tuple(cfg.local_scale), rng), rng, 0.5, 0.0)
+                    for _ in range(cfg.n_local)
+                ]
+            )
         return out
 
     def training_step(self, batch: dict[str, torch.Tensor], step: StepInfo) -> StepOutput:
         self._freeze_now = step.progress < self.cfg.freeze_last_layer
-        glob = batch["global"]                                   # [B, 2, C, g, g]
+        glob = batch["global"]  # [B, 2, C, g, g]
         b = glob.shape[0]
         student = [self.head(self.backbone.pooled(glob.transpose(0, 1).flatten(0, 1)).float()).reshape(2, b, -1)]
         if "local" in batch:
-            loc = batch["local"]                                 # [B, n, C, l, l]
+            loc = batch["local"]  # [B, n, C, l, l]
             n = loc.shape[1]
-            student.append(self.head(self.backbone.pooled(loc.transpose(0, 1).flatten(0, 1)).float())
-                           .reshape(n, b, -1))
+            student.append(self.head(self.backbone.pooled(loc.transpose(0, 1).flatten(0, 1)).float()).reshape(n, b, -1))
         with torch.no_grad():
             t = self.teacher["head"](self.teacher["backbone"].pooled(glob.transpose(0, 1).flatten(0, 1)).float())
         entropy = _entropy(t, self.criterion.center, self.cfg.teacher_temp)  # before the loss moves the centre

@@ -40,6 +40,7 @@ export metadata: a replaced file at the same path never reuses a stale cached ex
 With ``checkpoint=None`` the method constructs (the method-contract tests build every method with its defaults), but
 ``export_encoder`` raises: ``external`` never hands a randomly initialised encoder to transfer.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,7 @@ from methods.base import PretrainMethod, StepInfo, StepOutput
 
 ENCODER = "net.swinViT."
 SSL_HEADS = ("rotation_head.", "contrastive_head.", "rotation_pre.", "contrastive_pre.", "conv.")
-SASWIN_HEADS = SSL_HEADS + ("symmetryAwareTX.", "aaw_head.", "aaw_pre.", "classification_head.",
-                            "classification_pre.")
+SASWIN_HEADS = SSL_HEADS + ("symmetryAwareTX.", "aaw_head.", "aaw_pre.", "classification_head.", "classification_pre.")
 ASA_HEADS = ("head.", "mlp.", "mlp_local.")
 OPTIONAL = ("relative_position_index",)
 SHOW = 5
@@ -70,13 +70,14 @@ class MissingCheckpointError(ValueError):
 @dataclass
 class Mapped:
     """A file's tensors under backbone key names, plus what was set aside."""
+
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    dropped: list[str] = field(default_factory=list)       # known heads of the source method
-    unexpected: list[str] = field(default_factory=list)    # keys the format does not know
+    dropped: list[str] = field(default_factory=list)  # known heads of the source method
+    unexpected: list[str] = field(default_factory=list)  # keys the format does not know
 
 
 def _strip(key: str, prefix: str) -> str:
-    return key[len(prefix):] if key.startswith(prefix) else key
+    return key[len(prefix) :] if key.startswith(prefix) else key
 
 
 def _rename_mlp(key: str) -> str:
@@ -87,8 +88,9 @@ def _rename_mlp(key: str) -> str:
 def _state(doc: Any, entry: str, path: str, fmt: str) -> dict[str, torch.Tensor]:
     if not isinstance(doc, dict) or entry not in doc or not isinstance(doc[entry], dict):
         found = sorted(doc)[:SHOW] if isinstance(doc, dict) else type(doc).__name__
-        raise ValueError(f"external: {path} is not in the {fmt!r} layout: expected a dict with {entry!r}; "
-                         f"found {found}")
+        raise ValueError(
+            f"external: {path} is not in the {fmt!r} layout: expected a dict with {entry!r}; found {found}"
+        )
     return doc[entry]
 
 
@@ -117,7 +119,7 @@ def map_asa(doc: Any, path: str) -> Mapped:
     for k, v in _state(doc, "teacher", path, "asa").items():
         key = _strip(k, "module.")
         if key.startswith("model."):
-            key = key[len("model."):]
+            key = key[len("model.") :]
             if key.startswith("out."):
                 out.dropped.append(k)
             else:
@@ -171,24 +173,41 @@ def load_external(backbone: SwinUNETRBackbone, path: str | Path, fmt: str) -> di
     mapped = mapper(doc, path)
     target = backbone.state_dict()
     unexpected = mapped.unexpected + [k for k in mapped.tensors if k not in target]
-    shape = [f"{k}: file {tuple(v.shape)} vs backbone {tuple(target[k].shape)}"
-             for k, v in mapped.tensors.items() if k in target and v.shape != target[k].shape]
+    shape = [
+        f"{k}: file {tuple(v.shape)} vs backbone {tuple(target[k].shape)}"
+        for k, v in mapped.tensors.items()
+        if k in target and v.shape != target[k].shape
+    ]
     matched = [k for k, v in mapped.tensors.items() if k in target and v.shape == target[k].shape]
     absent = [k for k in target if k not in mapped.tensors and not k.endswith(OPTIONAL)]
     missing_enc = [k for k in absent if k.startswith(ENCODER)]
     missing_dec = [k for k in absent if not k.startswith(ENCODER)]
     missing = missing_enc + (missing_dec if need_decoder else [])
-    report = {"path": path, "format": fmt, "sha256": file_sha256(path), "matched": matched, "missing": missing,
-              "unexpected": unexpected, "dropped": mapped.dropped,
-              "not_provided": [] if need_decoder else missing_dec, "shape": shape}
-    line = (f"external: matched {len(matched)}, missing {len(missing)}"
-            + (f" ({_first(missing)})" if missing else "")
-            + f", unexpected {len(unexpected)}" + (f" ({_first(unexpected)})" if unexpected else "")
-            + (f", shape mismatches {len(shape)}" if shape else "")
-            + (f", dropped {len(mapped.dropped)} source-head keys" if mapped.dropped else "")
-            + (f", decoder not provided ({len(report['not_provided'])} keys keep their init)"
-               if report["not_provided"] else "")
-            + f" [{fmt}: {path}, sha256 {report['sha256'][:12]}]")
+    report = {
+        "path": path,
+        "format": fmt,
+        "sha256": file_sha256(path),
+        "matched": matched,
+        "missing": missing,
+        "unexpected": unexpected,
+        "dropped": mapped.dropped,
+        "not_provided": [] if need_decoder else missing_dec,
+        "shape": shape,
+    }
+    line = (
+        f"external: matched {len(matched)}, missing {len(missing)}"
+        + (f" ({_first(missing)})" if missing else "")
+        + f", unexpected {len(unexpected)}"
+        + (f" ({_first(unexpected)})" if unexpected else "")
+        + (f", shape mismatches {len(shape)}" if shape else "")
+        + (f", dropped {len(mapped.dropped)} source-head keys" if mapped.dropped else "")
+        + (
+            f", decoder not provided ({len(report['not_provided'])} keys keep their init)"
+            if report["not_provided"]
+            else ""
+        )
+        + f" [{fmt}: {path}, sha256 {report['sha256'][:12]}]"
+    )
     print(line)
     problems = []
     if shape:
@@ -196,9 +215,11 @@ def load_external(backbone: SwinUNETRBackbone, path: str | Path, fmt: str) -> di
         pe = ENCODER + "patch_embed.proj.weight"
         if pe in mapped.tensors and pe in target and mapped.tensors[pe].shape != target[pe].shape:
             f_shape, b_shape = tuple(mapped.tensors[pe].shape), tuple(target[pe].shape)
-            hint = (f" (the file's patch embedding is {f_shape}: feature_size {f_shape[0]}, in_channels {f_shape[1]},"
-                    f" patch {f_shape[2:]}; the backbone's is {b_shape}: pick the matching backbone, e.g. "
-                    f"backbone=swin_unetr_base for feature_size 48)")
+            hint = (
+                f" (the file's patch embedding is {f_shape}: feature_size {f_shape[0]}, in_channels {f_shape[1]},"
+                f" patch {f_shape[2:]}; the backbone's is {b_shape}: pick the matching backbone, e.g. "
+                f"backbone=swin_unetr_base for feature_size 48)"
+            )
         problems.append(f"{len(shape)} shape mismatch(es): {_first(shape)}{hint}")
     if missing_enc:
         problems.append(f"{len(missing_enc)} encoder key(s) missing: {_first(missing_enc)}")
@@ -207,8 +228,9 @@ def load_external(backbone: SwinUNETRBackbone, path: str | Path, fmt: str) -> di
     if strict_unexpected and unexpected:
         problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
     if problems:
-        raise ValueError(f"external: {path} does not fully match the backbone in format {fmt!r}: "
-                         + "; ".join(problems))
+        raise ValueError(
+            f"external: {path} does not fully match the backbone in format {fmt!r}: " + "; ".join(problems)
+        )
     state = dict(target)
     state.update({k: mapped.tensors[k] for k in matched})
     backbone.load_state_dict(state, strict=True)
@@ -219,8 +241,8 @@ def load_external(backbone: SwinUNETRBackbone, path: str | Path, fmt: str) -> di
 class External(PretrainMethod):
     @dataclass
     class Config:
-        checkpoint: str | None = None   # path of the released weights
-        format: str = "swinunetr_ssl"   # swinunetr_ssl | saswin | asa | bench
+        checkpoint: str | None = None  # path of the released weights
+        format: str = "swinunetr_ssl"  # swinunetr_ssl | saswin | asa | bench
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"3d"})
     pretrains: ClassVar[bool] = False
@@ -247,9 +269,11 @@ class External(PretrainMethod):
         if self.report is None:
             raise MissingCheckpointError(
                 "external: no checkpoint given; pass method.config.checkpoint=PATH (and method.config.format="
-                f"{'|'.join(FORMATS)}) to load released weights")
+                f"{'|'.join(FORMATS)}) to load released weights"
+            )
         return self.backbone
 
     def training_step(self, batch: dict, step: StepInfo) -> StepOutput:
-        raise RuntimeError("external loads released weights and does no pretraining; the engine never calls its "
-                           "training_step")
+        raise RuntimeError(
+            "external loads released weights and does no pretraining; the engine never calls its training_step"
+        )

@@ -45,6 +45,7 @@ of the paper's statistic, the number of slices with p >= 0.5 (its rule "positive
 it), with the mean slice probability only breaking ties; ``loc_acc``: the fraction of positive slices whose argmax
 cell overlaps the lesion's box. All rows are set-level (``case="__set__"``, ``class=-1``).
 """
+
 from __future__ import annotations
 
 import math
@@ -104,8 +105,10 @@ def lesion_cell(loc: Sequence[float] | None, grid: tuple[int, int]) -> tuple[int
     """Grid cell (row, col) of a normalised location; (-1, -1) for none."""
     if loc is None:
         return (-1, -1)
-    return (min(grid[0] - 1, max(0, int(math.floor(loc[0] * grid[0])))),
-            min(grid[1] - 1, max(0, int(math.floor(loc[1] * grid[1])))))
+    return (
+        min(grid[0] - 1, max(0, int(math.floor(loc[0] * grid[0])))),
+        min(grid[1] - 1, max(0, int(math.floor(loc[1] * grid[1])))),
+    )
 
 
 def argmax_cells(p: torch.Tensor) -> torch.Tensor:
@@ -135,11 +138,12 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 
 
-def location_consistency(p_main: torch.Tensor, p_nb: torch.Tensor, valid: torch.Tensor, radius: int = 1,
-                         eps: float = 1e-8) -> torch.Tensor:
+def location_consistency(
+    p_main: torch.Tensor, p_nb: torch.Tensor, valid: torch.Tensor, radius: int = 1, eps: float = 1e-8
+) -> torch.Tensor:
     """L_tm: p_main [B, 2, h, w], p_nb [B, K, 2, h, w], valid [B, K] bool -> scalar (0 with no valid pair)."""
-    m = loose_mask(p_main, radius)[:, None, None]                    # [B, 1, 1, h, w]
-    js = js_divergence(m * p_nb, m * p_main[:, None], eps).mean((-2, -1))   # [B, K]
+    m = loose_mask(p_main, radius)[:, None, None]  # [B, 1, 1, h, w]
+    js = js_divergence(m * p_nb, m * p_main[:, None], eps).mean((-2, -1))  # [B, K]
     v = valid.to(js.dtype)
     return (js * v).sum() / v.sum().clamp_min(1.0)
 
@@ -164,8 +168,11 @@ def patch_loss(logits: torch.Tensor, y: torch.Tensor, cells: torch.Tensor, ratio
     b, _, h, w = logits.shape
     zero = logits.sum() * 0.0
     neg = y == 0
-    loss = F.cross_entropy(logits[neg], torch.zeros((int(neg.sum()), h, w), dtype=torch.long,
-                                                    device=logits.device)) if neg.any() else zero
+    loss = (
+        F.cross_entropy(logits[neg], torch.zeros((int(neg.sum()), h, w), dtype=torch.long, device=logits.device))
+        if neg.any()
+        else zero
+    )
     pos = torch.nonzero(y == 1).flatten()
     n_sup = int(math.floor(ratio * len(pos)))
     sup = [int(i) for i in pos[:n_sup] if cells[i, 0] >= 0]
@@ -187,8 +194,9 @@ def patch_loss(logits: torch.Tensor, y: torch.Tensor, cells: torch.Tensor, ratio
 def last_map(features: Any) -> torch.Tensor:
     f = features[-1] if isinstance(features, (list, tuple)) else features
     if f.ndim != 4:
-        raise ValueError(f"lls_two_stage needs a 2D backbone whose encode() gives [B, C, h, w] maps; "
-                         f"got {tuple(f.shape)}")
+        raise ValueError(
+            f"lls_two_stage needs a 2D backbone whose encode() gives [B, C, h, w] maps; got {tuple(f.shape)}"
+        )
     return f
 
 
@@ -198,9 +206,14 @@ class LLSNet(nn.Module):
         self.backbone = backbone
         self.head = nn.Linear(backbone.feature_dim, n_classes)
         self.patch_head = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden // 2, 1), nn.BatchNorm2d(hidden // 2), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden // 2, n_classes, 1))
+            nn.Conv2d(channels, hidden, 1),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden // 2, 1),
+            nn.BatchNorm2d(hidden // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden // 2, n_classes, 1),
+        )
 
     def image_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone.pooled(x))
@@ -219,8 +232,10 @@ class SliceSet:
         ds = ctx.dataset
         for need in ("annotation", "volume"):
             if not hasattr(ds, need):
-                raise ValueError(f"lls_two_stage needs a multi-phase slice dataset with {need}(patient) "
-                                 f"(e.g. 'colon'); dataset {ds.registry_name!r} has none")
+                raise ValueError(
+                    f"lls_two_stage needs a multi-phase slice dataset with {need}(patient) "
+                    f"(e.g. 'colon'); dataset {ds.registry_name!r} has none"
+                )
         self.items: list[tuple[str, str, int]] = []
         self.labels: list[int] = []
         self.locs: list[Any] = []
@@ -228,7 +243,7 @@ class SliceSet:
         chunks = []
         for pid in patients:
             ann = ds.annotation(pid)
-            vol = _preprocessed_volume(ctx, pid)             # [P, Z, h, w]
+            vol = _preprocessed_volume(ctx, pid)  # [P, Z, h, w]
             for _pi, ph in enumerate(ann["phases"]):
                 if ph not in phase_order:
                     raise ValueError(f"patient {pid}: phase {ph!r} not in {list(phase_order)}")
@@ -251,8 +266,9 @@ def _preprocessed_volume(ctx: TransferContext, pid: str) -> np.ndarray:
         ann = ctx.dataset.annotation(pid)
         vol = ctx.dataset.volume(pid).astype(np.float32)
         p, z, h, w = vol.shape
-        s = preprocess({"id": pid, "image": vol.reshape(p * z, h, w), "spacing": tuple(ann["spacing"])},
-                       ctx.preprocess)["image"]
+        s = preprocess(
+            {"id": pid, "image": vol.reshape(p * z, h, w), "spacing": tuple(ann["spacing"])}, ctx.preprocess
+        )["image"]
         x = torch.from_numpy(np.ascontiguousarray(s))
         if tuple(x.shape[1:]) != tuple(ctx.roi):
             x = F.interpolate(x[None], size=tuple(ctx.roi), mode="bilinear", align_corners=False, antialias=True)[0]
@@ -278,8 +294,16 @@ def paper_positions(ds, patients: list[str], keep: set[tuple[str, int]], seed: i
 class _Batches(torch.utils.data.IterableDataset):
     """Endless shuffled batches from a SliceSet: stage 1 (x, y) or stage 2 (x, y, cell, nb, nb_valid)."""
 
-    def __init__(self, data: SliceSet, idx: list[int], batch: int, seed: int, grid: tuple[int, int] | None,
-                 nb: np.ndarray | None, augment: bool) -> None:
+    def __init__(
+        self,
+        data: SliceSet,
+        idx: list[int],
+        batch: int,
+        seed: int,
+        grid: tuple[int, int] | None,
+        nb: np.ndarray | None,
+        augment: bool,
+    ) -> None:
         self.data, self.idx, self.batch, self.seed = data, torch.tensor(idx, dtype=torch.long), batch, seed
         self.grid, self.nb, self.augment = grid, nb, augment
 
@@ -291,21 +315,22 @@ class _Batches(torch.utils.data.IterableDataset):
         while True:
             perm = self.idx[torch.randperm(n, generator=g)]
             for s in range(0, n - bs + 1, bs):
-                ids = perm[s:s + bs]
+                ids = perm[s : s + bs]
                 x = d.images[ids]
                 scale, shift = torch.ones(bs, 1, 1, 1), torch.zeros(bs, 1, 1, 1)
-                if self.augment:   # intensity only: a geometric one would move the lesion cell
+                if self.augment:  # intensity only: a geometric one would move the lesion cell
                     scale = 0.9 + 0.2 * torch.rand((bs, 1, 1, 1), generator=g)
                     shift = 0.1 * torch.rand((bs, 1, 1, 1), generator=g) - 0.05
                 out = {"x": x * scale + shift, "y": d.y[ids]}
                 if self.nb is not None:
-                    nb = torch.from_numpy(self.nb[ids.numpy()])                     # [B, K]
+                    nb = torch.from_numpy(self.nb[ids.numpy()])  # [B, K]
                     valid = nb >= 0
-                    imgs = d.images[nb.clamp_min(0)]                               # [B, K, 1, h, w]
+                    imgs = d.images[nb.clamp_min(0)]  # [B, K, 1, h, w]
                     out["nb"] = (imgs * scale[:, None] + shift[:, None]) * valid[..., None, None, None]
                     out["nb_valid"] = valid
-                    out["cell"] = torch.tensor([lesion_cell(d.locs[i], self.grid) for i in ids.tolist()],
-                                               dtype=torch.long)
+                    out["cell"] = torch.tensor(
+                        [lesion_cell(d.locs[i], self.grid) for i in ids.tolist()], dtype=torch.long
+                    )
                 yield out
 
 
@@ -318,26 +343,26 @@ class LLSTwoStage(Protocol):
 
     @dataclass
     class Config:
-        stage1_fraction: float = 0.5     # share of the budget's steps spent in stage 1
-        lr: float = 1e-4                 # §6.5 Adam lr 1e-4
-        head_lr_scale: float = 10.0      # new heads, as in the generic finetune
+        stage1_fraction: float = 0.5  # share of the budget's steps spent in stage 1
+        lr: float = 1e-4  # §6.5 Adam lr 1e-4
+        head_lr_scale: float = 10.0  # new heads, as in the generic finetune
         weight_decay: float = 0.0
         warmup_fraction: float = 0.1
-        eval_every: int = 0              # 0: five validations per stage
+        eval_every: int = 0  # 0: five validations per stage
         w_cls: float = 0.5
         w_con: float = 1.0
         w_loop: float = 0.5
-        annotation_ratio: float = 0.25   # share of each batch's positives whose lesion cell is supervised
-        loose_radius: int = 1            # 1: the 3x3 neighbourhood is ignored by L_tm
+        annotation_ratio: float = 0.25  # share of each batch's positives whose lesion cell is supervised
+        loose_radius: int = 1  # 1: the 3x3 neighbourhood is ignored by L_tm
         eps: float = 1e-8
-        patch_hidden: int = 256          # official 1024 / 512 on ConvNeXtV2-L's 1536 channels
+        patch_hidden: int = 256  # official 1024 / 512 on ConvNeXtV2-L's 1536 channels
         main_phase: str = "N"
         phase_order: tuple[str, ...] = ("N", "A", "P")
         paper_sampling: bool = True
         augment: bool = True
 
     def run(self, ctx: TransferContext) -> ProtocolResult:
-        from bench.export import load_export   # bench.engine imports methods: load it at run time, not import time
+        from bench.export import load_export  # bench.engine imports methods: load it at run time, not import time
 
         cfg = self.cfg
         _check_dataset(ctx.dataset)
@@ -349,41 +374,67 @@ class LLSTwoStage(Protocol):
         val_score = _val_scorer(model, val, cfg.main_phase, ctx.device)
         s1 = max(1, int(round(cfg.stage1_fraction * ctx.steps)))
         s2 = max(1, ctx.steps - s1)
-        heads = [{"params": list(model.backbone.parameters())},
-                 {"params": list(model.head.parameters()), "lr": cfg.lr * cfg.head_lr_scale}]
+        heads = [
+            {"params": list(model.backbone.parameters())},
+            {"params": list(model.head.parameters()), "lr": cfg.lr * cfg.head_lr_scale},
+        ]
         t0 = time.time()
         self._stage1(ctx, model, train, keep, heads, s1, val_score)
         self._stage2(ctx, model, train, keep, heads, s2, val_score, grid, size)
         wall = time.time() - t0
         rows = _test_rows(ctx, model, test, cfg.main_phase, grid)
         n = sum(q.numel() for q in model.parameters())
-        return ProtocolResult(rows, {r["metric"]: r["value"] for r in rows if r["case"] == SET},
-                              train_wall_s=wall, params=n, trainable_params=n)
+        return ProtocolResult(
+            rows,
+            {r["metric"]: r["value"] for r in rows if r["case"] == SET},
+            train_wall_s=wall,
+            params=n,
+            trainable_params=n,
+        )
 
-    def _stage1(self, ctx: TransferContext, model: LLSNet, train: SliceSet, keep: set[tuple[str, int]],
-                heads: list[dict[str, Any]], steps: int, val_score: Callable[[], float] | None) -> None:
+    def _stage1(
+        self,
+        ctx: TransferContext,
+        model: LLSNet,
+        train: SliceSet,
+        keep: set[tuple[str, int]],
+        heads: list[dict[str, Any]],
+        steps: int,
+        val_score: Callable[[], float] | None,
+    ) -> None:
         """Stage 1 (§6.5, NAP): image-level CE on the kept slices of every phase, each a separate 1-channel image;
         stage 2 starts from the weights it selects on val."""
         idx1 = [i for i, (pid, ph, z) in enumerate(train.items) if (pid, z) in keep]
-        loader1 = torch.utils.data.DataLoader(_Batches(train, idx1, ctx.batch_size, ctx.cell.seed, None, None,
-                                                       self.cfg.augment), batch_size=None)
+        loader1 = torch.utils.data.DataLoader(
+            _Batches(train, idx1, ctx.batch_size, ctx.cell.seed, None, None, self.cfg.augment), batch_size=None
+        )
 
         def step1(batch: dict[str, torch.Tensor], info: StepInfo) -> StepOutput:
             return StepOutput(F.cross_entropy(model.image_logits(batch["x"]).float(), batch["y"]))
 
         self._fit(ctx, model, step1, heads, loader1, steps, "stage1", val_score)
 
-    def _stage2(self, ctx: TransferContext, model: LLSNet, train: SliceSet, keep: set[tuple[str, int]],
-                heads: list[dict[str, Any]], steps: int, val_score: Callable[[], float] | None,
-                grid: tuple[int, int], size: tuple[int, int]) -> None:
+    def _stage2(
+        self,
+        ctx: TransferContext,
+        model: LLSNet,
+        train: SliceSet,
+        keep: set[tuple[str, int]],
+        heads: list[dict[str, Any]],
+        steps: int,
+        val_score: Callable[[], float] | None,
+        grid: tuple[int, int],
+        size: tuple[int, int],
+    ) -> None:
         """Stage 2 (N): the main-phase slice with its neighbour volume and every loss, from stage 1's selected
         weights; the patch head joins the optimizer only here, where it gets a loss."""
         cfg = self.cfg
         plan = neighbour_plan(cfg.phase_order, cfg.main_phase)
         nb = neighbour_indices(train.items, plan)
         idx2 = [i for i in train.where(cfg.main_phase) if (train.items[i][0], train.items[i][2]) in keep]
-        loader2 = torch.utils.data.DataLoader(_Batches(train, idx2, ctx.batch_size, ctx.cell.seed + 1, grid, nb,
-                                                       cfg.augment), batch_size=None)
+        loader2 = torch.utils.data.DataLoader(
+            _Batches(train, idx2, ctx.batch_size, ctx.cell.seed + 1, grid, nb, cfg.augment), batch_size=None
+        )
 
         def step2(batch: dict[str, torch.Tensor], info: StepInfo) -> StepOutput:
             return _stage2_loss(model, batch, cfg, grid, size)
@@ -396,12 +447,28 @@ class LLSTwoStage(Protocol):
 
         cfg = self.cfg
         every = cfg.eval_every or max(1, steps // (ctx.evaluations or 5))
-        tcfg = TrainConfig(steps=steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                           warmup_steps=int(cfg.warmup_fraction * steps), eval_every=every if eval_fn else 0,
-                           checkpoint_every=max(1, every), log_every=max(1, min(10, steps // 10)))
-        fit(model, step_fn, groups, loader, tcfg, ctx.run_dir / stage, device=ctx.device, eval_fn=eval_fn,
-            desc=f"lls_two_stage {stage} {ctx.cell.key}", log_prefix=f"transfer/lls_two_stage/{stage}",
-            progress=ctx.progress)
+        tcfg = TrainConfig(
+            steps=steps,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup_steps=int(cfg.warmup_fraction * steps),
+            eval_every=every if eval_fn else 0,
+            checkpoint_every=max(1, every),
+            log_every=max(1, min(10, steps // 10)),
+        )
+        fit(
+            model,
+            step_fn,
+            groups,
+            loader,
+            tcfg,
+            ctx.run_dir / stage,
+            device=ctx.device,
+            eval_fn=eval_fn,
+            desc=f"lls_two_stage {stage} {ctx.cell.key}",
+            log_prefix=f"transfer/lls_two_stage/{stage}",
+            progress=ctx.progress,
+        )
 
 
 def _check_dataset(ds: Any) -> None:
@@ -442,15 +509,16 @@ def _feature_grid(backbone: nn.Module, train: SliceSet) -> tuple[tuple[int, int]
 
 
 @torch.no_grad()
-def _predict(model: LLSNet, data: SliceSet, idx: list[int], device: torch.device,
-             with_cells: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def _predict(
+    model: LLSNet, data: SliceSet, idx: list[int], device: torch.device, with_cells: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Lesion probabilities (and argmax cells) in chunks of 32 slices; restores the model's mode, since validation
     runs in the middle of training."""
     was = model.training
     model.eval()
     probs, cells = [], []
     for s in range(0, len(idx), 32):
-        x = data.images[idx[s:s + 32]].to(device)
+        x = data.images[idx[s : s + 32]].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             probs.append(model.image_logits(x).float().softmax(1)[:, 1].cpu())
             if with_cells:
@@ -459,8 +527,9 @@ def _predict(model: LLSNet, data: SliceSet, idx: list[int], device: torch.device
     return torch.cat(probs).numpy(), (torch.cat(cells).numpy() if with_cells else None)
 
 
-def _val_scorer(model: LLSNet, val: SliceSet | None, main_phase: str,
-                device: torch.device) -> Callable[[], float] | None:
+def _val_scorer(
+    model: LLSNet, val: SliceSet | None, main_phase: str, device: torch.device
+) -> Callable[[], float] | None:
     """Model selection on the val main-phase slices' AUROC (None: no val slices, no selection). An undefined
     AUROC (one class only) scores -1, below any real one."""
     val_idx = val.where(main_phase) if val is not None else []
@@ -475,8 +544,9 @@ def _val_scorer(model: LLSNet, val: SliceSet | None, main_phase: str,
     return val_score
 
 
-def _stage2_loss(model: LLSNet, batch: dict[str, torch.Tensor], cfg: Any, grid: tuple[int, int],
-                size: tuple[int, int]) -> StepOutput:
+def _stage2_loss(
+    model: LLSNet, batch: dict[str, torch.Tensor], cfg: Any, grid: tuple[int, int], size: tuple[int, int]
+) -> StepOutput:
     """Stage 2's ``w_cls * L_cls + w_con * (L_patch + L_tm) + w_loop * L_loop``; the location terms need a lesion,
     so they are 0 on a batch without positives."""
     x, y = batch["x"], batch["y"]
@@ -491,18 +561,21 @@ def _stage2_loss(model: LLSNet, batch: dict[str, torch.Tensor], cfg: Any, grid: 
         p_main = patch[pos].softmax(1)
         l_tm = _neighbour_consistency(model, batch, pos, p_main, cfg)
         masked = x[pos] * loopback_mask(argmax_cells(p_main), grid, size).to(x.dtype)
-        l_loop = F.cross_entropy(model.image_logits(masked).float(),
-                                 torch.zeros(int(pos.sum()), dtype=torch.long, device=x.device))
+        l_loop = F.cross_entropy(
+            model.image_logits(masked).float(), torch.zeros(int(pos.sum()), dtype=torch.long, device=x.device)
+        )
     loss = cfg.w_cls * l_cls + cfg.w_con * (l_patch + l_tm) + cfg.w_loop * l_loop
-    return StepOutput(loss, {"l_cls": l_cls.detach(), "l_patch": l_patch.detach(), "l_tm": l_tm.detach(),
-                             "l_loop": l_loop.detach()})
+    return StepOutput(
+        loss, {"l_cls": l_cls.detach(), "l_patch": l_patch.detach(), "l_tm": l_tm.detach(), "l_loop": l_loop.detach()}
+    )
 
 
-def _neighbour_consistency(model: LLSNet, batch: dict[str, torch.Tensor], pos: torch.Tensor, p_main: torch.Tensor,
-                           cfg: Any) -> torch.Tensor:
+def _neighbour_consistency(
+    model: LLSNet, batch: dict[str, torch.Tensor], pos: torch.Tensor, p_main: torch.Tensor, cfg: Any
+) -> torch.Tensor:
     """L_tm of the positives. Only the neighbours that exist go through the model, in one batch: a missing one
     (a zero image) costs no compute, its map stays 0 and ``location_consistency`` leaves it out of the mean."""
-    nbx = batch["nb"][pos]                                   # [n, K, 1, h, w]
+    nbx = batch["nb"][pos]  # [n, K, 1, h, w]
     valid = batch["nb_valid"][pos]
     n, k = valid.shape
     flat = nbx.flatten(0, 1)
@@ -513,20 +586,35 @@ def _neighbour_consistency(model: LLSNet, batch: dict[str, torch.Tensor], pos: t
     return location_consistency(p_main, p_nb.view(n, k, 2, *p_main.shape[-2:]), valid, cfg.loose_radius, cfg.eps)
 
 
-def _test_rows(ctx: TransferContext, model: LLSNet, test: SliceSet, main_phase: str,
-               grid: tuple[int, int]) -> list[dict[str, Any]]:
+def _test_rows(
+    ctx: TransferContext, model: LLSNet, test: SliceSet, main_phase: str, grid: tuple[int, int]
+) -> list[dict[str, Any]]:
     """The §6.6 evaluation on the test split's main-phase slices, with each slice's record id, so that a leaderboard
     can resample these slices as it does other protocols' images."""
     test_idx = test.where(main_phase)
     p, cells = _predict(model, test, test_idx, ctx.device)
     rid = {(r.patient_id, r.meta["slice"]): r.id for r in ctx.dataset.records("test")}
     ids = [rid[(test.items[i][0], test.items[i][2])] for i in test_idx]
-    return evaluate(p, cells, [test.items[i][0] for i in test_idx], test.y[test_idx].numpy(),
-                    [test.boxes[i] for i in test_idx], grid, ids=ids)
+    return evaluate(
+        p,
+        cells,
+        [test.items[i][0] for i in test_idx],
+        test.y[test_idx].numpy(),
+        [test.boxes[i] for i in test_idx],
+        grid,
+        ids=ids,
+    )
 
 
-def evaluate(probs: np.ndarray, cells: np.ndarray, patients: list[str], y: np.ndarray, boxes: list[Any],
-             grid: tuple[int, int], ids: list[str] | None = None) -> list[dict[str, Any]]:
+def evaluate(
+    probs: np.ndarray,
+    cells: np.ndarray,
+    patients: list[str],
+    y: np.ndarray,
+    boxes: list[Any],
+    grid: tuple[int, int],
+    ids: list[str] | None = None,
+) -> list[dict[str, Any]]:
     """Set-level rows: slice AUROC and accuracy, patient AUROC, localisation accuracy (undefined ones left out);
     with ``ids`` (the test slices, in row order) also each slice's lesion probability and label (class 1, the
     positive class, as the binary classification protocols store it)."""

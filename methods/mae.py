@@ -20,6 +20,7 @@ follows the official ``main_pretrain.py`` defaults:
 
 Needs a ViT backbone (``vit_*_2d``); any other raises a ValueError.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ class MAEDecoder(nn.Module):
 
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.blocks = nn.Sequential(*[Block(dim, heads, 4.0, qkv_bias=True,
-                                            norm_layer=partial(nn.LayerNorm, eps=1e-6)) for _ in range(depth)])
+        self.blocks = nn.Sequential(
+            *[Block(dim, heads, 4.0, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6)) for _ in range(depth)]
+        )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pred = nn.Linear(dim, patch * patch * channels)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -62,7 +64,7 @@ class MAEDecoder(nn.Module):
         full = utils.repeat_token(self.mask_token.to(x.dtype), (b, n + 1))
         full = utils.set_at_index(full, idx_keep + 1, x[:, 1:])
         full = torch.cat([x[:, :1], full[:, 1:]], dim=1)
-        pos = utils.get_2d_sine_cosine_positional_embedding(self.dim, int(round(n ** 0.5)), cls_token=True)
+        pos = utils.get_2d_sine_cosine_positional_embedding(self.dim, int(round(n**0.5)), cls_token=True)
         full = full + torch.from_numpy(pos).to(full)[None]
         return self.pred(self.norm(self.blocks(full)))[:, 1:]
 
@@ -71,7 +73,7 @@ class MAEDecoder(nn.Module):
 class MAE(PretrainMethod):
     @dataclass
     class Config:
-        input_size: int | None = None     # None: the budget's image size (square); paper 224
+        input_size: int | None = None  # None: the budget's image size (square); paper 224
         mask_ratio: float = 0.75
         decoder_dim: int = 512
         decoder_depth: int = 8
@@ -96,11 +98,18 @@ class MAE(PretrainMethod):
             check_multiple(cfg.input_size, backbone.token_stride, "input_size", "mae")
         pe = backbone.net.pos_embed
         if pe is not None:
-            utils.initialize_positional_embedding(pe, strategy="sincos",
-                                                  num_prefix_tokens=backbone.net.num_prefix_tokens)
+            utils.initialize_positional_embedding(
+                pe, strategy="sincos", num_prefix_tokens=backbone.net.num_prefix_tokens
+            )
         self.patch = backbone.token_stride
-        self.decoder = MAEDecoder(backbone.feature_dim, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads,
-                                  self.patch, backbone.in_channels)
+        self.decoder = MAEDecoder(
+            backbone.feature_dim,
+            cfg.decoder_dim,
+            cfg.decoder_depth,
+            cfg.decoder_heads,
+            self.patch,
+            backbone.in_channels,
+        )
 
     def views(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         cfg = self.cfg
@@ -127,10 +136,12 @@ class MAE(PretrainMethod):
 
         x = batch["image"]
         b, n = x.shape[0], (x.shape[-2] // self.patch) * (x.shape[-1] // self.patch)
-        idx_keep, idx_mask = utils.random_token_mask((b, n), self.cfg.mask_ratio, mask_class_token=True,
-                                                     device=x.device)
+        idx_keep, idx_mask = utils.random_token_mask(
+            (b, n), self.cfg.mask_ratio, mask_class_token=True, device=x.device
+        )
         cls, visible = self.backbone.tokens(x, idx_keep=idx_keep)
         pred = self.decoder(cls, visible, idx_keep, n)
-        loss = F.mse_loss(utils.get_at_index(pred, idx_mask).float(),
-                          utils.get_at_index(self.targets(x), idx_mask).float())
+        loss = F.mse_loss(
+            utils.get_at_index(pred, idx_mask).float(), utils.get_at_index(self.targets(x), idx_mask).float()
+        )
         return StepOutput(loss, {"masked_fraction": torch.tensor(idx_mask.shape[1] / n)})

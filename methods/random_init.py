@@ -2,6 +2,7 @@
 
 The baseline every SSL method must beat (``from scratch`` in the papers' tables).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -67,6 +67,7 @@ Other choices [I]:
 - [1]: Devlin et al., BERT, NAACL 2019 (the post-LN layer with cross-attention)
 - [2]: Tang et al., Self-Supervised Pre-Training of Swin Transformers for 3D Medical Image Analysis, CVPR 2022
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -81,8 +82,18 @@ from torch import nn
 from bench.backbones import SwinUNETRBackbone
 from bench.data import pad_to
 from bench.registry import HEADS, METHODS
-from methods._swin_ssl import (CutoutSpec, SSLHeads, aug_rand, check_roi, check_rotation, flatten_crops, nt_xent,
-                               rot_rand, step_rng, tokens)
+from methods._swin_ssl import (
+    CutoutSpec,
+    SSLHeads,
+    aug_rand,
+    check_roi,
+    check_rotation,
+    flatten_crops,
+    nt_xent,
+    rot_rand,
+    step_rng,
+    tokens,
+)
 from methods.base import PretrainMethod, StepInfo, StepOutput
 
 SYMMETRY_LOSSES = ("cosine_nce", "siamese", "cosine")
@@ -105,8 +116,9 @@ def symmetric_crop(image: np.ndarray, starts: Sequence[int], roi: Sequence[int])
     return crop, counterpart
 
 
-def symmetric_views(image: np.ndarray, roi: Sequence[int], rng: np.random.Generator, k: int = 1
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def symmetric_views(
+    image: np.ndarray, roi: Sequence[int], rng: np.random.Generator, k: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``k`` random symmetric crop pairs: tensors [C, *roi] (k = 1) or [k, C, *roi]."""
     image = pad_to(image, roi)
     crops, counterparts = [], []
@@ -124,8 +136,12 @@ def symmetric_views(image: np.ndarray, roi: Sequence[int], rng: np.random.Genera
 
 
 # --- synthetic asymmetry (self-supervised symmetry target) -----------------------------------------------------------
-def add_blob(x: torch.Tensor, rng: np.random.Generator, sigma: Sequence[float] = (0.04, 0.12),
-             amplitude: Sequence[float] = (0.2, 0.5)) -> tuple[slice, ...]:
+def add_blob(
+    x: torch.Tensor,
+    rng: np.random.Generator,
+    sigma: Sequence[float] = (0.04, 0.12),
+    amplitude: Sequence[float] = (0.2, 0.5),
+) -> tuple[slice, ...]:
     """In place on one sample [C, *S]: add a Gaussian intensity bump; returns its box (the only voxels changed).
 
     Centre uniform over the volume; sigma_d = u * S_d, u ~ U(sigma); peak a * (max - min) of the sample with
@@ -141,19 +157,27 @@ def add_blob(x: torch.Tensor, rng: np.random.Generator, sigma: Sequence[float] =
     mid = (lo_v + hi_v) / 2
     sign = 1.0 if float(x[(slice(None), *centre)].mean()) < float(mid) else -1.0
     amp = sign * rng.uniform(*amplitude) * span
-    box = tuple(slice(max(0, c - int(np.ceil(3 * s))), min(n, c + int(np.ceil(3 * s)) + 1))
-                for c, s, n in zip(centre, sig, spatial))
-    axes = [((torch.arange(b.start, b.stop, device=x.device, dtype=torch.float32) - c) / s) ** 2
-            for b, c, s in zip(box, centre, sig)]
+    box = tuple(
+        slice(max(0, c - int(np.ceil(3 * s))), min(n, c + int(np.ceil(3 * s)) + 1))
+        for c, s, n in zip(centre, sig, spatial)
+    )
+    axes = [
+        ((torch.arange(b.start, b.stop, device=x.device, dtype=torch.float32) - c) / s) ** 2
+        for b, c, s in zip(box, centre, sig)
+    ]
     g = torch.exp(-0.5 * (axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]))
     sl = (slice(None),) + box
     x[sl] = torch.minimum(torch.maximum(x[sl] + (amp * g).to(x.dtype), lo_v), hi_v)
     return box
 
 
-def asymmetric_anchors(views: Sequence[torch.Tensor], rng: np.random.Generator, negative_fraction: float,
-                       sigma: Sequence[float], amplitude: Sequence[float]
-                       ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def asymmetric_anchors(
+    views: Sequence[torch.Tensor],
+    rng: np.random.Generator,
+    negative_fraction: float,
+    sigma: Sequence[float],
+    amplitude: Sequence[float],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Crop-side members of the self-supervised symmetry pairs, one batch per view.
 
     Returns anchors (copies of the clean rotated crops, e.g. x1 and x2, with a blob in the chosen negatives) and
@@ -162,7 +186,7 @@ def asymmetric_anchors(views: Sequence[torch.Tensor], rng: np.random.Generator, 
     n = views[0].shape[0]
     total = n * len(views)
     neg = np.zeros(total, dtype=bool)
-    neg[rng.permutation(total)[:int(round(negative_fraction * total))]] = True
+    neg[rng.permutation(total)[: int(round(negative_fraction * total))]] = True
     anchors = torch.cat(list(views)).detach().clone()
     for i in np.flatnonzero(neg):
         add_blob(anchors[i], rng, sigma, amplitude)
@@ -170,8 +194,9 @@ def asymmetric_anchors(views: Sequence[torch.Tensor], rng: np.random.Generator, 
     return list(anchors.split(n)), list(target.split(n))
 
 
-def symmetry_loss(e: torch.Tensor, e_mirror: torch.Tensor, target: torch.Tensor, kind: str = "cosine_nce",
-                  tau: float = 0.07) -> torch.Tensor:
+def symmetry_loss(
+    e: torch.Tensor, e_mirror: torch.Tensor, target: torch.Tensor, kind: str = "cosine_nce", tau: float = 0.07
+) -> torch.Tensor:
     """The SAH loss on a batch of pairs (``Loss_AA``); ``target`` 1 = symmetric (healthy), 0 = asymmetric."""
     s = F.cosine_similarity(e.float(), e_mirror.float(), dim=1)
     h = target.float()
@@ -250,18 +275,18 @@ def init_trunc_normal(module: nn.Module) -> None:
 class SACA(PretrainMethod):
     @dataclass
     class Config:
-        symmetry_target: str = "self"          # self (no labels) | label (the code: per-volume health labels)
-        symmetry_loss: str = "cosine_nce"      # cosine_nce (code default) | siamese | cosine
-        symmetry_tau: float = 0.07             # `cosine` variant only
-        negative_fraction: float = 0.5         # self: share of asymmetric pairs
-        symmetry_views: int = 2                # self: views with a symmetry term (code: 2); 1 encodes N fewer crops
-        blob_sigma: tuple[float, float] = (0.04, 0.12)       # self: blob sigma / ROI side
-        blob_amplitude: tuple[float, float] = (0.2, 0.5)     # self: blob peak / intensity range
-        saca_heads: int = 0                    # 0: feature_dim // 64 (12 at 768, 3 at 192)
+        symmetry_target: str = "self"  # self (no labels) | label (the code: per-volume health labels)
+        symmetry_loss: str = "cosine_nce"  # cosine_nce (code default) | siamese | cosine
+        symmetry_tau: float = 0.07  # `cosine` variant only
+        negative_fraction: float = 0.5  # self: share of asymmetric pairs
+        symmetry_views: int = 2  # self: views with a symmetry term (code: 2); 1 encodes N fewer crops
+        blob_sigma: tuple[float, float] = (0.04, 0.12)  # self: blob sigma / ROI side
+        blob_amplitude: tuple[float, float] = (0.2, 0.5)  # self: blob peak / intensity range
+        saca_heads: int = 0  # 0: feature_dim // 64 (12 at 768, 3 at 192)
         saca_dropout: float = 0.1
-        init_encoder: bool = True              # code: trunc-normal init covers the Swin encoder too
-        rotation_axis: str = "x"               # code; "z": Swin UNETR paper's wording
-        tau: float = 0.5                       # NT-Xent temperature
+        init_encoder: bool = True  # code: trunc-normal init covers the Swin encoder too
+        rotation_axis: str = "x"  # code; "z": Swin UNETR paper's wording
+        tau: float = 0.5  # NT-Xent temperature
         proj_dim: int = 512
         max_drop: float = 0.3
         max_block: float = 0.25
@@ -270,7 +295,7 @@ class SACA(PretrainMethod):
         w_con: float = 1.0
         w_rec: float = 1.0
         w_sym: float = 0.5
-        crops_per_volume: int = 1              # code: sw_batch_size = 2
+        crops_per_volume: int = 1  # code: sw_batch_size = 2
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"3d"})
 
@@ -278,11 +303,13 @@ class SACA(PretrainMethod):
         super().__init__(backbone, cfg)
         cfg = self.cfg
         if cfg.symmetry_target not in SYMMETRY_TARGETS:
-            raise ValueError(f"saca: symmetry_target must be one of {', '.join(SYMMETRY_TARGETS)}; "
-                             f"got {cfg.symmetry_target!r}")
+            raise ValueError(
+                f"saca: symmetry_target must be one of {', '.join(SYMMETRY_TARGETS)}; got {cfg.symmetry_target!r}"
+            )
         if cfg.symmetry_loss not in SYMMETRY_LOSSES:
-            raise ValueError(f"saca: symmetry_loss must be one of {', '.join(SYMMETRY_LOSSES)}; "
-                             f"got {cfg.symmetry_loss!r}")
+            raise ValueError(
+                f"saca: symmetry_loss must be one of {', '.join(SYMMETRY_LOSSES)}; got {cfg.symmetry_loss!r}"
+            )
         if not 0.0 <= cfg.negative_fraction <= 1.0:
             raise ValueError(f"saca: negative_fraction must be in [0, 1]; got {cfg.negative_fraction}")
         if cfg.crops_per_volume < 1:
@@ -292,7 +319,7 @@ class SACA(PretrainMethod):
         check_rotation(cfg.rotation_axis, (1, 1, 1))
         dim = backbone.feature_dim
         self.heads = SSLHeads(dim, backbone.in_channels, cfg.proj_dim)
-        self.aaw_head = nn.Linear(dim, cfg.proj_dim)       # the symmetry-aware head
+        self.aaw_head = nn.Linear(dim, cfg.proj_dim)  # the symmetry-aware head
         self.saca = SACABlock(dim, cfg.saca_heads, cfg.saca_dropout)
         init_trunc_normal(self.heads)
         init_trunc_normal(self.aaw_head)
@@ -304,8 +331,14 @@ class SACA(PretrainMethod):
         """The pre-trained SACA block for downstream use (``SACAClassifier.from_extras``); plain tensors and
         numbers only, so the export still loads with ``torch.load(weights_only=True)``."""
         state = {k: v.detach().cpu().clone() for k, v in self.saca.state_dict().items()}
-        return {"saca": {"state_dict": state, "dim": self.backbone.feature_dim, "heads": self.saca.heads,
-                         "dropout": float(self.cfg.saca_dropout)}}
+        return {
+            "saca": {
+                "state_dict": state,
+                "dim": self.backbone.feature_dim,
+                "heads": self.saca.heads,
+                "dropout": float(self.cfg.saca_dropout),
+            }
+        }
 
     def views(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         k = self.cfg.crops_per_volume
@@ -318,10 +351,12 @@ class SACA(PretrainMethod):
 
     def _health(self, batch: dict[str, torch.Tensor], n: int) -> torch.Tensor:
         if "health" not in batch:
-            raise ValueError("saca: symmetry_target='label' needs a per-sample 'health' tensor in the batch "
-                             "(1 = healthy, 0 = patient), which this pretraining corpus does not provide; "
-                             "use method.config.symmetry_target=self (no labels) or a loader that passes "
-                             "sample['health'] to views()")
+            raise ValueError(
+                "saca: symmetry_target='label' needs a per-sample 'health' tensor in the batch "
+                "(1 = healthy, 0 = patient), which this pretraining corpus does not provide; "
+                "use method.config.symmetry_target=self (no labels) or a loader that passes "
+                "sample['health'] to views()"
+            )
         h = batch["health"].reshape(-1).float()
         if h.numel() != n:
             raise ValueError(f"saca: 'health' has {h.numel()} entries for {n} crops")
@@ -345,8 +380,9 @@ class SACA(PretrainMethod):
         v2, _ = aug_rand(x2, rng, spec)
         inputs = [v1, v2, xs1, xs2]
         if use_sym and not label_mode:
-            anchors, targets = asymmetric_anchors([x1, x2][:cfg.symmetry_views], rng, cfg.negative_fraction,
-                                                  cfg.blob_sigma, cfg.blob_amplitude)
+            anchors, targets = asymmetric_anchors(
+                [x1, x2][: cfg.symmetry_views], rng, cfg.negative_fraction, cfg.blob_sigma, cfg.blob_amplitude
+            )
             inputs += anchors
         hs4 = self.backbone.encode(torch.cat(inputs))[4]
         grid = hs4.shape[2:]
@@ -384,8 +420,12 @@ class SACA(PretrainMethod):
             rec = self.heads.reconstruct(g, grid).float()
             loss_rec = F.l1_loss(rec, torch.cat([x1, x2]).float())
         loss = cfg.w_rot * loss_rot + cfg.w_con * loss_con + cfg.w_rec * loss_rec + cfg.w_sym * loss_sym
-        logs.update(loss_rot=loss_rot.detach(), loss_con=loss_con.detach(), loss_rec=loss_rec.detach(),
-                    loss_sym=loss_sym.detach())
+        logs.update(
+            loss_rot=loss_rot.detach(),
+            loss_con=loss_con.detach(),
+            loss_rec=loss_rec.detach(),
+            loss_sym=loss_sym.detach(),
+        )
         return StepOutput(loss, logs)
 
 
@@ -398,8 +438,14 @@ class SACAClassifier(nn.Module):
     (METHODS.md §4.4). ``saca_state`` loads a pre-trained SACA block (``SACA(...).saca.state_dict()``).
     """
 
-    def __init__(self, backbone: SwinUNETRBackbone, n_classes: int, heads: int = 0, dropout: float = 0.1,
-                 saca_state: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        backbone: SwinUNETRBackbone,
+        n_classes: int,
+        heads: int = 0,
+        dropout: float = 0.1,
+        saca_state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         dim = backbone.feature_dim
@@ -415,13 +461,22 @@ class SACAClassifier(nn.Module):
         block = extras.get("saca") if isinstance(extras, dict) else None
         if not isinstance(block, dict) or "state_dict" not in block:
             found = sorted(extras) if isinstance(extras, dict) else type(extras).__name__
-            raise ValueError(f"SACAClassifier: the export has no pre-trained SACA block (extras['saca']); found "
-                             f"{found}. Pretrain with method=saca, or build SACAClassifier(...) to start it fresh")
+            raise ValueError(
+                f"SACAClassifier: the export has no pre-trained SACA block (extras['saca']); found "
+                f"{found}. Pretrain with method=saca, or build SACAClassifier(...) to start it fresh"
+            )
         if block["dim"] != backbone.feature_dim:
-            raise ValueError(f"SACAClassifier: the SACA block has width {block['dim']} but the backbone's "
-                             f"feature_dim is {backbone.feature_dim}")
-        return cls(backbone, n_classes, heads=int(block["heads"]), dropout=float(block["dropout"]),
-                   saca_state=block["state_dict"])
+            raise ValueError(
+                f"SACAClassifier: the SACA block has width {block['dim']} but the backbone's "
+                f"feature_dim is {backbone.feature_dim}"
+            )
+        return cls(
+            backbone,
+            n_classes,
+            heads=int(block["heads"]),
+            dropout=float(block["dropout"]),
+            saca_state=block["state_dict"],
+        )
 
     def forward(self, x: torch.Tensor, x_mirror: torch.Tensor | None = None) -> torch.Tensor:
         if x_mirror is None:

@@ -18,6 +18,7 @@ image x*(1-M) is fed to every path (``leak_stem=False``); ``leak_stem=True`` rep
 - [0]: Xie et al., SimMIM: a Simple Framework for Masked Image Modeling, CVPR 2022, arXiv 2111.09886
 - [1]: Pang et al., ASA, MICCAI 2024 (SimMIM-3D baseline, 50% masking, Swin UNETR)
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,14 @@ from bench.registry import METHODS
 from methods.base import PretrainMethod, StepInfo, StepOutput
 
 
-def block_mask(batch: int, spatial: tuple[int, ...], block: int, ratio: float,
-               generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
+def block_mask(
+    batch: int,
+    spatial: tuple[int, ...],
+    block: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
     """Boolean [B, *spatial/block] grid with exactly ceil(ratio * n) True cells per sample."""
     grid = [s // block for s in spatial]
     n = math.prod(grid)
@@ -57,8 +64,8 @@ class SimMIM3D(PretrainMethod):
     @dataclass
     class Config:
         mask_ratio: float = 0.5
-        mask_patch: int = 16        # voxels per mask block side (3D analogue of SimMIM's 32 px / 4 px)
-        leak_stem: bool = False     # True: ASA port's unmasked conv stem (leaks the answer)
+        mask_patch: int = 16  # voxels per mask block side (3D analogue of SimMIM's 32 px / 4 px)
+        leak_stem: bool = False  # True: ASA port's unmasked conv stem (leaks the answer)
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"3d", "masked"})
 

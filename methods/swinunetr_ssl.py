@@ -38,6 +38,7 @@ Harness notes [I]:
 - [1]: Hatamizadeh et al., Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors in MRI Images,
   BrainLes 2021, arXiv 2201.01266
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +51,18 @@ import torch.nn.functional as F
 from bench.backbones import SwinUNETRBackbone
 from bench.data import pad_to, random_crop
 from bench.registry import METHODS
-from methods._swin_ssl import (CutoutSpec, SSLHeads, aug_rand, check_roi, check_rotation, flatten_crops, nt_xent,
-                               rot_rand, step_rng, tokens)
+from methods._swin_ssl import (
+    CutoutSpec,
+    SSLHeads,
+    aug_rand,
+    check_roi,
+    check_rotation,
+    flatten_crops,
+    nt_xent,
+    rot_rand,
+    step_rng,
+    tokens,
+)
 from methods.base import PretrainMethod, StepInfo, StepOutput
 
 
@@ -67,16 +78,16 @@ def random_crops(image: np.ndarray, roi: tuple[int, ...], rng: np.random.Generat
 class SwinUNETRSSL(PretrainMethod):
     @dataclass
     class Config:
-        rotation_axis: str = "x"       # code: about the first spatial axis; "z": the paper's wording
-        tau: float = 0.5               # NT-Xent temperature
-        proj_dim: int = 512            # contrastive head width
-        max_drop: float = 0.3          # cutout: volume fraction u ~ U(0, max_drop) per pass
-        max_block: float = 0.25        # cutout: box side < max_block * ROI side
-        tolerance: float = 0.05        # cutout: box side >= tolerance * ROI side
+        rotation_axis: str = "x"  # code: about the first spatial axis; "z": the paper's wording
+        tau: float = 0.5  # NT-Xent temperature
+        proj_dim: int = 512  # contrastive head width
+        max_drop: float = 0.3  # cutout: volume fraction u ~ U(0, max_drop) per pass
+        max_block: float = 0.25  # cutout: box side < max_block * ROI side
+        tolerance: float = 0.05  # cutout: box side >= tolerance * ROI side
         w_rot: float = 1.0
         w_con: float = 1.0
         w_rec: float = 1.0
-        crops_per_volume: int = 1      # code: sw_batch_size = 2 crops per volume
+        crops_per_volume: int = 1  # code: sw_batch_size = 2 crops per volume
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"3d"})
 

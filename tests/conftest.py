@@ -52,7 +52,10 @@ def views_batch():
 
     def make(method, size: int = 64, n: int = 2) -> dict:
         rng = np.random.default_rng(0)
-        views = [method.views({"image": rng.random((1, size, size), dtype=np.float32), "roi": (size, size)}, rng)
-                 for _ in range(n)]
+        views = [
+            method.views({"image": rng.random((1, size, size), dtype=np.float32), "roi": (size, size)}, rng)
+            for _ in range(n)
+        ]
         return torch.utils.data.default_collate(views)
+
     return make

@@ -1,4 +1,5 @@
 """ACE: grid-wise crop geometry, composition/decomposition targets, losses, teacher (METHODS.md §5)."""
+
 from __future__ import annotations
 
 import math
@@ -54,7 +55,7 @@ def test_offsets_of_the_paper_geometry():
         large, small = ace.sample_offsets(rng, 14, 4)
         seen_large.add(int(large[0]))
         seen_small.add(int(small[1]))
-    assert seen_large == {0, 1, 2, 3, 4}        # (x1, y1) in {0..4}^2 on a 32-cell canvas
+    assert seen_large == {0, 1, 2, 3, 4}  # (x1, y1) in {0..4}^2 on a 32-cell canvas
     assert max(seen_small) <= 32 - 14
 
 
@@ -82,7 +83,7 @@ def test_targets_hand_built_case():
     # grid; 3x3 Gaussian there, clipped: (1,0) 1, (0,0) e^-.5, (1,1) e^-.5, (0,1) e^-1
     row = comp[0 * 4 + 2].reshape(2, 2)
     assert np.allclose(row, [[E(-0.5), E(-1)], [1, E(-0.5)]])
-    row = comp[0 * 4 + 3].reshape(2, 2)                     # large (0, 3) -> composite (1, 1)
+    row = comp[0 * 4 + 3].reshape(2, 2)  # large (0, 3) -> composite (1, 1)
     assert np.allclose(row, [[E(-1), E(-0.5)], [E(-0.5), 1]])
     assert not comp[[i for i in range(16) if i not in (2, 3)]].any()
     # decomposition: small (2, 0) = cell (2, 4) = large sub-part (0, 4) on the 8x8 grid; 5x5 kernel clipped at row 0
@@ -92,10 +93,10 @@ def test_targets_hand_built_case():
         for x in range(2, 7):
             expect[y, x] = E(-((y - 0) ** 2 + (x - 4) ** 2) / 2)
     assert np.allclose(row, expect)
-    row = dec[3 * 4 + 3].reshape(8, 8)                      # small (3, 3) = cell (3, 7) = sub-part (1, 7)
+    row = dec[3 * 4 + 3].reshape(8, 8)  # small (3, 3) = cell (3, 7) = sub-part (1, 7)
     assert row[1, 7] == 1 and np.isclose(row[3, 5], E(-4)) and row[1, 4] == 0 and np.isclose(row[0, 7], E(-0.5))
     assert np.isclose(row.sum(), (1 + 2 * E(-0.5) + E(-2)) * (1 + E(-0.5) + E(-2)))
-    assert not dec[:8].any()                                # small rows 0-1 are outside the overlap
+    assert not dec[:8].any()  # small rows 0-1 are outside the overlap
 
 
 def test_decompose_and_compose_layout():
@@ -106,15 +107,16 @@ def test_decompose_and_compose_layout():
     tok = torch.arange(g * g * 4 * d, dtype=torch.float32).reshape(1, g * g, 4 * d)
     out = dec(tok, g).reshape(2 * g, 2 * g, d)
     for i, j, a, b in [(0, 0, 0, 1), (1, 2, 1, 0), (3, 3, 1, 1)]:
-        assert torch.equal(out[2 * i + a, 2 * j + b], tok[0, i * g + j, (2 * a + b) * d:(2 * a + b + 1) * d])
+        assert torch.equal(out[2 * i + a, 2 * j + b], tok[0, i * g + j, (2 * a + b) * d : (2 * a + b + 1) * d])
     comp = ace.Compose(d)
     comp.mlp = nn.Identity()
     tok = torch.randn(1, g * g, d)
     grouped = comp(tok, g).reshape(g // 2, g // 2, 4, d)
     grid = tok.reshape(g, g, d)
     for p, q in [(0, 0), (1, 0), (1, 1)]:
-        expect = torch.stack([grid[2 * p, 2 * q], grid[2 * p, 2 * q + 1],
-                              grid[2 * p + 1, 2 * q], grid[2 * p + 1, 2 * q + 1]])
+        expect = torch.stack(
+            [grid[2 * p, 2 * q], grid[2 * p, 2 * q + 1], grid[2 * p + 1, 2 * q], grid[2 * p + 1, 2 * q + 1]]
+        )
         assert torch.equal(grouped[p, q], expect)
 
 
@@ -132,7 +134,7 @@ def test_matching_loss_hand_computed():
 
 def test_global_loss_hand_computed():
     """Two crops, batch 1, K = 2: P_t = softmax((h_t - c) / tau_t), log P_s = log_softmax(h_s / tau_s)."""
-    h_t = torch.tensor([[[1.0, 0.0]], [[0.0, 0.5]]])   # [2 crops (L, S), B=1, K=2]
+    h_t = torch.tensor([[[1.0, 0.0]], [[0.0, 0.5]]])  # [2 crops (L, S), B=1, K=2]
     h_s = torch.tensor([[[0.2, 0.1]], [[0.3, 0.9]]])
     c = torch.tensor([[0.5, 0.0]])
 
@@ -166,7 +168,7 @@ def _method(**over):
 def test_views_geometry_and_targets(views_batch):
     m = _method()
     b = views_batch(m)
-    assert b["large"].shape == b["small"].shape == (2, 1, 64, 64)   # G = 4 at 64 px on a ViT/16
+    assert b["large"].shape == b["small"].shape == (2, 1, 64, 64)  # G = 4 at 64 px on a ViT/16
     assert b["target_dec"].shape == (2, 16, 64) and b["target_comp"].shape == (2, 16, 4)
     assert torch.equal(b["mask_s"].sum(1), 4 * b["mask_l"].sum(1))
     # rows of the targets are non-zero exactly for the overlap tokens, with a 1 at the matching column
@@ -177,7 +179,7 @@ def test_views_geometry_and_targets(views_batch):
 def test_small_crop_is_an_unresized_window_of_the_canvas(monkeypatch):
     """With the canvas = the image (RandomResizedCrop stubbed) the small crop is the image at the drawn cells."""
     m = _method(augment=False)
-    img = np.random.default_rng(1).random((1, 192, 192), dtype=np.float32)   # canvas (2*4 + 4) * 16 px
+    img = np.random.default_rng(1).random((1, 192, 192), dtype=np.float32)  # canvas (2*4 + 4) * 16 px
     monkeypatch.setattr(ace, "random_resized_crop", lambda im, size, scale, rng: im)
     offsets = {}
     real = ace.sample_offsets
@@ -189,8 +191,9 @@ def test_small_crop_is_an_unresized_window_of_the_canvas(monkeypatch):
     monkeypatch.setattr(ace, "sample_offsets", spy)
     v = m.views({"image": img, "roi": (64, 64)}, np.random.default_rng(2))
     (y2, x2) = offsets["v"][1] * 16
-    assert torch.allclose(v["small"] * ace.NORM_STD + ace.NORM_MEAN,
-                          torch.from_numpy(img[:, y2:y2 + 64, x2:x2 + 64]), atol=1e-6)
+    assert torch.allclose(
+        v["small"] * ace.NORM_STD + ace.NORM_MEAN, torch.from_numpy(img[:, y2 : y2 + 64, x2 : x2 + 64]), atol=1e-6
+    )
 
 
 def test_training_step_teacher_gets_no_gradient_and_centre_moves(views_batch):
@@ -231,8 +234,9 @@ def test_geometry_errors_name_the_option():
         _method(input_size=40)
     with pytest.raises(ValueError, match="global_input"):
         _method(global_input="mean")
-    v = _method(input_size=32).views({"image": np.zeros((1, 64, 96), np.float32), "roi": (64, 96)},
-                                     np.random.default_rng(0))
+    v = _method(input_size=32).views(
+        {"image": np.zeros((1, 64, 96), np.float32), "roi": (64, 96)}, np.random.default_rng(0)
+    )
     assert v["large"].shape == (1, 32, 32) and v["target_comp"].shape == (4, 1)
 
 

@@ -1,5 +1,6 @@
 """ASA mechanisms (methods/asa.py): permutation and targets, token order, crop overlap matching, losses against
 hand-computed values, teacher isolation, the phase schedule and the views' geometry."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,9 +13,23 @@ import torch.nn.functional as F
 
 from bench.backbones import build_backbone
 from bench.registry import METHODS
-from methods.asa import (ASA, coord_targets, crop, from_cells, grid_shape, normalized_mse, overlap_masks,
-                         permute_cells, phase1_losses, phase2_losses, phase2_shape, targets_to_index, to_cells,
-                         tokens, unpermute_cells)
+from methods.asa import (
+    ASA,
+    coord_targets,
+    crop,
+    from_cells,
+    grid_shape,
+    normalized_mse,
+    overlap_masks,
+    permute_cells,
+    phase1_losses,
+    phase2_losses,
+    phase2_shape,
+    targets_to_index,
+    to_cells,
+    tokens,
+    unpermute_cells,
+)
 from methods.base import StepInfo
 
 ROI = (64, 64, 64)
@@ -88,14 +103,16 @@ def test_permutation_and_targets_are_inverses(spatial):
     p = 5
     z, y, xx = np.unravel_index(int(perm[1, p]), grid)
     dz, dy, dx = np.unravel_index(p, grid)
-    assert torch.equal(aug[1, :, dz * 16:(dz + 1) * 16, dy * 16:(dy + 1) * 16, dx * 16:(dx + 1) * 16],
-                       x[1, :, z * 16:(z + 1) * 16, y * 16:(y + 1) * 16, xx * 16:(xx + 1) * 16])
+    assert torch.equal(
+        aug[1, :, dz * 16 : (dz + 1) * 16, dy * 16 : (dy + 1) * 16, dx * 16 : (dx + 1) * 16],
+        x[1, :, z * 16 : (z + 1) * 16, y * 16 : (y + 1) * 16, xx * 16 : (xx + 1) * 16],
+    )
 
 
 @pytest.mark.parametrize("g", [4, 8])
 def test_coordinate_targets_normalisation(g):
     grid = (g, g, g)
-    n = g ** 3
+    n = g**3
     t = coord_targets(torch.arange(n)[None], grid)[0]
     c = torch.tensor(list(itertools.product(range(g), repeat=3)), dtype=torch.float32)  # (z, y, x) row-major
     assert torch.allclose(t, 6 * c / (g - 1) - 3)
@@ -120,19 +137,24 @@ def test_token_order_matches_cell_order(asa):
 
 
 # --- phase 2: crops and overlap matching ------------------------------------------------------------------------
-@pytest.mark.parametrize("roi,p2,patch", [(64, 80, 16),    # quick budget: corners {0, 16}
-                                          (16, 20, 2)])    # paper token geometry (grid 8, corners {0,1,2} cells)
+@pytest.mark.parametrize(
+    "roi,p2,patch",
+    [
+        (64, 80, 16),  # quick budget: corners {0, 16}
+        (16, 20, 2),
+    ],
+)  # paper token geometry (grid 8, corners {0,1,2} cells)
 def test_overlap_matching_every_pair_of_corners(roi, p2, patch):
     grid = (roi // patch,) * 3
-    vol = torch.arange(p2 ** 3, dtype=torch.float32).reshape(1, 1, p2, p2, p2)  # every voxel unique
+    vol = torch.arange(p2**3, dtype=torch.float32).reshape(1, 1, p2, p2, p2)  # every voxel unique
     choices = [c * patch for c in range((p2 - roi) // patch + 1)]
     corners = torch.tensor(list(itertools.product(choices, repeat=3)))
     pairs = list(itertools.product(range(len(corners)), repeat=2))
     c1, c2 = corners[[a for a, _ in pairs]], corners[[b for _, b in pairs]]
     m1, m2 = overlap_masks(c1, c2, grid, patch)
     for k in range(len(pairs)):
-        cells1 = to_cells(crop(vol, c1[k:k + 1], (roi,) * 3), patch)[0]  # [n, 1, p, p, p]
-        cells2 = to_cells(crop(vol, c2[k:k + 1], (roi,) * 3), patch)[0]
+        cells1 = to_cells(crop(vol, c1[k : k + 1], (roi,) * 3), patch)[0]  # [n, 1, p, p, p]
+        cells2 = to_cells(crop(vol, c2[k : k + 1], (roi,) * 3), patch)[0]
         sel1, sel2 = cells1[m1[k]], cells2[m2[k]]
         expected = math.prod(max(0, roi - abs(int(c1[k, i] - c2[k, i]))) // patch for i in range(3))
         assert len(sel1) == len(sel2) == expected > 0
@@ -141,7 +163,7 @@ def test_overlap_matching_every_pair_of_corners(roi, p2, patch):
         shared = set(cells1[:, 0, 0, 0, 0].tolist()) & set(cells2[:, 0, 0, 0, 0].tolist())
         assert len(shared) == expected
     if grid[0] == 8:
-        assert int(m1.sum(1).min()) == 6 ** 3 and int(m1.sum(1).max()) == 8 ** 3
+        assert int(m1.sum(1).min()) == 6**3 and int(m1.sum(1).max()) == 8**3
 
 
 def test_phase2_geometry():
@@ -180,10 +202,10 @@ def test_phase2_losses_hand_values(normalize_local):
     m1, m2 = overlap_masks(c1, c2, grid, patch)
     assert m1[0].tolist() == [False] * 4 + [True] * 4 and m2[0].tolist() == [True] * 4 + [False] * 4
     # local embeddings (d = 2): the phase-2-volume cell id under each token; teacher = student + (1, 0)
-    ids1 = torch.arange(8.0)                    # crop 1 covers global cells 0..7 (z = 0, 1)
-    ids2 = torch.arange(8.0) + 4                # crop 2 covers global cells 4..11 (z = 1, 2)
+    ids1 = torch.arange(8.0)  # crop 1 covers global cells 0..7 (z = 0, 1)
+    ids2 = torch.arange(8.0) + 4  # crop 2 covers global cells 4..11 (z = 1, 2)
     emb = lambda ids: torch.stack([ids + 1, torch.ones_like(ids)], -1)  # noqa: E731
-    l_s = torch.stack([emb(ids1), emb(ids2)])   # [2B, n, d]
+    l_s = torch.stack([emb(ids1), emb(ids2)])  # [2B, n, d]
     l_t = l_s + torch.tensor([1.0, 0.0])
     g_s = torch.tensor([[1.0, 0.0], [3.0, 4.0]])  # crop 1, crop 2
     g_t = torch.tensor([[4.0, 3.0], [0.0, 1.0]])
@@ -200,10 +222,10 @@ def test_phase2_losses_hand_values(normalize_local):
 
 # --- the method end to end (tiny backbone) ----------------------------------------------------------------------
 def test_phase_is_a_deterministic_function_of_the_step(asa, monkeypatch):
-    asa.bind_corpus(20, 2)                                  # one corpus epoch = 20 // 2 = 10 steps per phase block
+    asa.bind_corpus(20, 2)  # one corpus epoch = 20 // 2 = 10 steps per phase block
     assert [asa.phase_of(s) for s in range(40)] == ([1] * 10 + [2] * 10) * 2
     other = ASA(MockBackbone(), ASA.make_config({"phase_steps": 3, "global_dim": 8, "local_dim": 8}))
-    other.bind_corpus(1000, 1)                              # a fixed block ignores the corpus
+    other.bind_corpus(1000, 1)  # a fixed block ignores the corpus
     assert [other.phase_of(s) for s in range(9)] == [1, 1, 1, 2, 2, 2, 1, 1, 1]
     monkeypatch.setattr(asa, "_phase1", lambda batch: (torch.tensor(1.0), {}))
     monkeypatch.setattr(asa, "_phase2", lambda batch: (torch.tensor(2.0), {}))

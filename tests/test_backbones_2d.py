@@ -1,4 +1,5 @@
 """2D timm backbones behind the Backbone protocol: shapes, timm as the reference, hooks, strict export round trip."""
+
 from __future__ import annotations
 
 import pytest
@@ -56,7 +57,7 @@ def test_last_map_and_pooled_equal_timm(name):
         ref = bb.net.forward_features(x)
         last = bb.encode(x)[-1]
         if name.startswith("vit"):
-            ref_map = ref[:, 1:].transpose(1, 2).reshape(last.shape)   # row-major patch grid
+            ref_map = ref[:, 1:].transpose(1, 2).reshape(last.shape)  # row-major patch grid
             cls, tok = bb.tokens(x)
             assert torch.allclose(cls, ref[:, 0], atol=1e-5)
             assert torch.allclose(tok, ref[:, 1:], atol=1e-5)

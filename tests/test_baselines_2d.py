@@ -1,4 +1,5 @@
 """2D SSL baselines built on lightly: DINO (multi-crop self-distillation) and MAE (masked autoencoder)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,8 @@ def test_registered_as_2d():
 
 def test_dino_crop_sizes(views_batch):
     m = _make("dino")
-    assert m.sizes((224, 224)) == (224, 96)          # the paper's sizes
-    assert m.sizes((128, 128)) == (128, 48)          # quick budget on a ViT/16
+    assert m.sizes((224, 224)) == (224, 96)  # the paper's sizes
+    assert m.sizes((128, 128)) == (128, 48)  # quick budget on a ViT/16
     b = views_batch(m)
     assert b["global"].shape == (2, 2, 1, 64, 64) and b["local"].shape == (2, 2, 1, 16, 16)
     assert 0 <= b["global"].min() and b["global"].max() <= 1
@@ -71,7 +72,7 @@ def test_dino_teacher_gets_no_gradient_and_is_exported(views_batch):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.backbone.parameters())
     assert m.export_encoder() is m.teacher["backbone"]
     m.zero_grad()
-    m.training_step(views_batch(m), StepInfo(0, 1000)).loss.backward()   # progress 0 < freeze_last_layer
+    m.training_step(views_batch(m), StepInfo(0, 1000)).loss.backward()  # progress 0 < freeze_last_layer
     assert m.head.last_layer.weight_v.grad.abs().sum() == 0
 
 

@@ -1,4 +1,5 @@
 """ChestX-ray14, MedMNIST and the embedded chest_xray / brain suites, on tiny files in the exact layouts."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,10 @@ import datasets  # noqa: F401  (registers everything)
 from bench.registry import DATASETS, SUITES
 from datasets.base import DataError
 
-HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-          "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 
 
 def write_cxr14(root, rows, train_val, test, header=HEADER, skip_png=()):
@@ -31,10 +34,24 @@ def write_cxr14(root, rows, train_val, test, header=HEADER, skip_png=()):
 
 
 def cxr_fixture(tmp_path, **kw):
-    rows = [(f"{p:08d}_{f:03d}.png", lab, p) for p, f, lab in [
-        (1, 0, "Cardiomegaly"), (1, 1, "Cardiomegaly|Effusion"), (2, 0, "No Finding"), (3, 0, "Hernia|Atelectasis"),
-        (4, 0, "No Finding"), (5, 0, "Pleural_Thickening"), (6, 0, "Nodule"), (7, 0, "No Finding"),
-        (8, 0, "Mass"), (9, 0, "No Finding"), (10, 0, "Edema"), (11, 0, "Emphysema"), (12, 0, "No Finding")]]
+    rows = [
+        (f"{p:08d}_{f:03d}.png", lab, p)
+        for p, f, lab in [
+            (1, 0, "Cardiomegaly"),
+            (1, 1, "Cardiomegaly|Effusion"),
+            (2, 0, "No Finding"),
+            (3, 0, "Hernia|Atelectasis"),
+            (4, 0, "No Finding"),
+            (5, 0, "Pleural_Thickening"),
+            (6, 0, "Nodule"),
+            (7, 0, "No Finding"),
+            (8, 0, "Mass"),
+            (9, 0, "No Finding"),
+            (10, 0, "Edema"),
+            (11, 0, "Emphysema"),
+            (12, 0, "No Finding"),
+        ]
+    ]
     test = ["00000002_000.png", "00000003_000.png"]
     train_val = [r[0] for r in rows if r[0] not in test]
     write_cxr14(tmp_path, rows, train_val, test, **kw)
@@ -47,13 +64,16 @@ def test_cxr14_records_classes_and_patient_split(tmp_path):
     assert ds.info.task == "multilabel" and len(ds.info.labels) == 14
     assert ds.info.labels[0] == "Atelectasis" and ds.info.labels[13] == "Hernia"
     test = {r.id: r for r in ds.records("test")}
-    assert test["00000003_000"].classes == (0, 13)       # Atelectasis, Hernia by official index
-    assert test["00000002_000"].classes == ()            # No Finding
+    assert test["00000003_000"].classes == (0, 13)  # Atelectasis, Hernia by official index
+    assert test["00000002_000"].classes == ()  # No Finding
     assert test["00000002_000"].label is None
     tr, va = ds.records("train"), ds.records("val")
     # val = patients whose sha256(id) % 10 == 0, computed independently here
-    want_val = {p for p in ["1", "4", "5", "6", "7", "8", "9", "10", "11", "12"]
-                if int(hashlib.sha256(p.encode()).hexdigest(), 16) % 10 == 0}
+    want_val = {
+        p
+        for p in ["1", "4", "5", "6", "7", "8", "9", "10", "11", "12"]
+        if int(hashlib.sha256(p.encode()).hexdigest(), 16) % 10 == 0
+    }
     assert {r.patient_id for r in va} == want_val
     pats = [{r.patient_id for r in ds.records(s)} for s in ("train", "val", "test")]
     assert not (pats[0] & pats[1]) and not (pats[0] & pats[2]) and not (pats[1] & pats[2])
@@ -70,7 +90,7 @@ def test_cxr14_load_shapes_and_spacing(tmp_path):
     rec = next(r for r in ds.records("test") if r.id == "00000003_000")
     s = ds.load(rec)
     assert s["image"].shape == (1, 8, 10) and s["image"].dtype == np.float32
-    assert s["image"][0, 0, 0] == 7.0 and s["image"][0, 1, 1] == 3.0   # raw units
+    assert s["image"][0, 0, 0] == 7.0 and s["image"][0, 1, 1] == 3.0  # raw units
     # original 20 x 16 px (W, H) at (x 0.2, y 0.1) mm stored as 10 x 8 -> (y, x) = (0.1*16/8, 0.2*20/10)
     assert s["spacing"] == pytest.approx((0.2, 0.4))
     assert s["label"] is None
@@ -113,13 +133,15 @@ def test_cxr14_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- MedMNIST
 
+
 def write_npz(path, n=(3, 2, 2), shape=(28, 28, 28), n_lab=11, multilabel=False, rgb=False, drop=None):
     rng = np.random.default_rng(0)
     arrays = {}
     for split, k in zip(("train", "val", "test"), n):
         arrays[f"{split}_images"] = rng.integers(0, 256, (k, *shape, *((3,) if rgb else ())), dtype=np.uint8)
-        arrays[f"{split}_labels"] = (rng.integers(0, 2, (k, n_lab)) if multilabel
-                                     else (np.arange(k) % n_lab)[:, None]).astype(np.int64)
+        arrays[f"{split}_labels"] = (
+            rng.integers(0, 2, (k, n_lab)) if multilabel else (np.arange(k) % n_lab)[:, None]
+        ).astype(np.int64)
     if drop:
         arrays.pop(drop)
     np.savez_compressed(path, **arrays)
@@ -148,8 +170,9 @@ def test_medmnist_size_option_multilabel_and_rgb(tmp_path):
         assert r.classes == tuple(np.flatnonzero(arrs["val_labels"][r.meta["row"]]).tolist())
     assert ds.load(recs[0])["image"].shape == (1, 64, 64)
     write_npz(tmp_path / "pneumoniamnist.npz", shape=(28, 28), n_lab=2, rgb=True)
-    s = DATASETS.get("pneumoniamnist")(root=tmp_path).load(DATASETS.get("pneumoniamnist")(root=tmp_path)
-                                                            .records("test")[1])
+    s = DATASETS.get("pneumoniamnist")(root=tmp_path).load(
+        DATASETS.get("pneumoniamnist")(root=tmp_path).records("test")[1]
+    )
     assert s["image"].shape == (3, 28, 28)
 
 
@@ -179,8 +202,14 @@ def test_medmnist3d_corpus_and_suite(tmp_path):
     assert len(recs) == 7 and all(r.classes is None for r in recs)
     assert corpus.load(recs[-1])["image"].shape == (1, 28, 28, 28)
     suite = SUITES.get("medmnist3d")
-    assert {t.dataset for t in suite.tasks} == {"organmnist3d", "nodulemnist3d", "adrenalmnist3d",
-                                                 "fracturemnist3d", "vesselmnist3d", "synapsemnist3d"}
+    assert {t.dataset for t in suite.tasks} == {
+        "organmnist3d",
+        "nodulemnist3d",
+        "adrenalmnist3d",
+        "fracturemnist3d",
+        "vesselmnist3d",
+        "synapsemnist3d",
+    }
     assert all(t.kind == "classification" and t.metric == "auroc" for t in suite.tasks)
 
 
@@ -194,6 +223,7 @@ def test_derived_split_files_name_the_served_splits():
 
 
 # ------------------------------------------------------------------------------------- embedded suites
+
 
 def test_chest_xray_split_file_and_suite():
     from datasets import chest_xray as cx
@@ -216,8 +246,12 @@ def test_chest_xray_generates_and_reads(tmp_path, monkeypatch):
     from datasets import chest_xray as cx
     from datasets.synthetic import chest_xray as gen
 
-    splits = {"train": ["00000001_000.png", "00000001_001.png"], "val": [], "test": ["00000002_000.png"],
-              "pretrain": ["00010001_000.png"]}
+    splits = {
+        "train": ["00000001_000.png", "00000001_001.png"],
+        "val": [],
+        "test": ["00000002_000.png"],
+        "pretrain": ["00010001_000.png"],
+    }
     monkeypatch.setattr(cx, "load_split_file", lambda name: splits)
     small = gen.CXRConfig(size=(64, 64))
     real_write = gen.write_cxr14_layout
@@ -248,9 +282,16 @@ def test_brain_split_suite_and_generation(tmp_path, monkeypatch):
 
     splits = {"train": ["brain0001"], "val": [], "test": ["brain0002"], "pretrain": ["brain0300"]}
     monkeypatch.setattr("datasets.base.load_split_file", lambda name: splits)
-    monkeypatch.setattr(gen, "generate_subject", lambda seed, cfg=None, label=None: {
-        "image": np.full((6, 5, 4), seed % 1000, np.int16), "lesion": np.zeros((6, 5, 4), np.uint8),
-        "label": gen.class_of(seed), "affine": np.diag([2.0, 2.0, 2.0, 1.0])})
+    monkeypatch.setattr(
+        gen,
+        "generate_subject",
+        lambda seed, cfg=None, label=None: {
+            "image": np.full((6, 5, 4), seed % 1000, np.int16),
+            "lesion": np.zeros((6, 5, 4), np.uint8),
+            "label": gen.class_of(seed),
+            "affine": np.diag([2.0, 2.0, 2.0, 1.0]),
+        },
+    )
     cls = DATASETS.get("brain")(cache_dir=tmp_path)
     cls.prepare(progress=False)
     rec = cls.records("test")[0]

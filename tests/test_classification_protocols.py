@@ -1,4 +1,5 @@
 """Classification protocols: linear probe, finetune, kNN and few-shot on toy data with known answers."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,7 @@ class ToyImages:
                 img = rng.normal(0, noise, (1, 16, 16)).astype(np.float32)
                 for c in classes:
                     r, q = divmod(c, 2)
-                    img[0, 8 * r:8 * r + 8, 8 * q:8 * q + 8] += 1.0
+                    img[0, 8 * r : 8 * r + 8, 8 * q : 8 * q + 8] += 1.0
                 rid = f"{split}{i}"
                 items.append((Record(rid, rid, f"{rid}.png", classes=classes), img))
             self.data[split] = items
@@ -73,9 +74,18 @@ def toy_export(monkeypatch):
 
 def _ctx(ds, tmp_path: Path, protocol: str, steps: int = 60, fraction: float = 1.0) -> TransferContext:
     task = Task("toy", "toy_images", "classification", (protocol,), metric="auroc")
-    return TransferContext(export_path=tmp_path / "export.pt", dataset=ds, cell=Cell(task, protocol, fraction, 0),
-                           run_dir=tmp_path / "run", device=torch.device("cpu"), preprocess=Preprocess(0.0, 3.0),
-                           roi=(16, 16), steps=steps, batch_size=16, progress=False)
+    return TransferContext(
+        export_path=tmp_path / "export.pt",
+        dataset=ds,
+        cell=Cell(task, protocol, fraction, 0),
+        run_dir=tmp_path / "run",
+        device=torch.device("cpu"),
+        preprocess=Preprocess(0.0, 3.0),
+        roi=(16, 16),
+        steps=steps,
+        batch_size=16,
+        progress=False,
+    )
 
 
 def _overall(result, metric="auroc") -> list[float]:
@@ -104,9 +114,11 @@ def test_stored_per_image_predictions_reproduce_the_stored_auroc(toy_export, tmp
     """The leaderboard bootstraps test images from the pred_score / pred_target rows: they must hold every test
     image once per scored class and give back exactly the AUROC the cell stored."""
     from bench.stats import mean_auroc
+
     cls = resolve_protocol(protocol, "classification")
     res = cls(cls.make_config({"steps": 20} if protocol == "linear_probe" else {})).run(
-        _ctx(ToyImages(task, N), tmp_path, protocol, steps=20))
+        _ctx(ToyImages(task, N), tmp_path, protocol, steps=20)
+    )
     scored = sorted({r["class"] for r in res.rows if r["metric"] == "auroc" and r["class"] >= 0})
     frame = {(r["case"], r["class"], r["metric"]): r["value"] for r in res.rows if r["metric"].startswith("pred_")}
     images = sorted({k[0] for k in frame})
@@ -129,7 +141,8 @@ def test_finetune_trains_the_encoder_and_selects_on_val(toy_export, tmp_path):
 def test_few_shot_stores_one_case_per_draw_with_k_examples_per_class(toy_export, tmp_path):
     cls = resolve_protocol("few_shot", "classification")
     res = cls(cls.make_config({"shots": 3, "draws": 4, "steps": 60})).run(
-        _ctx(ToyImages("multiclass", N), tmp_path, "few_shot"))
+        _ctx(ToyImages("multiclass", N), tmp_path, "few_shot")
+    )
     assert sorted({r["case"] for r in res.rows}) == [f"draw{d}" for d in range(4)]
     assert min(_overall(res)) > 0.9
 

@@ -1,4 +1,5 @@
 """End to end through the real command line, on the smoke suite with capped steps."""
+
 from __future__ import annotations
 
 import os
@@ -12,20 +13,34 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["suite=smoke", "suite.budget_caps.pretrain_steps=2", "suite.budget_caps.transfer_steps=2",
-        "progress=false", "budget=quick", "device=cpu"]
+FAST = [
+    "suite=smoke",
+    "suite.budget_caps.pretrain_steps=2",
+    "suite.budget_caps.transfer_steps=2",
+    "progress=false",
+    "budget=quick",
+    "device=cpu",
+]
 
 
 def run_bench(args, env_data: Path, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, SSLBENCH_DATA=str(env_data), HYDRA_FULL_ERROR="0")
-    return subprocess.run([sys.executable, "run_bench.py", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "run_bench.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
-@pytest.mark.parametrize("arg, known", [("method=nosuch", "random"), ("suite=nosuch", "smoke"),
-                                        ("budget=nosuch", "quick"), ("protocol=fintune", "finetune"),
-                                        ("+experiment=nosuch", "brain_lesion_3d_encoders"),
-                                        ("protocol.segmentation.lr=1", "protocols.finetune.segmentation.lr")])
+@pytest.mark.parametrize(
+    "arg, known",
+    [
+        ("method=nosuch", "random"),
+        ("suite=nosuch", "smoke"),
+        ("budget=nosuch", "quick"),
+        ("protocol=fintune", "finetune"),
+        ("+experiment=nosuch", "brain_lesion_3d_encoders"),
+        ("protocol.segmentation.lr=1", "protocols.finetune.segmentation.lr"),
+    ],
+)
 def test_unknown_name_is_one_line_exit_2(arg, known, data_dir, tmp_path):
     p = run_bench([arg, f"runs_dir={tmp_path}"], data_dir)
     assert p.returncode == 2, p.stderr
@@ -58,8 +73,10 @@ def test_smoke_end_to_end_and_skip_on_rerun(data_dir, tmp_path):
 
     (export,) = runs.glob("pretrain/simmim3d/*/export.pt")
     meta = torch.load(export, weights_only=True)["meta"]
-    pre = con.execute("SELECT DISTINCT pretrain_hash, pretrain_device, pretrain_wall_s, pretrain_gpu_hours, "
-                      "pretrain_cpu_hours, device FROM cells").fetchall()
+    pre = con.execute(
+        "SELECT DISTINCT pretrain_hash, pretrain_device, pretrain_wall_s, pretrain_gpu_hours, "
+        "pretrain_cpu_hours, device FROM cells"
+    ).fetchall()
     assert pre == [(export.parent.name, meta["device"], meta["wall_s"], 0.0, meta["wall_s"] / 3600, meta["device"])]
     assert meta["wall_s"] > 0 and meta["device_type"] == "cpu"
     assert "### Pretraining compute" in board and f"| simmim3d | `{export.parent.name}` |" in board
@@ -73,13 +90,19 @@ def test_smoke_end_to_end_and_skip_on_rerun(data_dir, tmp_path):
     assert again.stdout.count("[transfer] skip") == 2 and "cached export" in again.stdout
 
 
-@pytest.mark.slow   # minutes of real training on 2 cores; run by make test-all (CI)
+@pytest.mark.slow  # minutes of real training on 2 cores; run by make test-all (CI)
 def test_kill_during_pretraining_resumes(data_dir, tmp_path):
     runs = tmp_path / "runs"
     args = ["method=simmim3d", "stage=pretrain", f"runs_dir={runs}", "suite.budget_caps.pretrain_steps=8", *FAST[2:]]
     env = dict(os.environ, SSLBENCH_DATA=str(data_dir))
-    proc = subprocess.Popen([sys.executable, "run_bench.py", "suite=smoke", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "run_bench.py", "suite=smoke", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     ckpts: list[Path] = []
     while time.time() < deadline and not ckpts:
@@ -100,7 +123,7 @@ def test_kill_during_pretraining_resumes(data_dir, tmp_path):
     assert steps.count(1) == 1, steps
 
 
-@pytest.mark.slow   # minutes of real training on 2 cores; run by make test-all (CI)
+@pytest.mark.slow  # minutes of real training on 2 cores; run by make test-all (CI)
 def test_resumed_cell_records_the_compute_of_the_interrupted_run(data_dir, tmp_path):
     import torch
 
@@ -119,11 +142,11 @@ def test_resumed_cell_records_the_compute_of_the_interrupted_run(data_dir, tmp_p
         con.execute("DELETE FROM cells")
     p = run_bench(args, data_dir)
     assert p.returncode == 0, p.stderr[-3000:]
-    (wall, cpu_h), = sqlite3.connect(db).execute("SELECT wall_s, cpu_hours FROM cells").fetchall()
+    ((wall, cpu_h),) = sqlite3.connect(db).execute("SELECT wall_s, cpu_hours FROM cells").fetchall()
     assert 1000.0 < wall < 1300.0 and cpu_h == pytest.approx(wall / 3600)
 
 
-@pytest.mark.slow   # minutes of real training on 2 cores; run by make test-all (CI)
+@pytest.mark.slow  # minutes of real training on 2 cores; run by make test-all (CI)
 def test_random_baseline_runs_without_pretraining(data_dir, tmp_path):
     runs = tmp_path / "runs"
     p = run_bench(["method=random", "protocol=linear_probe", f"runs_dir={runs}", *FAST], data_dir)
@@ -131,7 +154,8 @@ def test_random_baseline_runs_without_pretraining(data_dir, tmp_path):
     con = sqlite3.connect(runs / "results.sqlite")
     assert con.execute("SELECT method, protocol FROM cells").fetchall() == [("random", "linear_probe")]
     assert con.execute("SELECT pretrain_device, pretrain_wall_s, pretrain_cpu_hours FROM cells").fetchall() == [
-        (None, None, None)]
+        (None, None, None)
+    ]
     exports = list(runs.glob("pretrain/random/*/export.pt"))
     assert len(exports) == 1 and not list(runs.glob("pretrain/random/*/scalars.jsonl"))
 
@@ -146,12 +170,20 @@ def test_bare_method_options_become_method_config_overrides():
     from bench.cli import bare_method_options
 
     got = bare_method_options(["method=external", "checkpoint=/x/model_swinvit.pt", "format=asa", "seed=0"])
-    assert got == ["method=external", "++method.config.checkpoint=/x/model_swinvit.pt", "++method.config.format=asa",
-                   "seed=0"]
+    assert got == [
+        "method=external",
+        "++method.config.checkpoint=/x/model_swinvit.pt",
+        "++method.config.format=asa",
+        "seed=0",
+    ]
     # top-level keys and other methods' options are left to Hydra (which rejects what it does not know)
     assert bare_method_options(["method=simmim3d", "checkpoint=/x", "mask_ratio=0.6", "seed=1"]) == [
-        "method=simmim3d", "checkpoint=/x", "++method.config.mask_ratio=0.6", "seed=1"]
-    assert bare_method_options(["mask_ratio=0.6"]) == ["++method.config.mask_ratio=0.6"]   # default method simmim3d
+        "method=simmim3d",
+        "checkpoint=/x",
+        "++method.config.mask_ratio=0.6",
+        "seed=1",
+    ]
+    assert bare_method_options(["mask_ratio=0.6"]) == ["++method.config.mask_ratio=0.6"]  # default method simmim3d
 
 
 def test_an_experiment_keeps_its_own_budget():
@@ -175,8 +207,17 @@ def test_external_checkpoint_short_form_end_to_end(data_dir, tmp_path):
 
     bb = build_backbone("swin_unetr_tiny")
     save_export(bb, tmp_path / "enc.pt", {"method": "random"})
-    p = run_bench(["method=external", f"checkpoint={tmp_path / 'enc.pt'}", "format=bench", "stage=pretrain",
-                   f"runs_dir={tmp_path / 'runs'}", *FAST], data_dir)
+    p = run_bench(
+        [
+            "method=external",
+            f"checkpoint={tmp_path / 'enc.pt'}",
+            "format=bench",
+            "stage=pretrain",
+            f"runs_dir={tmp_path / 'runs'}",
+            *FAST,
+        ],
+        data_dir,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     exports = list((tmp_path / "runs" / "pretrain" / "external").glob("*/export.pt"))
     assert len(exports) == 1
@@ -203,8 +244,7 @@ def test_bad_real_data_is_one_error_before_training_and_nothing_is_stored(data_d
     gz = img / "img0003.nii.gz"
     gz.write_bytes(gz.read_bytes()[:-20])
     runs = tmp_path / "runs"
-    p = run_bench(["suite=btcv", "method=random", f"data.root={root}", f"runs_dir={runs}", "progress=false"],
-                  data_dir)
+    p = run_bench(["suite=btcv", "method=random", f"data.root={root}", f"runs_dir={runs}", "progress=false"], data_dir)
     assert p.returncode == 2, p.stdout + p.stderr
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
@@ -219,4 +259,3 @@ def test_bad_pretrain_seed_is_one_line_exit_2(bad, data_dir, tmp_path):
     assert p.returncode == 2, p.stderr[-2000:]
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "pretrain_seed" in lines[0] and "tied" in lines[0] and "Traceback" not in p.stderr
-

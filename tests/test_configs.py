@@ -1,4 +1,5 @@
 """Compose the real Hydra configs (LHT style): broken YAML fails here, not in a user's run."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,8 +98,9 @@ def _suite_for(method: str) -> str:
 
     tags = METHODS.tags(method)
     want = 2 if "2d" in tags and "3d" not in tags else 3
-    return next(s for s in ["smoke", *SUITES.names()]
-                if DATASETS.get(SUITES.get(s).pretrain_dataset).info.spatial_dims == want)
+    return next(
+        s for s in ["smoke", *SUITES.names()] if DATASETS.get(SUITES.get(s).pretrain_dataset).info.spatial_dims == want
+    )
 
 
 @pytest.mark.parametrize("method", METHODS.names())
@@ -129,13 +131,14 @@ def test_method_budget_config_applies_unless_the_user_set_the_option(tmp_path):
     quick = make_plan(_compose(["method=asa", "budget=quick", f"runs_dir={tmp_path}"]))
     paper = make_plan(_compose(["method=asa", "budget=paper", f"runs_dir={tmp_path}"]))
     mine = make_plan(_compose(["method=asa", "budget=paper", "method.config.roi=[96,96,96]", f"runs_dir={tmp_path}"]))
-    back = make_plan(_compose(["method=asa", "budget=quick", "method.config.ema_momentum=0.999",
-                               f"runs_dir={tmp_path}"]))
+    back = make_plan(
+        _compose(["method=asa", "budget=quick", "method.config.ema_momentum=0.999", f"runs_dir={tmp_path}"])
+    )
     assert quick.method_cfg["roi"] is None and quick.method_cfg["ema_momentum"] == 0.99
-    assert paper.method_cfg["roi"] == [128, 128, 128]      # ASA's paper geometry
-    assert paper.method_cfg["ema_momentum"] == 0.999       # the quick block stays at quick
+    assert paper.method_cfg["roi"] == [128, 128, 128]  # ASA's paper geometry
+    assert paper.method_cfg["ema_momentum"] == 0.999  # the quick block stays at quick
     assert mine.method_cfg["roi"] == [96, 96, 96]
-    assert back.method_cfg["ema_momentum"] == 0.999        # the YAML's default, asked for explicitly
+    assert back.method_cfg["ema_momentum"] == 0.999  # the YAML's default, asked for explicitly
 
 
 def test_every_specialising_config_names_a_real_method_budget_and_option():
@@ -143,8 +146,11 @@ def test_every_specialising_config_names_a_real_method_budget_and_option():
     registered names, and each key an option of that method's config or of a protocol's kind."""
     budgets = {p.stem for p in (CONF / "budget").glob("*.yaml")}
     for p in (CONF / "method_budget").glob("*.yaml"):
-        method, budget = next((m, p.stem[len(m) + 1:]) for m in sorted(METHODS.names(), key=len, reverse=True)
-                              if p.stem.startswith(m + "_"))
+        method, budget = next(
+            (m, p.stem[len(m) + 1 :])
+            for m in sorted(METHODS.names(), key=len, reverse=True)
+            if p.stem.startswith(m + "_")
+        )
         assert budget in budgets, p
         fields = {f.name for f in dataclasses.fields(METHODS.get(method).Config)}
         assert set(OmegaConf.load(p)) <= fields, p
@@ -169,8 +175,9 @@ def test_suite_preprocessing_is_chosen_by_config_and_keys_the_caches(tmp_path):
 
     base = make_plan(_compose(["suite=btcv", "method=random", f"runs_dir={tmp_path}"]))
     assert suite_preprocess(base).spacing == (1.5, 1.5, 2.0) and suite_preprocess(base).a_min == -175.0  # ASA's
-    mine = make_plan(_compose(["suite=btcv", "method=random", "+suite.preprocessing.a_min=-1000",
-                               f"runs_dir={tmp_path}"]))
+    mine = make_plan(
+        _compose(["suite=btcv", "method=random", "+suite.preprocessing.a_min=-1000", f"runs_dir={tmp_path}"])
+    )
     assert suite_preprocess(mine).a_min == -1000.0 and suite_preprocess(mine).spacing == (1.5, 1.5, 2.0)
     assert suite_preprocess(mine).key() != suite_preprocess(base).key()
     assert pretrain_identity(mine) != pretrain_identity(base)
@@ -187,7 +194,7 @@ def test_a_new_suite_version_never_reuses_an_encoder_pretrained_on_the_old_data(
     assert plan.suite.version == 2 and plan.suite.pretrain_dataset == "abdomen"
     v1 = dataclasses.replace(plan, suite=dataclasses.replace(plan.suite, version=1))
     assert runner.config_hash(runner.pretrain_identity(v1)) != runner.config_hash(runner.pretrain_identity(plan))
-    assert "suite_version" not in runner.pretrain_identity(v1)     # the hashes of version-1 caches are unchanged
+    assert "suite_version" not in runner.pretrain_identity(v1)  # the hashes of version-1 caches are unchanged
 
 
 def test_leaderboard_stage_of_a_2d_suite_needs_no_2d_method(tmp_path):
@@ -202,6 +209,7 @@ def test_leaderboard_stage_of_a_2d_suite_needs_no_2d_method(tmp_path):
 def test_label_fraction_selects_the_cells_and_refuses_a_fraction_the_suite_lacks(tmp_path):
     from bench.runner import UserError, make_plan
     from bench.suites import expand
+
     plan = make_plan(_compose(["suite=abdomen", "method=random", "label_fraction=0.125", f"runs_dir={tmp_path}"]))
     cells = expand(plan.suite, plan.seeds, plan.protocol, plan.label_fraction)
     everything = expand(plan.suite, plan.seeds, plan.protocol)
@@ -214,6 +222,7 @@ def test_label_fraction_selects_the_cells_and_refuses_a_fraction_the_suite_lacks
 
 def test_few_shot_runs_once_per_seed_not_once_per_label_fraction(tmp_path):
     from bench.runner import UserError, make_plan, transfer_cells
+
     plan = make_plan(_compose(["suite=chest_xray", "method=random", f"runs_dir={tmp_path}"]))
     cells = transfer_cells(plan)
     task = plan.suite.task("findings4")
@@ -223,24 +232,29 @@ def test_few_shot_runs_once_per_seed_not_once_per_label_fraction(tmp_path):
         by.setdefault(c.protocol, set()).add(c.label_fraction)
     # few_shot draws its k shots per class from the whole train split: a second fraction would repeat the run
     assert by.pop("few_shot") == {1.0}
-    assert all(fr == set(task.label_fractions) for fr in by.values()) and set(by) == {"linear_probe", "finetune",
-                                                                                      "knn"}
+    assert all(fr == set(task.label_fractions) for fr in by.values()) and set(by) == {"linear_probe", "finetune", "knn"}
     assert sum(c.protocol == "few_shot" for c in cells) == len(plan.suite.seeds)
-    asked = make_plan(_compose(["suite=chest_xray", "method=random", "protocol=few_shot", "label_fraction=0.1",
-                                f"runs_dir={tmp_path}"]))
-    with pytest.raises(UserError, match="protocol=few_shot picks its own labelled examples and runs at "
-                                        "label_fraction=1 only"):
+    asked = make_plan(
+        _compose(
+            ["suite=chest_xray", "method=random", "protocol=few_shot", "label_fraction=0.1", f"runs_dir={tmp_path}"]
+        )
+    )
+    with pytest.raises(
+        UserError, match="protocol=few_shot picks its own labelled examples and runs at label_fraction=1 only"
+    ):
         transfer_cells(asked)
 
 
 def test_task_selects_that_tasks_cells_and_refuses_a_task_or_protocol_the_suite_lacks(tmp_path):
     from bench.runner import UserError, make_plan
     from bench.suites import expand
-    plan = make_plan(_compose(["suite=brain", "method=random", "task=side3", "protocol=linear_probe",
-                               f"runs_dir={tmp_path}"]))
+
+    plan = make_plan(
+        _compose(["suite=brain", "method=random", "task=side3", "protocol=linear_probe", f"runs_dir={tmp_path}"])
+    )
     cells = expand(plan.suite, plan.seeds, plan.protocol, plan.label_fraction, plan.task)
     everything = expand(plan.suite, plan.seeds, plan.protocol)
-    assert {c.task.name for c in everything} == {"side3", "lesion"}           # both tasks have a linear probe
+    assert {c.task.name for c in everything} == {"side3", "lesion"}  # both tasks have a linear probe
     assert cells and {c.task.name for c in cells} == {"side3"}
     assert len(cells) == sum(c.task.name == "side3" for c in everything)
     with pytest.raises(UserError, match="task=organs: suite 'brain' has tasks side3, lesion"):
@@ -256,12 +270,21 @@ def test_budget_protocol_block_sets_segmentation_finetune_lr_unless_the_user_set
         cfg = _compose(["suite=abdomen", "method=random", f"runs_dir={tmp_path}", *overrides])
         return protocol_options(make_plan(cfg), "finetune", kind)["lr"]
 
-    assert lr(["budget=standard"]) == 1e-4                         # the protocol YAML
-    assert lr(["budget=quick"]) == 1e-3                            # quick's short schedule
+    assert lr(["budget=standard"]) == 1e-4  # the protocol YAML
+    assert lr(["budget=quick"]) == 1e-3  # quick's short schedule
     assert lr(["budget=quick", "protocols.finetune.segmentation.lr=3e-4"]) == 3e-4
-    assert lr(["budget=quick", "protocols.finetune.segmentation.lr=1e-4"]) == 1e-4   # the YAML's value, asked for
-    assert lr(["budget=quick"], "classification") == 1e-4          # only the kind the block names
+    assert lr(["budget=quick", "protocols.finetune.segmentation.lr=1e-4"]) == 1e-4  # the YAML's value, asked for
+    assert lr(["budget=quick"], "classification") == 1e-4  # only the kind the block names
     # a misspelt option is refused when the plan is made, before any pretraining
     with pytest.raises(UserError, match="protocols.finetune.segmentation: .*lrr"):
-        make_plan(_compose(["suite=abdomen", "method=random", "budget=quick", f"runs_dir={tmp_path}",
-                            "+protocols.finetune.segmentation.lrr=1"]))
+        make_plan(
+            _compose(
+                [
+                    "suite=abdomen",
+                    "method=random",
+                    "budget=quick",
+                    f"runs_dir={tmp_path}",
+                    "+protocols.finetune.segmentation.lrr=1",
+                ]
+            )
+        )

@@ -1,4 +1,5 @@
 """The generated-data cache: corrupt or missing files regenerate, half-written sets are never valid."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,9 @@ def _writers(calls: list[str]):
             tmp = p.with_name(".tmp-" + p.name)
             tmp.write_text(f"content of {name}")
             os.replace(tmp, p)
+
         return write
+
     return {f"imagesTr/{n}.txt": make(n) for n in ("a", "b", "c")}
 
 

@@ -17,6 +17,7 @@ For each dataset:
 
 Real datasets have no data here: checks 1-5 only.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,12 +55,16 @@ def make(name: str, tmp_path) -> BaseAdapter:
     cls = DATASETS.get(name)
     if cls.info.synthetic:
         return cls(cache_dir=tmp_path)
-    return cls(root=tmp_path / "no-data-here", cache_dir=tmp_path)   # a real dataset: no files are read
+    return cls(root=tmp_path / "no-data-here", cache_dir=tmp_path)  # a real dataset: no files are read
 
 
 def patient_patterns(name: str) -> list[re.Pattern]:
-    pats = {t.patient_pattern for s in SUITES.names() for t in SUITES.get(s).tasks
-            if t.dataset == name and t.patient_pattern}
+    pats = {
+        t.patient_pattern
+        for s in SUITES.names()
+        for t in SUITES.get(s).tasks
+        if t.dataset == name and t.patient_pattern
+    }
     return [re.compile(p) for p in sorted(pats)]
 
 
@@ -102,11 +107,13 @@ NAMES = DATASETS.names()
 
 def test_every_dataset_is_checked():
     assert len(NAMES) >= 20 and {"smoke", "abdomen", "amos", "msd_pancreas", "btcv_liu"} <= set(NAMES)
-    assert {"info", "registry_name", "split_name", "prepare", "records", "load", "validate"} <= \
-        protocol_members(DatasetAdapter)
+    assert {"info", "registry_name", "split_name", "prepare", "records", "load", "validate"} <= protocol_members(
+        DatasetAdapter
+    )
 
 
 # ---------------------------------------------------------------------------------------------- 1. the protocol
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_adapter_has_every_protocol_member(name, tmp_path):
@@ -125,6 +132,7 @@ def test_adapter_has_every_protocol_member(name, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- 2. the split file
 
+
 @pytest.mark.parametrize("name", NAMES)
 def test_split_file_is_present_and_well_formed(name, tmp_path):
     fname = split_file_name(name)
@@ -135,21 +143,25 @@ def test_split_file_is_present_and_well_formed(name, tmp_path):
     splits = types.load_split_file(fname)
     assert isinstance(splits, dict)
     for k, v in splits.items():
-        assert isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) and i for i in v), \
+        assert isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) and i for i in v), (
             f"{path}: split {k!r} is not a list of ids"
+        )
     served = set(make(name, tmp_path).split_names())
     if doc.get("derived"):
         # ids come from the dataset's own files at load time; the keys must name what the adapter serves
         assert not any(splits.values()), f"{path}: a derived split file lists ids"
-        assert served <= set(splits), (f"{path} is derived but does not name the split(s) "
-                                       f"{sorted(served - set(splits))} that {name!r} serves")
+        assert served <= set(splits), (
+            f"{path} is derived but does not name the split(s) {sorted(served - set(splits))} that {name!r} serves"
+        )
     else:
-        assert any(splits.values()), f"{path}: no ids, and not declared \"derived\": true"
-        assert set(splits) <= served, (f"{path}: split(s) {sorted(set(splits) - served)} are not served by "
-                                       f"{name!r} (split_names {sorted(served)})")
+        assert any(splits.values()), f'{path}: no ids, and not declared "derived": true'
+        assert set(splits) <= served, (
+            f"{path}: split(s) {sorted(set(splits) - served)} are not served by {name!r} (split_names {sorted(served)})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- 3. unique ids
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_ids_are_unique_within_each_split(name):
@@ -159,6 +171,7 @@ def test_ids_are_unique_within_each_split(name):
 
 
 # ---------------------------------------------------------------------------------------------- 4. no leakage
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_id_or_patient_in_two_splits(name, tmp_path):
@@ -180,25 +193,33 @@ def test_no_id_or_patient_in_two_splits(name, tmp_path):
     for corpus in (s for s in ids if s not in roles):
         for ev in evaluated:
             if both := patients[corpus] & patients[ev]:
-                problems.append(f"corpus split {corpus!r} holds {len(both)} patient(s) of evaluation split "
-                                f"{ev!r}: {sorted(both)[:6]}")
+                problems.append(
+                    f"corpus split {corpus!r} holds {len(both)} patient(s) of evaluation split "
+                    f"{ev!r}: {sorted(both)[:6]}"
+                )
     assert not problems, f"{split_file_name(name)}.json ({name}): " + "; ".join(problems)
 
 
 # ---------------------------------------------------------------------------------------------- 5. suites' splits
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_split_a_suite_uses_exists(name, tmp_path):
     ds = make(name, tmp_path)
     served = set(ds.split_names())
     missing = {sp: who for sp, who in uses(name).items() if sp not in served}
-    assert not missing, f"dataset {name!r} does not serve " + "; ".join(
-        f"split {sp!r} used by {', '.join(who)}" for sp, who in missing.items()) + f" (it serves {sorted(served)})"
+    assert not missing, (
+        f"dataset {name!r} does not serve "
+        + "; ".join(f"split {sp!r} used by {', '.join(who)}" for sp, who in missing.items())
+        + f" (it serves {sorted(served)})"
+    )
     # the leakage guard (bench/runner.py check_leakage) hashes the val/test splits its split file names
     keys = set(types.load_split_file(split_file_name(name)))
     unseen = sorted(s for s in served if (m := EVAL_SPLIT.match(s)) and m["role"] != "train" and s not in keys)
-    assert not unseen, (f"dataset {name!r} serves evaluation split(s) {unseen} that its split file "
-                        f"{split_file_name(name)}.json does not name, so the leakage guard never checks them")
+    assert not unseen, (
+        f"dataset {name!r} serves evaluation split(s) {unseen} that its split file "
+        f"{split_file_name(name)}.json does not name, so the leakage guard never checks them"
+    )
 
 
 def test_suites_name_registered_datasets():
@@ -234,7 +255,7 @@ def test_synthetic_dataset_generates_and_a_record_loads(name, data_dir, monkeypa
     ds = cls(cache_dir=data_dir / "contract")
     ds.prepare(progress=False)
     split = next(s for s in ("train", "test", "val") if ds.records(s))
-    assert len(ds.split_ids(split)) == 1   # the cut took: one case was generated, not the whole set
+    assert len(ds.split_ids(split)) == 1  # the cut took: one case was generated, not the whole set
     rec = ds.records(split)[0]
     sample = ds.load(rec)
     image = sample["image"]

@@ -1,4 +1,5 @@
 """The one training loop: schedule, resume, NaN guard, EMA timing under accumulation."""
+
 from __future__ import annotations
 
 import math
@@ -21,12 +22,13 @@ class Toy(nn.Module):
 def _loader():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 4, generator=g)
-    return [{"x": x[i:i + 2], "y": x[i:i + 2].sum(1, keepdim=True)} for i in range(0, 8, 2)]
+    return [{"x": x[i : i + 2], "y": x[i : i + 2].sum(1, keepdim=True)} for i in range(0, 8, 2)]
 
 
 def _step(model):
     def step(batch, info):
         return StepOutput(((model.lin(batch["x"]) - batch["y"]) ** 2).mean())
+
     return step
 
 
@@ -49,16 +51,32 @@ def _crash_at_step_9(model, cfg, run_dir):
         return inner(batch, info)
 
     with pytest.raises(KeyboardInterrupt):
-        fit(model, crashing, [{"params": model.lin.parameters()}], _loader(), cfg, run_dir,
-            device=torch.device("cpu"), progress=False)
+        fit(
+            model,
+            crashing,
+            [{"params": model.lin.parameters()}],
+            _loader(),
+            cfg,
+            run_dir,
+            device=torch.device("cpu"),
+            progress=False,
+        )
 
 
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
     cfg = TrainConfig(steps=12, lr=0.05, optimizer="sgd", checkpoint_every=4, amp=False, weight_decay=0.0)
     torch.manual_seed(0)
     ref = Toy()
-    fit(ref, _step(ref), [{"params": ref.lin.parameters()}], _loader(), cfg, tmp_path / "ref",
-        device=torch.device("cpu"), progress=False)
+    fit(
+        ref,
+        _step(ref),
+        [{"params": ref.lin.parameters()}],
+        _loader(),
+        cfg,
+        tmp_path / "ref",
+        device=torch.device("cpu"),
+        progress=False,
+    )
 
     torch.manual_seed(0)
     _crash_at_step_9(Toy(), cfg, tmp_path / "run")
@@ -70,8 +88,16 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
         seen.append(info.step)
         return _step(m2)(batch, info)
 
-    res = fit(m2, recording, [{"params": m2.lin.parameters()}], _loader(), cfg, tmp_path / "run",
-              device=torch.device("cpu"), progress=False)
+    res = fit(
+        m2,
+        recording,
+        [{"params": m2.lin.parameters()}],
+        _loader(),
+        cfg,
+        tmp_path / "run",
+        device=torch.device("cpu"),
+        progress=False,
+    )
     assert seen[0] == 8, "resumed from the step-8 checkpoint"
     assert res.steps == 12
     # 8 is a multiple of the 4-batch epoch, so the restarted loader feeds the same batches as the
@@ -87,12 +113,28 @@ def test_resumed_fit_reports_the_training_time_of_the_interrupted_process(tmp_pa
     assert before > 0
     m2 = Toy()
     with earlier_wall() as earlier:
-        res = fit(m2, _step(m2), [{"params": m2.lin.parameters()}], _loader(), cfg, tmp_path / "run",
-                  device=torch.device("cpu"), progress=False)
+        res = fit(
+            m2,
+            _step(m2),
+            [{"params": m2.lin.parameters()}],
+            _loader(),
+            cfg,
+            tmp_path / "run",
+            device=torch.device("cpu"),
+            progress=False,
+        )
     assert earlier == [before] and res.wall_s > before
-    with earlier_wall() as fresh:   # a run that starts from scratch has no earlier time
-        fit(m2, _step(m2), [{"params": m2.lin.parameters()}], _loader(), cfg, tmp_path / "fresh",
-            device=torch.device("cpu"), progress=False)
+    with earlier_wall() as fresh:  # a run that starts from scratch has no earlier time
+        fit(
+            m2,
+            _step(m2),
+            [{"params": m2.lin.parameters()}],
+            _loader(),
+            cfg,
+            tmp_path / "fresh",
+            device=torch.device("cpu"),
+            progress=False,
+        )
     assert fresh == []
 
 
@@ -108,8 +150,16 @@ def test_nan_guard_skips_and_gives_up(tmp_path):
         return out
 
     before = m.lin.weight.clone()
-    res = fit(m, step, [{"params": m.lin.parameters()}], _loader(), TrainConfig(steps=6, amp=False),
-              tmp_path / "a", device=torch.device("cpu"), progress=False)
+    res = fit(
+        m,
+        step,
+        [{"params": m.lin.parameters()}],
+        _loader(),
+        TrainConfig(steps=6, amp=False),
+        tmp_path / "a",
+        device=torch.device("cpu"),
+        progress=False,
+    )
     assert res.skipped_steps == 1 and res.steps == 6 and not torch.equal(before, m.lin.weight)
     assert torch.isfinite(m.lin.weight).all()
 
@@ -117,8 +167,16 @@ def test_nan_guard_skips_and_gives_up(tmp_path):
         return StepOutput(_step(m)(batch, info).loss * float("nan"))
 
     with pytest.raises(NonFiniteLossError):
-        fit(m, always_nan, [{"params": m.lin.parameters()}], _loader(), TrainConfig(steps=6, max_bad_steps=3),
-            tmp_path / "b", device=torch.device("cpu"), progress=False)
+        fit(
+            m,
+            always_nan,
+            [{"params": m.lin.parameters()}],
+            _loader(),
+            TrainConfig(steps=6, max_bad_steps=3),
+            tmp_path / "b",
+            device=torch.device("cpu"),
+            progress=False,
+        )
 
 
 def test_ema_only_after_real_optimizer_steps(tmp_path):
@@ -129,8 +187,18 @@ def test_ema_only_after_real_optimizer_steps(tmp_path):
         momenta.append(progress)
         return 0.5
 
-    fit(m, _step(m), [{"params": m.lin.parameters()}], _loader(), TrainConfig(steps=5, accumulate=3, amp=False),
-        tmp_path, device=torch.device("cpu"), ema_pairs=[(m.lin, m.teacher)], ema_momentum=mom, progress=False)
+    fit(
+        m,
+        _step(m),
+        [{"params": m.lin.parameters()}],
+        _loader(),
+        TrainConfig(steps=5, accumulate=3, amp=False),
+        tmp_path,
+        device=torch.device("cpu"),
+        ema_pairs=[(m.lin, m.teacher)],
+        ema_momentum=mom,
+        progress=False,
+    )
     assert len(momenta) == 5, "one EMA update per optimizer step, not per micro-batch"
     assert momenta[-1] == pytest.approx(1.0)
 
@@ -150,8 +218,17 @@ def test_teacher_requiring_grad_is_refused(tmp_path):
     for p in m.teacher.parameters():
         p.requires_grad_(True)
     with pytest.raises(AssertionError):
-        fit(m, _step(m), [{"params": m.lin.parameters()}], _loader(), TrainConfig(steps=1), tmp_path,
-            device=torch.device("cpu"), ema_pairs=[(m.lin, m.teacher)], progress=False)
+        fit(
+            m,
+            _step(m),
+            [{"params": m.lin.parameters()}],
+            _loader(),
+            TrainConfig(steps=1),
+            tmp_path,
+            device=torch.device("cpu"),
+            ema_pairs=[(m.lin, m.teacher)],
+            progress=False,
+        )
 
 
 def test_model_selection_keeps_best(tmp_path):
@@ -164,9 +241,17 @@ def test_model_selection_keeps_best(tmp_path):
         snap[s] = m.lin.weight.detach().clone()
         return s
 
-    res = fit(m, _step(m), [{"params": m.lin.parameters()}], _loader(),
-              TrainConfig(steps=6, eval_every=2, amp=False, lr=0.1), tmp_path, device=torch.device("cpu"),
-              eval_fn=ev, progress=False)
+    res = fit(
+        m,
+        _step(m),
+        [{"params": m.lin.parameters()}],
+        _loader(),
+        TrainConfig(steps=6, eval_every=2, amp=False, lr=0.1),
+        tmp_path,
+        device=torch.device("cpu"),
+        eval_fn=ev,
+        progress=False,
+    )
     assert res.best_score == 0.9
     assert torch.equal(m.lin.weight, snap[0.9])
     assert math.isfinite(res.last_loss)

@@ -1,4 +1,5 @@
 """``external``: released weights in their published layouts, fully matched or refused."""
+
 from __future__ import annotations
 
 import re
@@ -24,14 +25,14 @@ def swinvit_layout(bb) -> dict:
     sd = {}
     for k, v in bb.state_dict().items():
         if k.startswith(ENC):
-            key = k[len(ENC):].replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
+            key = k[len(ENC) :].replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
             sd["module." + key] = v.clone()
     return {"state_dict": sd}
 
 
 def asa_layout(bb) -> dict:
     """ASA teacher: {"teacher": {"module.model.<SwinUNETR key>", "module.head.*", "module.mlp.*", ...}}."""
-    t = {"module.model." + k[len("net."):]: v.clone() for k, v in bb.state_dict().items()}
+    t = {"module.model." + k[len("net.") :]: v.clone() for k, v in bb.state_dict().items()}
     t["module.model.out.conv.conv.weight"] = torch.zeros(14, bb.feature_size, 1, 1, 1)
     t["module.model.out.conv.conv.bias"] = torch.zeros(14)
     t["module.head.0.weight"] = torch.zeros(3, 8)
@@ -53,10 +54,10 @@ def test_swinunetr_ssl_layout_loads_the_whole_encoder(tmp_path, capsys):
     assert _encoder_equal(dst, src)
     n_enc = sum(k.startswith(ENC) for k in dst.state_dict())
     assert len(report["matched"]) == n_enc and not report["missing"] and not report["unexpected"]
-    assert len(report["not_provided"]) == len(dec_before)              # the decoder is not in the file
+    assert len(report["not_provided"]) == len(dec_before)  # the decoder is not in the file
     for k, v in dst.state_dict().items():
         if not k.startswith(ENC):
-            assert torch.equal(v, dec_before[k])                          # and keeps its initialisation
+            assert torch.equal(v, dec_before[k])  # and keeps its initialisation
     line = capsys.readouterr().out.strip()
     assert re.match(rf"external: matched {n_enc}, missing 0, unexpected 0, decoder not provided", line)
     assert "model_swinvit.pt" in line
@@ -65,7 +66,7 @@ def test_swinunetr_ssl_layout_loads_the_whole_encoder(tmp_path, capsys):
 def test_ssl_training_checkpoint_with_heads_is_read_too(tmp_path):
     src, dst = _make(seed=0), _make(seed=1)
     doc = swinvit_layout(src)
-    sd = {"module.swinViT." + k[len("module."):]: v for k, v in doc["state_dict"].items()}
+    sd = {"module.swinViT." + k[len("module.") :]: v for k, v in doc["state_dict"].items()}
     sd["module.rotation_head.weight"] = torch.zeros(4, 192)
     sd["module.contrastive_head.weight"] = torch.zeros(512, 192)
     sd["module.conv.0.weight"] = torch.zeros(96, 192, 3, 3, 3)
@@ -85,7 +86,7 @@ def test_matches_monai_load_from_at_feature_size_48(tmp_path):
     with torch.no_grad():
         for p in dst.net.swinViT.parameters():
             p.zero_()
-    dst.net.load_from(doc)                                            # MONAI's loader, same model class
+    dst.net.load_from(doc)  # MONAI's loader, same model class
     theirs = dst.net.swinViT.state_dict()
     assert ours.keys() == theirs.keys() and len(ours) == 126
     for k in ours:
@@ -96,17 +97,21 @@ def test_a_dropped_encoder_key_fails_naming_the_file(tmp_path):
     doc = swinvit_layout(_make())
     del doc["state_dict"]["module.layers2.0.blocks.1.mlp.fc2.weight"]
     torch.save(doc, tmp_path / "w.pt")
-    with pytest.raises(ValueError, match=r"w\.pt.*1 encoder key\(s\) missing: net\.swinViT\.layers2\.0\.blocks\.1\.mlp"
-                                         r"\.linear2\.weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"w\.pt.*1 encoder key\(s\) missing: net\.swinViT\.layers2\.0\.blocks\.1\.mlp"
+        r"\.linear2\.weight",
+    ):
         load_external(_make(seed=1), tmp_path / "w.pt", "swinunetr_ssl")
 
 
 def test_unrenamed_fc_keys_fail_instead_of_loading_nothing(tmp_path):
     """The BTCV --use_ssl_pretrained pitfall: keys that do not map are never silently skipped."""
     doc = swinvit_layout(_make())
-    torch.save({"state_dict": {"swin_vit." + k[len("module."):]: v for k, v in doc["state_dict"].items()}},
-               tmp_path / "w.pt")
-    load_external(_make(seed=1), tmp_path / "w.pt", "swinunetr_ssl")       # swin_vit. is a known alias
+    torch.save(
+        {"state_dict": {"swin_vit." + k[len("module.") :]: v for k, v in doc["state_dict"].items()}}, tmp_path / "w.pt"
+    )
+    load_external(_make(seed=1), tmp_path / "w.pt", "swinunetr_ssl")  # swin_vit. is a known alias
     torch.save({"state_dict": {"encoder." + k: v for k, v in doc["state_dict"].items()}}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="encoder key\\(s\\) missing"):
         load_external(_make(seed=1), tmp_path / "bad.pt", "swinunetr_ssl")
@@ -184,7 +189,7 @@ def test_unknown_format_and_missing_file_are_clear_errors(tmp_path):
 
 def test_saswin_layout_keeps_the_encoder_only(tmp_path):
     src, dst = _make(seed=0), _make(seed=1)
-    sd = {"swinViT." + k[len(ENC):]: v.clone() for k, v in src.state_dict().items() if k.startswith(ENC)}
+    sd = {"swinViT." + k[len(ENC) :]: v.clone() for k, v in src.state_dict().items() if k.startswith(ENC)}
     sd["symmetryAwareTX.attention.self.query.weight"] = torch.zeros(192, 192)
     sd["aaw_head.weight"] = torch.zeros(512, 192)
     torch.save({"state_dict": sd}, tmp_path / "sa.pt")

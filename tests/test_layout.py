@@ -3,6 +3,7 @@
 Only the tools under bench/tools/ may, since they measure particular methods and datasets. Every import is checked,
 top-level or inside a function, in every form (``import x``, ``import x.y``, ``from x import``, ``from x.y import``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -43,8 +44,10 @@ def test_bench_imports_neither_datasets_nor_methods(path):
 
 
 def test_the_check_finds_every_form_of_import():
-    src = "import datasets\nimport methods.base as m\ndef f():\n    from datasets.base import Record\n" \
-          "from methods import asa\nimport datasetsx\nfrom bench.types import Record\n"
+    src = (
+        "import datasets\nimport methods.base as m\ndef f():\n    from datasets.base import Record\n"
+        "from methods import asa\nimport datasetsx\nfrom bench.types import Record\n"
+    )
     assert outside_imports(src) == [(1, "datasets"), (2, "methods.base"), (4, "datasets.base"), (5, "methods")]
 
 

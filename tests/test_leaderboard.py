@@ -7,6 +7,7 @@ The golden test renders tests/data/leaderboard_fixture.csv with stand-in statist
     UPDATE_GOLDEN=1 pytest tests/test_leaderboard.py     # rewrite tests/data/leaderboard_golden.md
     UPDATE_FIXTURE=1 pytest tests/test_leaderboard.py    # regenerate the fixture (seed 0), then the golden file
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -33,10 +34,17 @@ GIT = "0123456789ab"
 CLASS_NAMES = {"organs": {1: "liver", 2: "spleen", 3: "kidney"}}
 
 SUITE = Suite(
-    name="fixture", version=1, synthetic=True, pretrain_dataset="fixture_ct", description="leaderboard test fixture",
-    tasks=(Task("organs", "fixture_ct", "segmentation", ("finetune",), (0.25, 1.0), "dice"),
-           Task("nodule", "fixture_cls", "classification", ("linear_probe",), (1.0,), "accuracy")),
-    seeds=(0, 1, 2))
+    name="fixture",
+    version=1,
+    synthetic=True,
+    pretrain_dataset="fixture_ct",
+    description="leaderboard test fixture",
+    tasks=(
+        Task("organs", "fixture_ct", "segmentation", ("finetune",), (0.25, 1.0), "dice"),
+        Task("nodule", "fixture_cls", "classification", ("linear_probe",), (1.0,), "accuracy"),
+    ),
+    seeds=(0, 1, 2),
+)
 
 
 def make_fixture(path: Path, seed: int = 0) -> None:
@@ -46,39 +54,75 @@ def make_fixture(path: Path, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     effect = {"asa": 0.15, "mae": 0.06, "random": 0.0, "simmim3d": 0.0}
     p_correct = {"asa": 0.9, "mae": 0.75, "random": 0.55, "simmim3d": 0.55}
-    pretrain = {"asa": 5400.0, "mae": 1800.0, "random": None, "simmim3d": 900.0}   # pretraining wall seconds
+    pretrain = {"asa": 5400.0, "mae": 1800.0, "random": None, "simmim3d": 900.0}  # pretraining wall seconds
     params = {"asa": 62_187_296, "mae": 61_990_112, "random": 62_187_296, "simmim3d": 62_187_296}
     difficulty = rng.uniform(0.45, 0.75, 8)
     class_offset = np.array([0.05, -0.03, -0.02])
     rows = []
     for method in sorted(effect):
-        for task, protocol, fraction in (("organs", "finetune", 0.25), ("organs", "finetune", 1.0),
-                                         ("nodule", "linear_probe", 1.0)):
+        for task, protocol, fraction in (
+            ("organs", "finetune", 0.25),
+            ("organs", "finetune", 1.0),
+            ("nodule", "linear_probe", 1.0),
+        ):
             for s in range(3):
                 if method == "mae" and task == "organs" and fraction == 1.0 and s == 2:
                     continue
-                cell = {"suite": "fixture", "suite_version": 1, "task": task, "method": method, "protocol": protocol,
-                        "label_fraction": fraction, "draw": 0, "seed": s, "budget": "quick",
-                        "leakage_override": int(method == "simmim3d" and task == "nodule" and s == 0),
-                        "cell_id": f"{method}/{task}/f{fraction:g}/s{s}",
-                        "git_sha": "0f9e8d7c6b5a" if method == "mae" else "1a2b3c4d5e6f",
-                        "device": "cpu (2 cores)", "start_time": f"2026-01-01T0{s}:00:00+00:00",
-                        "end_time": f"2026-01-01T0{s}:10:00+00:00", "wall_s": 600.0, "gpu_hours": 0.0,
-                        "cpu_hours": 600.0 / 3600, "params": params[method],
-                        "pretrain_hash": f"{method}0123456789"[:16], "pretrain_wall_s": pretrain[method],
-                        **({"pretrain_device": "cpu (2 cores)", "pretrain_gpu_hours": 0.0,
-                            "pretrain_cpu_hours": pretrain[method] / 3600} if pretrain[method] else {})}
+                cell = {
+                    "suite": "fixture",
+                    "suite_version": 1,
+                    "task": task,
+                    "method": method,
+                    "protocol": protocol,
+                    "label_fraction": fraction,
+                    "draw": 0,
+                    "seed": s,
+                    "budget": "quick",
+                    "leakage_override": int(method == "simmim3d" and task == "nodule" and s == 0),
+                    "cell_id": f"{method}/{task}/f{fraction:g}/s{s}",
+                    "git_sha": "0f9e8d7c6b5a" if method == "mae" else "1a2b3c4d5e6f",
+                    "device": "cpu (2 cores)",
+                    "start_time": f"2026-01-01T0{s}:00:00+00:00",
+                    "end_time": f"2026-01-01T0{s}:10:00+00:00",
+                    "wall_s": 600.0,
+                    "gpu_hours": 0.0,
+                    "cpu_hours": 600.0 / 3600,
+                    "params": params[method],
+                    "pretrain_hash": f"{method}0123456789"[:16],
+                    "pretrain_wall_s": pretrain[method],
+                    **(
+                        {
+                            "pretrain_device": "cpu (2 cores)",
+                            "pretrain_gpu_hours": 0.0,
+                            "pretrain_cpu_hours": pretrain[method] / 3600,
+                        }
+                        if pretrain[method]
+                        else {}
+                    ),
+                }
                 for c in range(8):
                     case = f"case{c:03d}"
                     if task == "nodule":
-                        rows.append(cell | {"case_id": case, "class": -1, "metric": "accuracy",
-                                            "value": float(rng.random() < p_correct[method])})
+                        rows.append(
+                            cell
+                            | {
+                                "case_id": case,
+                                "class": -1,
+                                "metric": "accuracy",
+                                "value": float(rng.random() < p_correct[method]),
+                            }
+                        )
                         continue
-                    dice = np.clip(difficulty[c] + class_offset + effect[method] - 0.08 * (fraction < 1)
-                                   + rng.normal(0, 0.04, 3), 0, 1)
+                    dice = np.clip(
+                        difficulty[c] + class_offset + effect[method] - 0.08 * (fraction < 1) + rng.normal(0, 0.04, 3),
+                        0,
+                        1,
+                    )
                     for k in range(3):
-                        rows.append(cell | {"case_id": case, "class": k + 1, "metric": "dice",
-                                            "value": round(float(dice[k]), 6)})
+                        rows.append(
+                            cell
+                            | {"case_id": case, "class": k + 1, "metric": "dice", "value": round(float(dice[k]), 6)}
+                        )
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
@@ -103,12 +147,21 @@ class StandInStats:
         x = x[:, ~np.isnan(x).any(0)]
         runs = x.mean(1)
         if len(runs) < 2:
-            return _stats.Difference(float(x.mean()), np.nan, np.nan, np.nan, np.nan, np.nan, len(runs), x.shape[1],
-                                     "none")
+            return _stats.Difference(
+                float(x.mean()), np.nan, np.nan, np.nan, np.nan, np.nan, len(runs), x.shape[1], "none"
+            )
         se = float(runs.std() + 0.01)
-        return _stats.Difference(float(x.mean()), float(runs.min() - se), float(runs.max() + se),
-                                 float(np.exp(-abs(x.mean()) / se)), se, float(len(runs) - 1), len(runs), x.shape[1],
-                                 "t")
+        return _stats.Difference(
+            float(x.mean()),
+            float(runs.min() - se),
+            float(runs.max() + se),
+            float(np.exp(-abs(x.mean()) / se)),
+            se,
+            float(len(runs) - 1),
+            len(runs),
+            x.shape[1],
+            "t",
+        )
 
     @classmethod
     def paired_run_difference(cls, a, b, groups=None, ci=0.95, method="auto", n_resamples=10_000, seed=0):
@@ -154,8 +207,9 @@ def fixture_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def render(metrics: pd.DataFrame, cells: pd.DataFrame, suite: Suite = SUITE, **kwargs) -> str:
-    return leaderboard.render(suite, metrics, cells, now=NOW, git=GIT, class_names=kwargs.pop("class_names", {}),
-                              **kwargs)
+    return leaderboard.render(
+        suite, metrics, cells, now=NOW, git=GIT, class_names=kwargs.pop("class_names", {}), **kwargs
+    )
 
 
 def table_rows(md: str, heading: str) -> dict[str, list[str]]:
@@ -190,29 +244,52 @@ def test_golden_markdown(frames, monkeypatch):
 def test_csv_published_before_pretraining_compute_renders_without_that_table(frames, tmp_path, monkeypatch):
     monkeypatch.setattr(leaderboard.analysis, "stats", StandInStats)
     old = tmp_path / "old.csv"
-    pd.read_csv(FIXTURE).drop(columns=[c for c in CELL_INFO_COLUMNS if c.startswith("pretrain_")]
-                              ).to_csv(old, index=False)
+    pd.read_csv(FIXTURE).drop(columns=[c for c in CELL_INFO_COLUMNS if c.startswith("pretrain_")]).to_csv(
+        old, index=False
+    )
     md = render(*from_csv(old), class_names=CLASS_NAMES, figures=True)
     golden = GOLDEN.read_text(encoding="utf-8")
     before, rest = golden.split("### Pretraining compute\n", 1)
     assert md == before + "### " + rest.split("\n### ", 1)[1]
 
 
-def _frame(values: dict[str, np.ndarray], pretrain: list[int] | None = None, task: str = "organs",
-           protocol: str = "finetune", suite: str = "fixture") -> tuple[pd.DataFrame, pd.DataFrame]:
+def _frame(
+    values: dict[str, np.ndarray],
+    pretrain: list[int] | None = None,
+    task: str = "organs",
+    protocol: str = "finetune",
+    suite: str = "fixture",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One segmentation task from per-method value arrays [run, case, class]; run r has transfer seed r and
     pretraining seed ``pretrain[r]`` (0 without ``pretrain``)."""
     rows = []
     for method, v in values.items():
         for s, c, k in np.ndindex(v.shape):
             p = pretrain[s] if pretrain else 0
-            rows.append({"suite": suite, "suite_version": 1, "task": task, "method": method,
-                         "protocol": protocol, "label_fraction": 1.0, "draw": 0, "pretrain_seed": p, "seed": s,
-                         "budget": "quick", "leakage_override": 0, "cell_id": f"{method}/{task}/{protocol}/s{s}/p{p}",
-                         "case_id": f"c{c:02d}", "class": k + 1, "metric": "dice", "value": float(v[s, c, k])})
+            rows.append(
+                {
+                    "suite": suite,
+                    "suite_version": 1,
+                    "task": task,
+                    "method": method,
+                    "protocol": protocol,
+                    "label_fraction": 1.0,
+                    "draw": 0,
+                    "pretrain_seed": p,
+                    "seed": s,
+                    "budget": "quick",
+                    "leakage_override": 0,
+                    "cell_id": f"{method}/{task}/{protocol}/s{s}/p{p}",
+                    "case_id": f"c{c:02d}",
+                    "class": k + 1,
+                    "metric": "dice",
+                    "value": float(v[s, c, k]),
+                }
+            )
     m = pd.DataFrame(rows)
-    cells = m.drop_duplicates("cell_id")[["cell_id"]].assign(git_sha="abc", device="cpu", gpu_hours=0.0,
-                                                             cpu_hours=0.1, params=1000)
+    cells = m.drop_duplicates("cell_id")[["cell_id"]].assign(
+        git_sha="abc", device="cpu", gpu_hours=0.0, cpu_hours=0.1, params=1000
+    )
     return m, cells
 
 
@@ -232,8 +309,9 @@ def _runs(rng, n_runs: int, n_cases: int = 12, sd_run: float = 0.03, shift: floa
 def test_better_method_is_better_and_a_copy_of_the_baseline_is_equivalent():
     rng = np.random.default_rng(1)
     base = _runs(rng, 3)
-    md = render(*_frame({"random": base, "better": _runs(rng, 3, shift=0.2),
-                         "copy": base + rng.normal(0, 0.0005, base.shape)}))
+    md = render(
+        *_frame({"random": base, "better": _runs(rng, 3, shift=0.2), "copy": base + rng.normal(0, 0.0005, base.shape)})
+    )
     v = _verdicts(md)
     assert v == {"better": "better", "copy": "equivalent", "random": "baseline"}
     assert "margin of practical equivalence ±0.01" in md and "Holm" in md
@@ -267,7 +345,7 @@ def test_identical_methods_are_marked_at_about_alpha():
         m, cells = _frame({"random": _runs(rng, 3), "same": _runs(rng, 3)})
         (table,) = leaderboard.analyse(SUITE, m, cells, opts).sections[0].tables
         marks += table.row("same").vs_baseline.marked
-    assert marks / n <= 0.15       # nominal 0.05; the pooled Wilcoxon marked 57-79% of such tables
+    assert marks / n <= 0.15  # nominal 0.05; the pooled Wilcoxon marked 57-79% of such tables
 
 
 def test_the_bayesian_view_is_offered_with_the_same_margin():
@@ -277,8 +355,10 @@ def test_the_bayesian_view_is_offered_with_the_same_margin():
     header = md.split("| method |", 1)[1].splitlines()[0]
     assert "Bayes P(worse / equiv. / better)" in header
     cells = table_rows(md, "organs / finetune / 100% labels")["better"]
-    worse, equiv, better = (float(v) for v in cells[header.strip("|").split("|").index(
-        " Bayes P(worse / equiv. / better) ") + 1].split(" / "))
+    worse, equiv, better = (
+        float(v)
+        for v in cells[header.strip("|").split("|").index(" Bayes P(worse / equiv. / better) ") + 1].split(" / ")
+    )
     assert better > 0.9 and worse + equiv + better == pytest.approx(1.0, abs=0.011)
     assert "Bayes" not in render(*frames)
 
@@ -309,8 +389,8 @@ def test_margin_ranks_tie_methods_within_the_margin():
 
 def test_normalised_scores_are_the_share_of_the_gap_to_perfect():
     assert leaderboard.normalised(0.6, 0.5, "dice") == pytest.approx(0.2)
-    assert leaderboard.normalised(10.0, 20.0, "hd95") == pytest.approx(0.5)          # lower is better
-    assert leaderboard.normalised(0.75, None, "auroc") == pytest.approx(0.5)          # chance without a baseline
+    assert leaderboard.normalised(10.0, 20.0, "hd95") == pytest.approx(0.5)  # lower is better
+    assert leaderboard.normalised(0.75, None, "auroc") == pytest.approx(0.5)  # chance without a baseline
     assert leaderboard.normalised(0.4, 0.5, "dice") < 0
 
 
@@ -357,22 +437,25 @@ def test_no_results_renders_a_stub(frames):
 
 def test_budgets_are_never_pooled(frames):
     metrics, cells = frames
-    standard = metrics.assign(budget="standard", cell_id=metrics["cell_id"] + "+std",
-                              value=np.clip(metrics["value"] + 0.2, 0, 1))
+    standard = metrics.assign(
+        budget="standard", cell_id=metrics["cell_id"] + "+std", value=np.clip(metrics["value"] + 0.2, 0, 1)
+    )
     cells2 = pd.concat([cells, cells.assign(cell_id=cells["cell_id"] + "+std")])
     md = render(pd.concat([metrics, standard]), cells2)
     assert md.splitlines()[0].endswith("budgets quick, standard")
     assert "## Budget `quick`" in md and "## Budget `standard`" in md
     quick = md.split("## Budget `standard`")[0]
-    assert table_rows(quick, "organs / finetune / 100% labels")["asa"][1] == \
-        table_rows(render(metrics, cells), "organs / finetune / 100% labels")["asa"][1]
+    assert (
+        table_rows(quick, "organs / finetune / 100% labels")["asa"][1]
+        == table_rows(render(metrics, cells), "organs / finetune / 100% labels")["asa"][1]
+    )
 
 
 def test_class_headers_use_names_when_given(frames, real_md):
     assert "| liver | spleen | kidney |" in real_md
     assert "| 1 | 2 | 3 |" in render(*frames)
     nodule = real_md.split("### nodule")[1].split("###")[0]
-    assert "| liver |" not in nodule                       # class -1 only: no class columns
+    assert "| liver |" not in nodule  # class -1 only: no class columns
 
 
 def test_method_missing_a_task_is_left_out_of_across_analysis(frames):
@@ -389,11 +472,15 @@ def test_across_tasks_uses_each_tasks_primary_table_only(frames):
     # 25% table (the same test cases again) never counts as a second, independent task
     md = render(*frames)
     across = md.split("### Across tasks")[1]
-    assert "Blocks: the primary table of each task, declared with the suite before any result: organs / finetune / " \
-           "100% labels; nodule / linear_probe / 100% labels. 4 methods" in across
+    assert (
+        "Blocks: the primary table of each task, declared with the suite before any result: organs / finetune / "
+        "100% labels; nodule / linear_probe / 100% labels. 4 methods" in across
+    )
     assert "25% labels" not in across
-    assert "Too few blocks to test pairs of methods: an exact two-sided Wilcoxon test over 2 blocks cannot go " \
-           "below p = 2/2^2 = 0.5 > α" in across
+    assert (
+        "Too few blocks to test pairs of methods: an exact two-sided Wilcoxon test over 2 blocks cannot go "
+        "below p = 2/2^2 = 0.5 > α" in across
+    )
 
 
 def test_a_primary_table_with_one_method_leaves_nothing_to_aggregate(frames):
@@ -402,18 +489,21 @@ def test_a_primary_table_with_one_method_leaves_nothing_to_aggregate(frames):
     assert "Across tasks skipped: no two methods have results in two or more primary tables." in render(one, cells)
 
 
-@pytest.mark.parametrize("present, kept_tables, kept_methods", [
-    # 3 methods x 3 tables = 9 beats 4 x 2 = 8: the method missing a table goes
-    ({"t1": "abcd", "t2": "abcd", "t3": "abc"}, ["t1", "t2", "t3"], ["a", "b", "c"]),
-    # 5 x 2 = 10 beats 2 x 3 = 6: the third table goes
-    ({"t1": "abcde", "t2": "abcde", "t3": "ab"}, ["t1", "t2"], list("abcde")),
-    # 3 x 2 = 6 ties 2 x 3 = 6: more methods win the tie
-    ({"t1": "abc", "t2": "abc", "t3": "ab"}, ["t1", "t2"], list("abc")),
-    # no two tables share two methods: nothing to analyse
-    ({"t1": "ab", "t2": "cd"}, [], []),
-    # the best set is an intersection of three tables' sets, not any one table's set
-    ({"t1": "abcx", "t2": "abcy", "t3": "abcz", "t4": "ab"}, ["t1", "t2", "t3"], list("abc")),
-])
+@pytest.mark.parametrize(
+    "present, kept_tables, kept_methods",
+    [
+        # 3 methods x 3 tables = 9 beats 4 x 2 = 8: the method missing a table goes
+        ({"t1": "abcd", "t2": "abcd", "t3": "abc"}, ["t1", "t2", "t3"], ["a", "b", "c"]),
+        # 5 x 2 = 10 beats 2 x 3 = 6: the third table goes
+        ({"t1": "abcde", "t2": "abcde", "t3": "ab"}, ["t1", "t2"], list("abcde")),
+        # 3 x 2 = 6 ties 2 x 3 = 6: more methods win the tie
+        ({"t1": "abc", "t2": "abc", "t3": "ab"}, ["t1", "t2"], list("abc")),
+        # no two tables share two methods: nothing to analyse
+        ({"t1": "ab", "t2": "cd"}, [], []),
+        # the best set is an intersection of three tables' sets, not any one table's set
+        ({"t1": "abcx", "t2": "abcy", "t3": "abcz", "t4": "ab"}, ["t1", "t2", "t3"], list("abc")),
+    ],
+)
 def test_complete_blocks_keep_the_most_scores(present, kept_tables, kept_methods):
     Row = namedtuple("Row", "method")
     Tbl = namedtuple("Tbl", "label rows")
@@ -425,9 +515,14 @@ def test_complete_blocks_keep_the_most_scores(present, kept_tables, kept_methods
 def test_two_tasks_that_rank_alike_give_the_exact_friedman_p_not_an_asymptotic_one():
     # the old board printed Iman-Davenport p < 0.0001 here; with 3 methods and 2 blocks the permutation
     # distribution has 3! equally likely rankings of the second block, one of which repeats the first: p = 1/6
-    suite = Suite(name="fixture2", version=1, synthetic=True, pretrain_dataset="x",
-                  tasks=(Task("a", "x", "segmentation", ("finetune",)), Task("b", "y", "segmentation", ("finetune",))),
-                  seeds=(0, 1))
+    suite = Suite(
+        name="fixture2",
+        version=1,
+        synthetic=True,
+        pretrain_dataset="x",
+        tasks=(Task("a", "x", "segmentation", ("finetune",)), Task("b", "y", "segmentation", ("finetune",))),
+        seeds=(0, 1),
+    )
     rng = np.random.default_rng(3)
     frames = []
     for task in ("a", "b"):
@@ -439,15 +534,21 @@ def test_two_tasks_that_rank_alike_give_the_exact_friedman_p_not_an_asymptotic_o
     assert "χ²_F = 4.000, exact permutation p = 0.1667 over 2 blocks" in across
 
 
-SET_SUITE = Suite(name="fixture_set", version=1, synthetic=True, pretrain_dataset="fixture_cxr",
-                  tasks=(Task("findings", "fixture_cxr", "classification", ("finetune",), (1.0,), "auroc"),),
-                  seeds=(0, 1))
+SET_SUITE = Suite(
+    name="fixture_set",
+    version=1,
+    synthetic=True,
+    pretrain_dataset="fixture_cxr",
+    tasks=(Task("findings", "fixture_cxr", "classification", ("finetune",), (1.0,), "auroc"),),
+    seeds=(0, 1),
+)
 
 
 def _set_frames(strength: dict[str, float], n: int = 120, seeds: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Set-level cells as classification protocols store them: AUROC rows on case "__set__" (per class and the
     mean, class -1) plus each test image's pred_score / pred_target per class."""
     from bench.stats import mean_auroc
+
     rng = np.random.default_rng(7)
     y = (rng.random((n, 2)) < 0.4).astype(float)
     rows, scores = [], {}
@@ -455,25 +556,39 @@ def _set_frames(strength: dict[str, float], n: int = 120, seeds: int = 2) -> tup
         for s in range(seeds):
             p = 1 / (1 + np.exp(-(rng.normal(size=(n, 2)) + k * (2 * y - 1))))
             scores[method, s] = p
-            cell = {"suite": "fixture_set", "suite_version": 1, "task": "findings", "method": method,
-                    "protocol": "finetune", "label_fraction": 1.0, "draw": 0, "seed": s, "budget": "quick",
-                    "leakage_override": 0, "cell_id": f"{method}/s{s}"}
+            cell = {
+                "suite": "fixture_set",
+                "suite_version": 1,
+                "task": "findings",
+                "method": method,
+                "protocol": "finetune",
+                "label_fraction": 1.0,
+                "draw": 0,
+                "seed": s,
+                "budget": "quick",
+                "leakage_override": 0,
+                "cell_id": f"{method}/s{s}",
+            }
             rows.append(cell | {"case_id": "__set__", "class": -1, "metric": "auroc", "value": mean_auroc(p, y)})
             for c in range(2):
-                rows.append(cell | {"case_id": "__set__", "class": c, "metric": "auroc",
-                                    "value": mean_auroc(p[:, [c]], y[:, [c]])})
+                rows.append(
+                    cell
+                    | {"case_id": "__set__", "class": c, "metric": "auroc", "value": mean_auroc(p[:, [c]], y[:, [c]])}
+                )
                 for i in range(n):
                     case = {"case_id": f"img{i:04d}", "class": c}
                     rows.append(cell | case | {"metric": "pred_score", "value": p[i, c]})
                     rows.append(cell | case | {"metric": "pred_target", "value": y[i, c]})
     m = pd.DataFrame(rows)
-    cells = m.drop_duplicates("cell_id")[["cell_id"]].assign(git_sha="abc", device="cpu", gpu_hours=0.0,
-                                                             cpu_hours=0.1, params=1000)
+    cells = m.drop_duplicates("cell_id")[["cell_id"]].assign(
+        git_sha="abc", device="cpu", gpu_hours=0.0, cpu_hours=0.1, params=1000
+    )
     return m, cells, scores, y
 
 
 def test_set_level_tables_resample_runs_and_test_images():
     from bench import stats
+
     metrics, cells, scores, y = _set_frames({"random": 0.2, "better": 1.2, "tied": 0.2}, seeds=3)
     lb = leaderboard.analyse(SET_SUITE, metrics, cells)
     (table,) = lb.sections[0].tables
@@ -485,13 +600,14 @@ def test_set_level_tables_resample_runs_and_test_images():
     assert better.low < better.mean < better.high
     assert better.vs_baseline.verdict == "better"
     assert not table.row("tied").vs_baseline.marked
-    assert np.isfinite(better.boundary)                                 # AUPRC beside AUROC
+    assert np.isfinite(better.boundary)  # AUPRC beside AUROC
     md = leaderboard.markdown(lb, now=NOW, git=GIT)
     assert "120 test images" in md and "| AUPRC |" in md and "the AUPRC of a random ranking" in md
 
 
 def test_set_level_table_without_predictions_rests_on_the_runs_and_says_so():
     from bench import stats
+
     metrics, cells, _, _ = _set_frames({"random": 0.2, "better": 1.2}, seeds=3)
     old = metrics[~metrics["metric"].isin(["pred_score", "pred_target"])]
     lb = leaderboard.analyse(SET_SUITE, old, cells)
@@ -513,9 +629,14 @@ def test_below_chance_auroc_is_flagged():
 
 def test_deterministic_protocol_seeds_are_one_run():
     # kNN on the same encoder gives the same result whatever the transfer seed: three seeds are one run
-    suite = Suite(name="fixture_set", version=1, synthetic=True, pretrain_dataset="fixture_cxr",
-                  tasks=(Task("findings", "fixture_cxr", "classification", ("knn",), (1.0,), "auroc"),),
-                  seeds=(0, 1, 2))
+    suite = Suite(
+        name="fixture_set",
+        version=1,
+        synthetic=True,
+        pretrain_dataset="fixture_cxr",
+        tasks=(Task("findings", "fixture_cxr", "classification", ("knn",), (1.0,), "auroc"),),
+        seeds=(0, 1, 2),
+    )
     metrics, cells, _, _ = _set_frames({"random": 0.2, "other": 0.6}, seeds=1)
     metrics = metrics.assign(protocol="knn")
     copies = [metrics.assign(seed=s, cell_id=metrics["cell_id"] + f"/{s}") for s in range(3)]
@@ -523,23 +644,46 @@ def test_deterministic_protocol_seeds_are_one_run():
     lb = leaderboard.analyse(suite, pd.concat(copies), cells)
     (table,) = lb.sections[0].tables
     assert table.runs == 1 and table.collapsed == 4 and table.row("other").vs_baseline.verdict == "untested"
-    assert "`knn` is deterministic given the encoder: 4 further transfer seeds repeated a run exactly" in \
-        leaderboard.markdown(lb, now=NOW, git=GIT)
+    assert (
+        "`knn` is deterministic given the encoder: 4 further transfer seeds repeated a run exactly"
+        in leaderboard.markdown(lb, now=NOW, git=GIT)
+    )
 
 
 def test_patients_not_images_are_the_unit_where_a_task_groups_them():
     from bench import stats
-    suite = Suite(name="fixture_set", version=1, synthetic=True, pretrain_dataset="fixture_cxr",
-                  tasks=(Task("findings", "fixture_cxr", "classification", ("finetune",), (1.0,), "auroc",
-                              patient_pattern=r"^(img\d\d)\d\d"),), seeds=(0, 1))
+
+    suite = Suite(
+        name="fixture_set",
+        version=1,
+        synthetic=True,
+        pretrain_dataset="fixture_cxr",
+        tasks=(
+            Task(
+                "findings",
+                "fixture_cxr",
+                "classification",
+                ("finetune",),
+                (1.0,),
+                "auroc",
+                patient_pattern=r"^(img\d\d)\d\d",
+            ),
+        ),
+        seeds=(0, 1),
+    )
     metrics, cells, scores, y = _set_frames({"random": 0.2, "other": 0.6}, seeds=3)
     (table,) = leaderboard.analyse(suite, metrics, cells).sections[0].tables
-    assert table.patients == 2                      # img00xx and img01xx
+    assert table.patients == 2  # img00xx and img01xx
     d = table.row("other").vs_baseline.diff
     ids = [f"img{i:04d}" for i in range(120)]
-    want = stats.set_run_difference(np.stack([scores["other", s] for s in range(3)]),
-                                    np.stack([scores["random", s] for s in range(3)]), y,
-                                    groups=[i[:5] for i in ids], n_resamples=10_000, seed=0)
+    want = stats.set_run_difference(
+        np.stack([scores["other", s] for s in range(3)]),
+        np.stack([scores["random", s] for s in range(3)]),
+        y,
+        groups=[i[:5] for i in ids],
+        n_resamples=10_000,
+        seed=0,
+    )
     assert d.units == 2 and (d.low, d.high) == pytest.approx((want.low, want.high))
 
 
@@ -558,11 +702,24 @@ def store_of(metrics: pd.DataFrame, cells: pd.DataFrame, path: Path) -> ResultsS
     store = ResultsStore(path)
     info = cells.set_index("cell_id")
     for cell_id, g in metrics.groupby("cell_id"):
-        cell = g.iloc[0][["suite", "suite_version", "task", "method", "protocol", "label_fraction", "draw", "seed",
-                          "budget", "leakage_override"]].to_dict()                  # Python scalars for SQLite
+        cell = g.iloc[0][
+            [
+                "suite",
+                "suite_version",
+                "task",
+                "method",
+                "protocol",
+                "label_fraction",
+                "draw",
+                "seed",
+                "budget",
+                "leakage_override",
+            ]
+        ].to_dict()  # Python scalars for SQLite
         cell |= {"cell_id": cell_id, "config_hash": "h"} | info.loc[cell_id].to_dict()
-        store.write_cell(cell, g.rename(columns={"case_id": "case"})[["case", "class", "metric", "value"]]
-                         .to_dict("records"))
+        store.write_cell(
+            cell, g.rename(columns={"case_id": "case"})[["case", "class", "metric", "value"]].to_dict("records")
+        )
     return store
 
 
@@ -575,35 +732,38 @@ def test_published_predictions_sit_beside_the_csv_and_round_trip(tmp_path):
     assert set(plain["metric"]) == {"auroc"}
     preds = pd.read_csv(out / "fixture_set_predictions.csv.gz")
     assert set(preds["metric"]) == {"pred_score", "pred_target"} and len(preds) == 2 * 2 * 40 * 2 * 2
-    again = leaderboard.render(SET_SUITE, *from_csv(out / "fixture_set.csv"), now=NOW, git=GIT,
-                               figures=True)
+    again = leaderboard.render(SET_SUITE, *from_csv(out / "fixture_set.csv"), now=NOW, git=GIT, figures=True)
     assert again == md and "40 test images" in md
 
 
 def test_publish_writes_figures_and_csv_that_round_trips(frames, tmp_path):
     metrics, cells = frames
-    nsd = metrics[metrics["metric"] == "dice"].assign(metric="nsd")                 # stored, but not the task metric
+    nsd = metrics[metrics["metric"] == "dice"].assign(metric="nsd")  # stored, but not the task metric
     store = store_of(pd.concat([metrics, nsd]), cells, tmp_path / "results.sqlite")
     out = tmp_path / "leaderboards"
     path = leaderboard.publish(SUITE, store, out, now=NOW, git=GIT, class_names=CLASS_NAMES)
     md = path.read_text(encoding="utf-8")
     links = [line.split("](", 1)[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
     assert {Path(p).name for p in links} == {
-        "quick_organs_finetune_label_efficiency.png", "quick_organs_finetune_0.25_significance.png",
-        "quick_organs_finetune_1_significance.png", "quick_nodule_linear_probe_1_significance.png",
-        "quick_probability_of_improvement.png"}
+        "quick_organs_finetune_label_efficiency.png",
+        "quick_organs_finetune_0.25_significance.png",
+        "quick_organs_finetune_1_significance.png",
+        "quick_nodule_linear_probe_1_significance.png",
+        "quick_probability_of_improvement.png",
+    }
     for p in links:
         assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert md == render(pd.concat([metrics, nsd]), cells, class_names=CLASS_NAMES, figures=True)   # store
-    again = leaderboard.render(SUITE, *from_csv(out / "fixture.csv"), now=NOW, git=GIT,
-                               class_names=CLASS_NAMES, figures=True)
+    assert md == render(pd.concat([metrics, nsd]), cells, class_names=CLASS_NAMES, figures=True)  # store
+    again = leaderboard.render(
+        SUITE, *from_csv(out / "fixture.csv"), now=NOW, git=GIT, class_names=CLASS_NAMES, figures=True
+    )
     assert again == md
     rows = pd.read_csv(out / "fixture.csv")
-    assert set(rows["metric"]) == {"dice", "nsd", "accuracy"}     # the rows used: the boundary metric beside Dice
+    assert set(rows["metric"]) == {"dice", "nsd", "accuracy"}  # the rows used: the boundary metric beside Dice
     tests = pd.read_csv(out / "fixture_comparisons.csv")
     assert set(tests["kind"]) == {"baseline", "pair"} and tests["p"].notna().all()
     base = tests[tests["kind"] == "baseline"]
-    assert (base["other"] == "random").all() and (base["p_holm"] >= base["p"]).all()     # Holm within a table
+    assert (base["other"] == "random").all() and (base["p_holm"] >= base["p"]).all()  # Holm within a table
     bayes = base[["bayes_worse", "bayes_equivalent", "bayes_better"]].sum(axis=1)
     assert bayes.to_numpy() == pytest.approx(1.0, abs=1e-9)
     plain = leaderboard.write(SUITE, store, tmp_path / "plain", now=NOW, git=GIT, class_names=CLASS_NAMES)
@@ -613,8 +773,9 @@ def test_publish_writes_figures_and_csv_that_round_trips(frames, tmp_path):
 def test_published_csv_imported_into_a_fresh_store_renders_the_same_leaderboard(frames, tmp_path):
     metrics, cells = frames
     out = tmp_path / "lb"
-    md = leaderboard.publish(SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT,
-                             class_names=CLASS_NAMES).read_text(encoding="utf-8")
+    md = leaderboard.publish(
+        SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT, class_names=CLASS_NAMES
+    ).read_text(encoding="utf-8")
     fresh = ResultsStore(tmp_path / "b.sqlite")
     (report,) = import_published([out / "fixture.csv"], fresh)
     assert len(report.added) == cells["cell_id"].nunique() and not report.kept and not report.replaced
@@ -631,8 +792,9 @@ def test_published_csv_imported_into_a_fresh_store_renders_the_same_leaderboard(
 def test_a_csv_published_before_the_pretraining_seed_was_recorded_imports_as_seed_0(frames, tmp_path):
     metrics, cells = frames
     out = tmp_path / "lb"
-    md = leaderboard.publish(SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT,
-                             class_names=CLASS_NAMES).read_text(encoding="utf-8")
+    md = leaderboard.publish(
+        SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT, class_names=CLASS_NAMES
+    ).read_text(encoding="utf-8")
     old = pd.read_csv(out / "fixture.csv").drop(columns="pretrain_seed")
     old.to_csv(out / "fixture.csv", index=False)
     fresh = ResultsStore(tmp_path / "b.sqlite")
@@ -645,8 +807,9 @@ def test_a_csv_published_before_the_pretraining_seed_was_recorded_imports_as_see
 def test_import_brings_the_predictions_file_beside_the_csv(tmp_path):
     metrics, cells, _, _ = _set_frames({"random": 0.2, "better": 1.2}, n=40)
     out = tmp_path / "lb"
-    md = leaderboard.publish(SET_SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW,
-                             git=GIT).read_text(encoding="utf-8")
+    md = leaderboard.publish(
+        SET_SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT
+    ).read_text(encoding="utf-8")
     fresh = ResultsStore(tmp_path / "b.sqlite")
     import_published([out / "fixture_set.csv"], fresh)
     assert set(fresh.metrics()["metric"]) == {"auroc", "pred_score", "pred_target"}
@@ -658,7 +821,7 @@ def test_import_keeps_the_stores_own_cells_unless_told_to_replace_them(frames, t
     metrics, cells = frames
     out = tmp_path / "lb"
     leaderboard.publish(SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT)
-    mine = metrics[metrics["method"] == "asa"].assign(value=0.5)           # my own run of published cells
+    mine = metrics[metrics["method"] == "asa"].assign(value=0.5)  # my own run of published cells
     store = store_of(mine, cells[cells["cell_id"].isin(mine["cell_id"])], tmp_path / "b.sqlite")
     asa = set(mine["cell_id"])
     (r,) = import_published([out / "fixture.csv"], store)
@@ -679,8 +842,9 @@ def test_import_of_a_published_folder_glob_skips_the_comparisons_and_renders_the
 
     metrics, cells = frames
     out = tmp_path / "lb"
-    md = leaderboard.publish(SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT,
-                             class_names=CLASS_NAMES).read_text(encoding="utf-8")
+    md = leaderboard.publish(
+        SUITE, store_of(metrics, cells, tmp_path / "a.sqlite"), out, now=NOW, git=GIT, class_names=CLASS_NAMES
+    ).read_text(encoding="utf-8")
     files = sorted(out.glob("*.csv"))
     assert any(p.name.endswith("_comparisons.csv") for p in files)
     db = tmp_path / "b.sqlite"
@@ -688,16 +852,28 @@ def test_import_of_a_published_folder_glob_skips_the_comparisons_and_renders_the
     assert "_comparisons.csv: skipped" in capsys.readouterr().out
     again = leaderboard.publish(SUITE, ResultsStore(db), tmp_path / "lb2", now=NOW, git=GIT, class_names=CLASS_NAMES)
     assert again.read_text(encoding="utf-8") == md
-    assert results.main(["import", *[str(p) for p in files if p.name.endswith("_comparisons.csv")],
-                         "--store", str(tmp_path / "c.sqlite")]) == 2
+    assert (
+        results.main(
+            [
+                "import",
+                *[str(p) for p in files if p.name.endswith("_comparisons.csv")],
+                "--store",
+                str(tmp_path / "c.sqlite"),
+            ]
+        )
+        == 2
+    )
 
 
-@pytest.mark.parametrize("spoil, says", [
-    (lambda d: d[["suite", "value"]], "lacks the column(s) suite_version"),
-    (lambda d: d.assign(value=d["value"].astype(object).where(d.index != 5, "")), "empty or non-numeric value"),
-    (lambda d: d.assign(seed=d["seed"].where(d.index != 0, 7)), "disagree on its seed"),
-    (None, "no such file"),
-])
+@pytest.mark.parametrize(
+    "spoil, says",
+    [
+        (lambda d: d[["suite", "value"]], "lacks the column(s) suite_version"),
+        (lambda d: d.assign(value=d["value"].astype(object).where(d.index != 5, "")), "empty or non-numeric value"),
+        (lambda d: d.assign(seed=d["seed"].where(d.index != 0, 7)), "disagree on its seed"),
+        (None, "no such file"),
+    ],
+)
 def test_import_of_a_bad_file_is_one_error_and_writes_nothing(frames, tmp_path, capsys, spoil, says):
     from bench.tools import results
 
@@ -711,13 +887,14 @@ def test_import_of_a_bad_file_is_one_error_and_writes_nothing(frames, tmp_path, 
     rc = results.main(["import", str(out / "fixture.csv"), str(bad), "--store", str(db)])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith(f"error: {bad}: ") and says in err and err.count("\n") == 1, err
-    assert not db.exists() or not ResultsStore(db).cell_ids()        # the good file before it did not land either
+    assert not db.exists() or not ResultsStore(db).cell_ids()  # the good file before it did not land either
 
 
 def test_earlier_version_record_is_published_beside_the_current_leaderboard(frames, tmp_path, monkeypatch):
     from dataclasses import replace
 
     from bench.registry import SUITES
+
     metrics, cells = frames
     store = store_of(metrics, cells, tmp_path / "results.sqlite")
     # the fixture's rows are all v1; the registered suite has moved on to v2
@@ -734,15 +911,17 @@ def test_earlier_version_record_is_published_beside_the_current_leaderboard(fram
     # the same tables as the v1 leaderboard rendered before the version moved on, figures in their own folder
     body = render(metrics, cells, class_names=CLASS_NAMES, figures=True).split("| cells |", 1)[1]
     assert record.split("| cells |", 1)[1] == body.replace("](fixture/", "](fixture_v1/")
-    assert (out / "fixture.md").read_text(encoding="utf-8") == current               # not overwritten
+    assert (out / "fixture.md").read_text(encoding="utf-8") == current  # not overwritten
     assert sorted(p.name for p in (out / "fixture_v1").glob("*.png")) == sorted(
-        Path(p).name for p in leaderboard.figure_files(leaderboard.analyse(SUITE, metrics, cells)).values())
+        Path(p).name for p in leaderboard.figure_files(leaderboard.analyse(SUITE, metrics, cells)).values()
+    )
     assert len(pd.read_csv(out / "fixture_v1.csv")) == len(metrics)
 
 
 def test_suite_version_option_is_checked_before_any_work():
     from bench.registry import SUITES
     from bench.runner import UserError, leaderboard_suite
+
     abdomen = SUITES.get("abdomen")
     assert leaderboard_suite(abdomen, None, "all") is abdomen
     assert leaderboard_suite(abdomen, 1, "leaderboard").version == 1
@@ -756,9 +935,30 @@ def test_suite_version_option_is_checked_before_any_work():
 def test_stats_benchmark_script_runs_end_to_end_on_a_small_size(capsys):
     from bench.tools import bench_stats
 
-    assert bench_stats.main(["--methods", "3", "--tasks", "2", "--seeds", "2", "--cases", "6", "--classes", "2",
-                             "--resamples", "200", "--poi-resamples", "200", "--rank-boots", "20",
-                             "--no-per-call"]) == 0
+    assert (
+        bench_stats.main(
+            [
+                "--methods",
+                "3",
+                "--tasks",
+                "2",
+                "--seeds",
+                "2",
+                "--cases",
+                "6",
+                "--classes",
+                "2",
+                "--resamples",
+                "200",
+                "--poi-resamples",
+                "200",
+                "--rank-boots",
+                "20",
+                "--no-per-call",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "7b publish" in out and "leaderboard end to end" in out
 
@@ -767,11 +967,21 @@ def test_options_come_from_the_config_and_bad_ones_are_one_error():
     from omegaconf import OmegaConf
 
     from bench.runner import UserError, leaderboard_options
-    cfg = OmegaConf.create({"suite": {"margins": {"dice": 0.02, "nsd": 0.05}},
-                            "leaderboard": {"baseline": "scratch", "alpha": 0.1, "margins": {"dice": 0.03}}})
+
+    cfg = OmegaConf.create(
+        {
+            "suite": {"margins": {"dice": 0.02, "nsd": 0.05}},
+            "leaderboard": {"baseline": "scratch", "alpha": 0.1, "margins": {"dice": 0.03}},
+        }
+    )
     o = leaderboard_options(cfg)
-    assert (o.baseline, o.alpha, o.margin("dice"), o.margin("nsd"), o.margin("auroc")) == ("scratch", 0.1, 0.03,
-                                                                                           0.05, 0.01)
+    assert (o.baseline, o.alpha, o.margin("dice"), o.margin("nsd"), o.margin("auroc")) == (
+        "scratch",
+        0.1,
+        0.03,
+        0.05,
+        0.01,
+    )
     for bad, says in ((["margins", "dice", -1], "margins.dice=-1"), (["alpha", None, 1.5], "leaderboard.alpha=1.5")):
         c = OmegaConf.create({"suite": {}, "leaderboard": {"margins": {}}})
         if bad[1]:

@@ -1,4 +1,5 @@
 """The pretraining/test leakage guard: content hashes, the refusal, the override."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,7 @@ def test_hash_is_of_the_voxels_not_the_file(tmp_path):
     changed = vol.copy()
     changed[3, 3, 3] += 1
     assert leakage.content_hash(changed) != ha
-    assert leakage.content_hash(vol.reshape(10, 9, 8)) != ha   # same bytes, other shape
+    assert leakage.content_hash(vol.reshape(10, 9, 8)) != ha  # same bytes, other shape
 
 
 class _Counting:
@@ -49,7 +50,7 @@ def test_hash_cache_reads_each_file_once_and_notices_a_changed_file(tmp_path):
     cache.save()
     again = leakage.HashCache(tmp_path / "memo.json")
     assert again.record_hash(ds, rec) == h and ds.loads == 1
-    f.write_bytes(b"xy")                     # new size: the memo entry no longer applies
+    f.write_bytes(b"xy")  # new size: the memo entry no longer applies
     ds.arrays["a"] = np.ones(3)
     assert again.record_hash(ds, rec) != h and ds.loads == 2
     (tmp_path / "memo.json").write_text("{broken")
@@ -65,8 +66,17 @@ def _plan(tmp_path, data_dir, *overrides):
     from bench.runner import make_plan
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["suite=smoke", "budget=quick", "device=cpu", "progress=false",
-                                           f"runs_dir={tmp_path / 'runs'}", *overrides])
+        cfg = compose(
+            "config",
+            overrides=[
+                "suite=smoke",
+                "budget=quick",
+                "device=cpu",
+                "progress=false",
+                f"runs_dir={tmp_path / 'runs'}",
+                *overrides,
+            ],
+        )
     return make_plan(cfg)
 
 

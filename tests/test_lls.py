@@ -1,4 +1,5 @@
 """LooseLocationSS (methods/lls.py): neighbours, loss terms against hand-computed values, and an end-to-end run."""
+
 from __future__ import annotations
 
 import json
@@ -28,12 +29,16 @@ def _items(pid: str, phases, n_slices: int):
 
 def test_neighbours_are_adjacent_slices_and_other_phases_of_the_same_patient():
     plan = lls.neighbour_plan(("N", "A", "P"), "N")
-    assert plan == [("A", 0), ("N", -1), ("N", 1), ("P", 0)]          # §6.1: [A, N-1, N+1, P]
-    items = _items("p1", "NAP", 4) + _items("p2", "NP", 3)             # p2 has no arterial phase
+    assert plan == [("A", 0), ("N", -1), ("N", 1), ("P", 0)]  # §6.1: [A, N-1, N+1, P]
+    items = _items("p1", "NAP", 4) + _items("p2", "NP", 3)  # p2 has no arterial phase
     nb = lls.neighbour_indices(items, plan)
     at = {it: i for i, it in enumerate(items)}
-    assert nb[at[("p1", "N", 2)]].tolist() == [at[("p1", "A", 2)], at[("p1", "N", 1)], at[("p1", "N", 3)],
-                                               at[("p1", "P", 2)]]
+    assert nb[at[("p1", "N", 2)]].tolist() == [
+        at[("p1", "A", 2)],
+        at[("p1", "N", 1)],
+        at[("p1", "N", 3)],
+        at[("p1", "P", 2)],
+    ]
     # volume ends: no z-1 at the first slice, no z+1 at the last, and never the other patient's slice
     assert nb[at[("p1", "N", 0)]][1] == -1 and nb[at[("p1", "N", 3)]][2] == -1
     assert nb[at[("p2", "N", 0)]].tolist() == [-1, -1, at[("p2", "N", 1)], at[("p2", "P", 0)]]
@@ -79,24 +84,24 @@ def _map(h=5, w=5, hot=(2, 2)):
 def test_location_consistency_ignores_the_3x3_lesion_neighbourhood():
     main = _map()
     nb = main.clone()
-    nb[0, :, 1:4, 1:4] = torch.tensor([0.4, 0.6]).view(2, 1, 1)     # changes inside the 3x3 only
+    nb[0, :, 1:4, 1:4] = torch.tensor([0.4, 0.6]).view(2, 1, 1)  # changes inside the 3x3 only
     valid = torch.ones(1, 1, dtype=torch.bool)
     assert lls.location_consistency(main, nb[:, None], valid).item() == pytest.approx(0.0, abs=1e-7)
-    nb[0, :, 0, 4] = torch.tensor([0.4, 0.6])                          # one cell outside: [0.8, 0.2] vs [0.4, 0.6]
+    nb[0, :, 0, 4] = torch.tensor([0.4, 0.6])  # one cell outside: [0.8, 0.2] vs [0.4, 0.6]
     assert lls.location_consistency(main, nb[:, None], valid).item() == pytest.approx(JS_HAND / 25, abs=1e-6)
     # a missing neighbour (volume end, absent phase) is left out of the mean, not counted as agreement
     two = torch.stack([nb[0], torch.rand(2, 5, 5)])[None]
     assert lls.location_consistency(main, two, torch.tensor([[True, False]])).item() == pytest.approx(
-        JS_HAND / 25, abs=1e-6)
+        JS_HAND / 25, abs=1e-6
+    )
     # radius 0 ignores only the argmax cell
     nb2 = main.clone()
     nb2[0, :, 1, 1] = torch.tensor([0.4, 0.6])
-    assert lls.location_consistency(main, nb2[:, None], valid, radius=0).item() == pytest.approx(JS_HAND / 25,
-                                                                                                abs=1e-6)
+    assert lls.location_consistency(main, nb2[:, None], valid, radius=0).item() == pytest.approx(JS_HAND / 25, abs=1e-6)
 
 
 def test_patch_loss_terms_by_hand():
-    logits = torch.zeros(2, 2, 3, 3)                        # p = 0.5 everywhere
+    logits = torch.zeros(2, 2, 3, 3)  # p = 0.5 everywhere
     y = torch.tensor([0, 1])
     cells = torch.tensor([[-1, -1], [1, 1]])
     # negative: CE(0.5) = ln 2; the single positive is unsupervised at ratio 0.25 (floor(0.25) = 0): 0.5 * 0.5
@@ -118,8 +123,9 @@ class TinyConv(Backbone):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
-                                 nn.Conv2d(16, 16, 3, 2, 1))
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 2, 1)
+        )
 
     def encode(self, x, patch_hook=None):
         return [self.net(x)]
@@ -132,13 +138,20 @@ def test_protocol_runs_end_to_end_on_a_tiny_colon_set(tmp_path, monkeypatch):
     ds = TinyColon(cache_dir=tmp_path / "data")
     ds.prepare(progress=False)
     monkeypatch.setattr(bench.export, "load_export", lambda path, **kw: (TinyConv(), {}))
-    task = Task(name="crc_slice", dataset="colon", kind="classification", protocols=("lls_two_stage",),
-                metric="auroc")
+    task = Task(name="crc_slice", dataset="colon", kind="classification", protocols=("lls_two_stage",), metric="auroc")
     roi = (48, 48)
-    ctx = TransferContext(export_path=tmp_path / "export.pt", dataset=ds, cell=Cell(task, "lls_two_stage", 1.0, 0),
-                          run_dir=tmp_path / "run", device=torch.device("cpu"),
-                          preprocess=Preprocess(-140.0, 260.0, size=roi), roi=roi, steps=6, batch_size=8,
-                          progress=False)
+    ctx = TransferContext(
+        export_path=tmp_path / "export.pt",
+        dataset=ds,
+        cell=Cell(task, "lls_two_stage", 1.0, 0),
+        run_dir=tmp_path / "run",
+        device=torch.device("cpu"),
+        preprocess=Preprocess(-140.0, 260.0, size=roi),
+        roi=roi,
+        steps=6,
+        batch_size=8,
+        progress=False,
+    )
     proto = lls.LLSTwoStage(lls.LLSTwoStage.make_config({"paper_sampling": False, "annotation_ratio": 1.0}))
     res = proto.run(ctx)
     set_rows = [r for r in res.rows if r["case"] == "__set__"]
@@ -157,8 +170,10 @@ def test_protocol_runs_end_to_end_on_a_tiny_colon_set(tmp_path, monkeypatch):
     labels = {r.id: r.classes[0] for r in ds.records("test")}
     assert [pred["pred_target"][i] for i in ids] == [labels[i] for i in ids]
     from sklearn.metrics import roc_auc_score
+
     assert metrics["auroc"]["value"] == pytest.approx(
-        roc_auc_score([labels[i] for i in ids], [pred["pred_score"][i] for i in ids]))
+        roc_auc_score([labels[i] for i in ids], [pred["pred_score"][i] for i in ids])
+    )
     # stage 2 really trained every term: its log holds the loss terms, the loopback and L_tm included
     logged = [json.loads(line) for line in (tmp_path / "run" / "stage2" / "scalars.jsonl").read_text().splitlines()]
     keys = set().union(*logged)
@@ -175,9 +190,9 @@ def test_evaluate_patient_and_localisation_metrics_by_hand():
     rows = {r["metric"]: r["value"] for r in lls.evaluate(probs, cells, patients, y, boxes, (4, 4))}
     # slice AUROC: positives 0.9, 0.6 vs negatives 0.1, 0.2, 0.7, 0.3 -> (4 + 3) / 8
     assert rows["auroc"] == pytest.approx(7 / 8)
-    assert rows["accuracy"] == pytest.approx(5 / 6)       # 0.7 is the only mistake
-    assert rows["patient_auroc"] == pytest.approx(1.0)    # 2 positive slices (a) vs 1 (b)
-    assert rows["loc_acc"] == pytest.approx(0.5)          # cell (0, 0) overlaps the first box only
+    assert rows["accuracy"] == pytest.approx(5 / 6)  # 0.7 is the only mistake
+    assert rows["patient_auroc"] == pytest.approx(1.0)  # 2 positive slices (a) vs 1 (b)
+    assert rows["loc_acc"] == pytest.approx(0.5)  # cell (0, 0) overlaps the first box only
     ids = [f"s{i}" for i in range(6)]
     with_ids = lls.evaluate(probs, cells, patients, y, boxes, (4, 4), ids=ids)
     assert [r for r in with_ids if r["case"] == "__set__"] == lls.evaluate(probs, cells, patients, y, boxes, (4, 4))
@@ -208,7 +223,7 @@ def test_yaml_defaults_equal_the_config_dataclass():
 
 
 def test_stage2_batches_carry_aligned_neighbours_with_the_main_slice_augmentation():
-    class Data:   # a SliceSet stand-in: items N0 N1 N2 P0 P1 P2 of one patient, item i filled with the value i + 1
+    class Data:  # a SliceSet stand-in: items N0 N1 N2 P0 P1 P2 of one patient, item i filled with the value i + 1
         items = _items("p1", "NP", 3)
         images = torch.arange(1.0, 7.0).view(6, 1, 1, 1).expand(6, 1, 4, 4).clone()
         y = torch.tensor([1, 0, 0, 1, 0, 0])
@@ -217,17 +232,17 @@ def test_stage2_batches_carry_aligned_neighbours_with_the_main_slice_augmentatio
     nb = lls.neighbour_indices(Data.items, lls.neighbour_plan(("N", "A", "P"), "N"))
     batch = next(iter(lls._Batches(Data(), [0, 1, 2], 3, seed=0, grid=(2, 2), nb=nb, augment=True)))
     x, nbx, valid = batch["x"][:, 0, 0, 0].tolist(), batch["nb"][:, :, 0, 0, 0].tolist(), batch["nb_valid"]
-    assert valid[:, 0].sum() == 0                          # no arterial phase: that neighbour is absent, zeroed
+    assert valid[:, 0].sum() == 0  # no arterial phase: that neighbour is absent, zeroed
     assert torch.all(batch["nb"][:, 0] == 0)
     for b in range(3):
         # main = s (i + 1) + t and its P neighbour = s (i + 4) + t under the same intensity transform (s, t)
         s_ = (nbx[b][3] - x[b]) / 3.0
         assert 0.9 - 1e-5 <= s_ <= 1.1 + 1e-5
         if valid[b, 1]:
-            assert nbx[b][1] == pytest.approx(x[b] - s_, abs=1e-5)   # N z-1
+            assert nbx[b][1] == pytest.approx(x[b] - s_, abs=1e-5)  # N z-1
         if valid[b, 2]:
-            assert nbx[b][2] == pytest.approx(x[b] + s_, abs=1e-5)   # N z+1
+            assert nbx[b][2] == pytest.approx(x[b] + s_, abs=1e-5)  # N z+1
         assert bool(valid[b, 1]) + bool(valid[b, 2]) >= 1
     assert sorted(valid[:, 1].tolist()) == [False, True, True] and sorted(valid[:, 2].tolist()) == [False, True, True]
     for cell, lab in zip(batch["cell"].tolist(), batch["y"].tolist()):
-        assert cell == ([0, 1] if lab else [-1, -1])           # lesion_cell((0.1, 0.9), (2, 2))
+        assert cell == ([0, 1] if lab else [-1, -1])  # lesion_cell((0.1, 0.9), (2, 2))

@@ -3,6 +3,7 @@
 Methods tagged "2d" run on a small ViT and 2D images, those tagged "3d" on Swin UNETR and volumes; a method tagged
 with both (``random``) is checked with both.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@
 MONAI's metrics take one-hot batch-first torch tensors ``[B, C, ...]`` and return float32; the policy-defined
 empty-mask cases are checked by hand, because MONAI returns NaN there (see bench/metrics.py's docstring).
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,7 @@ monai_metrics = pytest.importorskip("monai.metrics")
 sk_metrics = pytest.importorskip("sklearn.metrics")
 
 SPACING = (0.7, 1.1, 2.3)  # anisotropic
-TOLS = (1.5, 2.0, 3.0)      # no distance sqrt((0.7a)^2 + (1.1b)^2 + (2.3c)^2) equals one exactly: no float32 ties
+TOLS = (1.5, 2.0, 3.0)  # no distance sqrt((0.7a)^2 + (1.1b)^2 + (2.3c)^2) equals one exactly: no float32 ties
 # MONAI's torch.quantile computes the percentile position in float32 (0.95 * (n - 1) is off by ~n * 6e-8), which
 # moves its HD95 by up to ~1e-4 of the gap between the interpolated distances; convention errors are >= 0.1 mm.
 HD = {"rel": 1e-5, "abs": 1e-3}
@@ -173,7 +174,7 @@ def test_nsd_tolerance_is_inclusive_and_in_mm() -> None:
     spacing = (0.5, 3.0, 3.0)
     ref = cube((16, 12, 12), (4, 2, 2), 8)
     pred = cube((16, 12, 12), (6, 2, 2), 8)
-    assert M.nsd(pred, ref, spacing, 1.0) == 1.0            # every distance <= 1 mm, boundary included
+    assert M.nsd(pred, ref, spacing, 1.0) == 1.0  # every distance <= 1 mm, boundary included
     assert M.nsd(pred, ref, spacing, 0.99) == pytest.approx(1 - 2 * 100 / (2 * 296))
     assert M.nsd(pred, ref, spacing, 0.5) == pytest.approx(1 - 2 * 100 / (2 * 296))
     assert M.nsd(pred, ref, spacing, 0.49) == pytest.approx(1 - 2 * (100 + 28) / (2 * 296))  # + the 28-voxel rings
@@ -203,7 +204,7 @@ def test_empty_policy_binary() -> None:
     shape, spacing = (10, 12, 8), (0.5, 1.0, 3.0)
     empty = np.zeros(shape, bool)
     c = cube(shape, (2, 2, 2), 4)
-    diag = math.sqrt((10 * 0.5) ** 2 + 12.0 ** 2 + (8 * 3.0) ** 2)
+    diag = math.sqrt((10 * 0.5) ** 2 + 12.0**2 + (8 * 3.0) ** 2)
     assert M.image_diagonal_mm(shape, spacing) == pytest.approx(diag)
 
     assert (M.dice(empty, empty), M.nsd(empty, empty, spacing), M.hd95(empty, empty, spacing)) == (1.0, 1.0, 0.0)
@@ -217,11 +218,11 @@ def test_empty_policy_in_case_metrics_never_nan() -> None:
     shape, spacing = (10, 12, 8), (0.5, 1.0, 3.0)
     pred = np.zeros(shape, np.int64)
     ref = np.zeros(shape, np.int64)
-    pred[1:4, 1:4, 1:4] = 1   # class 1 only in pred
-    ref[5:9, 5:9, 2:6] = 2    # class 2 only in ref
-    pred[6:9, 6:9, 3:6] = 3   # class 3 in both
+    pred[1:4, 1:4, 1:4] = 1  # class 1 only in pred
+    ref[5:9, 5:9, 2:6] = 2  # class 2 only in ref
+    pred[6:9, 6:9, 3:6] = 3  # class 3 in both
     ref[6:9, 6:8, 3:6] = 3
-    rows = M.segmentation_case_metrics(pred, ref, [1, 2, 3, 4], spacing)   # class 4 in neither
+    rows = M.segmentation_case_metrics(pred, ref, [1, 2, 3, 4], spacing)  # class 4 in neither
     got = {(r["class"], r["metric"]): r["value"] for r in rows}
     diag = M.image_diagonal_mm(shape, spacing)
     for c in (1, 2):
@@ -254,7 +255,7 @@ def test_cropping_equals_uncropped(seed: int) -> None:
     ids, tols = [1, 2, 3, 4, 5, 6], {1: 1.5, 3: 3.0}
     cropped = M.segmentation_case_metrics(pred, ref, ids, SPACING, tols)
     full = M.segmentation_case_metrics(pred, ref, ids, SPACING, tols, crop=False)
-    assert cropped == full                                         # identical, not just close
+    assert cropped == full  # identical, not just close
     for c in ids:
         p, r = pred == c, ref == c
         if p.any() and r.any():
@@ -264,8 +265,11 @@ def test_cropping_equals_uncropped(seed: int) -> None:
         assert M.hd95(p, r, SPACING) == M.hd95(p, r, SPACING, crop=False)
         assert M.nsd(p, r, SPACING, 2.0) == M.nsd(p, r, SPACING, 2.0, crop=False)
         rows = {x["metric"]: x["value"] for x in full if x["class"] == c}
-        assert rows == {"dice": M.dice(p, r), "nsd": M.nsd(p, r, SPACING, tols.get(c, 2.0), crop=False),
-                        "hd95": M.hd95(p, r, SPACING, crop=False)}
+        assert rows == {
+            "dice": M.dice(p, r),
+            "nsd": M.nsd(p, r, SPACING, tols.get(c, 2.0), crop=False),
+            "hd95": M.hd95(p, r, SPACING, crop=False),
+        }
     want = monai_reference(pred, ref, SPACING, [tols.get(c, 2.0) for c in ids], n_classes=6)
     for r in cropped:
         if r["class"] <= 4:
@@ -310,9 +314,9 @@ def test_auroc_matches_sklearn_with_ties(seed: int) -> None:
 def test_auroc_hand_cases() -> None:
     assert M.auroc([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1]) == 1.0
     assert M.auroc([0.4, 0.3, 0.2, 0.1], [0, 0, 1, 1]) == 0.0
-    assert M.auroc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == 0.5                 # all tied: 1/2 per pair
+    assert M.auroc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == 0.5  # all tied: 1/2 per pair
     assert M.auroc([0.1, 0.5, 0.5, 0.9], [0, 0, 1, 1]) == pytest.approx(3.5 / 4)
-    assert math.isnan(M.auroc([0.1, 0.2, 0.3], [1, 1, 1]))                    # one class: undefined
+    assert math.isnan(M.auroc([0.1, 0.2, 0.3], [1, 1, 1]))  # one class: undefined
     assert math.isnan(M.auroc([0.1, 0.2, 0.3], [0, 0, 0]))
     with pytest.raises(ValueError):
         M.auroc([0.1, 0.2], [0, 2])
@@ -323,7 +327,7 @@ def test_auroc_hand_cases() -> None:
 def test_multilabel_auroc_skips_undefined_classes() -> None:
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 2, (120, 4))
-    labels[:, 2] = 1                                    # class 2 has only positives
+    labels[:, 2] = 1  # class 2 has only positives
     scores = labels * 0.7 + rng.standard_normal((120, 4))
     per, mean = M.multilabel_auroc(scores, labels)
     assert len(per) == 4 and math.isnan(per[2])

@@ -1,5 +1,6 @@
 """bench.tools.position_probe: crop geometry, ridge fit, subject-wise penalty choice, and the probe end to end on an
 encoder stand-in whose features do or do not carry the crop's position."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,7 @@ def test_crop_corners_stay_inside_and_centres_span_zero_to_one():
         P.crop_corners((20, 40, 40), 32, 1, 0)
 
 
-@pytest.mark.parametrize("features", [3, 200])          # primal and dual solves
+@pytest.mark.parametrize("features", [3, 200])  # primal and dual solves
 def test_fit_ridge_matches_numpy_least_squares_at_tiny_penalty(features):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, features))
@@ -29,7 +30,7 @@ def test_fit_ridge_matches_numpy_least_squares_at_tiny_penalty(features):
     if features < 120:
         ref, *_ = np.linalg.lstsq(np.c_[z, np.ones(120)], y, rcond=None)
         assert np.allclose(w, ref[:-1], atol=1e-6) and np.allclose(b, ref[-1], atol=1e-6)
-    else:                                             # interpolates the (centred) targets exactly
+    else:  # interpolates the (centred) targets exactly
         assert np.allclose(P.predict((w, b, mean, std), x), y, atol=1e-5)
 
 
@@ -44,14 +45,15 @@ def test_probe_finds_position_in_informative_features_and_none_in_noise():
     n_sub, n = 20, 16
     y = rng.random((n_sub * n, 3))
     groups = np.repeat(np.arange(n_sub), n)
-    informative = (np.c_[y @ rng.normal(size=(3, 10)), rng.normal(size=(len(y), 30))]
-                   + 0.05 * rng.normal(size=(len(y), 40)))
+    informative = np.c_[y @ rng.normal(size=(3, 10)), rng.normal(size=(len(y), 30))] + 0.05 * rng.normal(
+        size=(len(y), 40)
+    )
     noise = rng.normal(size=(len(y), 40))
     tr, te = groups < 14, groups >= 14
     good = P.probe((informative[tr], y[tr], groups[tr]), (informative[te], y[te]))
     bad = P.probe((noise[tr], y[tr], groups[tr]), (noise[te], y[te]))
     assert good["r2"] > 0.95
-    assert bad["r2"] < 0.05 and bad["lambda"] >= 100     # cross-validation shrinks noise features away
+    assert bad["r2"] < 0.05 and bad["lambda"] >= 100  # cross-validation shrinks noise features away
 
 
 class _IntensityEncoder(torch.nn.Module):
@@ -61,19 +63,19 @@ class _IntensityEncoder(torch.nn.Module):
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         m = x.mean(dim=(1, 2, 3, 4))
-        return torch.stack([m, m ** 2], 1)
+        return torch.stack([m, m**2], 1)
 
 
 def test_features_follow_the_crops_of_each_volume():
     x0 = np.linspace(0, 1, 48, dtype=np.float32)[:, None, None]
-    ramp = np.broadcast_to(x0, (48, 40, 40)).copy()     # intensity = axis-0 (x) position: the crop's x is readable
-    flat = np.full((48, 40, 40), 0.5, np.float32)       # nothing to read
+    ramp = np.broadcast_to(x0, (48, 40, 40)).copy()  # intensity = axis-0 (x) position: the crop's x is readable
+    flat = np.full((48, 40, 40), 0.5, np.float32)  # nothing to read
     vols = [(f"v{i}", ramp) for i in range(6)]
     x, y, g = P.features(_IntensityEncoder(), vols, 32, 8, seed=0)
     assert x.shape == (48, 2) and y.shape == (48, 3) and list(np.bincount(g)) == [8] * 6
     tx, ty, _ = P.features(_IntensityEncoder(), vols[:2], 32, 8, seed=99)
     res = P.probe((x, y, g), (tx, ty))
-    assert res["r2_xyz"][0] > 0.99                     # x (axis 0) from intensity
+    assert res["r2_xyz"][0] > 0.99  # x (axis 0) from intensity
     fx, fy, fg = P.features(_IntensityEncoder(), [(f"f{i}", flat) for i in range(6)], 32, 8, seed=0)
     gx, gy, _ = P.features(_IntensityEncoder(), [("f", flat)] * 2, 32, 8, seed=99)
     assert P.probe((fx, fy, fg), (gx, gy))["r2"] < 0.05

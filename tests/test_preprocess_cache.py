@@ -1,4 +1,5 @@
 """The on-disk preprocessing cache: computed once, never stale, never half-written."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,13 @@ class Counting:
         self.loads += 1
         img = np.full((1, 6, 5, 4), self.value, np.float32)
         img[0, 0, 0, 0] = -500.0
-        return {"id": rec.id, "image": img, "spacing": (1.0, 1.0, 2.0), "affine": np.diag([1.0, 1, 2, 1]),
-                "label": np.ones((6, 5, 4), np.int16)}
+        return {
+            "id": rec.id,
+            "image": img,
+            "spacing": (1.0, 1.0, 2.0),
+            "affine": np.diag([1.0, 1, 2, 1]),
+            "label": np.ones((6, 5, 4), np.int16),
+        }
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """Real-dataset adapters on tiny files fabricated in each release's exact on-disk layout (shared/DATA.md A.9)."""
+
 from __future__ import annotations
 
 import json
@@ -40,19 +41,42 @@ def seg(values: tuple[int, ...], seed: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------- MetaImage reader
 
 
-def write_mhd(path: Path, arr_xyz: np.ndarray, spacing, offset, matrix=(1, 0, 0, 0, 1, 0, 0, 0, 1),
-              etype: str = "MET_SHORT", msb: bool = False, compressed: bool = False, local: bool = False) -> Path:
+def write_mhd(
+    path: Path,
+    arr_xyz: np.ndarray,
+    spacing,
+    offset,
+    matrix=(1, 0, 0, 0, 1, 0, 0, 0, 1),
+    etype: str = "MET_SHORT",
+    msb: bool = False,
+    compressed: bool = False,
+    local: bool = False,
+) -> Path:
     """MetaImage as ITK writes it: x-fastest bytes (numpy [z, y, x] C order)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = np.ascontiguousarray(arr_xyz.transpose(2, 1, 0)).astype(arr_xyz.dtype.newbyteorder(">" if msb else "<"))
     blob = zlib.compress(data.tobytes()) if compressed else data.tobytes()
     datafile = "LOCAL" if local else path.with_suffix(".zraw" if compressed else ".raw").name
-    header = "\n".join([
-        "ObjectType = Image", "NDims = 3", "BinaryData = True", f"BinaryDataByteOrderMSB = {msb}",
-        f"CompressedData = {compressed}", "TransformMatrix = " + " ".join(map(str, matrix)),
-        "Offset = " + " ".join(map(str, offset)), "CenterOfRotation = 0 0 0", "AnatomicalOrientation = RAI",
-        "ElementSpacing = " + " ".join(map(str, spacing)), "DimSize = " + " ".join(map(str, arr_xyz.shape)),
-        f"ElementType = {etype}", f"ElementDataFile = {datafile}"]) + "\n"
+    header = (
+        "\n".join(
+            [
+                "ObjectType = Image",
+                "NDims = 3",
+                "BinaryData = True",
+                f"BinaryDataByteOrderMSB = {msb}",
+                f"CompressedData = {compressed}",
+                "TransformMatrix = " + " ".join(map(str, matrix)),
+                "Offset = " + " ".join(map(str, offset)),
+                "CenterOfRotation = 0 0 0",
+                "AnatomicalOrientation = RAI",
+                "ElementSpacing = " + " ".join(map(str, spacing)),
+                "DimSize = " + " ".join(map(str, arr_xyz.shape)),
+                f"ElementType = {etype}",
+                f"ElementDataFile = {datafile}",
+            ]
+        )
+        + "\n"
+    )
     if local:
         path.write_bytes(header.encode() + blob)
     else:
@@ -61,8 +85,9 @@ def write_mhd(path: Path, arr_xyz: np.ndarray, spacing, offset, matrix=(1, 0, 0,
     return path
 
 
-@pytest.mark.parametrize("opts", [{}, {"msb": True}, {"compressed": True}, {"local": True},
-                                  {"matrix": (1, 0, 0, 0, -1, 0, 0, 0, -1)}])
+@pytest.mark.parametrize(
+    "opts", [{}, {"msb": True}, {"compressed": True}, {"local": True}, {"matrix": (1, 0, 0, 0, -1, 0, 0, 0, -1)}]
+)
 def test_metaimage_matches_nibabel_on_the_same_volume(tmp_path, opts):
     arr = ct(1)
     spacing, offset = (0.7, 0.9, 2.5), (-170.5, -120.25, -300.0)
@@ -103,20 +128,21 @@ def test_metaimage_errors_name_the_file(tmp_path):
 def test_luna16_world_mm_to_voxel_by_hand(tmp_path, monkeypatch):
     uid = "1.3.6.1.4.1.14519.5.2.1.6279.6001.105756658031515062000744821260"
     arr = np.full(SHAPE, -1000, np.int16)
-    ijk = (4, 1, 2)                       # file index order (x, y, z)
+    ijk = (4, 1, 2)  # file index order (x, y, z)
     arr[ijk] = 777
     spacing, offset = (0.7, 0.6, 2.5), (-195.3, -180.0, -340.25)
     write_mhd(tmp_path / "subset3" / f"{uid}.mhd", arr, spacing, offset)
     write_mhd(tmp_path / "subset0" / "1.2.3.mhd", ct(3), (1, 1, 1), (0, 0, 0))
     (tmp_path / "subset0" / "._1.2.3.mhd").write_bytes(b"\x00junk")
     # world mm of the marked voxel, computed by hand: Offset + index * ElementSpacing (identity direction)
-    world = [offset[a] + ijk[a] * spacing[a] for a in range(3)]    # [-192.5, -179.4, -335.25]
+    world = [offset[a] + ijk[a] * spacing[a] for a in range(3)]  # [-192.5, -179.4, -335.25]
     assert world == pytest.approx([-192.5, -179.4, -335.25])
     (tmp_path / "annotations.csv").write_text(
-        "seriesuid,coordX,coordY,coordZ,diameter_mm\n" + f"{uid},{world[0]},{world[1]},{world[2]},5.4\n")
+        "seriesuid,coordX,coordY,coordZ,diameter_mm\n" + f"{uid},{world[0]},{world[1]},{world[2]},5.4\n"
+    )
     monkeypatch.setenv("SSLBENCH_LUNA16_ROOT", str(tmp_path))
     ds = DATASETS.get("luna16")(root=None, cache_dir=tmp_path / "cache")
-    assert [r.id for r in ds.records("pretrain")] == ["1.2.3", uid]     # subset order, junk skipped
+    assert [r.id for r in ds.records("pretrain")] == ["1.2.3", uid]  # subset order, junk skipped
     assert [r.id for r in ds.records("subset3")] == [uid]
     rec = ds.records("subset3")[0]
     s = ds.load(rec)
@@ -159,9 +185,16 @@ def make_msd_task(root: Path, folder: str, stem: str, n: int, channels: int = 1,
     # macOS resource-fork junk as some tars contain it
     (task / "imagesTr" / f"._{stem}_2.nii.gz").write_bytes(b"\x00\x05\x16\x07junk")
     (task / "labelsTr" / f"._{stem}_2.nii.gz").write_bytes(b"\x00\x05\x16\x07junk")
-    doc = {"name": stem, "tensorImageSize": "4D" if channels > 1 else "3D", "modality": {"0": "CT"},
-           "labels": labels or {"0": "background", "1": "spleen"}, "numTraining": n, "numTest": 1,
-           "training": training, "test": [f"./imagesTs/{stem}_100.nii.gz"]}
+    doc = {
+        "name": stem,
+        "tensorImageSize": "4D" if channels > 1 else "3D",
+        "modality": {"0": "CT"},
+        "labels": labels or {"0": "background", "1": "spleen"},
+        "numTraining": n,
+        "numTest": 1,
+        "training": training,
+        "test": [f"./imagesTs/{stem}_100.nii.gz"],
+    }
     (task / "dataset.json").write_text(json.dumps(doc))
     return task
 
@@ -190,13 +223,14 @@ def test_msd_spleen_records_skip_junk_and_derive_split(tmp_path, monkeypatch):
 
 
 def test_msd_4d_channel_last_loads_channel_first(tmp_path):
-    make_msd_task(tmp_path, "Task05_Prostate", "prostate", 5, channels=2,
-                  labels={"0": "background", "1": "PZ", "2": "TZ"})
+    make_msd_task(
+        tmp_path, "Task05_Prostate", "prostate", 5, channels=2, labels={"0": "background", "1": "PZ", "2": "TZ"}
+    )
     ds = DATASETS.get("msd_prostate")(root=tmp_path)
     rec = ds.records("train")[0]
     s = ds.load(rec)
     assert s["image"].shape == (2,) + SHAPE
-    on_disk = np.asarray(nib.load(rec.image).dataobj)        # (x, y, z, c)
+    on_disk = np.asarray(nib.load(rec.image).dataobj)  # (x, y, z, c)
     for c in range(2):
         np.testing.assert_array_equal(s["image"][c], on_disk[::-1, ::-1, :, c])
     # a 3D file where the task is 4D: one clear error naming the file
@@ -216,25 +250,26 @@ def test_validate_reports_every_problem_at_once_naming_files(tmp_path):
     task = make_msd_task(tmp_path, "Task09_Spleen", "spleen", 10)
     ds = DATASETS.get("msd_spleen")(root=tmp_path)
     assert not ds.validate()
-    (task / "labelsTr" / "spleen_3.nii.gz").unlink()                                     # missing file
-    write_nii(task / "labelsTr" / "spleen_4.nii.gz", np.zeros((6, 5, 3), np.uint8))        # shape mismatch
+    (task / "labelsTr" / "spleen_3.nii.gz").unlink()  # missing file
+    write_nii(task / "labelsTr" / "spleen_4.nii.gz", np.zeros((6, 5, 3), np.uint8))  # shape mismatch
     moved = CT_AFFINE.copy()
     moved[0, 3] += 5.0
-    write_nii(task / "labelsTr" / "spleen_6.nii.gz", seg((1,)), moved)                     # affine mismatch
-    write_nii(task / "labelsTr" / "spleen_7.nii.gz", seg((1, 7)))                          # label outside map
+    write_nii(task / "labelsTr" / "spleen_6.nii.gz", seg((1,)), moved)  # affine mismatch
+    write_nii(task / "labelsTr" / "spleen_7.nii.gz", seg((1, 7)))  # label outside map
     huge = CT_AFFINE.copy()
     huge[2, 2] = 12.0
     write_nii(task / "imagesTr" / "spleen_8.nii.gz", ct(8), huge)
-    write_nii(task / "labelsTr" / "spleen_8.nii.gz", seg((1,)), huge)                      # spacing 12 mm
+    write_nii(task / "labelsTr" / "spleen_8.nii.gz", seg((1,)), huge)  # spacing 12 mm
     doc = json.loads((task / "dataset.json").read_text())
-    doc["numTraining"] = 11                                                                 # wrong count
+    doc["numTraining"] = 11  # wrong count
     (task / "dataset.json").write_text(json.dumps(doc))
     problems = ds.validate()
     text = "\n".join(problems)
     assert len(problems) == 6, text
     assert any("labelsTr/spleen_3.nii.gz: file not found" in p for p in problems), text
-    assert any("labelsTr/spleen_4.nii.gz" in p and "label shape (6, 5, 3) != image shape (6, 5, 4)" in p
-               for p in problems), text
+    assert any(
+        "labelsTr/spleen_4.nii.gz" in p and "label shape (6, 5, 3) != image shape (6, 5, 4)" in p for p in problems
+    ), text
     assert any("labelsTr/spleen_6.nii.gz" in p and "label affine" in p and "shape" not in p for p in problems), text
     assert any("labelsTr/spleen_7.nii.gz: label values [7] outside the label map [0, 1]" in p for p in problems), text
     assert any("imagesTr/spleen_8.nii.gz: implausible spacing" in p for p in problems), text
@@ -245,21 +280,23 @@ def test_validate_counts_records_against_the_committed_split_file(tmp_path, monk
     """A split file that names a case the data lacks: the count and the missing file are both reported."""
     splits = tmp_path / "splits"
     splits.mkdir()
-    (splits / "lits.json").write_text(json.dumps({"splits": {"train": ["volume-0", "volume-28"], "val": [],
-                                                             "test": ["volume-1"]}}))
-    monkeypatch.setattr(types, "SPLITS_DIR", splits)   # where load_split_file looks
+    (splits / "lits.json").write_text(
+        json.dumps({"splits": {"train": ["volume-0", "volume-28"], "val": [], "test": ["volume-1"]}})
+    )
+    monkeypatch.setattr(types, "SPLITS_DIR", splits)  # where load_split_file looks
     root = tmp_path / "lits"
     make_lits(root, (0, 28))
     ds = DATASETS.get("lits")(root=root)
 
     class Short(type(ds)):
-        def records(self, split):   # an adapter that silently drops a case must not pass validate()
+        def records(self, split):  # an adapter that silently drops a case must not pass validate()
             return super().records(split)[:1]
 
     problems = ds.validate()
-    assert problems == [f"{root / 'Training Batch 1' / 'volume-1.nii'}: file not found (record volume-1, split 'test')",
-                        f"{root / 'Training Batch 1' / 'segmentation-1.nii'}: file not found (record volume-1, "
-                        f"split 'test')"]
+    assert problems == [
+        f"{root / 'Training Batch 1' / 'volume-1.nii'}: file not found (record volume-1, split 'test')",
+        f"{root / 'Training Batch 1' / 'segmentation-1.nii'}: file not found (record volume-1, split 'test')",
+    ]
     short = Short(root=root).validate()
     assert any("split 'train' of lits: 1 records found, the split file names 2" in p for p in short), short
 
@@ -277,19 +314,24 @@ def make_lits(root: Path, numbers) -> None:
 def test_lits_batches_with_spaces_and_uncompressed_nii(tmp_path, monkeypatch):
     splits = tmp_path / "splits"
     splits.mkdir()
-    (splits / "lits.json").write_text(json.dumps({"splits": {"train": ["volume-0", "volume-28"], "val": [],
-                                                             "test": ["volume-27"], "pretrain": ["volume-0"]}}))
-    monkeypatch.setattr(types, "SPLITS_DIR", splits)   # where load_split_file looks
+    (splits / "lits.json").write_text(
+        json.dumps(
+            {"splits": {"train": ["volume-0", "volume-28"], "val": [], "test": ["volume-27"], "pretrain": ["volume-0"]}}
+        )
+    )
+    monkeypatch.setattr(types, "SPLITS_DIR", splits)  # where load_split_file looks
     root = tmp_path / "LiTS"
     make_lits(root, (0, 27, 28))
     monkeypatch.setenv("SSLBENCH_LITS_ROOT", str(root))
     ds = DATASETS.get("lits")()
     train = ds.records("train")
-    assert [Path(r.image).relative_to(root).as_posix() for r in train] == ["Training Batch 1/volume-0.nii",
-                                                                           "Training Batch 2/volume-28.nii"]
+    assert [Path(r.image).relative_to(root).as_posix() for r in train] == [
+        "Training Batch 1/volume-0.nii",
+        "Training Batch 2/volume-28.nii",
+    ]
     assert Path(train[1].label).name == "segmentation-28.nii"
     assert ds.records("pretrain")[0].label is None
-    assert (Path(train[0].image).read_bytes()[344:348]) == b"n+1\x00"    # really an uncompressed .nii
+    assert (Path(train[0].image).read_bytes()[344:348]) == b"n+1\x00"  # really an uncompressed .nii
     s = ds.load(train[0])
     assert s["image"].shape == (1,) + SHAPE and set(np.unique(s["label"])) == {0, 1, 2}
     assert not ds.validate()
@@ -319,15 +361,23 @@ def test_amos_doubled_folder_ct_only_and_released_labels(tmp_path, monkeypatch):
         write_nii(base_dir / "labelsVa" / f"amos_{cid:04d}.nii.gz", seg((1, 13)))
         validation.append({"image": f"./imagesVa/amos_{cid:04d}.nii.gz", "label": f"./labelsVa/amos_{cid:04d}.nii.gz"})
     write_nii(base_dir / "imagesTs" / "amos_0009.nii.gz", ct(9))
-    doc = {"name": "AMOS", "licence": "CC-BY-SA 4.0", "modality": {"0": "CT"},
-           "labels": {str(k): v for k, v in DATASETS.get("amos").info.labels.items()},
-           "numTraining": 3, "numValidation": 6, "numTest": 1, "training": training, "validation": validation,
-           "test": [{"image": "./imagesTs/amos_0009.nii.gz"}]}
+    doc = {
+        "name": "AMOS",
+        "licence": "CC-BY-SA 4.0",
+        "modality": {"0": "CT"},
+        "labels": {str(k): v for k, v in DATASETS.get("amos").info.labels.items()},
+        "numTraining": 3,
+        "numValidation": 6,
+        "numTest": 1,
+        "training": training,
+        "validation": validation,
+        "test": [{"image": "./imagesTs/amos_0009.nii.gz"}],
+    }
     (base_dir / "dataset.json").write_text(json.dumps(doc))
     monkeypatch.setenv("SSLBENCH_AMOS_ROOT", str(tmp_path))
     ds = DATASETS.get("amos")()
-    assert [r.id for r in ds.records("train")] == ["amos_0001", "amos_0002"]     # 0507 is MRI
-    assert [r.id for r in ds.records("val")] == ["amos_0003", "amos_0010"]       # every 4th validation case
+    assert [r.id for r in ds.records("train")] == ["amos_0001", "amos_0002"]  # 0507 is MRI
+    assert [r.id for r in ds.records("val")] == ["amos_0003", "amos_0010"]  # every 4th validation case
     assert [r.id for r in ds.records("test")] == ["amos_0004", "amos_0005", "amos_0006"]
     assert [r.id for r in ds.records("unlabelled")] == ["amos_0009"]
     assert all(r.label is None for r in ds.records("pretrain"))
@@ -375,6 +425,7 @@ def test_brats_2021_and_2023_map_to_the_same_regions(tmp_path):
     assert set(np.unique(s21["label"])) == {0, 1, 2, 3}
     raw21 = np.asarray(nib.load(d21.records("train")[0].label).dataobj)
     from datasets.brats import REGIONS
+
     # the 2021 regions, from the raw file's own values: WT {1,2,4}, TC {1,4}, ET {4}
     for region, raw_values in (("WT", (1, 2, 4)), ("TC", (1, 4)), ("ET", (4,))):
         np.testing.assert_array_equal(np.isin(s21["label"], REGIONS[region]), np.isin(raw21, raw_values))
@@ -382,8 +433,11 @@ def test_brats_2021_and_2023_map_to_the_same_regions(tmp_path):
     # a value of the other year's convention is an error naming the file
     bad = d21.records("test")[0]
     write_nii(Path(bad.label), seg((1, 3)), np.eye(4))
-    assert [p for p in d21.validate() if "label values [3] outside the brats2021 convention [0, 1, 2, 4]" in p
-            and Path(bad.label).name in p]
+    assert [
+        p
+        for p in d21.validate()
+        if "label values [3] outside the brats2021 convention [0, 1, 2, 4]" in p and Path(bad.label).name in p
+    ]
 
 
 # ---------------------------------------------------------------- folder corpus and suites
@@ -403,7 +457,7 @@ def test_folder_corpus_recursive_skips_junk(tmp_path, monkeypatch):
     assert not ds.validate()
     write_nii(tmp_path / "b" / "scan2.nii", np.stack([ct(2)] * 2, -1))
     gz = tmp_path / "a" / "scan1.nii.gz"
-    gz.write_bytes(gz.read_bytes()[:-40])                       # a truncated download
+    gz.write_bytes(gz.read_bytes()[:-40])  # a truncated download
     problems = ds.validate()
     assert len(problems) == 2, problems
     assert any("b/scan2.nii: expected a 3D volume" in p for p in problems)

@@ -37,8 +37,9 @@ def test_names_filter_and_identifier_rule():
         r.register("not-an-identifier")
 
 
-@pytest.mark.parametrize("group, registry", [("method", METHODS), ("backbone", BACKBONES), ("suite", SUITES),
-                                             ("protocols", PROTOCOLS)])
+@pytest.mark.parametrize(
+    "group, registry", [("method", METHODS), ("backbone", BACKBONES), ("suite", SUITES), ("protocols", PROTOCOLS)]
+)
 def test_config_group_stems_equal_registry(group, registry):
     stems = {p.stem for p in (CONF / group).glob("*.yaml")}
     assert stems == set(registry.names())
@@ -79,7 +80,7 @@ def test_suites_reference_registered_datasets_and_protocols():
         for t in s.tasks:
             assert t.dataset in DATASETS
             for p in t.protocols:
-                resolve_protocol(p, t.kind)   # raises unless the protocol serves the task's kind
+                resolve_protocol(p, t.kind)  # raises unless the protocol serves the task's kind
 
 
 def test_bench_never_dispatches_on_names():
@@ -98,14 +99,19 @@ def test_every_project_module_imports_first_in_a_fresh_interpreter():
     import sys
 
     root = METHODS_DIR.parent
-    mods = sorted(".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
-                  for pkg in ("bench", "methods", "datasets") for p in (root / pkg).rglob("*.py")
-                  if "synthetic" not in p.parts or p.name != "__main__.py")
-    code = ("import importlib, sys\nfailed = []\nfor m in sys.argv[1:]:\n"
-            "    for k in [k for k in sys.modules if k.split('.')[0] in ('bench', 'methods', 'datasets')]:\n"
-            "        del sys.modules[k]\n"
-            "    try:\n        importlib.import_module(m)\n"
-            "    except Exception as e:\n        failed.append(f'{m}: {type(e).__name__}: {e}')\n"
-            "print('\\n'.join(failed)); sys.exit(1 if failed else 0)\n")
+    mods = sorted(
+        ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        for pkg in ("bench", "methods", "datasets")
+        for p in (root / pkg).rglob("*.py")
+        if "synthetic" not in p.parts or p.name != "__main__.py"
+    )
+    code = (
+        "import importlib, sys\nfailed = []\nfor m in sys.argv[1:]:\n"
+        "    for k in [k for k in sys.modules if k.split('.')[0] in ('bench', 'methods', 'datasets')]:\n"
+        "        del sys.modules[k]\n"
+        "    try:\n        importlib.import_module(m)\n"
+        "    except Exception as e:\n        failed.append(f'{m}: {type(e).__name__}: {e}')\n"
+        "print('\\n'.join(failed)); sys.exit(1 if failed else 0)\n"
+    )
     r = subprocess.run([sys.executable, "-c", code, *mods], cwd=root, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr

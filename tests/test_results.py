@@ -1,4 +1,5 @@
 """Results store: a store written before a column existed keeps working, and gains the column."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -20,20 +21,36 @@ CREATE TABLE cells (
 
 
 def _cell(cell_id: str, **extra) -> dict:
-    return {"cell_id": cell_id, "config_hash": "h", "suite": "s", "suite_version": 1, "task": "t", "method": "m",
-            "protocol": "finetune", "label_fraction": 1.0, "draw": 0, "seed": 0, "budget": "quick", **extra}
+    return {
+        "cell_id": cell_id,
+        "config_hash": "h",
+        "suite": "s",
+        "suite_version": 1,
+        "task": "t",
+        "method": "m",
+        "protocol": "finetune",
+        "label_fraction": 1.0,
+        "draw": 0,
+        "seed": 0,
+        "budget": "quick",
+        **extra,
+    }
 
 
 def test_store_from_before_the_pretraining_columns_gains_them_and_keeps_its_rows(tmp_path):
     path = tmp_path / "results.sqlite"
     with sqlite3.connect(path) as con:
         con.executescript(OLD_CELLS)
-        con.execute("INSERT INTO cells (cell_id, config_hash, suite, suite_version, task, method, protocol, "
-                    "label_fraction, draw, seed, budget, status, wall_s) "
-                    "VALUES ('old', 'h', 's', 1, 't', 'm', 'finetune', 1.0, 0, 0, 'quick', 'complete', 12.0)")
+        con.execute(
+            "INSERT INTO cells (cell_id, config_hash, suite, suite_version, task, method, protocol, "
+            "label_fraction, draw, seed, budget, status, wall_s) "
+            "VALUES ('old', 'h', 's', 1, 't', 'm', 'finetune', 1.0, 0, 0, 'quick', 'complete', 12.0)"
+        )
     store = ResultsStore(path)
-    store.write_cell(_cell("new", pretrain_device="cpu", pretrain_wall_s=7200.0, pretrain_gpu_hours=0.0,
-                           pretrain_cpu_hours=2.0), [{"case": "c0", "class": 1, "metric": "dice", "value": 0.5}])
+    store.write_cell(
+        _cell("new", pretrain_device="cpu", pretrain_wall_s=7200.0, pretrain_gpu_hours=0.0, pretrain_cpu_hours=2.0),
+        [{"case": "c0", "class": 1, "metric": "dice", "value": 0.5}],
+    )
     cells = store.cells().set_index("cell_id")
     assert set(ADDED_COLUMNS) <= set(cells.columns) and set(ADDED_COLUMNS) <= set(CELL_COLUMNS)
     assert cells.loc["old", "wall_s"] == 12.0 and cells.loc["old", ["pretrain_wall_s", "pretrain_device"]].isna().all()
@@ -55,15 +72,27 @@ def test_store_from_before_the_pretraining_seed_gains_it_as_0_and_metrics_return
     path = tmp_path / "results.sqlite"
     with sqlite3.connect(path) as con:
         con.executescript(OLD_CELLS + OLD_CASE_METRICS)
-        con.execute("INSERT INTO cells (cell_id, config_hash, suite, suite_version, task, method, protocol, "
-                    "label_fraction, draw, seed, budget, status) "
-                    "VALUES ('old', 'h', 's', 1, 't', 'm', 'finetune', 1.0, 0, 2, 'quick', 'complete')")
+        con.execute(
+            "INSERT INTO cells (cell_id, config_hash, suite, suite_version, task, method, protocol, "
+            "label_fraction, draw, seed, budget, status) "
+            "VALUES ('old', 'h', 's', 1, 't', 'm', 'finetune', 1.0, 0, 2, 'quick', 'complete')"
+        )
         con.execute("INSERT INTO case_metrics VALUES ('old', 'c0', 1, 'dice', 0.25)")
     store = ResultsStore(path)
     assert store.cells().set_index("cell_id").loc["old", "pretrain_seed"] == 0
     m = store.metrics()
-    assert list(m.columns[:10]) == ["suite", "suite_version", "task", "method", "protocol", "label_fraction", "draw",
-                                    "pretrain_seed", "seed", "budget"]
+    assert list(m.columns[:10]) == [
+        "suite",
+        "suite_version",
+        "task",
+        "method",
+        "protocol",
+        "label_fraction",
+        "draw",
+        "pretrain_seed",
+        "seed",
+        "budget",
+    ]
     assert m[["cell_id", "pretrain_seed", "seed", "value"]].values.tolist() == [["old", 0, 2, 0.25]]
     # the column is NOT NULL with default 0 in a migrated store as in a new one
     info = {r[1]: r for r in sqlite3.connect(path).execute("PRAGMA table_info(cells)")}
@@ -75,12 +104,14 @@ def test_cells_differing_only_in_pretraining_seed_both_stay(tmp_path):
     from bench.suites import Cell, Task
 
     cell = Cell(Task("t", "d", "segmentation", ("finetune",)), "finetune", 1.0, 1)
-    assert cell_key(cell, 0) == cell.key == "t/finetune/f1/d0/s1"      # seed 0: the id every older store has
+    assert cell_key(cell, 0) == cell.key == "t/finetune/f1/d0/s1"  # seed 0: the id every older store has
     assert cell_key(cell, 2) == "t/finetune/f1/d0/s1/p2"
     store = ResultsStore(tmp_path / "results.sqlite")
     for p in (0, 2):
-        store.write_cell(_cell(f"s/v1/m/quick/{cell_key(cell, p)}", seed=1, pretrain_seed=p),
-                         [{"case": "c0", "class": 1, "metric": "dice", "value": 0.5 + p / 10}])
+        store.write_cell(
+            _cell(f"s/v1/m/quick/{cell_key(cell, p)}", seed=1, pretrain_seed=p),
+            [{"case": "c0", "class": 1, "metric": "dice", "value": 0.5 + p / 10}],
+        )
     m = store.metrics().sort_values("pretrain_seed")
     assert m[["pretrain_seed", "seed", "value"]].values.tolist() == [[0, 1, 0.5], [2, 1, 0.7]]
     assert store.cell_ids() == {"s/v1/m/quick/t/finetune/f1/d0/s1", "s/v1/m/quick/t/finetune/f1/d0/s1/p2"}
@@ -89,7 +120,13 @@ def test_cells_differing_only_in_pretraining_seed_both_stay(tmp_path):
 def test_a_cell_row_without_a_pretraining_seed_is_seed_0(tmp_path):
     """Published CSVs written before the column existed have none (or an empty one)."""
     store = ResultsStore(tmp_path / "results.sqlite")
-    store.write_cells([(_cell("a"), []), (_cell("b", pretrain_seed=None), []),
-                       (_cell("c", pretrain_seed=float("nan")), []), (_cell("d", pretrain_seed=3.0), [])])
+    store.write_cells(
+        [
+            (_cell("a"), []),
+            (_cell("b", pretrain_seed=None), []),
+            (_cell("c", pretrain_seed=float("nan")), []),
+            (_cell("d", pretrain_seed=3.0), []),
+        ]
+    )
     got = store.cells().set_index("cell_id")["pretrain_seed"].to_dict()
     assert got == {"a": 0, "b": 0, "c": 0, "d": 3}

@@ -2,6 +2,7 @@
 
 Fast: the step wiring runs on a stand-in backbone; the real-backbone step is covered by the method contract.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,17 @@ from torch import nn
 from bench.backbones import build_backbone
 from bench.registry import METHODS
 from methods.base import StepInfo
-from methods.saca import (SACA, SACABlock, SACAClassifier, add_blob, asymmetric_anchors, mirror_range,
-                          symmetric_crop, symmetric_views, symmetry_loss)
+from methods.saca import (
+    SACA,
+    SACABlock,
+    SACAClassifier,
+    add_blob,
+    asymmetric_anchors,
+    mirror_range,
+    symmetric_crop,
+    symmetric_views,
+    symmetry_loss,
+)
 
 ROI = (64, 64, 64)
 
@@ -46,13 +56,13 @@ def test_counterpart_x_range_is_mirrored():
 
 def test_marker_on_one_side_appears_at_the_mirrored_position_of_the_counterpart():
     vol = np.zeros((1, 72, 40, 40), np.float32)
-    vol[0, 10, 5, 7] = 1.0                       # one side only; its mirror voxel is X = 72 - 1 - 10 = 61
-    crop, counterpart = symmetric_crop(vol, (50, 3, 2), (16, 16, 16))   # crop X [50, 66) holds X = 61 at index 11
+    vol[0, 10, 5, 7] = 1.0  # one side only; its mirror voxel is X = 72 - 1 - 10 = 61
+    crop, counterpart = symmetric_crop(vol, (50, 3, 2), (16, 16, 16))  # crop X [50, 66) holds X = 61 at index 11
     assert crop.shape == counterpart.shape == (1, 16, 16, 16)
-    assert crop.sum() == 0                        # the crop's side has no marker
+    assert crop.sum() == 0  # the crop's side has no marker
     assert np.argwhere(counterpart[0]).tolist() == [[11, 5 - 3, 7 - 2]]
     # and the crop of the marker's side shows it where the counterpart of the opposite crop does
-    crop2, counterpart2 = symmetric_crop(vol, (6, 3, 2), (16, 16, 16))   # the mirrored X-range [6, 22)
+    crop2, counterpart2 = symmetric_crop(vol, (6, 3, 2), (16, 16, 16))  # the mirrored X-range [6, 22)
     assert np.argwhere(crop2[0]).tolist() == [[4, 2, 5]] and counterpart2.sum() == 0
     assert np.array_equal(counterpart2[:, ::-1], vol[:, 50:66, 3:19, 2:18])
 
@@ -60,7 +70,7 @@ def test_marker_on_one_side_appears_at_the_mirrored_position_of_the_counterpart(
 def test_a_symmetric_volume_gives_identical_crop_and_counterpart():
     rng = np.random.default_rng(0)
     v = rng.random((1, 80, 70, 66), dtype=np.float32)
-    sym = v + v[:, ::-1]                          # exactly L-R symmetric
+    sym = v + v[:, ::-1]  # exactly L-R symmetric
     for seed in range(3):
         crop, counterpart = symmetric_views(sym, ROI, np.random.default_rng(seed))
         assert torch.equal(crop, counterpart)
@@ -96,35 +106,35 @@ def test_blob_changes_only_its_box_and_stays_in_range():
 def test_asymmetric_pairs_differ_from_the_symmetric_pair_on_one_side_only():
     rng = np.random.default_rng(0)
     v = torch.rand(3, 1, 64, 64, 64)
-    sym = v + v.flip(2)                           # exactly symmetric volumes
-    x, counterpart = sym, sym.flip(2)             # a crop covering the whole volume and its mirror counterpart
-    assert torch.equal(x, counterpart)            # -> a symmetric pair, target 1
+    sym = v + v.flip(2)  # exactly symmetric volumes
+    x, counterpart = sym, sym.flip(2)  # a crop covering the whole volume and its mirror counterpart
+    assert torch.equal(x, counterpart)  # -> a symmetric pair, target 1
     (a1, a2), (t1, t2) = asymmetric_anchors([x, x], rng, 0.5, (0.04, 0.12), (0.2, 0.5))
     targets = torch.cat([t1, t2])
-    assert int((targets == 0).sum()) == 3 and set(targets.tolist()) == {0.0, 1.0}   # round(0.5 * 2N) negatives
+    assert int((targets == 0).sum()) == 3 and set(targets.tolist()) == {0.0, 1.0}  # round(0.5 * 2N) negatives
     anchors = torch.cat([a1, a2])
     xx = torch.cat([x, x])
     for a, ref, t in zip(anchors, xx, targets):
         if t == 1:
-            assert torch.equal(a, ref)            # positives: the clean crop, identical to its counterpart
+            assert torch.equal(a, ref)  # positives: the clean crop, identical to its counterpart
         else:
             d = (a != ref)[0]
             assert d.any()
             idx = torch.nonzero(d)
-            span = (idx.max(0).values - idx.min(0).values + 1)
-            assert (span <= 2 * 24 + 1).all()     # inside one blob box (3 sigma, sigma <= 0.12 * 64)
+            span = idx.max(0).values - idx.min(0).values + 1
+            assert (span <= 2 * 24 + 1).all()  # inside one blob box (3 sigma, sigma <= 0.12 * 64)
             assert not torch.equal(a, a.flip(1))  # the pair is no longer mirror-symmetric
 
 
 # --- losses -----------------------------------------------------------------------------------------------------------
 def test_symmetry_losses_equal_hand_computed_values():
     e = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
-    e_m = torch.tensor([[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])    # cos = 1, 0, -1
+    e_m = torch.tensor([[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])  # cos = 1, 0, -1
     h = torch.tensor([1.0, 0.0, 0.0])
     nce = (math.log(1 + math.exp(-1)) + math.log(2) + math.log(1 + math.exp(-1))) / 3
     assert symmetry_loss(e, e_m, h, "cosine_nce").item() == pytest.approx(nce, rel=1e-6)
     assert symmetry_loss(e, e_m, h, "siamese").item() == pytest.approx((0 + 0 - 1) / 3, rel=1e-6)
-    tau, h2 = 0.07, torch.tensor([0.0, 1.0, 0.0])              # batch softmax: the s = 0 pair is the healthy one
+    tau, h2 = 0.07, torch.tensor([0.0, 1.0, 0.0])  # batch softmax: the s = 0 pair is the healthy one
     z = [1 / tau, 0.0, -1 / tau]
     cos = -math.log(math.exp(z[1]) + 1e-6) + math.log(sum(math.exp(v) for v in z))
     assert symmetry_loss(e, e_m, h2, "cosine", tau).item() == pytest.approx(cos, rel=1e-5)
@@ -157,9 +167,9 @@ def test_saca_block_is_the_post_ln_bert_layer_with_cross_attention_to_the_mirror
     assert blk.norm.eps == 1e-12 and blk.intermediate.out_features == 4 * 192
     x, xm = torch.randn(2, 8, 192), torch.randn(2, 8, 192)
     assert torch.allclose(blk(x, xm), _manual_saca(blk, x, xm), atol=1e-5)
-    assert not torch.allclose(blk(x, xm), blk(x, torch.randn(2, 8, 192)))    # keys/values are the mirror's
+    assert not torch.allclose(blk(x, xm), blk(x, torch.randn(2, 8, 192)))  # keys/values are the mirror's
     blk.train()
-    assert not torch.allclose(blk(x, xm), blk(x, xm))                        # dropout 0.1 in training
+    assert not torch.allclose(blk(x, xm), blk(x, xm))  # dropout 0.1 in training
     with pytest.raises(ValueError, match="divisible"):
         SACABlock(100, heads=3)
 
@@ -167,8 +177,14 @@ def test_saca_block_is_the_post_ln_bert_layer_with_cross_attention_to_the_mirror
 # --- the method -------------------------------------------------------------------------------------------------------
 def test_config_defaults_and_errors():
     cfg = METHODS.get("saca").make_config({})
-    assert (cfg.symmetry_target, cfg.symmetry_loss, cfg.w_sym, cfg.w_rot, cfg.w_con, cfg.w_rec) == \
-        ("self", "cosine_nce", 0.5, 1.0, 1.0, 1.0)
+    assert (cfg.symmetry_target, cfg.symmetry_loss, cfg.w_sym, cfg.w_rot, cfg.w_con, cfg.w_rec) == (
+        "self",
+        "cosine_nce",
+        0.5,
+        1.0,
+        1.0,
+        1.0,
+    )
     with pytest.raises(ValueError, match="symmetry_target"):
         SACA(StubBackbone(), SACA.Config(symmetry_target="labels"))
     with pytest.raises(ValueError, match="symmetry_loss"):
@@ -179,9 +195,9 @@ def test_init_is_trunc_normal_and_covers_the_encoder_by_default():
     torch.manual_seed(0)
     bb = build_backbone("swin_unetr_tiny")
     w = bb.encoder.layers3[0].blocks[0].attn.qkv.weight
-    assert float(w.detach().std()) > 0.05                       # PyTorch's default init at width 48
+    assert float(w.detach().std()) > 0.05  # PyTorch's default init at width 48
     m = SACA(bb)
-    assert float(w.detach().std()) == pytest.approx(0.02, rel=0.1)   # trunc-normal(0.02), cut at +-2 as timm's
+    assert float(w.detach().std()) == pytest.approx(0.02, rel=0.1)  # trunc-normal(0.02), cut at +-2 as timm's
     assert float(bb.encoder.layers3[0].blocks[0].attn.qkv.bias.detach().abs().max()) == 0.0
     assert float(m.saca.attention.query.bias.detach().abs().max()) == 0.0
     bb2 = build_backbone("swin_unetr_tiny")
@@ -209,7 +225,7 @@ def test_training_step_self_target_weighted_sum_and_gradients():
     out.loss.backward()
     assert m.backbone.encoder["conv"].weight.grad.abs().sum() > 0
     assert m.aaw_head.weight.grad.abs().sum() > 0 and m.saca.crossattention.key.weight.grad.abs().sum() > 0
-    assert m.ema_pairs() == []                                   # no teacher
+    assert m.ema_pairs() == []  # no teacher
 
 
 def test_one_symmetry_view_encodes_fewer_crops():
@@ -237,7 +253,7 @@ def test_label_target_needs_health():
 
 
 def test_sym_weight_zero_skips_the_symmetry_head():
-    m = SACA(StubBackbone(), SACA.Config(w_sym=0.0, symmetry_target="label"))   # no health needed then
+    m = SACA(StubBackbone(), SACA.Config(w_sym=0.0, symmetry_target="label"))  # no health needed then
     out = m.training_step(_batch(), StepInfo(0, 1))
     out.loss.backward()
     assert m.aaw_head.weight.grad is None and float(out.logs["loss_sym"]) == 0.0
@@ -252,7 +268,7 @@ def test_saca_classifier_forward_shape_and_default_mirror():
     with torch.no_grad():
         y = clf(x)
         assert y.shape == (1, 3)
-        assert torch.allclose(y, clf(x, x.flip(2)))               # the default counterpart is the L-R flip
+        assert torch.allclose(y, clf(x, x.flip(2)))  # the default counterpart is the L-R flip
     state = SACA(StubBackbone(192), SACA.Config(init_encoder=False)).saca.state_dict()
     clf2 = SACAClassifier(StubBackbone(192), 2, saca_state=state)
     assert torch.equal(clf2.saca.attention.query.weight, state["attention.query.weight"])
@@ -263,14 +279,14 @@ def test_export_extras_carry_the_pretrained_saca_block_to_the_classifier(tmp_pat
     torch.manual_seed(0)
     m = SACA(StubBackbone(128), SACA.Config(init_encoder=False, saca_dropout=0.2))
     extras = m.export_extras()
-    torch.save({"extras": extras}, tmp_path / "e.pt")              # as an export file holds it
+    torch.save({"extras": extras}, tmp_path / "e.pt")  # as an export file holds it
     loaded = torch.load(tmp_path / "e.pt", weights_only=True)["extras"]
     assert loaded["saca"]["dim"] == 128 and loaded["saca"]["heads"] == 2 and loaded["saca"]["dropout"] == 0.2
     clf = SACAClassifier.from_extras(StubBackbone(128), 4, loaded)
     assert clf.saca.heads == 2 and clf.saca.drop.p == 0.2
     for k, v in m.saca.state_dict().items():
         assert torch.equal(clf.saca.state_dict()[k], v), k
-    with torch.no_grad():                                          # the exported copy does not alias the live block
+    with torch.no_grad():  # the exported copy does not alias the live block
         m.saca.attention.query.weight.add_(1.0)
     assert not torch.equal(extras["saca"]["state_dict"]["attention.query.weight"], m.saca.attention.query.weight)
     with pytest.raises(ValueError, match="no pre-trained SACA block"):
@@ -293,12 +309,13 @@ def test_label_target_pairs_each_cut_out_view_with_its_clean_counterpart():
     (x,) = seen
     assert x.shape[0] == 4 * 2
     with torch.no_grad():
-        tok = enc(x)[4].flatten(2).transpose(1, 2)[:, 1]        # token 1 of every crop
+        tok = enc(x)[4].flatten(2).transpose(1, 2)[:, 1]  # token 1 of every crop
         e = m.aaw_head(tok)
         v1, v2, s1, s2 = e.split(2)
         h = batch["health"]
-        want = sum(F.binary_cross_entropy_with_logits(F.cosine_similarity(a, b, dim=1), h)
-                   for a, b in ((v1, s1), (v2, s2)))
+        want = sum(
+            F.binary_cross_entropy_with_logits(F.cosine_similarity(a, b, dim=1), h) for a, b in ((v1, s1), (v2, s2))
+        )
     assert float(out.logs["loss_sym"]) == pytest.approx(float(want), rel=1e-5)
     # the counterparts entered clean (no cutout): each equals the batch's counterpart under some 90-degree rotation
     for i in range(2):
@@ -318,7 +335,7 @@ def test_brain_suite_finetunes_every_method_with_the_saca_head(tmp_path):
     torch.manual_seed(0)
     m = SACA(StubBackbone(128), SACA.Config(init_encoder=False))
     torch.save({"extras": m.export_extras()}, tmp_path / "saca.pt")
-    torch.save({"extras": {}}, tmp_path / "other.pt")                # an export without extras (any other method)
+    torch.save({"extras": {}}, tmp_path / "other.pt")  # an export without extras (any other method)
     pre = HEADS.get("saca")(StubBackbone(128), 3, load_extras(tmp_path / "saca.pt"))
     fresh = HEADS.get("saca")(StubBackbone(128), 3, load_extras(tmp_path / "other.pt"))
     w = m.saca.attention.query.weight
@@ -335,8 +352,9 @@ class _SideVolumes:
     def __init__(self, n: dict[str, int]) -> None:
         from datasets.base import DatasetInfo, Record
 
-        self.info = DatasetInfo(modality="MR", spatial_dims=3, task="multiclass", labels={0: "none", 1: "left",
-                                                                                         2: "right"})
+        self.info = DatasetInfo(
+            modality="MR", spatial_dims=3, task="multiclass", labels={0: "none", 1: "left", 2: "right"}
+        )
         rng = np.random.default_rng(0)
         self.data, self.images = {}, {}
         for split, count in n.items():
@@ -346,7 +364,7 @@ class _SideVolumes:
                 img = rng.normal(0, 0.1, (1, 32, 32, 32)).astype(np.float32)
                 if c:
                     x0 = 4 if c == 1 else 20
-                    img[0, x0:x0 + 8, 12:20, 12:20] += 1.0
+                    img[0, x0 : x0 + 8, 12:20, 12:20] += 1.0
                 rid = f"{split}{i}"
                 recs.append(Record(rid, rid, f"{rid}.nii.gz", classes=(c,)))
                 self.images[rid] = img
@@ -374,12 +392,21 @@ def test_classification_finetune_with_the_saca_head_runs_on_a_swin_export(tmp_pa
     extras = SACA(bb, SACA.Config(init_encoder=False)).export_extras() if with_block else {}
     save_export(bb, tmp_path / "export.pt", {"method": "saca" if with_block else "random"}, extras=extras)
     task = Task("side3", "toy_side", "classification", ("finetune",), metric="auroc")
-    ctx = TransferContext(export_path=tmp_path / "export.pt", dataset=_SideVolumes({"train": 9, "val": 6, "test": 6}),
-                          cell=Cell(task, "finetune", 1.0, 0), run_dir=tmp_path / "run", device=torch.device("cpu"),
-                          preprocess=Preprocess(0.0, 1.0), roi=(32, 32, 32), steps=3, batch_size=3, progress=False)
+    ctx = TransferContext(
+        export_path=tmp_path / "export.pt",
+        dataset=_SideVolumes({"train": 9, "val": 6, "test": 6}),
+        cell=Cell(task, "finetune", 1.0, 0),
+        run_dir=tmp_path / "run",
+        device=torch.device("cpu"),
+        preprocess=Preprocess(0.0, 1.0),
+        roi=(32, 32, 32),
+        steps=3,
+        batch_size=3,
+        progress=False,
+    )
     cls = resolve_protocol("finetune", "classification")
     res = cls(cls.make_config({"head": "saca"})).run(ctx)
-    ctx.run_dir = tmp_path / "run_linear"   # a run directory resumes its own checkpoint only
+    ctx.run_dir = tmp_path / "run_linear"  # a run directory resumes its own checkpoint only
     linear = cls(cls.make_config({"head": "linear"})).run(ctx)
     block = sum(p.numel() for p in SACABlock(bb.feature_dim, 0, 0.1).parameters())
     assert res.params - linear.params == block

@@ -1,4 +1,5 @@
 """Segmentation transfer on the generated smoke suite, at a few steps."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,10 +13,10 @@ from bench.registry import DATASETS, SUITES
 from bench.suites import Cell
 
 
-
 @pytest.mark.parametrize("evaluations, expected_validations", [(None, 2), (1, 1)])
-def test_each_case_is_inferred_once_per_validation_and_once_for_the_test(data_dir, tmp_path, monkeypatch,
-                                                                         evaluations, expected_validations):
+def test_each_case_is_inferred_once_per_validation_and_once_for_the_test(
+    data_dir, tmp_path, monkeypatch, evaluations, expected_validations
+):
     """Sliding-window inference is the cost of validation on a CPU: one call per case, not one per class; the
     budget's ``transfer.evaluations`` sets how many validations run when the protocol leaves eval_every at 0."""
     import monai.inferers
@@ -34,12 +35,22 @@ def test_each_case_is_inferred_once_per_validation_and_once_for_the_test(data_di
     save_export(build_backbone("swin_unetr_tiny"), tmp_path / "export.pt", {"method": "random"})
     task = SUITES.get("smoke").task("seg3")
     cls = resolve_protocol("finetune", "segmentation")
-    ctx = TransferContext(export_path=tmp_path / "export.pt", dataset=ds, cell=Cell(task, "finetune", 1.0, 0),
-                          run_dir=tmp_path / "run", device=torch.device("cpu"), preprocess=Preprocess(-175.0, 250.0),
-                          roi=(64, 64, 64), steps=2, batch_size=1, progress=False, evaluations=evaluations)
+    ctx = TransferContext(
+        export_path=tmp_path / "export.pt",
+        dataset=ds,
+        cell=Cell(task, "finetune", 1.0, 0),
+        run_dir=tmp_path / "run",
+        device=torch.device("cpu"),
+        preprocess=Preprocess(-175.0, 250.0),
+        roi=(64, 64, 64),
+        steps=2,
+        batch_size=1,
+        progress=False,
+        evaluations=evaluations,
+    )
     res = cls(cls.make_config({"eval_every": 0} if evaluations else {"eval_every": 1})).run(ctx)
     n_val, n_test = len(ds.records("val")), len(ds.records("test"))
-    assert len(ds.info.labels) > 2                       # several classes per case: a per-class call would show
+    assert len(ds.info.labels) > 2  # several classes per case: a per-class call would show
     assert len(calls) == expected_validations * n_val + n_test, (len(calls), n_val, n_test)
     assert {r["case"] for r in res.rows} == {r.id for r in ds.records("test")}
 
@@ -64,7 +75,7 @@ def test_class_positive_crops_see_a_small_organ_as_often_as_a_large_one():
     # foreground voxels: 4096 of organ 1, 8 of organ 2 -> a crop centred on organ 2 about 8 / 4104 of the time
     assert _crops_containing("foreground", 2) < 0.02
     share = _crops_containing("class", 2)
-    assert 0.4 < share < 0.6                  # organ 2 drawn with probability 1/2, and its crop contains it
+    assert 0.4 < share < 0.6  # organ 2 drawn with probability 1/2, and its crop contains it
     assert _crops_containing("class", 1) > 0.4
 
 

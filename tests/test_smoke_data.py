@@ -1,4 +1,5 @@
 """The smoke suite's generated files: organs on their anatomical side in RAS+ world coordinates."""
+
 from __future__ import annotations
 
 import numpy as np

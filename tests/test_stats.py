@@ -10,6 +10,7 @@ Sources cited below:
 - Wiesenfarth et al., "Methods and open-source toolkit for analyzing and visualizing challenge results"
   (challengeR), Sci. Rep. 11, 2021.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,10 +25,24 @@ from bench import stats as S
 # 3.143, 2.000, 2.893, 1.964 (rank sums 44, 28, 40.5, 27.5). The AUC values themselves are not
 # reproduced here; this rank matrix [14 data sets, 4 classifiers] has exactly the paper's rank sums (one
 # tie, as the .5 sums require), so friedman() must reproduce the paper's statistics end to end.
-DEMSAR_RANKS = np.array([
-    [2, 1, 3.5, 3.5], [4, 1, 3, 2], [4, 1, 2, 3], [4, 1, 3, 2], [2, 3, 4, 1], [4, 2, 3, 1], [4, 2, 1, 3],
-    [4, 2, 3, 1], [1, 3, 4, 2], [4, 2, 1, 3], [3, 2, 4, 1], [3, 4, 1, 2], [3, 1, 4, 2], [2, 3, 4, 1],
-])
+DEMSAR_RANKS = np.array(
+    [
+        [2, 1, 3.5, 3.5],
+        [4, 1, 3, 2],
+        [4, 1, 2, 3],
+        [4, 1, 3, 2],
+        [2, 3, 4, 1],
+        [4, 2, 3, 1],
+        [4, 2, 1, 3],
+        [4, 2, 3, 1],
+        [1, 3, 4, 2],
+        [4, 2, 1, 3],
+        [3, 2, 4, 1],
+        [3, 4, 1, 2],
+        [3, 1, 4, 2],
+        [2, 3, 4, 1],
+    ]
+)
 
 
 def test_friedman_formulas_from_demsar_2006_mean_ranks():
@@ -35,7 +50,7 @@ def test_friedman_formulas_from_demsar_2006_mean_ranks():
     chi2_F = 9.28 and F_F = 3.69 (F with 3 and 39 degrees of freedom)."""
     r = np.array([3.143, 2.000, 2.893, 1.964])
     n, k = 14, 4
-    chi2 = 12 * n / (k * (k + 1)) * (np.sum(r ** 2) - k * (k + 1) ** 2 / 4)
+    chi2 = 12 * n / (k * (k + 1)) * (np.sum(r**2) - k * (k + 1) ** 2 / 4)
     assert chi2 == pytest.approx(9.28, abs=0.01)
     assert (n - 1) * chi2 / (n * (k - 1) - chi2) == pytest.approx(3.69, abs=0.01)
 
@@ -43,7 +58,7 @@ def test_friedman_formulas_from_demsar_2006_mean_ranks():
 def test_friedman_reproduces_demsar_2006_table6_statistics():
     """Demšar 2006 Table 6 / §3.2.2: mean ranks 3.143, 2.000, 2.893, 1.964; chi2_F = 9.28; F_F = 3.69;
     the paper's critical F(3, 39) at 0.05 is 2.85, so the null hypothesis is rejected."""
-    res = S.friedman(5 - DEMSAR_RANKS)                   # higher score = better = rank 1
+    res = S.friedman(5 - DEMSAR_RANKS)  # higher score = better = rank 1
     assert np.round(res.mean_ranks, 3) == pytest.approx([3.143, 2.000, 2.893, 1.964])
     assert res.chi2 == pytest.approx(9.28, abs=0.01)
     assert res.ff == pytest.approx(3.69, abs=0.01)
@@ -101,18 +116,38 @@ def _q(cd: float, k: int, n: int) -> float:
     return cd / np.sqrt(k * (k + 1) / (6 * n))
 
 
-@pytest.mark.parametrize("k, q05, q10", [
-    (2, 1.960, 1.645), (3, 2.343, 2.052), (4, 2.569, 2.291), (5, 2.728, 2.459), (6, 2.850, 2.589),
-    (7, 2.949, 2.693), (8, 3.031, 2.780), (9, 3.102, 2.855), (10, 3.164, 2.920)])
+@pytest.mark.parametrize(
+    "k, q05, q10",
+    [
+        (2, 1.960, 1.645),
+        (3, 2.343, 2.052),
+        (4, 2.569, 2.291),
+        (5, 2.728, 2.459),
+        (6, 2.850, 2.589),
+        (7, 2.949, 2.693),
+        (8, 3.031, 2.780),
+        (9, 3.102, 2.855),
+        (10, 3.164, 2.920),
+    ],
+)
 def test_nemenyi_critical_values_demsar_table5a(k, q05, q10):
     """Demšar 2006 Table 5(a): critical values q_alpha of the two-tailed Nemenyi test (alpha 0.05, 0.10)."""
     assert _q(S.nemenyi_cd(k, 6), k, 6) == pytest.approx(q05, abs=2e-3)
     assert _q(S.nemenyi_cd(k, 6, alpha=0.10), k, 6) == pytest.approx(q10, abs=2e-3)
 
 
-@pytest.mark.parametrize("k, q05, q10", [
-    (2, 1.960, 1.645), (3, 2.241, 1.960), (4, 2.394, 2.128), (5, 2.498, 2.241), (6, 2.576, 2.326),
-    (7, 2.638, 2.394), (8, 2.690, 2.450)])
+@pytest.mark.parametrize(
+    "k, q05, q10",
+    [
+        (2, 1.960, 1.645),
+        (3, 2.241, 1.960),
+        (4, 2.394, 2.128),
+        (5, 2.498, 2.241),
+        (6, 2.576, 2.326),
+        (7, 2.638, 2.394),
+        (8, 2.690, 2.450),
+    ],
+)
 def test_bonferroni_dunn_critical_values_demsar_table5b(k, q05, q10):
     """Demšar 2006 Table 5(b): critical values q_alpha of the two-tailed Bonferroni-Dunn test."""
     assert _q(S.bonferroni_dunn_cd(k, 6), k, 6) == pytest.approx(q05, abs=2e-3)
@@ -172,7 +207,7 @@ def test_holm_matches_step_down_procedure():
 # ----------------------------------------------------------------------------------------------- Wilcoxon
 
 
-@pytest.mark.parametrize("n", [20, 120])          # exact and normal-approximation p-values in scipy
+@pytest.mark.parametrize("n", [20, 120])  # exact and normal-approximation p-values in scipy
 @pytest.mark.parametrize("alternative", ["two-sided", "greater", "less"])
 def test_paired_wilcoxon_matches_scipy(n, alternative):
     rng = np.random.default_rng(n)
@@ -185,14 +220,14 @@ def test_paired_wilcoxon_matches_scipy(n, alternative):
 def test_paired_wilcoxon_zero_differences_nan_pairs_and_degenerate():
     rng = np.random.default_rng(3)
     a, b = rng.random(30), rng.random(30)
-    b[:5] = a[:5]                                    # five zero differences: dropped (zero_method="wilcox")
-    ref = ss.wilcoxon(a[5:], b[5:])                  # 25 nonzero differences: scipy's exact p-value
+    b[:5] = a[:5]  # five zero differences: dropped (zero_method="wilcox")
+    ref = ss.wilcoxon(a[5:], b[5:])  # 25 nonzero differences: scipy's exact p-value
     assert S.paired_wilcoxon(a, b) == pytest.approx((ref.statistic, ref.pvalue))
     # the same statistic as scipy with zero_method="wilcox" on all pairs (scipy then uses the normal
     # approximation because zeros are present, so only the statistic is compared)
     assert S.paired_wilcoxon(a, b)[0] == pytest.approx(ss.wilcoxon(a, b, zero_method="wilcox").statistic)
     a2 = a.copy()
-    a2[10] = np.nan                                  # an incomplete pair is dropped
+    a2[10] = np.nan  # an incomplete pair is dropped
     keep = np.arange(30) != 10
     assert S.paired_wilcoxon(a2, b) == pytest.approx(S.paired_wilcoxon(a[keep], b[keep]))
     assert S.paired_wilcoxon(a, a) == (0.0, 1.0)
@@ -265,28 +300,32 @@ def test_hierarchical_bootstrap_covers_and_is_wider_with_seed_effects():
     assert lo < scores.mean() < hi
     flat = S.bootstrap_ci(scores.ravel(), method="percentile", n_resamples=4000)
     assert (hi - lo) > 2 * (flat[1] - flat[0])
-    assert S.hierarchical_bootstrap_ci(scores, n_resamples=500, seed=3) == \
-        S.hierarchical_bootstrap_ci(scores, n_resamples=500, seed=3)
+    assert S.hierarchical_bootstrap_ci(scores, n_resamples=500, seed=3) == S.hierarchical_bootstrap_ci(
+        scores, n_resamples=500, seed=3
+    )
 
 
 def test_hierarchical_bootstrap_batched_nan_and_degenerate():
     rng = np.random.default_rng(1)
-    scores = rng.random((3, 2, 4, 30))                          # [task, method, seed, case]
+    scores = rng.random((3, 2, 4, 30))  # [task, method, seed, case]
     lo, hi = S.hierarchical_bootstrap_ci(scores, n_resamples=1500, seed=7)
     assert lo.shape == hi.shape == (3, 2)
     for t in range(3):
-        for m in range(2):                                      # the same indices for every entry
+        for m in range(2):  # the same indices for every entry
             assert (lo[t, m], hi[t, m]) == pytest.approx(
-                S.hierarchical_bootstrap_ci(scores[t, m], n_resamples=1500, seed=7))
+                S.hierarchical_bootstrap_ci(scores[t, m], n_resamples=1500, seed=7)
+            )
     # a batch of >= 4 means uses draw counts instead of gathers: the same numbers, NaN included
     holes = scores.reshape(6, 4, 30).copy()
     holes[2, 1, :7] = np.nan
     lo, hi = S.hierarchical_bootstrap_ci(holes, n_resamples=700, seed=1)
-    gathered = [S.hierarchical_bootstrap_ci(h, stat=lambda v, axis: np.nanmean(v, axis=axis), n_resamples=700,
-                                            seed=1) for h in holes]
+    gathered = [
+        S.hierarchical_bootstrap_ci(h, stat=lambda v, axis: np.nanmean(v, axis=axis), n_resamples=700, seed=1)
+        for h in holes
+    ]
     assert np.column_stack([lo, hi]) == pytest.approx(np.array(gathered))
     s = scores[0, 0].copy()
-    s[1, :5] = np.nan                                            # cases missing for one seed are ignored
+    s[1, :5] = np.nan  # cases missing for one seed are ignored
     lo, hi = S.hierarchical_bootstrap_ci(s, n_resamples=1000)
     assert np.isfinite([lo, hi]).all() and lo < np.nanmean(s) < hi
     assert S.hierarchical_bootstrap_ci(np.full((3, 10), 0.5), n_resamples=100) == (0.5, 0.5)
@@ -315,7 +354,7 @@ def test_stratified_bootstrap_ci():
     s = np.random.default_rng(0).random((5, 4))
     lo, hi = S.stratified_bootstrap_ci(s, n_resamples=500)
     assert lo <= S.iqm(s) <= hi
-    const = np.tile(np.array([0.1, 0.5, 0.6, 0.9]), (6, 1))        # [run, task]
+    const = np.tile(np.array([0.1, 0.5, 0.6, 0.9]), (6, 1))  # [run, task]
     lo, hi = S.stratified_bootstrap_ci(const, n_resamples=300)
     assert lo == pytest.approx(S.iqm(const)) and hi == pytest.approx(S.iqm(const))
     batch = np.random.default_rng(1).random((3, 5, 4))
@@ -335,11 +374,11 @@ def test_probability_of_improvement_hand_computed():
 def test_probability_of_improvement_matches_mann_whitney_and_is_symmetric():
     """rliable computes U / (n m) with scipy.stats.mannwhitneyu per task, averaged over tasks."""
     rng = np.random.default_rng(0)
-    x, y = rng.integers(0, 5, (6, 3)).astype(float), rng.integers(0, 5, (4, 3)).astype(float)   # ties
+    x, y = rng.integers(0, 5, (6, 3)).astype(float), rng.integers(0, 5, (4, 3)).astype(float)  # ties
     ref = np.mean([ss.mannwhitneyu(x[:, t], y[:, t]).statistic / (6 * 4) for t in range(3)])
     assert S.probability_of_improvement(x, y) == pytest.approx(ref)
     assert S.probability_of_improvement(x, y) + S.probability_of_improvement(y, x) == pytest.approx(1.0)
-    runs = rng.random((4, 5, 3))                                  # [method, run, task]
+    runs = rng.random((4, 5, 3))  # [method, run, task]
     mat = S.probability_of_improvement(runs[:, None], runs[None])
     assert mat.shape == (4, 4) and np.diag(mat) == pytest.approx(0.5)
     assert mat + mat.T == pytest.approx(np.ones((4, 4)))
@@ -364,9 +403,9 @@ def test_probability_of_improvement_ci():
 def test_kendall_tau_b_matches_scipy():
     rng = np.random.default_rng(0)
     b = rng.integers(0, 4, 7).astype(float)
-    a = rng.integers(0, 4, (20, 7)).astype(float)                 # ties in both
+    a = rng.integers(0, 4, (20, 7)).astype(float)  # ties in both
     ours = S._kendall_tau_b(a, b)
-    ref = [ss.kendalltau(row, b).statistic for row in a]         # scipy's default variant is tau-b
+    ref = [ss.kendalltau(row, b).statistic for row in a]  # scipy's default variant is tau-b
     assert ours == pytest.approx(ref, nan_ok=True)
 
 
@@ -387,7 +426,7 @@ def test_rank_stability():
     k = 17
     ref = ss.kendalltau(ss.rankdata(-close[idx[k]].mean(0)), ss.rankdata(-close.mean(0))).statistic
     assert tau[k] == pytest.approx(ref)
-    batch = np.stack([close, close[::-1] * 2])                     # [task, case, method]
+    batch = np.stack([close, close[::-1] * 2])  # [task, case, method]
     tb = S.rank_stability(batch, n_boot=300, seed=1)
     assert tb.shape == (2, 300) and np.array_equal(tb[0], tau)
 

@@ -11,6 +11,7 @@ References checked against:
   agreement of two blocks, p = 1 / k!.
 - sklearn's average precision and a hand-computed worked example.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -86,12 +87,12 @@ def _anova_reference(x: np.ndarray, ci: float = 0.95) -> tuple[float, float, flo
     if v_unit > v_e:
         c = v_unit - v_e
         var = v_run + c
-        df = var ** 2 / (v_run ** 2 / (r - 1) + v_unit ** 2 / (g - 1) + v_e ** 2 / ((r - 1) * (g - 1)))
+        df = var**2 / (v_run**2 / (r - 1) + v_unit**2 / (g - 1) + v_e**2 / ((r - 1) * (g - 1)))
         half = (ss.t.ppf(q, r - 1) ** 2 * v_run + ss.t.ppf(q, g - 1) ** 2 * c) ** 0.5
     else:
         var, df = v_run, r - 1
-        half = ss.t.ppf(q, df) * var ** 0.5
-    return var ** 0.5, df, grand - half, grand + half
+        half = ss.t.ppf(q, df) * var**0.5
+    return var**0.5, df, grand - half, grand + half
 
 
 def test_run_mean_t_matches_the_two_way_anova_written_out():
@@ -109,7 +110,7 @@ def test_run_mean_t_matches_the_two_way_anova_written_out():
 
 def test_run_mean_without_a_unit_component_is_the_one_sample_t_over_runs():
     run_means = np.array([0.61, 0.66, 0.58, 0.64])
-    x = np.repeat(run_means[:, None], 7, axis=1)                # no unit variation: c = 0
+    x = np.repeat(run_means[:, None], 7, axis=1)  # no unit variation: c = 0
     res = S.run_mean(x - 0.6, method="t")
     ref = ss.ttest_1samp(run_means - 0.6, 0.0)
     assert res.df == 3 and res.p == pytest.approx(ref.pvalue)
@@ -123,7 +124,7 @@ def test_run_mean_with_one_run_gives_the_estimate_only():
     assert res.estimate == pytest.approx(0.4)
     assert all(np.isnan(v) for v in (res.low, res.high, res.p, res.se, res.df))
     assert S.verdict(res.low, res.high, 0.01) == "untested"
-    assert S.run_mean(np.array([0.2, 0.4])).interval == "none"           # [C] is one run
+    assert S.run_mean(np.array([0.2, 0.4])).interval == "none"  # [C] is one run
 
 
 def test_run_mean_drops_case_columns_holding_nan():
@@ -151,12 +152,15 @@ def test_run_mean_groups_average_the_cases_of_a_patient_first():
     got = S.run_mean(x, groups=groups, method="t")
     assert _same(got, S.run_mean(by_hand, method="t"), exact=False)
     assert got.units == 3
-    assert got.estimate != pytest.approx(x.mean())               # patients weigh equally, not slices
+    assert got.estimate != pytest.approx(x.mean())  # patients weigh equally, not slices
     # a NaN slice drops its column before grouping
     y = x.copy()
     y[0, 1] = np.nan
-    assert _same(S.run_mean(y, groups=groups, method="t"), S.run_mean(
-        np.stack([x[:, 0], x[:, 2], x[:, 3:].mean(1)], axis=1), method="t"), exact=False)
+    assert _same(
+        S.run_mean(y, groups=groups, method="t"),
+        S.run_mean(np.stack([x[:, 0], x[:, 2], x[:, 3:].mean(1)], axis=1), method="t"),
+        exact=False,
+    )
     with pytest.raises(ValueError):
         S.run_mean(x, groups=["a", "b"])
 
@@ -166,7 +170,7 @@ def test_zero_spread_and_a_single_unit():
     res = S.run_mean(x, method="t")
     assert (res.low, res.high, res.se, res.p) == (0.25, 0.25, 0.0, 0.0)
     assert S.paired_run_difference(x, x, method="t").p == 1.0
-    one = S.run_mean(np.array([[0.1], [0.3], [0.2]]), method="t")      # G == 1: run term only
+    one = S.run_mean(np.array([[0.1], [0.3], [0.2]]), method="t")  # G == 1: run term only
     ref = ss.ttest_1samp([0.1, 0.3, 0.2], 0.0)
     assert one.units == 1 and one.df == 2 and one.p == pytest.approx(ref.pvalue)
 
@@ -208,7 +212,7 @@ def _set_data(seed: int, n_run: int = 3, n: int = 60, shift: float = 0.0) -> tup
     rng = np.random.default_rng(seed)
     y = np.zeros((n, 2))
     y[: n // 3, 0] = 1
-    y[n // 4: n // 2, 1] = 1
+    y[n // 4 : n // 2, 1] = 1
     image = rng.normal(0, 1, (n, 2))
     a = image + y * (1.0 + shift) + rng.normal(0, 0.8, (n_run, n, 2))
     b = image + y + rng.normal(0, 0.8, (n_run, n, 2))
@@ -248,14 +252,15 @@ def test_set_run_mean_and_one_run():
 def test_set_groups_draw_patients_as_clusters():
     """A patient scanned twice (two identical images) must not count as two independent cases."""
     a, b, y = _set_data(2, n_run=2, n=40)
-    dup = lambda s: np.repeat(s, 2, axis=-2)                      # noqa: E731
+    dup = lambda s: np.repeat(s, 2, axis=-2)  # noqa: E731
     patients = np.repeat(np.arange(40), 2)
     once = S.set_auroc_ci(a, y, n_resamples=500, seed=3)
     assert S.set_auroc_ci(dup(a), dup(y), n_resamples=500, seed=3, groups=patients) == once
     naive = S.set_auroc_ci(dup(a), dup(y), n_resamples=500, seed=3)
     assert naive[1] - naive[0] < once[1] - once[0]
-    assert S.paired_set_auroc_test(dup(a), dup(b), dup(y), n_resamples=500, seed=3, groups=patients) == \
-        S.paired_set_auroc_test(a, b, y, n_resamples=500, seed=3)
+    assert S.paired_set_auroc_test(
+        dup(a), dup(b), dup(y), n_resamples=500, seed=3, groups=patients
+    ) == S.paired_set_auroc_test(a, b, y, n_resamples=500, seed=3)
     # one group per image draws exactly as no groups
     assert S.set_auroc_ci(a, y, n_resamples=300, groups=list(range(40))) == S.set_auroc_ci(a, y, n_resamples=300)
     res = S.set_run_difference(dup(a), dup(b), dup(y), groups=patients, method="bootstrap", n_resamples=300)
@@ -270,7 +275,7 @@ def test_verdict_five_outcomes():
     assert S.verdict(0.01, 0.05, 0.005) == "better"
     assert S.verdict(-0.05, -0.01, 0.005) == "worse"
     assert S.verdict(-0.01, 0.02, 0.005) == "inconclusive"
-    assert S.verdict(0.001, 0.004, 0.005) == "equivalent"            # excludes 0, but inside the margin
+    assert S.verdict(0.001, 0.004, 0.005) == "equivalent"  # excludes 0, but inside the margin
     assert S.verdict(-0.004, 0.004, 0.005) == "equivalent"
     assert S.verdict(float("nan"), 0.1, 0.005) == "untested"
     assert S.verdict(-0.01, 0.02, 0.0) == "inconclusive"
@@ -289,14 +294,25 @@ def test_minimal_detectable_effect():
 # baycomp 1.0.3's SignedRankTest.probs(zeros, d, rope, prior=prior, nsamples=200_000, random_state=0) on these
 # differences (computed once in a separate environment: baycomp's wheel installs a top-level `tests` package that
 # would shadow this project's, so it is not a test dependency); with rope 0 baycomp returns (left, right) only.
-@pytest.mark.parametrize("d, rope, prior, baycomp", [
-    (np.array([0.012, 0.03, -0.004, 0.021, 0.008, 0.015, -0.01, 0.027, 0.005, 0.019]), 0.01, 1.0,
-     (0.0, 0.3828, 0.6172)),
-    (np.array([0.012, 0.03, -0.004, 0.021, 0.008, 0.015, -0.01, 0.027, 0.005, 0.019]), 0.0, 1.0,
-     (0.0024, 0.0, 0.9976)),
-    (np.array([-0.02, 0.004, -0.011, -0.006, 0.002, -0.015, 0.009]), 0.005, 0.5, (0.6291, 0.3512, 0.0197)),
-    (np.array([0.003, -0.002, 0.001, 0.004, -0.001, 0.0]), 0.01, 1.0, (0.0, 1.0, 0.0)),
-])
+@pytest.mark.parametrize(
+    "d, rope, prior, baycomp",
+    [
+        (
+            np.array([0.012, 0.03, -0.004, 0.021, 0.008, 0.015, -0.01, 0.027, 0.005, 0.019]),
+            0.01,
+            1.0,
+            (0.0, 0.3828, 0.6172),
+        ),
+        (
+            np.array([0.012, 0.03, -0.004, 0.021, 0.008, 0.015, -0.01, 0.027, 0.005, 0.019]),
+            0.0,
+            1.0,
+            (0.0024, 0.0, 0.9976),
+        ),
+        (np.array([-0.02, 0.004, -0.011, -0.006, 0.002, -0.015, 0.009]), 0.005, 0.5, (0.6291, 0.3512, 0.0197)),
+        (np.array([0.003, -0.002, 0.001, 0.004, -0.001, 0.0]), 0.01, 1.0, (0.0, 1.0, 0.0)),
+    ],
+)
 def test_bayes_signed_rank_agrees_with_baycomp(d, rope, prior, baycomp):
     ours = S.bayes_signed_rank(d, rope, prior_strength=prior, n_samples=50_000, seed=0)
     assert sum(ours) == pytest.approx(1.0)
@@ -321,7 +337,7 @@ def _brute_force_friedman_p(scores: np.ndarray) -> float:
     """Every joint permutation of the blocks' rank vectors, counted one by one."""
     ranks = ss.rankdata(-scores, axis=1)
     n, k = ranks.shape
-    stat = lambda rs: np.sum(rs.sum(0) ** 2)                    # noqa: E731
+    stat = lambda rs: np.sum(rs.sum(0) ** 2)  # noqa: E731
     observed = stat(ranks)
     perms = list(itertools.permutations(range(k)))
     hits = total = 0
@@ -375,13 +391,15 @@ def test_hierarchical_bootstrap_means_shares_units_and_runs():
     a = rng.normal(size=(3, 12))
     boots = S.hierarchical_bootstrap_means([a, a + 0.1], n_resamples=500, seed=2)
     assert boots.shape == (2, 500)
-    np.testing.assert_allclose(boots[1] - boots[0], 0.1)           # same cases and the same runs
+    np.testing.assert_allclose(boots[1] - boots[0], 0.1)  # same cases and the same runs
     assert abs(boots[0].mean() - a.mean()) < 0.05
     unequal = S.hierarchical_bootstrap_means([a, (a + 0.1)[:2]], n_resamples=500, seed=2)
-    assert np.std(unequal[1] - unequal[0]) > 0                       # runs drawn independently
+    assert np.std(unequal[1] - unequal[0]) > 0  # runs drawn independently
     # groups of one case draw as no groups; NaN cases are skipped in the means
-    assert np.array_equal(S.hierarchical_bootstrap_means([a], groups=list(range(12)), n_resamples=100),
-                          S.hierarchical_bootstrap_means([a], n_resamples=100))
+    assert np.array_equal(
+        S.hierarchical_bootstrap_means([a], groups=list(range(12)), n_resamples=100),
+        S.hierarchical_bootstrap_means([a], n_resamples=100),
+    )
     b = a.copy()
     b[0, 3] = np.nan
     nb = S.hierarchical_bootstrap_means([b], n_resamples=300, seed=1)[0]
@@ -424,8 +442,8 @@ def test_average_precision_matches_sklearn_batched():
 
     rng = np.random.default_rng(0)
     y = (rng.random((60, 3)) < 0.3).astype(float)
-    y[:, 2] = 0                                                    # no positive: left out
-    s = np.round(rng.random((2, 60, 3)), 1)                          # many ties
+    y[:, 2] = 0  # no positive: left out
+    s = np.round(rng.random((2, 60, 3)), 1)  # many ties
     got = S.average_precision(s, y)
     ref = [np.mean([average_precision_score(y[:, c], s[r, :, c]) for c in range(2)]) for r in range(2)]
     np.testing.assert_allclose(got, ref)

@@ -8,6 +8,7 @@ References checked against:
   as an independent reference for the paired bootstrap.
 - sklearn.metrics.roc_auc_score for the point value with ties.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,7 @@ from bench import stats as S
 
 
 def _hanley_mcneil() -> tuple[np.ndarray, np.ndarray]:
-    normal = [33, 6, 6, 11, 2]          # ratings 1 (definitely normal) .. 5 (definitely abnormal)
+    normal = [33, 6, 6, 11, 2]  # ratings 1 (definitely normal) .. 5 (definitely abnormal)
     abnormal = [3, 2, 2, 11, 33]
     ratings = np.arange(1, 6)
     scores = np.concatenate([np.repeat(ratings, normal), np.repeat(ratings, abnormal)]).astype(float)
@@ -51,11 +52,11 @@ def test_mean_auroc_reproduces_hanley_mcneil_and_sklearn_with_ties():
 def test_mean_auroc_skips_classes_with_one_label_and_matches_sklearn_per_class():
     rng = np.random.default_rng(0)
     t = (rng.random((60, 3)) < 0.3).astype(float)
-    t[:, 2] = 0.0                                        # no positive: undefined, left out of the mean
-    s = np.round(rng.random((60, 3)) + t, 1)             # rounding makes ties
+    t[:, 2] = 0.0  # no positive: undefined, left out of the mean
+    s = np.round(rng.random((60, 3)) + t, 1)  # rounding makes ties
     want = np.mean([roc_auc_score(t[:, c], s[:, c]) for c in (0, 1)])
     assert S.mean_auroc(s, t) == pytest.approx(want, abs=1e-12)
-    batched = S.mean_auroc(np.stack([s, s[::-1]]), t)   # leading run dimension
+    batched = S.mean_auroc(np.stack([s, s[::-1]]), t)  # leading run dimension
     assert batched[0] == pytest.approx(want, abs=1e-12)
 
 
@@ -76,7 +77,7 @@ def test_set_auroc_ci_is_seeded_and_narrows_with_more_images():
     small = S.set_auroc_ci(s[:200, None], y[:200, None], n_resamples=2000, seed=3)
     assert small == S.set_auroc_ci(s[:200, None], y[:200, None], n_resamples=2000, seed=3)
     large = S.set_auroc_ci(s[:, None], y[:, None], n_resamples=2000, seed=3)
-    assert (large[1] - large[0]) < 0.5 * (small[1] - small[0])   # width ~ 1/sqrt(n): 10x the images
+    assert (large[1] - large[0]) < 0.5 * (small[1] - small[0])  # width ~ 1/sqrt(n): 10x the images
 
 
 def test_set_auroc_ci_over_runs_includes_the_spread_between_runs():
@@ -95,7 +96,7 @@ def test_paired_set_auroc_test_agrees_with_delong(shift):
     rng = np.random.default_rng(4)
     n = 400
     y = (rng.random(n) < 0.35).astype(float)
-    common = rng.normal(size=n)                          # what both classifiers share: correlated ROC curves
+    common = rng.normal(size=n)  # what both classifiers share: correlated ROC curves
     a = common + (0.8 + shift) * y + 0.7 * rng.normal(size=n)
     b = common + 0.8 * y + 0.7 * rng.normal(size=n)
     want_delta, want_p = _delong_paired(a, b, y)
@@ -113,7 +114,7 @@ def test_paired_set_auroc_test_identical_methods_and_clear_winner():
     assert delta == 0.0 and p == 1.0
     weak = rng.normal(size=(2, 200, 1)) + 0.2 * y[None, :, None]
     delta, p = S.paired_set_auroc_test(a, weak, y[:, None], n_resamples=1000)
-    assert delta > 0.2 and p == pytest.approx(2 / 1001)   # no resample crosses zero: the smallest p
+    assert delta > 0.2 and p == pytest.approx(2 / 1001)  # no resample crosses zero: the smallest p
 
 
 def test_set_rank_stability_is_high_for_well_separated_methods_and_low_for_equal_ones():
@@ -123,7 +124,7 @@ def test_set_rank_stability_is_high_for_well_separated_methods_and_low_for_equal
     apart = noise + np.array([0.3, 1.0, 2.0])[:, None, None, None] * y[None, None, :, None]
     tau = S.set_rank_stability(apart, y[:, None], n_boot=500)
     assert tau.shape == (500,) and np.mean(tau) > 0.99
-    equal = noise + 1.0 * y[None, None, :, None]     # same signal, independent noise: the order is chance
+    equal = noise + 1.0 * y[None, None, :, None]  # same signal, independent noise: the order is chance
     assert np.mean(S.set_rank_stability(equal, y[:, None], n_boot=500)) < 0.8
 
 
@@ -149,6 +150,6 @@ def test_weighted_auroc_of_draw_counts_equals_auroc_of_the_resampled_images(ties
 def test_bootstrap_p_is_twice_the_smaller_tail_with_the_plus_one_correction():
     # one of four resampled differences at or below 0: 2 * (1 + 1) / (1 + 4)
     assert S.bootstrap_p([1.0, 2.0, 3.0, -1.0]) == pytest.approx(0.8)
-    assert S.bootstrap_p([0.5] * 99) == pytest.approx(2 / 100)          # never 0
-    assert S.bootstrap_p([-1.0, 1.0, np.nan]) == 1.0                    # NaN ignored, capped at 1
+    assert S.bootstrap_p([0.5] * 99) == pytest.approx(2 / 100)  # never 0
+    assert S.bootstrap_p([-1.0, 1.0, np.nan]) == 1.0  # NaN ignored, capped at 1
     assert np.isnan(S.bootstrap_p([np.nan, np.nan]))

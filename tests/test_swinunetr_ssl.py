@@ -2,6 +2,7 @@
 
 Fast: the networks are exercised on a stand-in backbone; the real-backbone step is covered by the method contract.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.registry import METHODS
-from methods._swin_ssl import (CutoutSpec, SSLHeads, aug_rand, draw_boxes, nt_xent, patch_rand_drop, rot_rand,
-                               rotate, tokens, vae_decoder)
+from methods._swin_ssl import (
+    CutoutSpec,
+    SSLHeads,
+    aug_rand,
+    draw_boxes,
+    nt_xent,
+    patch_rand_drop,
+    rot_rand,
+    rotate,
+    tokens,
+    vae_decoder,
+)
 from methods.base import StepInfo
 from methods.swinunetr_ssl import SwinUNETRSSL, random_crops
 
@@ -36,7 +47,7 @@ class StubBackbone(nn.Module):
 
 def _marker_volume(n: int = 8) -> torch.Tensor:
     x = torch.zeros(1, 1, n, n, n)
-    x[0, 0, 1, 2, 5] = 1.0       # an asymmetric marker at (X, Y, Z) = (1, 2, 5)
+    x[0, 0, 1, 2, 5] = 1.0  # an asymmetric marker at (X, Y, Z) = (1, 2, 5)
     return x
 
 
@@ -48,7 +59,7 @@ def _where(x: torch.Tensor) -> tuple[int, ...]:
 @pytest.mark.parametrize("k", range(4))
 def test_rotation_about_first_spatial_axis_moves_marker_as_rot90(k):
     n = 8
-    p, q = 2, 5                  # the marker's (Y, Z); X = 1 is the rotation axis and stays
+    p, q = 2, 5  # the marker's (Y, Z); X = 1 is the rotation axis and stays
     expected = [(p, q), (n - 1 - q, p), (n - 1 - p, n - 1 - q), (q, n - 1 - p)][k]
     assert _where(rotate(_marker_volume(n), [k], "x")) == (1, *expected)
 
@@ -56,7 +67,7 @@ def test_rotation_about_first_spatial_axis_moves_marker_as_rot90(k):
 @pytest.mark.parametrize("k", range(4))
 def test_rotation_z_axis_flag_rotates_the_xy_plane(k):
     n = 8
-    p, q = 1, 2                  # the marker's (X, Y); Z = 5 stays
+    p, q = 1, 2  # the marker's (X, Y); Z = 5 stays
     expected = [(p, q), (n - 1 - q, p), (n - 1 - p, n - 1 - q), (q, n - 1 - p)][k]
     assert _where(rotate(_marker_volume(n), [k], "z")) == (*expected, 5)
 
@@ -64,10 +75,10 @@ def test_rotation_z_axis_flag_rotates_the_xy_plane(k):
 def test_rot_rand_labels_match_the_rotation_applied_to_each_sample():
     x = _marker_volume().repeat(16, 1, 1, 1, 1)
     (r, r2), k = rot_rand([x, x * 2], np.random.default_rng(0), "x")
-    assert set(k.tolist()) == {0, 1, 2, 3}               # independent draws per sample
+    assert set(k.tolist()) == {0, 1, 2, 3}  # independent draws per sample
     for i in range(16):
-        assert _where(r[i:i + 1]) == _where(rotate(x[i:i + 1], [int(k[i])], "x"))
-        assert torch.equal(r2[i], 2 * r[i])              # the shared-rotation form (rot_rand_for_double)
+        assert _where(r[i : i + 1]) == _where(rotate(x[i : i + 1], [int(k[i])], "x"))
+        assert torch.equal(r2[i], 2 * r[i])  # the shared-rotation form (rot_rand_for_double)
 
 
 def test_two_views_get_independent_rotations():
@@ -100,9 +111,9 @@ def test_noise_cutout_covers_roughly_the_target_fraction(fraction):
     boxes = patch_rand_drop(x, np.random.default_rng(3), CutoutSpec(), fraction=fraction)
     covered = float((x != 5.0).float().mean())
     summed = sum(math.prod(s.stop - s.start for s in b) for b in boxes) / 64**3
-    assert fraction <= summed < fraction + 15**3 / 64**3          # stops at the first box over the target
-    assert 0.7 * fraction < covered <= summed                      # overlaps are counted twice in the sum
-    for b in boxes:                                                # noise min-max normalised within each box
+    assert fraction <= summed < fraction + 15**3 / 64**3  # stops at the first box over the target
+    assert 0.7 * fraction < covered <= summed  # overlaps are counted twice in the sum
+    for b in boxes:  # noise min-max normalised within each box
         v = x[(slice(None),) + b]
         assert float(v.min()) >= 0.0 and float(v.max()) <= 1.0
 
@@ -110,7 +121,7 @@ def test_noise_cutout_covers_roughly_the_target_fraction(fraction):
 def test_paste_copies_the_other_sample_at_the_same_location():
     n = 4
     base = torch.arange(64**3, dtype=torch.float32).view(1, 64, 64, 64) + 10.0
-    x = torch.stack([base * (i + 1) for i in range(n)])            # every voxel distinct, > 1, per sample
+    x = torch.stack([base * (i + 1) for i in range(n)])  # every voxel distinct, > 1, per sample
     out, records = aug_rand(x, np.random.default_rng(5), CutoutSpec())
     assert any(r.source is not None for r in records)
     for i, rec in enumerate(records):
@@ -122,14 +133,14 @@ def test_paste_copies_the_other_sample_at_the_same_location():
             paste[b] = True
         if rec.source is not None:
             j = rec.source
-            src = out[j] if j < i else x[j]                        # the partially augmented batch, as coded
+            src = out[j] if j < i else x[j]  # the partially augmented batch, as coded
             assert torch.equal(out[i][:, paste], src[:, paste])
             assert rec.source != i
         only_noise = noise & ~paste
-        assert float(out[i][:, only_noise].max()) <= 1.0           # noise in [0, 1]; the data are all > 1
+        assert float(out[i][:, only_noise].max()) <= 1.0  # noise in [0, 1]; the data are all > 1
         untouched = ~(noise | paste)
         assert torch.equal(out[i][:, untouched], x[i][:, untouched])
-    assert not torch.equal(out, x)                                 # a copy was augmented, the input is not
+    assert not torch.equal(out, x)  # a copy was augmented, the input is not
     assert float(x.min()) == 10.0
 
 
@@ -150,8 +161,14 @@ def test_heads_follow_feature_dim_and_read_tokens_0_and_1():
     assert torch.allclose(heads.rotation(tok), heads.rotation_head(tok[:, 0]))
     assert torch.allclose(heads.contrastive(tok), heads.contrastive_head(tok[:, 1]))
     convs = [m for m in vae_decoder(768, 1) if isinstance(m, nn.Conv3d)]
-    assert [(c.in_channels, c.out_channels) for c in convs] == [(768, 384), (384, 192), (192, 96), (96, 48),
-                                                                (48, 48), (48, 1)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (768, 384),
+        (384, 192),
+        (192, 96),
+        (96, 48),
+        (48, 48),
+        (48, 1),
+    ]
     assert sum(isinstance(m, nn.InstanceNorm3d) for m in vae_decoder(768, 1)) == 5
     rec = heads.reconstruct(torch.randn(2, 8, 192), (2, 2, 2))
     assert rec.shape == (2, 1, 64, 64, 64)
@@ -159,8 +176,8 @@ def test_heads_follow_feature_dim_and_read_tokens_0_and_1():
 
 def test_nt_xent_equals_the_hand_computed_value():
     z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    z2 = torch.tensor([[2.0, 0.0], [3.0, 0.0]])                   # normalised: (1, 0), (1, 0)
-    e2 = math.exp(2.0)                                             # exp(cos 1 / tau 0.5)
+    z2 = torch.tensor([[2.0, 0.0], [3.0, 0.0]])  # normalised: (1, 0), (1, 0)
+    e2 = math.exp(2.0)  # exp(cos 1 / tau 0.5)
     # anchors a=(1,0), b=(0,1), c=(1,0), d=(1,0); positives a<->c, b<->d
     hand = (-math.log(e2 / (1 + 2 * e2)) + math.log(3) - math.log(e2 / (2 * e2 + 1)) + math.log(2 * e2 + 1)) / 4
     assert nt_xent(z1, z2, 0.5).item() == pytest.approx(hand, rel=1e-6)
@@ -201,10 +218,11 @@ def test_views_crop_the_roi_and_crops_per_volume():
     two = random_crops(vol, (64, 64, 64), np.random.default_rng(0), 2)
     assert one.shape == (1, 64, 64, 64) and two.shape == (2, 1, 64, 64, 64)
     m = SwinUNETRSSL(StubBackbone(), SwinUNETRSSL.Config(crops_per_volume=2))
-    batch = torch.utils.data.default_collate([m.views({"image": vol, "roi": (64, 64, 64)}, np.random.default_rng(i))
-                                              for i in range(2)])
+    batch = torch.utils.data.default_collate(
+        [m.views({"image": vol, "roi": (64, 64, 64)}, np.random.default_rng(i)) for i in range(2)]
+    )
     assert batch["image"].shape == (2, 2, 1, 64, 64, 64)
-    out = m.training_step(batch, StepInfo(0, 1))                   # 4 crops -> NT-Xent over 8 views
+    out = m.training_step(batch, StepInfo(0, 1))  # 4 crops -> NT-Xent over 8 views
     assert torch.isfinite(out.loss)
 
 
@@ -217,7 +235,7 @@ def test_training_step_is_the_weighted_sum_and_reaches_the_encoder():
     assert out.loss.item() == pytest.approx((logs["loss_rot"] + logs["loss_con"] + logs["loss_rec"]).item(), rel=1e-6)
     out.loss.backward()
     assert m.backbone.encoder.weight.grad.abs().sum() > 0
-    assert m.ema_pairs() == []                                     # no teacher
+    assert m.ema_pairs() == []  # no teacher
 
 
 def test_a_zero_weight_skips_its_head():

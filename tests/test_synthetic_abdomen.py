@@ -1,4 +1,5 @@
 """Tests of the SynthAbdomen generator (datasets/synthetic/abdomen.py)."""
+
 from __future__ import annotations
 
 from functools import cache
@@ -16,7 +17,7 @@ from datasets.synthetic.abdomen import (
     write_btcv_layout,
 )
 
-SMALL = AbdomenConfig(shape=(48, 40, 36), spacing=(7.2, 7.2, 7.0))   # same field of view, 8x fewer voxels
+SMALL = AbdomenConfig(shape=(48, 40, 36), spacing=(7.2, 7.2, 7.0))  # same field of view, 8x fewer voxels
 DEFAULT = AbdomenConfig()
 SEEDS = (0, 1, 2, 3)
 
@@ -61,10 +62,10 @@ def test_outputs_types_and_affine():
     s = subject(0)
     assert s.image.dtype == np.int16 and s.label.dtype == np.uint8
     assert s.image.shape == DEFAULT.shape == s.label.shape
-    assert np.allclose(s.affine[:3, :3], np.diag(DEFAULT.spacing))    # the atlas grid (x toward the left)
+    assert np.allclose(s.affine[:3, :3], np.diag(DEFAULT.spacing))  # the atlas grid (x toward the left)
     out = generate_subject(0, SMALL)[2]
-    assert np.allclose(out[:3, :3], np.diag([-7.2, 7.2, 7.0]))            # written: LAS, x step negative
-    assert np.allclose(out[:3, :3] @ (np.array(SMALL.shape) - 1) / 2 + out[:3, 3], 0)   # centred on the origin
+    assert np.allclose(out[:3, :3], np.diag([-7.2, 7.2, 7.0]))  # written: LAS, x step negative
+    assert np.allclose(out[:3, :3] @ (np.array(SMALL.shape) - 1) / 2 + out[:3, 3], 0)  # centred on the origin
     assert set(np.unique(s.label)) <= set(LABELS)
 
 
@@ -88,7 +89,7 @@ def test_hu_ranges_plausible():
         assert gas.size and np.median(gas) < -400
         assert img[s.tissue == _T["air"]].mean() < -900
         aorta = img[s.label == 8].mean()
-        assert aorta > liver                                   # contrast-enhanced vessel
+        assert aorta > liver  # contrast-enhanced vessel
 
 
 def test_left_right_and_craniocaudal_layout():
@@ -118,7 +119,7 @@ def test_written_files_put_organs_on_their_anatomical_side_for_a_ras_reader(tmp_
     write_btcv_layout(tmp_path, [("img0001", 0)], SMALL, progress=False)
     label, aff = read_nifti(tmp_path / "labelsTr" / "label0001.nii.gz")
     assert nib.aff2axcodes(nib.load(str(tmp_path / "imagesTr" / "img0001.nii.gz")).affine) == ("L", "A", "S")
-    assert nib.aff2axcodes(aff) == ("R", "A", "S")                        # what the harness reads
+    assert nib.aff2axcodes(aff) == ("R", "A", "S")  # what the harness reads
     c = {k: centroid_mm(np.asarray(label), aff, k) for k in (1, 2, 3, 6, 8, 9)}
     assert c[6][0] > 0 > c[1][0], "liver on the patient's right (x > 0), spleen on the left"
     assert c[2][0] > 0 > c[3][0], "label 2 (right kidney) on the patient's right"
@@ -153,10 +154,13 @@ def test_shuffled_layout_moves_organs_more_than_atlas():
             c = []
             for lab in organs:
                 m = s.label == lab
-                c.append(s.affine[:3, :3] @ np.array(np.nonzero(m), float).mean(1) + s.affine[:3, 3]
-                         if m.any() else np.full(3, np.nan))
+                c.append(
+                    s.affine[:3, :3] @ np.array(np.nonzero(m), float).mean(1) + s.affine[:3, 3]
+                    if m.any()
+                    else np.full(3, np.nan)
+                )
             cents.append(c)
-        cents = np.array(cents)                         # (seeds, organs, 3)
+        cents = np.array(cents)  # (seeds, organs, 3)
         return np.nanmean(np.linalg.norm(cents - np.nanmean(cents, 0), axis=-1))
 
     atlas, shuffled = spread("atlas"), spread("shuffled")

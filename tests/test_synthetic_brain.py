@@ -1,4 +1,5 @@
 """Tests of the brain symmetry generator (datasets/synthetic/brain.py)."""
+
 from __future__ import annotations
 
 import sys
@@ -59,9 +60,9 @@ def test_outputs_and_determinism():
     assert a["image"].shape == CFG.shape and a["image"].dtype == np.int16
     assert a["lesion"].dtype == np.uint8 and set(np.unique(a["lesion"])) <= {0, 1}
     assert np.allclose(a["affine"], CFG.affine)
-    assert a["image"].min() == 0                        # skull-stripped background
+    assert a["image"].min() == 0  # skull-stripped background
     wm_like = np.percentile(a["image"][a["image"] > 0], 90)
-    assert 300 < wm_like < 2500                         # int16 T1-like intensities
+    assert 300 < wm_like < 2500  # int16 T1-like intensities
     other = generate_subject(4, CFG)
     assert not np.array_equal(a["image"], other["image"])
 
@@ -71,7 +72,7 @@ def test_affine_is_ras_and_centred_on_the_midline():
     assert np.allclose(np.diag(aff)[:3], CFG.spacing_mm)
     x_first = aff[0, 3]
     x_last = aff[0, 3] + aff[0, 0] * (CFG.shape[0] - 1)
-    assert x_first == pytest.approx(-x_last)            # flip about axis 0 mirrors about x = 0
+    assert x_first == pytest.approx(-x_last)  # flip about axis 0 mirrors about x = 0
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -80,12 +81,12 @@ def test_lesion_side_matches_label(seed):
     for label, sign in ((1, +1), (2, -1)):
         s = subject(seed, label)
         assert s["label"] == label and CLASSES[label] == ("right" if sign > 0 else "left")
-        assert np.allclose(s["affine"][:3, :3], np.diag([CFG.spacing_mm] * 3))   # positive steps: RAS+
+        assert np.allclose(s["affine"][:3, :3], np.diag([CFG.spacing_mm] * 3))  # positive steps: RAS+
         les = np.argwhere(s["lesion"])
         assert len(les) > 20
         x_mm = CFG.affine[0, 0] * les[:, 0] + CFG.affine[0, 3]
         assert sign * x_mm.mean() > 10
-        assert (sign * x_mm > 0).mean() > 0.97          # the lesion stays in one hemisphere
+        assert (sign * x_mm > 0).mean() > 0.97  # the lesion stays in one hemisphere
         assert (s["image"][s["lesion"] > 0] > 0).all()  # inside the brain
     h = subject(seed, 0)
     assert h["label"] == 0 and not h["lesion"].any()
@@ -120,7 +121,7 @@ def test_lesion_adds_asymmetry_on_its_side(seed):
     s = subject(seed, label)
     img = s["image"].astype(np.float32)
     les = s["lesion"].astype(bool)
-    region = les | les[::-1]                             # the lesion and its mirror image
+    region = les | les[::-1]  # the lesion and its mirror image
     S, S_h = signed_asymmetry(img), signed_asymmetry(healthy)
     # the lesion raises the asymmetry energy above the warped healthy baseline
     assert (S[region] ** 2).sum() > 1.1 * (S_h[region] ** 2).sum()
@@ -139,8 +140,12 @@ def test_write_layout(tmp_path):
     out = write_layout(tmp_path, [("case_a", 1), ("case_b", 2)], progress=False, cfg=CFG)
     assert out == {"case_a": class_of(1, CFG), "case_b": class_of(2, CFG)}
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert files == ["imagesTr/case_a.nii.gz", "imagesTr/case_b.nii.gz",
-                     "labelsTr/case_a.nii.gz", "labelsTr/case_b.nii.gz"]
+    assert files == [
+        "imagesTr/case_a.nii.gz",
+        "imagesTr/case_b.nii.gz",
+        "labelsTr/case_a.nii.gz",
+        "labelsTr/case_b.nii.gz",
+    ]
     img = nib.load(tmp_path / "imagesTr" / "case_a.nii.gz")
     lab = nib.load(tmp_path / "labelsTr" / "case_a.nii.gz")
     assert np.allclose(img.affine, CFG.affine)

@@ -1,4 +1,5 @@
 """Tests of the chest radiograph generator (datasets/synthetic/chest_xray.py)."""
+
 from __future__ import annotations
 
 from functools import cache
@@ -46,7 +47,7 @@ def test_determinism_and_format():
     assert set(fa) == set(FINDINGS) and set(fa.values()) <= {0, 1}
     c, _ = generate_image(6, SMALL)
     assert not np.array_equal(a, c)
-    assert a.min() == 0 and a.max() == 255                  # windowed to the full 8-bit range
+    assert a.min() == 0 and a.max() == 255  # windowed to the full 8-bit range
     # non-square sizes work and are deterministic too
     d, _ = generate_image(5, CXRConfig(size=(96, 80)))
     assert d.shape == (96, 80)
@@ -89,7 +90,7 @@ def test_cardiomegaly_widens_the_heart_silhouette():
         assert a["ctr"] < 0.5 < b["ctr"]
         wa = np.count_nonzero((a["maps"]["heart"] > 0).any(0))
         wb = np.count_nonzero((b["maps"]["heart"] > 0).any(0))
-        assert wb > 1.1 * wa                                # same patient, wider heart
+        assert wb > 1.1 * wa  # same patient, wider heart
         assert ctr_from_silhouettes(b) > 0.5 > ctr_from_silhouettes(a)
 
 
@@ -103,7 +104,7 @@ def test_lungs_darker_than_mediastinum(seed):
     # midline column band (spine / mediastinum) over the rows where the lungs are
     W = img.shape[1]
     mid = np.zeros_like(lung_px)
-    mid[rows.min():rows.max() + 1, W // 2 - 3:W // 2 + 3] = True
+    mid[rows.min() : rows.max() + 1, W // 2 - 3 : W // 2 + 3] = True
     mid &= lung < 1.0
     assert mid.sum() > 50 and lung_px.sum() > 300
     assert img[lung_px].mean() + 50 < img[mid].mean()
@@ -120,19 +121,24 @@ def test_patient_seed_shares_anatomy():
 
 def test_write_cxr14_layout(tmp_path):
     pd = pytest.importorskip("pandas")
-    items = [("00000001_000.png", 101, 1), ("00000001_001.png", 102, 1), ("00000002_000.png", 103, 2),
-             ("00000003_000.png", 104, 3), ("00000004_000.png", 105, 4)]
-    out = write_cxr14_layout(tmp_path, items, test=["00000003_000.png", "00000004_000.png"], progress=False,
-                             cfg=SMALL)
+    items = [
+        ("00000001_000.png", 101, 1),
+        ("00000001_001.png", 102, 1),
+        ("00000002_000.png", 103, 2),
+        ("00000003_000.png", 104, 3),
+        ("00000004_000.png", 105, 4),
+    ]
+    out = write_cxr14_layout(tmp_path, items, test=["00000003_000.png", "00000004_000.png"], progress=False, cfg=SMALL)
     assert set(out) == {n for n, _, _ in items}
     # files and no temporaries left behind
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert files == sorted(["Data_Entry_2017.csv", "train_val_list.txt", "test_list.txt"]
-                           + [f"images/{n}" for n, _, _ in items])
+    assert files == sorted(
+        ["Data_Entry_2017.csv", "train_val_list.txt", "test_list.txt"] + [f"images/{n}" for n, _, _ in items]
+    )
     for name, seed, pid in items:
         im = Image.open(tmp_path / "images" / name)
         assert im.mode == "L" and im.size == (128, 128)
-        patient_seed = 101 if pid == 1 else seed           # a patient's images share its first image's anatomy
+        patient_seed = 101 if pid == 1 else seed  # a patient's images share its first image's anatomy
         assert np.array_equal(np.asarray(im), generate_image(seed, SMALL, patient_seed=patient_seed)[0])
     # the exact ChestX-ray14 header quirk: 9 names, 11 comma-separated fields per row
     lines = (tmp_path / "Data_Entry_2017.csv").read_text().splitlines()
@@ -141,9 +147,19 @@ def test_write_cxr14_layout(tmp_path):
     for line in lines[1:]:
         assert len(line.split(",")) == 11
     df = pd.read_csv(tmp_path / "Data_Entry_2017.csv")
-    assert list(df.columns) == ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
-                                "Patient Gender", "View Position", "OriginalImage[Width", "Height]",
-                                "OriginalImagePixelSpacing[x", "y]"]
+    assert list(df.columns) == [
+        "Image Index",
+        "Finding Labels",
+        "Follow-up #",
+        "Patient ID",
+        "Patient Age",
+        "Patient Gender",
+        "View Position",
+        "OriginalImage[Width",
+        "Height]",
+        "OriginalImagePixelSpacing[x",
+        "y]",
+    ]
     assert list(df["Follow-up #"]) == [0, 1, 0, 0, 0]
     assert list(df["Patient ID"]) == [1, 1, 2, 3, 4]
     assert (df["OriginalImage[Width"] == 128).all() and (df["Height]"] == 128).all()

@@ -1,4 +1,5 @@
 """SynthColon generator and the ``colon`` adapter: determinism, label/location consistency, records, bad files."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,12 @@ from datasets.synthetic import colon as gen
 
 SMALL = gen.ColonConfig(size=48, pixel_mm=7.5, slices=10, min_tumour_px=2)
 # with SMALL: c002, c003, c006, c008 have a tumour; c003, c004, c007, c008 have three phases
-TINY_SPLITS = {"pretrain": ["c000"], "train": ["c002", "c003", "c004"], "val": ["c005", "c006"],
-               "test": ["c007", "c008"]}
+TINY_SPLITS = {
+    "pretrain": ["c000"],
+    "train": ["c002", "c003", "c004"],
+    "val": ["c005", "c006"],
+    "test": ["c007", "c008"],
+}
 
 
 class TinyColon(Colon):
@@ -51,13 +56,13 @@ def test_tumour_labels_are_consecutive_and_locations_lie_in_their_boxes():
     ann = gen.generate_patient(seed, SMALL)["annotation"]
     pos = [z for z, v in enumerate(ann["labels"]) if v]
     assert ann["tumour"] and 1 <= len(pos) <= 6
-    assert pos == list(range(pos[0], pos[-1] + 1))          # one lesion spanning consecutive slices
+    assert pos == list(range(pos[0], pos[-1] + 1))  # one lesion spanning consecutive slices
     for z in range(SMALL.slices):
         loc, box = ann["loc"]["N"][z], ann["box"]["N"][z]
         assert (loc is None) == (box is None) == (ann["labels"][z] == 0)
         if loc:
             assert box[0] <= loc[0] <= box[2] and box[1] <= loc[1] <= box[3]
-            for ph in ann["phases"]:   # the other phases see the same lesion, shifted by about a pixel
+            for ph in ann["phases"]:  # the other phases see the same lesion, shifted by about a pixel
                 other = ann["loc"][ph][z]
                 if other:
                     assert abs(other[0] - loc[0]) < 4 / SMALL.size and abs(other[1] - loc[1]) < 4 / SMALL.size
@@ -73,9 +78,9 @@ def test_intensities_are_ct_like():
     img = gen.generate_patient(3, SMALL)["image"]
     assert img.dtype == np.int16
     n = img[0].astype(np.float32)
-    assert n.min() < -900                                     # air outside the body and in the bowel
-    assert -130 < np.median(n[(n > -200) & (n < -50)]) < -70   # fat
-    assert n.max() > 500                                      # cortical bone
+    assert n.min() < -900  # air outside the body and in the bowel
+    assert -130 < np.median(n[(n > -200) & (n < -50)]) < -70  # fat
+    assert n.max() > 500  # cortical bone
 
 
 def test_committed_split_is_patient_level_and_disjoint():
@@ -85,7 +90,7 @@ def test_committed_split_is_patient_level_and_disjoint():
     for ids in splits.values():
         assert not seen & set(ids)
         seen |= set(ids)
-    for s in ("train", "val", "test"):   # both classes in every labelled split
+    for s in ("train", "val", "test"):  # both classes in every labelled split
         flags = {gen.has_tumour(SEED_OFFSET + int(p[1:])) for p in splits[s]}
         assert flags == {True, False}
 
@@ -108,7 +113,7 @@ def test_adapter_records_and_load(tmp_path):
     assert np.array_equal(s["image"][0], s["phases"][0]) and s["label"] is None
     direct = gen.generate_patient(SEED_OFFSET + 3, SMALL)["image"]
     assert np.array_equal(s["phases"], direct[:, 3].astype(np.float32))
-    pre = ds.records("pretrain")                            # every phase of every slice, unlabelled
+    pre = ds.records("pretrain")  # every phase of every slice, unlabelled
     assert len(pre) == SMALL.slices * pre[0].meta["phases"] and pre[0].classes is None
     assert not ds.validate()
 
@@ -121,7 +126,7 @@ def test_corrupted_volume_is_regenerated_and_read_errors_name_the_file(tmp_path)
     path.write_bytes(good[: len(good) // 2])
     with pytest.raises(DataError, match="c002.npz"):
         TinyColon(cache_dir=tmp_path).volume("c002")
-    TinyColon(cache_dir=tmp_path).prepare(progress=False)   # checksum mismatch: generated again
+    TinyColon(cache_dir=tmp_path).prepare(progress=False)  # checksum mismatch: generated again
     assert path.read_bytes() == good
     (tmp_path / "colon" / "c003.json").write_text("{not json")
     with pytest.raises(DataError, match="c003.json"):

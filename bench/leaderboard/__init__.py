@@ -35,14 +35,62 @@ Rendering only: every statistic comes from ``bench.stats`` and every figure from
 deterministic (fixed bootstrap seeds, sorted rows, fixed float formats); the date and the renderer's commit are
 parameters, so a golden file can pin it.
 """
-from bench.leaderboard.analysis import (CHANCE, DEFAULT_MARGINS, IDEAL, KEYS, LOWER_IS_BETTER, METRIC_LABELS, RUN,
-                                        Across, Comparison, Control, Leaderboard, MethodRow, Options, Section, Table,
-                                        analyse, comparisons, margin_ranks, normalised, select_rows)
+
+from bench.leaderboard.analysis import (
+    CHANCE,
+    DEFAULT_MARGINS,
+    IDEAL,
+    KEYS,
+    LOWER_IS_BETTER,
+    METRIC_LABELS,
+    RUN,
+    Across,
+    Comparison,
+    Control,
+    Leaderboard,
+    MethodRow,
+    Options,
+    Section,
+    Table,
+    analyse,
+    comparisons,
+    margin_ranks,
+    normalised,
+    select_rows,
+)
 from bench.leaderboard.figures import figure_files, file_stem
 from bench.leaderboard.publish import dataset_class_names, publish, render, write
 from bench.leaderboard.report import MARK_CHANCE, MARK_LEAKAGE, MARK_PARTIAL, markdown
 
-__all__ = ["CHANCE", "DEFAULT_MARGINS", "IDEAL", "KEYS", "LOWER_IS_BETTER", "MARK_CHANCE", "MARK_LEAKAGE",
-           "MARK_PARTIAL", "METRIC_LABELS", "RUN", "Across", "Comparison", "Control", "Leaderboard", "MethodRow",
-           "Options", "Section", "Table", "analyse", "comparisons", "dataset_class_names", "figure_files", "file_stem",
-           "margin_ranks", "markdown", "normalised", "publish", "render", "select_rows", "write"]
+__all__ = [
+    "CHANCE",
+    "DEFAULT_MARGINS",
+    "IDEAL",
+    "KEYS",
+    "LOWER_IS_BETTER",
+    "MARK_CHANCE",
+    "MARK_LEAKAGE",
+    "MARK_PARTIAL",
+    "METRIC_LABELS",
+    "RUN",
+    "Across",
+    "Comparison",
+    "Control",
+    "Leaderboard",
+    "MethodRow",
+    "Options",
+    "Section",
+    "Table",
+    "analyse",
+    "comparisons",
+    "dataset_class_names",
+    "figure_files",
+    "file_stem",
+    "margin_ranks",
+    "markdown",
+    "normalised",
+    "publish",
+    "render",
+    "select_rows",
+    "write",
+]

@@ -2,6 +2,7 @@
 
 Every statistic comes from ``bench.stats``; nothing here renders. See ``bench.leaderboard`` for what a board shows.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,12 +16,18 @@ from bench.registry import UnknownNameError
 from bench.results import CELL_INFO_COLUMNS, METRIC_COLUMNS, PRED_SCORE, PRED_TARGET, PREDICTION_METRICS
 from bench.suites import Suite, Task
 
-KEYS = ["budget", "task", "protocol", "label_fraction"]          # one methods table per key
-RUN = ["pretrain_seed", "draw", "seed"]                          # one pipeline run; draws > 1 only below 100%
+KEYS = ["budget", "task", "protocol", "label_fraction"]  # one methods table per key
+RUN = ["pretrain_seed", "draw", "seed"]  # one pipeline run; draws > 1 only below 100%
 
 LOWER_IS_BETTER = frozenset({"hd95", "hd", "assd", "asd", "mae", "rmse", "error"})
-METRIC_LABELS = {"dice": "Dice", "nsd": "NSD", "hd95": "HD95 [mm]", "auroc": "AUROC", "accuracy": "accuracy",
-                 "auprc": "AUPRC"}
+METRIC_LABELS = {
+    "dice": "Dice",
+    "nsd": "NSD",
+    "hd95": "HD95 [mm]",
+    "auroc": "AUROC",
+    "accuracy": "accuracy",
+    "auprc": "AUPRC",
+}
 # Metrics Reloaded: an overlap metric alone misses boundary errors, so a segmentation table carries one beside it
 BOUNDARY_METRIC = "nsd"
 # the margin of practical equivalence per metric when neither the suite nor the command line declares one
@@ -30,26 +37,49 @@ IDEAL = {"dice": 1.0, "nsd": 1.0, "auroc": 1.0, "accuracy": 1.0, "auprc": 1.0, "
 CHANCE = {"auroc": 0.5, "dice": 0.0, "nsd": 0.0}
 OVERALL_CLASS = -1
 BACKGROUND_CLASS = 0
-SET_CASE = re.compile(r"^(__set__|draw\d+)$")                   # a classification "case" that is the whole test set
-COMPARISONS_SUFFIX = "_comparisons.csv"          # published tests (p-values), beside <suite>.csv
-COMPARISON_COLUMNS = ["budget", "task", "protocol", "label_fraction", "metric", "margin", "kind", "method", "other",
-                      "estimate", "low", "high", "p", "p_holm", "se", "df", "runs", "units", "ci_method", "verdict",
-                      "mde", "bayes_worse", "bayes_equivalent", "bayes_better"]
-MIN_CONTROL_RUNS = 4                             # a method's runs split in two halves of two runs each at least
+SET_CASE = re.compile(r"^(__set__|draw\d+)$")  # a classification "case" that is the whole test set
+COMPARISONS_SUFFIX = "_comparisons.csv"  # published tests (p-values), beside <suite>.csv
+COMPARISON_COLUMNS = [
+    "budget",
+    "task",
+    "protocol",
+    "label_fraction",
+    "metric",
+    "margin",
+    "kind",
+    "method",
+    "other",
+    "estimate",
+    "low",
+    "high",
+    "p",
+    "p_holm",
+    "se",
+    "df",
+    "runs",
+    "units",
+    "ci_method",
+    "verdict",
+    "mde",
+    "bayes_worse",
+    "bayes_equivalent",
+    "bayes_better",
+]
+MIN_CONTROL_RUNS = 4  # a method's runs split in two halves of two runs each at least
 
 
 @dataclass(frozen=True)
 class Options:
     """Statistical settings of a leaderboard (all stated in its header)."""
 
-    baseline: str = "random"          # the method every other is compared with
-    alpha: float = 0.05               # per comparison; the CSV adds Holm-adjusted p-values per table
+    baseline: str = "random"  # the method every other is compared with
+    alpha: float = 0.05  # per comparison; the CSV adds Holm-adjusted p-values per table
     ci: float = 0.95
-    n_resamples: int = 10_000         # bootstrap resamples for every bootstrap
-    seed: int = 0                     # the seed of every resampling
-    margins: dict = field(default_factory=dict, hash=False)   # metric -> margin; DEFAULT_MARGINS fill the rest
-    best_share: float = 0.05          # "could be best": best or within the margin in at least this share of resamples
-    bayesian: bool = False            # also show the Bayesian signed-rank probabilities in the tables
+    n_resamples: int = 10_000  # bootstrap resamples for every bootstrap
+    seed: int = 0  # the seed of every resampling
+    margins: dict = field(default_factory=dict, hash=False)  # metric -> margin; DEFAULT_MARGINS fill the rest
+    best_share: float = 0.05  # "could be best": best or within the margin in at least this share of resamples
+    bayesian: bool = False  # also show the Bayesian signed-rank probabilities in the tables
 
     def margin(self, metric: str) -> float:
         return float({**DEFAULT_MARGINS, **self.margins}.get(metric, 0.0))
@@ -65,10 +95,10 @@ class Comparison:
 
     other: str
     diff: stats.Difference
-    verdict: str                  # stats.verdict against the margin
-    mde: float                    # minimal detectable effect at the runs compared (80% power, alpha)
+    verdict: str  # stats.verdict against the margin
+    mde: float  # minimal detectable effect at the runs compared (80% power, alpha)
     p_holm: float = float("nan")  # Holm-adjusted over the table's comparisons with the baseline
-    bayes: tuple[float, float, float] | None = None   # P(worse), P(within the margin), P(better)
+    bayes: tuple[float, float, float] | None = None  # P(worse), P(within the margin), P(better)
 
     @property
     def marked(self) -> bool:
@@ -79,18 +109,18 @@ class Comparison:
 class MethodRow:
     method: str
     mean: float
-    ci: stats.Difference                          # the run-level interval of the mean
+    ci: stats.Difference  # the run-level interval of the mean
     runs: int
     pretrain_seeds: tuple[int, ...]
     seeds: tuple[int, ...]
     cases: int
     per_class: dict[int, float]
-    boundary: float                               # mean NSD (segmentation) or AUPRC (set-level AUROC); NaN if none
+    boundary: float  # mean NSD (segmentation) or AUPRC (set-level AUROC); NaN if none
     gpu_hours: float
     cpu_hours: float
     params: tuple[int, ...]
     leakage: bool
-    missing: str                                  # "" when the method has every run and case of the table
+    missing: str  # "" when the method has every run and case of the table
     vs_baseline: Comparison | None = None
     p_best: float = float("nan")
 
@@ -108,7 +138,7 @@ class Control:
     """A negative control: one method's runs split in two halves and compared as if they were two methods."""
 
     method: str
-    split: str                                    # how the runs were split
+    split: str  # how the runs were split
     comparison: Comparison
 
 
@@ -120,23 +150,23 @@ class Table:
     task: Task
     protocol: str
     fraction: float
-    rows: list[MethodRow]                         # complete rows first, then by mean
-    classes: list[int]                            # per-class columns
+    rows: list[MethodRow]  # complete rows first, then by mean
+    classes: list[int]  # per-class columns
     runs: int
     pretrain_seeds: tuple[int, ...]
     seeds: tuple[int, ...]
     cases: int
-    patients: int | None                          # patients the cases come from, when the task groups them
+    patients: int | None  # patients the cases come from, when the task groups them
     draws: int
     margin: float
-    run_scores: pd.DataFrame                      # [run, method], oriented so that higher is better
-    pairwise: dict[tuple[str, str], Comparison]   # (a, b) -> a against b, for a < b
+    run_scores: pd.DataFrame  # [run, method], oriented so that higher is better
+    pairwise: dict[tuple[str, str], Comparison]  # (a, b) -> a against b, for a < b
     controls: list[Control]
     could_be_best: list[str]
-    units: frozenset                              # the test units' ids (cases or images), to find shared test sets
-    collapsed: int = 0                            # transfer seeds dropped as repeats of a deterministic protocol
-    prevalence: float | None = None               # share of positive (image, class) labels, set-level tables
-    unit: str = "cases"                           # what the CIs resample: "cases", test "images" or "runs" only
+    units: frozenset  # the test units' ids (cases or images), to find shared test sets
+    collapsed: int = 0  # transfer seeds dropped as repeats of a deterministic protocol
+    prevalence: float | None = None  # share of positive (image, class) labels, set-level tables
+    unit: str = "cases"  # what the CIs resample: "cases", test "images" or "runs" only
 
     @property
     def lower_is_better(self) -> bool:
@@ -164,10 +194,10 @@ class Table:
 class ImageScores:
     """Per-image predictions of a set-level table (one AUROC per run): what its bootstraps resample."""
 
-    runs: dict[str, list[tuple[int, ...]]]        # method -> its runs (RUN keys), in the order of ``scores``
-    scores: dict[str, np.ndarray]                 # method -> [run, image, class]
-    targets: np.ndarray                           # [image, class] 0/1
-    ids: list[str]                                # image ids, in the order of the image axis
+    runs: dict[str, list[tuple[int, ...]]]  # method -> its runs (RUN keys), in the order of ``scores``
+    scores: dict[str, np.ndarray]  # method -> [run, image, class]
+    targets: np.ndarray  # [image, class] 0/1
+    ids: list[str]  # image ids, in the order of the image axis
 
     @property
     def images(self) -> int:
@@ -190,20 +220,20 @@ class Across:
     """The across-task analysis of one budget: the tasks' primary tables as blocks (a complete block design)."""
 
     blocks: list[str]
-    methods: list[str]                            # by mean rank, best first
-    excluded: dict[str, list[str]]                # method -> the blocks it misses
+    methods: list[str]  # by mean rank, best first
+    excluded: dict[str, list[str]]  # method -> the blocks it misses
     mean_ranks: dict[str, float]
     chi2: float
-    p: float                                      # Friedman p-value (exact by enumeration, or Monte Carlo)
-    p_kind: str                                   # "exact" | "monte carlo"
+    p: float  # Friedman p-value (exact by enumeration, or Monte Carlo)
+    p_kind: str  # "exact" | "monte carlo"
     pairwise: list[tuple[str, str, float, float]]  # (a, b, raw p, Holm p): Wilcoxon over blocks, a better if > 0
-    testable: bool                                # enough blocks for a pairwise test to reject at alpha
-    shared: list[str]                             # notes on blocks that share test subjects
+    testable: bool  # enough blocks for a pairwise test to reject at alpha
+    shared: list[str]  # notes on blocks that share test subjects
     iqm: dict[str, tuple[float, float, float, int]]  # method -> (IQM, low, high, runs used) of normalised scores
-    poi: pd.DataFrame                             # P(row better than column), normalised scores
+    poi: pd.DataFrame  # P(row better than column), normalised scores
     poi_baseline: dict[str, tuple[float, float, float]]  # method -> (P(better than baseline), low, high)
-    dropped: dict[str, list[str]]                 # blocks left out -> the methods they have
-    missing_primary: list[str]                    # tasks whose primary table has no results in this budget
+    dropped: dict[str, list[str]]  # blocks left out -> the methods they have
+    missing_primary: list[str]  # tasks whose primary table has no results in this budget
 
 
 @dataclass
@@ -211,12 +241,12 @@ class Pretraining:
     """One encoder export and the compute of the pretraining that made it (None: not run by the harness)."""
 
     method: str
-    export: str                                   # the pretraining's config hash
+    export: str  # the pretraining's config hash
     device: str | None
     wall_s: float | None
     gpu_hours: float | None
     cpu_hours: float | None
-    cells: int                                    # the section's cells that transferred this export
+    cells: int  # the section's cells that transferred this export
 
 
 @dataclass
@@ -232,7 +262,7 @@ class Section:
 class Leaderboard:
     suite: Suite
     options: Options
-    rows: pd.DataFrame                            # the result rows used (with their cells' provenance)
+    rows: pd.DataFrame  # the result rows used (with their cells' provenance)
     sections: list[Section]
     ignored: list[str] = field(default_factory=list)
 
@@ -287,8 +317,9 @@ def analyse(suite: Suite, metrics: pd.DataFrame, cells: pd.DataFrame, options: O
     scored = rows[(rows["class"] == OVERALL_CLASS) | ~rows["task"].isin(overall_tasks)]
     per_case = scored.groupby(KEYS + ["method", *RUN, "case_id"], sort=True)["value"].mean().reset_index()
     per_class: dict[tuple, dict[int, float]] = {}
-    for (*key, cls), v in (rows[rows["class"] != OVERALL_CLASS]
-                           .groupby(KEYS + ["method", "class"], sort=True)["value"].mean().items()):
+    for (*key, cls), v in (
+        rows[rows["class"] != OVERALL_CLASS].groupby(KEYS + ["method", "class"], sort=True)["value"].mean().items()
+    ):
         per_class.setdefault(tuple(key), {})[int(cls)] = float(v)
     boundary = {}
     if len(secondary):
@@ -296,9 +327,11 @@ def analyse(suite: Suite, metrics: pd.DataFrame, cells: pd.DataFrame, options: O
         boundary = {tuple(k): float(v) for k, v in nsd.groupby(KEYS + ["method"])["value"].mean().items()}
     cell_rows = all_rows.drop_duplicates("cell_id")
     compute = cell_rows.groupby(KEYS + ["method"], sort=True).agg(
-        gpu_hours=("gpu_hours", lambda s: s.sum(min_count=1)), cpu_hours=("cpu_hours", lambda s: s.sum(min_count=1)),
+        gpu_hours=("gpu_hours", lambda s: s.sum(min_count=1)),
+        cpu_hours=("cpu_hours", lambda s: s.sum(min_count=1)),
         leakage=("leakage_override", "max"),
-        params=("params", lambda s: tuple(sorted({int(p) for p in s.dropna()}))))
+        params=("params", lambda s: tuple(sorted({int(p) for p in s.dropna()}))),
+    )
     groups = dict(iter(per_case.groupby(KEYS, sort=False)))
     sections = []
     for budget in sorted(per_case["budget"].unique()):
@@ -307,11 +340,23 @@ def analyse(suite: Suite, metrics: pd.DataFrame, cells: pd.DataFrame, options: O
             if key[0] != budget:
                 continue
             task = suite.task(key[1])
-            tables.append(_table(key, groups[key], task, per_class, boundary, compute, options,
-                                 _image_scores(groups[key], pred_groups.get(key)), collapsed.get(key, 0)))
+            tables.append(
+                _table(
+                    key,
+                    groups[key],
+                    task,
+                    per_class,
+                    boundary,
+                    compute,
+                    options,
+                    _image_scores(groups[key], pred_groups.get(key)),
+                    collapsed.get(key, 0),
+                )
+            )
         across, note = _across(tables, suite, str(budget), options)
-        sections.append(Section(str(budget), tables, across, note,
-                                _pretraining(cell_rows[cell_rows["budget"] == budget])))
+        sections.append(
+            Section(str(budget), tables, across, note, _pretraining(cell_rows[cell_rows["budget"] == budget]))
+        )
     return Leaderboard(suite, options, all_rows, sections, ignored)
 
 
@@ -327,12 +372,19 @@ def select_rows(suite: Suite, metrics: pd.DataFrame, cells: pd.DataFrame) -> tup
         versions = ", ".join(f"v{v}" for v in sorted(other["suite_version"].unique()))
         ignored.append(f"{other['cell_id'].nunique()} cells of other suite versions ({versions})")
     mine = mine[mine["suite_version"] == suite.version]
-    tasks = pd.DataFrame({"task": [t.name for t in suite.tasks], "metric": [t.metric for t in suite.tasks],
-                          "kind": [t.kind for t in suite.tasks]})
+    tasks = pd.DataFrame(
+        {
+            "task": [t.name for t in suite.tasks],
+            "metric": [t.metric for t in suite.tasks],
+            "kind": [t.kind for t in suite.tasks],
+        }
+    )
     unknown = sorted(set(mine["task"].unique()) - set(tasks["task"]))
     if unknown:
-        ignored.append(f"{mine[mine['task'].isin(unknown)]['cell_id'].nunique()} cells of tasks not in "
-                       f"v{suite.version}: {', '.join(unknown)}")
+        ignored.append(
+            f"{mine[mine['task'].isin(unknown)]['cell_id'].nunique()} cells of tasks not in "
+            f"v{suite.version}: {', '.join(unknown)}"
+        )
     # a cell's per-image predictions travel with its scores (and into the published CSV): the CIs need them
     preds = mine[mine["metric"].isin(PREDICTION_METRICS)].merge(tasks.drop(columns="metric"), on="task")
     seg = tasks[tasks["kind"] == "segmentation"].assign(metric=BOUNDARY_METRIC)
@@ -364,8 +416,15 @@ def _cell_info(cells: pd.DataFrame) -> pd.DataFrame:
     info = pd.DataFrame({c: cells[c] if c in cells else None for c in ["cell_id", *CELL_INFO_COLUMNS]})
     info = info.drop_duplicates("cell_id")
     info["cell_id"] = info["cell_id"].astype(str)
-    for c in ("wall_s", "gpu_hours", "cpu_hours", "params", "pretrain_wall_s", "pretrain_gpu_hours",
-              "pretrain_cpu_hours"):
+    for c in (
+        "wall_s",
+        "gpu_hours",
+        "cpu_hours",
+        "params",
+        "pretrain_wall_s",
+        "pretrain_gpu_hours",
+        "pretrain_cpu_hours",
+    ):
         info[c] = pd.to_numeric(info[c], errors="coerce").astype(float)
     for c in ("git_sha", "device", "start_time", "end_time", "pretrain_hash", "pretrain_device"):
         info[c] = info[c].astype(object).where(info[c].notna(), None)
@@ -382,19 +441,30 @@ def _pretraining(cells: pd.DataFrame) -> list[Pretraining]:
 
         def value(c: str) -> float | None:  # called in this iteration only
             return None if pd.isna(first[c]) else float(first[c])  # noqa: B023
-        out.append(Pretraining(str(method), str(export), None if pd.isna(first["pretrain_device"])
-                               else str(first["pretrain_device"]), value("pretrain_wall_s"),
-                               value("pretrain_gpu_hours"), value("pretrain_cpu_hours"), len(g)))
+
+        out.append(
+            Pretraining(
+                str(method),
+                str(export),
+                None if pd.isna(first["pretrain_device"]) else str(first["pretrain_device"]),
+                value("pretrain_wall_s"),
+                value("pretrain_gpu_hours"),
+                value("pretrain_cpu_hours"),
+                len(g),
+            )
+        )
     return out
 
 
 def _ordered_keys(suite: Suite, groups: dict) -> list[tuple]:
     """Tables in the suite's task order, then the task's protocol order, then ascending label fraction."""
+
     def order(key: tuple) -> tuple:
         budget, task, protocol, fraction = key
         t = suite.task(task)
         p = t.protocols.index(protocol) if protocol in t.protocols else len(t.protocols)
         return budget, suite.tasks.index(t), p, protocol, fraction
+
     return sorted(groups, key=order)
 
 
@@ -407,6 +477,7 @@ def _patients(task: Task, ids) -> np.ndarray | None:
     def one(i: str) -> str:
         m = pattern.match(str(i))
         return m.group(1) if m else str(i)
+
     return np.array([one(i) for i in ids], dtype=object)
 
 
@@ -419,7 +490,7 @@ class _Runs:
         self.images, self.opts = images, opts
         wide = g.pivot(index=["method", *RUN], columns="case_id", values="value")
         self.set_level = task.kind == "classification" and all(SET_CASE.match(str(c)) for c in wide.columns)
-        if self.set_level:   # the whole test set, or few-shot draws within a run: one score per run
+        if self.set_level:  # the whole test set, or few-shot draws within a run: one score per run
             wide = wide.mean(axis=1).to_frame("__run__")
         self.wide = wide
         self.groups = None if self.set_level else _patients(task, wide.columns)
@@ -437,11 +508,16 @@ class _Runs:
     def mean_ci(self, method: str) -> stats.Difference:
         o = self.opts
         if self.images is not None:
-            d = stats.set_run_mean(self.images.scores[method], self.images.targets, groups=self.image_groups,
-                                   ci=o.ci, n_resamples=o.n_resamples, seed=o.seed)
+            d = stats.set_run_mean(
+                self.images.scores[method],
+                self.images.targets,
+                groups=self.image_groups,
+                ci=o.ci,
+                n_resamples=o.n_resamples,
+                seed=o.seed,
+            )
         else:
-            d = stats.run_mean(self.matrix(method), groups=self.groups, ci=o.ci, n_resamples=o.n_resamples,
-                               seed=o.seed)
+            d = stats.run_mean(self.matrix(method), groups=self.groups, ci=o.ci, n_resamples=o.n_resamples, seed=o.seed)
         # back to the metric's own direction for the mean column
         if self.sign < 0:
             d = d._replace(estimate=-d.estimate, low=-d.high, high=-d.low)
@@ -454,10 +530,18 @@ class _Runs:
             both = self.images.matched([a, b])
             if both is None:
                 return None
-            d = stats.set_run_difference(both[0], both[1], self.images.targets, groups=self.image_groups, ci=o.ci,
-                                         n_resamples=o.n_resamples, seed=o.seed)
-            per_run = np.atleast_1d(stats.mean_auroc(both[0], self.images.targets)
-                                    - stats.mean_auroc(both[1], self.images.targets))
+            d = stats.set_run_difference(
+                both[0],
+                both[1],
+                self.images.targets,
+                groups=self.image_groups,
+                ci=o.ci,
+                n_resamples=o.n_resamples,
+                seed=o.seed,
+            )
+            per_run = np.atleast_1d(
+                stats.mean_auroc(both[0], self.images.targets) - stats.mean_auroc(both[1], self.images.targets)
+            )
             return d, per_run
         theirs = set(self.runs(b))
         common = [r for r in self.runs(a) if r in theirs]
@@ -477,10 +561,10 @@ class _Runs:
             return None
         pre = sorted({r[0] for r in runs})
         if len(pre) >= 2:
-            first = set(pre[:len(pre) // 2])
+            first = set(pre[: len(pre) // 2])
             a = [r for r in runs if r[0] in first]
             b = [r for r in runs if r[0] not in first]
-            how = "pretraining seeds " + _ints(sorted(first)) + " vs " + _ints(pre[len(pre) // 2:])
+            how = "pretraining seeds " + _ints(sorted(first)) + " vs " + _ints(pre[len(pre) // 2 :])
         else:
             a, b = runs[0::2], runs[1::2]
             how = "alternate transfer runs"
@@ -500,10 +584,14 @@ class _Runs:
         x, y, how = h
         o = self.opts
         if self.images is not None:
-            d = stats.set_run_difference(x, y, self.images.targets, groups=self.image_groups, ci=o.ci,
-                                         n_resamples=o.n_resamples, seed=o.seed)
-            return d, np.atleast_1d(stats.mean_auroc(x, self.images.targets)
-                                    - stats.mean_auroc(y, self.images.targets)), how
+            d = stats.set_run_difference(
+                x, y, self.images.targets, groups=self.image_groups, ci=o.ci, n_resamples=o.n_resamples, seed=o.seed
+            )
+            return (
+                d,
+                np.atleast_1d(stats.mean_auroc(x, self.images.targets) - stats.mean_auroc(y, self.images.targets)),
+                how,
+            )
         d = stats.paired_run_difference(x, y, groups=self.groups, ci=o.ci, n_resamples=o.n_resamples, seed=o.seed)
         return d, np.nanmean(x - y, axis=1), how
 
@@ -515,10 +603,12 @@ class _Runs:
             matched = self.images.matched(methods)
             if matched is None:
                 return None
-            return stats.set_bootstrap_means(matched, self.images.targets, groups=self.image_groups,
-                                             n_resamples=o.n_resamples, seed=o.seed)
-        return stats.hierarchical_bootstrap_means([self.matrix(m) for m in methods], groups=self.groups,
-                                                  n_resamples=o.n_resamples, seed=o.seed)
+            return stats.set_bootstrap_means(
+                matched, self.images.targets, groups=self.image_groups, n_resamples=o.n_resamples, seed=o.seed
+            )
+        return stats.hierarchical_bootstrap_means(
+            [self.matrix(m) for m in methods], groups=self.groups, n_resamples=o.n_resamples, seed=o.seed
+        )
 
 
 def _compare(d: stats.Difference, other: str, margin: float, alpha: float) -> Comparison:
@@ -535,17 +625,28 @@ def _bayes(per_run: np.ndarray, margin: float, seed: int) -> tuple[float, float,
     return float(worse), float(equivalent), float(better)
 
 
-def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[int, float]],
-           boundary: dict[tuple, float], compute: pd.DataFrame, opts: Options, images: ImageScores | None = None,
-           collapsed: int = 0) -> Table:
+def _table(
+    key: tuple,
+    g: pd.DataFrame,
+    task: Task,
+    per_class: dict[tuple, dict[int, float]],
+    boundary: dict[tuple, float],
+    compute: pd.DataFrame,
+    opts: Options,
+    images: ImageScores | None = None,
+    collapsed: int = 0,
+) -> Table:
     budget, _, protocol, fraction = key
     margin = opts.margin(task.metric)
     data = _Runs(g, task, images, opts)
     all_runs = g[RUN].drop_duplicates()
     all_cases = data.wide.shape[1]
     methods = sorted(g["method"].unique())
-    auprc = ({m: float(np.mean(stats.average_precision(images.scores[m], images.targets))) for m in methods}
-             if images is not None else {})
+    auprc = (
+        {m: float(np.mean(stats.average_precision(images.scores[m], images.targets))) for m in methods}
+        if images is not None
+        else {}
+    )
     rows = []
     for method in methods:
         mat = data.wide.loc[method]
@@ -554,21 +655,31 @@ def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[
         ci = data.mean_ci(method)
         c = compute.loc[key + (method,)]
         seeds = tuple(int(s) for s in sorted(runs["seed"].unique()))
-        rows.append(MethodRow(
-            method=method, mean=float(ci.estimate), ci=ci, runs=len(runs),
-            pretrain_seeds=tuple(int(s) for s in sorted(runs["pretrain_seed"].unique())), seeds=seeds,
-            cases=images.images if images is not None else complete_cases, per_class=per_class.get(key + (method,), {}),
-            boundary=auprc.get(method, boundary.get(key + (method,), float("nan"))),
-            gpu_hours=float(c["gpu_hours"]), cpu_hours=float(c["cpu_hours"]), params=c["params"],
-            leakage=bool(c["leakage"]),
-            missing=_missing(len(runs), len(all_runs), complete_cases, all_cases, data.set_level)))
+        rows.append(
+            MethodRow(
+                method=method,
+                mean=float(ci.estimate),
+                ci=ci,
+                runs=len(runs),
+                pretrain_seeds=tuple(int(s) for s in sorted(runs["pretrain_seed"].unique())),
+                seeds=seeds,
+                cases=images.images if images is not None else complete_cases,
+                per_class=per_class.get(key + (method,), {}),
+                boundary=auprc.get(method, boundary.get(key + (method,), float("nan"))),
+                gpu_hours=float(c["gpu_hours"]),
+                cpu_hours=float(c["cpu_hours"]),
+                params=c["params"],
+                leakage=bool(c["leakage"]),
+                missing=_missing(len(runs), len(all_runs), complete_cases, all_cases, data.set_level),
+            )
+        )
     sign = data.sign
     # a method with fewer runs is never ranked on a mean over other runs: complete rows come first
     rows.sort(key=lambda r: (bool(r.missing), -sign * r.mean, r.method))
     pairwise: dict[tuple[str, str], Comparison] = {}
     per_run: dict[tuple[str, str], np.ndarray] = {}
     for i, a in enumerate(methods):
-        for b in methods[i + 1:]:
+        for b in methods[i + 1 :]:
             found = data.difference(a, b)
             if found is not None:
                 pairwise[a, b] = _compare(found[0], b, margin, opts.alpha)
@@ -584,7 +695,7 @@ def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[
                 continue
             c = pairwise[pair]
             d, runs_d = c.diff, per_run[pair]
-            if r.method != pair[0]:   # stored as base - method
+            if r.method != pair[0]:  # stored as base - method
                 d = d._replace(estimate=-d.estimate, low=-d.high, high=-d.low)
                 runs_d = -runs_d
             r.vs_baseline = replace(_compare(d, base, margin, opts.alpha), bayes=_bayes(runs_d, margin, opts.seed))
@@ -613,26 +724,49 @@ def _table(key: tuple, g: pd.DataFrame, task: Task, per_class: dict[tuple, dict[
             controls.append(Control(m, how, _compare(d, m, margin, opts.alpha)))
     classes = sorted(set().union(*(r.per_class for r in rows)))
     run_scores = data.wide.mean(axis=1).mul(sign).unstack("method") if len(data.wide) else pd.DataFrame()
-    if images is not None:   # a set-level score per run: the AUROC of the run's predictions
-        run_scores = pd.DataFrame({m: pd.Series(np.atleast_1d(stats.mean_auroc(images.scores[m], images.targets)),
-                                                index=pd.MultiIndex.from_tuples(images.runs[m], names=RUN))
-                                   for m in methods})
-    units = frozenset(images.ids) if images is not None else (
-        frozenset() if data.set_level else frozenset(str(c) for c in data.wide.columns))
+    if images is not None:  # a set-level score per run: the AUROC of the run's predictions
+        run_scores = pd.DataFrame(
+            {
+                m: pd.Series(
+                    np.atleast_1d(stats.mean_auroc(images.scores[m], images.targets)),
+                    index=pd.MultiIndex.from_tuples(images.runs[m], names=RUN),
+                )
+                for m in methods
+            }
+        )
+    units = (
+        frozenset(images.ids)
+        if images is not None
+        else (frozenset() if data.set_level else frozenset(str(c) for c in data.wide.columns))
+    )
     patients = None
     if images is not None and data.image_groups is not None:
         patients = len(set(data.image_groups))
     elif data.groups is not None:
         patients = len(set(data.groups))
-    return Table(budget=str(budget), task=task, protocol=str(protocol), fraction=float(fraction), rows=rows,
-                 classes=classes if len(classes) > 1 else [], runs=len(all_runs),
-                 pretrain_seeds=tuple(int(s) for s in sorted(all_runs["pretrain_seed"].unique())),
-                 seeds=tuple(int(s) for s in sorted(all_runs["seed"].unique())),
-                 cases=images.images if images is not None else all_cases, patients=patients,
-                 draws=int(all_runs["draw"].nunique()), margin=margin, run_scores=run_scores, pairwise=pairwise,
-                 controls=controls, could_be_best=could_be_best, units=units, collapsed=collapsed,
-                 prevalence=float(images.targets.mean()) if images is not None else None,
-                 unit="images" if images is not None else "runs" if data.set_level else "cases")
+    return Table(
+        budget=str(budget),
+        task=task,
+        protocol=str(protocol),
+        fraction=float(fraction),
+        rows=rows,
+        classes=classes if len(classes) > 1 else [],
+        runs=len(all_runs),
+        pretrain_seeds=tuple(int(s) for s in sorted(all_runs["pretrain_seed"].unique())),
+        seeds=tuple(int(s) for s in sorted(all_runs["seed"].unique())),
+        cases=images.images if images is not None else all_cases,
+        patients=patients,
+        draws=int(all_runs["draw"].nunique()),
+        margin=margin,
+        run_scores=run_scores,
+        pairwise=pairwise,
+        controls=controls,
+        could_be_best=could_be_best,
+        units=units,
+        collapsed=collapsed,
+        prevalence=float(images.targets.mean()) if images is not None else None,
+        unit="images" if images is not None else "runs" if data.set_level else "cases",
+    )
 
 
 def _image_scores(g: pd.DataFrame, preds: pd.DataFrame | None) -> ImageScores | None:
@@ -641,15 +775,18 @@ def _image_scores(g: pd.DataFrame, preds: pd.DataFrame | None) -> ImageScores | 
     if preds is None or preds.empty or g["case_id"].nunique() != 1:
         return None
     runs = g[["method", *RUN]].drop_duplicates().sort_values(["method", *RUN])
-    wide = {m: preds[preds["metric"] == m].pivot_table(index=["method", *RUN], columns=["case_id", "class"],
-                                                       values="value", aggfunc="first")
-            for m in PREDICTION_METRICS}
+    wide = {
+        m: preds[preds["metric"] == m].pivot_table(
+            index=["method", *RUN], columns=["case_id", "class"], values="value", aggfunc="first"
+        )
+        for m in PREDICTION_METRICS
+    }
     index = pd.MultiIndex.from_frame(runs)
     if not all(index.isin(w.index).all() for w in wide.values()):
         return None
     score = wide[PRED_SCORE].loc[index]
     target = wide[PRED_TARGET].reindex(index=index, columns=score.columns)
-    ok = score.notna().all() & target.notna().all()             # (image, class) columns every run has
+    ok = score.notna().all() & target.notna().all()  # (image, class) columns every run has
     columns = score.columns[ok.to_numpy()]
     classes = sorted(set(columns.get_level_values("class")))
     per_image = pd.Series(1, index=columns).groupby(level="case_id").size()
@@ -663,8 +800,12 @@ def _image_scores(g: pd.DataFrame, preds: pd.DataFrame | None) -> ImageScores | 
     for i, m in enumerate(runs["method"]):
         by_method.setdefault(m, []).append(i)
     keys = [tuple(int(v) for v in k) for k in runs[RUN].itertuples(index=False)]
-    return ImageScores(runs={m: [keys[i] for i in ix] for m, ix in by_method.items()},
-                       scores={m: s[ix] for m, ix in by_method.items()}, targets=t[0], ids=[str(i) for i in images])
+    return ImageScores(
+        runs={m: [keys[i] for i in ix] for m, ix in by_method.items()},
+        scores={m: s[ix] for m, ix in by_method.items()},
+        targets=t[0],
+        ids=[str(i) for i in images],
+    )
 
 
 def _missing(runs: int, all_runs: int, cases: int, all_cases: int, set_level: bool) -> str:
@@ -742,15 +883,22 @@ def _baseline_mean(t: Table, baseline: str) -> float | None:
 def _across(tables: list[Table], suite: Suite, budget: str, opts: Options) -> tuple[Across | None, str]:
     primary = {(t.name, *t.primary_table): t for t in suite.tasks}
     chosen = [t for t in tables if (t.task.name, t.protocol, t.fraction) in primary]
-    missing = [f"{name} ({p} / {_pct(f)})" for (name, p, f) in primary
-               if not any((t.task.name, t.protocol, t.fraction) == (name, p, f) for t in tables)]
+    missing = [
+        f"{name} ({p} / {_pct(f)})"
+        for (name, p, f) in primary
+        if not any((t.task.name, t.protocol, t.fraction) == (name, p, f) for t in tables)
+    ]
     if len(suite.tasks) < 2:
-        return None, ("Across tasks: the suite has one task, so there is nothing to aggregate; each table above "
-                      "stands on its own.")
+        return None, (
+            "Across tasks: the suite has one task, so there is nothing to aggregate; each table above "
+            "stands on its own."
+        )
     if len(chosen) < 2:
-        return None, ("Across tasks: fewer than two tasks have results in their primary table "
-                      f"(declared before results: {', '.join(f'{n} {p} / {_pct(f)}' for n, p, f in primary)}), so "
-                      "there is nothing to aggregate.")
+        return None, (
+            "Across tasks: fewer than two tasks have results in their primary table "
+            f"(declared before results: {', '.join(f'{n} {p} / {_pct(f)}' for n, p, f in primary)}), so "
+            "there is nothing to aggregate."
+        )
     kept, included = _complete_blocks(chosen)
     if not kept:
         return None, "Across tasks skipped: no two methods have results in two or more primary tables."
@@ -765,19 +913,21 @@ def _across(tables: list[Table], suite: Suite, budget: str, opts: Options) -> tu
     chi2, p, how = stats.friedman_exact(-ranks, seed=opts.seed)
     mean_ranks = dict(zip(included, ranks.mean(0).tolist()))
     order = sorted(included, key=lambda m: (mean_ranks[m], m))
-    norm = np.array([[normalised(_row_mean(t, m), _baseline_mean(t, opts.baseline), t.task.metric)
-                      for m in included] for t in kept])
-    testable = n >= 1 and 2.0 / 2 ** n <= opts.alpha
+    norm = np.array(
+        [[normalised(_row_mean(t, m), _baseline_mean(t, opts.baseline), t.task.metric) for m in included] for t in kept]
+    )
+    testable = n >= 1 and 2.0 / 2**n <= opts.alpha
     pairs = []
     if testable:
         found = []
         for i, a in enumerate(included):
-            for j, b in enumerate(included[i + 1:], start=i + 1):
+            for j, b in enumerate(included[i + 1 :], start=i + 1):
                 d = norm[:, i] - norm[:, j]
                 found.append((a, b, float(stats.paired_wilcoxon(norm[:, i], norm[:, j])[1]), float(np.nanmean(d))))
         adj: np.ndarray | list[float] = stats.holm(np.array([f[2] for f in found])) if found else []
-        pairs = [(a, b, praw, float(pa)) if dm >= 0 else (b, a, praw, float(pa))
-                 for (a, b, praw, dm), pa in zip(found, adj)]
+        pairs = [
+            (a, b, praw, float(pa)) if dm >= 0 else (b, a, praw, float(pa)) for (a, b, praw, dm), pa in zip(found, adj)
+        ]
     shared = _shared_tests(kept)
     # per-run normalised scores [run, block] per method; runs missing from any block are left out
     runs = {}
@@ -786,15 +936,19 @@ def _across(tables: list[Table], suite: Suite, budget: str, opts: Options) -> tu
         for t in kept:
             base_mean = _baseline_mean(t, opts.baseline)
             s = t.run_scores[m] * t.sign if m in t.run_scores else pd.Series(dtype=float)
-            cols.append(s.groupby(level=["pretrain_seed", "seed"]).mean().map(
-                lambda v, t=t, b=base_mean: normalised(v, b, t.task.metric)))
+            cols.append(
+                s.groupby(level=["pretrain_seed", "seed"])
+                .mean()
+                .map(lambda v, t=t, b=base_mean: normalised(v, b, t.task.metric))
+            )
         runs[m] = pd.concat(cols, axis=1).dropna()
     iqm = {}
     for m in order:
         x = runs[m].to_numpy()
         if x.size:
-            low, high = stats.stratified_bootstrap_ci(x, aggregate=stats.iqm, n_resamples=opts.n_resamples,
-                                                      ci=opts.ci, seed=opts.seed)
+            low, high = stats.stratified_bootstrap_ci(
+                x, aggregate=stats.iqm, n_resamples=opts.n_resamples, ci=opts.ci, seed=opts.seed
+            )
             iqm[m] = (float(stats.iqm(x)), float(low), float(high), x.shape[0])
     poi = pd.DataFrame(np.nan, index=order, columns=order)
     for a in order:
@@ -806,18 +960,34 @@ def _across(tables: list[Table], suite: Suite, budget: str, opts: Options) -> tu
         y = runs[opts.baseline].to_numpy()
         for m in order:
             if m != opts.baseline and runs[m].size:
-                low, high = stats.probability_of_improvement_ci(runs[m].to_numpy(), y, n_resamples=opts.n_resamples,
-                                                                ci=opts.ci, seed=opts.seed)
+                low, high = stats.probability_of_improvement_ci(
+                    runs[m].to_numpy(), y, n_resamples=opts.n_resamples, ci=opts.ci, seed=opts.seed
+                )
                 poi_baseline[m] = (float(poi.loc[m, opts.baseline]), float(low), float(high))
-    return Across(labels, order, excluded, mean_ranks, float(chi2), float(p), str(how), pairs, testable, shared,
-                  iqm, poi, poi_baseline, dropped, missing), ""
+    return Across(
+        labels,
+        order,
+        excluded,
+        mean_ranks,
+        float(chi2),
+        float(p),
+        str(how),
+        pairs,
+        testable,
+        shared,
+        iqm,
+        poi,
+        poi_baseline,
+        dropped,
+        missing,
+    ), ""
 
 
 def _shared_tests(tables: list[Table]) -> list[str]:
     """Notes on blocks whose test units overlap (the same subjects or images under different tasks)."""
     out = []
     for i, a in enumerate(tables):
-        for b in tables[i + 1:]:
+        for b in tables[i + 1 :]:
             both = a.units & b.units
             if both:
                 out.append(f"{a.label} and {b.label} share {len(both)} test ids")
@@ -833,17 +1003,40 @@ def comparisons(lb: Leaderboard) -> pd.DataFrame:
     out = []
     for s in lb.sections:
         for t in s.tables:
-            key = {"budget": s.budget, "task": t.task.name, "protocol": t.protocol, "label_fraction": t.fraction,
-                   "metric": t.task.metric, "margin": t.margin}
+            key = {
+                "budget": s.budget,
+                "task": t.task.name,
+                "protocol": t.protocol,
+                "label_fraction": t.fraction,
+                "metric": t.task.metric,
+                "margin": t.margin,
+            }
 
             def row(kind: str, method: str, c: Comparison) -> dict:
                 d = c.diff
                 b = c.bayes or (np.nan, np.nan, np.nan)
                 # called in this iteration only, so the loop's current key is the one meant
-                return key | {"kind": kind, "method": method, "other": c.other, "estimate": d.estimate,  # noqa: B023
-                              "low": d.low, "high": d.high, "p": d.p, "p_holm": c.p_holm, "se": d.se, "df": d.df,
-                              "runs": d.runs, "units": d.units, "ci_method": d.interval, "verdict": c.verdict,
-                              "mde": c.mde, "bayes_worse": b[0], "bayes_equivalent": b[1], "bayes_better": b[2]}
+                return key | {  # noqa: B023
+                    "kind": kind,
+                    "method": method,
+                    "other": c.other,
+                    "estimate": d.estimate,
+                    "low": d.low,
+                    "high": d.high,
+                    "p": d.p,
+                    "p_holm": c.p_holm,
+                    "se": d.se,
+                    "df": d.df,
+                    "runs": d.runs,
+                    "units": d.units,
+                    "ci_method": d.interval,
+                    "verdict": c.verdict,
+                    "mde": c.mde,
+                    "bayes_worse": b[0],
+                    "bayes_equivalent": b[1],
+                    "bayes_better": b[2],
+                }
+
             out += [row("baseline", r.method, r.vs_baseline) for r in t.rows if r.vs_baseline is not None]
             out += [row("pair", a, c) for (a, _), c in sorted(t.pairwise.items())]
             out += [row("control", c.method, c.comparison) for c in t.controls]

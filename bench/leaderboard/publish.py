@@ -1,4 +1,5 @@
 """Rendering a leaderboard from a results store, and publishing it with its figures, rows and comparisons."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,9 +18,17 @@ from bench.results import PREDICTION_METRICS, PREDICTIONS_SUFFIX
 from bench.suites import Suite
 
 
-def render(suite: str | Suite, metrics: pd.DataFrame, cells: pd.DataFrame, *, now: dt.datetime | str | None = None,
-           git: str | None = None, class_names: dict[str, dict[int, str]] | None = None, figures: bool = False,
-           options: Options = Options()) -> str:
+def render(
+    suite: str | Suite,
+    metrics: pd.DataFrame,
+    cells: pd.DataFrame,
+    *,
+    now: dt.datetime | str | None = None,
+    git: str | None = None,
+    class_names: dict[str, dict[int, str]] | None = None,
+    figures: bool = False,
+    options: Options = Options(),
+) -> str:
     """The leaderboard Markdown. ``now`` and ``git`` default to the current time and commit; ``class_names``
     maps task -> {class id: name} and defaults to the labels of the task's registered dataset (``{}``: ids);
     ``figures`` links the PNGs that :func:`publish` writes."""
@@ -37,9 +46,16 @@ def write(suite_name: str | Suite, store, out_dir: Path, **kwargs: Any) -> Path:
     return path
 
 
-def publish(suite_name: str | Suite, store, out_dir: Path, *, now: dt.datetime | str | None = None,
-            git: str | None = None, class_names: dict[str, dict[int, str]] | None = None,
-            options: Options = Options()) -> Path:
+def publish(
+    suite_name: str | Suite,
+    store,
+    out_dir: Path,
+    *,
+    now: dt.datetime | str | None = None,
+    git: str | None = None,
+    class_names: dict[str, dict[int, str]] | None = None,
+    options: Options = Options(),
+) -> Path:
     """Write ``<out_dir>/<stem>.md`` with its figures (``<out_dir>/<stem>/*.png``) and the exact result rows
     it used (``<out_dir>/<stem>.csv``, and the per-image predictions of set-level cells in
     ``<out_dir>/<stem>_predictions.csv.gz``; :func:`from_csv` reads them back into the same Markdown). The stem
@@ -83,8 +99,13 @@ def _atomic_csv(rows: pd.DataFrame, path: Path) -> None:
 def _markdown(lb: Leaderboard, now, git, class_names, figures: bool) -> str:
     if class_names is None:
         class_names = dataset_class_names(lb.suite)
-    return markdown(lb, now=now if now is not None else dt.datetime.now(dt.UTC),
-                    git=git if git is not None else git_sha(), class_names=class_names, figures=figures)
+    return markdown(
+        lb,
+        now=now if now is not None else dt.datetime.now(dt.UTC),
+        git=git if git is not None else git_sha(),
+        class_names=class_names,
+        figures=figures,
+    )
 
 
 def _suite(suite: str | Suite) -> Suite:

@@ -1,4 +1,5 @@
 """What every protocol receives and returns."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,9 +30,9 @@ class TransferContext:
     batch_size: int
     num_workers: int = 0
     progress: bool = True
-    cache: dict[str, Any] = field(default_factory=dict)   # preprocessed volumes shared across cells
-    disk_cache: PreprocessedCache | None = None           # preprocessed volumes shared across runs
-    evaluations: int | None = None   # validations over training when a protocol's eval_every is 0 (budget key)
+    cache: dict[str, Any] = field(default_factory=dict)  # preprocessed volumes shared across cells
+    disk_cache: PreprocessedCache | None = None  # preprocessed volumes shared across runs
+    evaluations: int | None = None  # validations over training when a protocol's eval_every is 0 (budget key)
 
     def eval_every(self, every: int, default_evaluations: int) -> int:
         """Steps between validations: the protocol's ``eval_every``, else steps / the budget's evaluations
@@ -42,15 +43,18 @@ class TransferContext:
         """A record after the suite's preprocessing: from memory, else from the disk cache, else computed."""
         key = f"{self.dataset.registry_name}/{record.id}/{self.preprocess.key()}"
         if key not in self.cache:
-            self.cache[key] = (self.disk_cache.get(self.dataset, record, self.preprocess) if self.disk_cache
-                               else preprocess(self.dataset.load(record), self.preprocess))
+            self.cache[key] = (
+                self.disk_cache.get(self.dataset, record, self.preprocess)
+                if self.disk_cache
+                else preprocess(self.dataset.load(record), self.preprocess)
+            )
         return self.cache[key]
 
 
 @dataclass
 class ProtocolResult:
-    rows: list[dict[str, Any]]            # per case and class: {"case", "class", "metric", "value"}
-    summary: dict[str, float]             # e.g. {"dice": mean over cases and classes}
+    rows: list[dict[str, Any]]  # per case and class: {"case", "class", "metric", "value"}
+    summary: dict[str, float]  # e.g. {"dice": mean over cases and classes}
     train_wall_s: float = 0.0
     params: int = 0
     trainable_params: int = 0
@@ -64,7 +68,7 @@ class Protocol:
         pass
 
     registry_name: ClassVar[str]
-    kinds: ClassVar[tuple[str, ...]] = ()   # task kinds it serves
+    kinds: ClassVar[tuple[str, ...]] = ()  # task kinds it serves
     # False: the protocol picks its own labelled examples (few_shot: k per class from the whole train split), so a
     # smaller label fraction would repeat the same run; it runs at the task's largest fraction only
     uses_label_fraction: ClassVar[bool] = True
@@ -74,7 +78,7 @@ class Protocol:
     deterministic: ClassVar[bool] = False
 
     def __init__(self, cfg: Any = None) -> None:
-        self.cfg: Any = cfg if cfg is not None else self.Config()   # the subclass's own Config
+        self.cfg: Any = cfg if cfg is not None else self.Config()  # the subclass's own Config
 
     @classmethod
     def make_config(cls, values: dict[str, Any] | None) -> Any:
@@ -82,8 +86,10 @@ class Protocol:
         valid = {f.name for f in dataclasses.fields(cls.Config)}
         unknown = sorted(set(values) - valid)
         if unknown:
-            raise ValueError(f"protocol {cls.registry_name!r} has no option(s) {', '.join(unknown)}; "
-                             f"valid options: {', '.join(sorted(valid))}")
+            raise ValueError(
+                f"protocol {cls.registry_name!r} has no option(s) {', '.join(unknown)}; "
+                f"valid options: {', '.join(sorted(valid))}"
+            )
         return cls.Config(**values)
 
     def run(self, ctx: TransferContext) -> ProtocolResult:
@@ -106,8 +112,9 @@ class ProtocolFamily:
         if kind not in TASK_KINDS:
             raise ValueError(f"protocol {self.registry_name!r}: unknown task kind {kind!r}; known: {TASK_KINDS}")
         if kind in self.members:
-            raise ValueError(f"duplicate protocol {self.registry_name!r} for {kind} tasks: "
-                             f"{self.members[kind]!r} and {cls!r}")
+            raise ValueError(
+                f"duplicate protocol {self.registry_name!r} for {kind} tasks: {self.members[kind]!r} and {cls!r}"
+            )
         self.members[kind] = cls
 
     @property
@@ -116,8 +123,10 @@ class ProtocolFamily:
 
     def for_kind(self, kind: str) -> type[Protocol]:
         if kind not in self.members:
-            raise ValueError(f"protocol {self.registry_name!r} has no implementation for {kind} tasks; "
-                             f"it serves: {', '.join(self.members)}")
+            raise ValueError(
+                f"protocol {self.registry_name!r} has no implementation for {kind} tasks; "
+                f"it serves: {', '.join(self.members)}"
+            )
         return self.members[kind]
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ image id), so the leaderboard bootstraps test images for its intervals and paire
 Input channels: an image with more channels than the encoder takes (RGB MedMNIST into a 1-channel encoder) is
 averaged to grey, as a 1-channel encoder's users would convert it; fewer channels than it takes is an error.
 """
+
 from __future__ import annotations
 
 import time
@@ -44,8 +45,8 @@ OVERALL = -1
 @dataclass
 class Split:
     ids: list[str]
-    images: torch.Tensor          # [N, C, *roi] float32 in [0, 1]
-    targets: np.ndarray           # multilabel: [N, K] {0,1}; otherwise [N] class column
+    images: torch.Tensor  # [N, C, *roi] float32 in [0, 1]
+    targets: np.ndarray  # multilabel: [N, K] {0,1}; otherwise [N] class column
 
 
 class LabelSpace:
@@ -143,14 +144,13 @@ def encode(backbone: Backbone, images: torch.Tensor, device: torch.device, batch
     backbone.eval().to(device)
     out = []
     for i in range(0, len(images), batch):
-        x = images[i:i + batch].to(device)
+        x = images[i : i + batch].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out.append(backbone.pooled(x).float().cpu())
     return torch.cat(out)
 
 
-def cached_features(ctx: TransferContext, backbone: Backbone,
-                    split: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
+def cached_features(ctx: TransferContext, backbone: Backbone, split: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
     """Pooled features of a whole split, computed once per encoder export."""
     data = load_split(ctx, split, backbone.in_channels)
     key = f"feat/{ctx.export_path}/{ctx.dataset.registry_name}/{split}/{ctx.preprocess.key()}/{ctx.roi}"
@@ -180,16 +180,18 @@ def _aurocs(scores: np.ndarray, targets: np.ndarray, space: LabelSpace) -> tuple
     return per, (float(np.mean(defined)) if defined else float("nan"))
 
 
-def result_rows(scores: np.ndarray, targets: np.ndarray, space: LabelSpace, case: str = SET,
-                ids: list[str] | None = None) -> list[dict[str, Any]]:
+def result_rows(
+    scores: np.ndarray, targets: np.ndarray, space: LabelSpace, case: str = SET, ids: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Per-class AUROC rows, the mean AUROC (class -1) and, for single-label tasks, accuracy (class -1); with
     ``ids`` (the test images, in row order) also each image's probability and label per scored class."""
     per, mean = _aurocs(scores, targets, space)
     rows = [{"case": case, "class": c, "metric": "auroc", "value": v} for c, v in per.items() if not np.isnan(v)]
     rows.append({"case": case, "class": OVERALL, "metric": "auroc", "value": mean})
     if not space.multilabel:
-        rows.append({"case": case, "class": OVERALL, "metric": "accuracy",
-                     "value": metrics.accuracy(scores.argmax(1), targets)})
+        rows.append(
+            {"case": case, "class": OVERALL, "metric": "accuracy", "value": metrics.accuracy(scores.argmax(1), targets)}
+        )
     if ids is not None:
         onehot = space.onehot(targets)
         for c in space.scored_columns():
@@ -201,8 +203,9 @@ def prediction_rows(ids: list[str], score: np.ndarray, target: np.ndarray, cls: 
     """Each test image's score and 0/1 label for one class, the rows a set-level leaderboard resamples."""
     if len(ids) != len(score) or len(set(ids)) != len(ids):
         raise ValueError(f"{len(ids)} image ids (unique: {len(set(ids))}) for {len(score)} score rows")
-    return ([{"case": i, "class": cls, "metric": PRED_SCORE, "value": float(v)} for i, v in zip(ids, score)]
-            + [{"case": i, "class": cls, "metric": PRED_TARGET, "value": float(v)} for i, v in zip(ids, target)])
+    return [{"case": i, "class": cls, "metric": PRED_SCORE, "value": float(v)} for i, v in zip(ids, score)] + [
+        {"case": i, "class": cls, "metric": PRED_TARGET, "value": float(v)} for i, v in zip(ids, target)
+    ]
 
 
 def summary_of(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -235,7 +238,7 @@ class _Sampler(torch.utils.data.IterableDataset):
         while True:
             perm = torch.randperm(n, generator=g)
             for i in range(0, n, self.batch):
-                idx = perm[i:i + self.batch]
+                idx = perm[i : i + self.batch]
                 if len(idx) < min(self.batch, n):
                     break
                 x = self.x[idx]
@@ -255,11 +258,19 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.roll(x, shifts=shifts, dims=tuple(range(2, x.ndim)))
 
 
-def _train_cfg(steps: int, lr: float, weight_decay: float, eval_every: int, warmup_fraction: float,
-               optimizer: str = "adamw") -> TrainConfig:
-    return TrainConfig(steps=steps, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                       warmup_steps=int(warmup_fraction * steps), eval_every=eval_every,
-                       checkpoint_every=max(1, eval_every or steps // 4), log_every=max(1, min(10, steps // 10)))
+def _train_cfg(
+    steps: int, lr: float, weight_decay: float, eval_every: int, warmup_fraction: float, optimizer: str = "adamw"
+) -> TrainConfig:
+    return TrainConfig(
+        steps=steps,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=int(warmup_fraction * steps),
+        eval_every=eval_every,
+        checkpoint_every=max(1, eval_every or steps // 4),
+        log_every=max(1, min(10, steps // 10)),
+    )
 
 
 class _FeatureHead(nn.Module):
@@ -278,9 +289,18 @@ class _FeatureHead(nn.Module):
         return self.linear((f - self.mean) / self.std)
 
 
-def train_linear_head(ctx: TransferContext, feats: torch.Tensor, y: np.ndarray, space: LabelSpace, cfg: Any,
-                      steps: int, run_dir, val: tuple[torch.Tensor, np.ndarray] | None, seed: int,
-                      desc: str) -> _FeatureHead:
+def train_linear_head(
+    ctx: TransferContext,
+    feats: torch.Tensor,
+    y: np.ndarray,
+    space: LabelSpace,
+    cfg: Any,
+    steps: int,
+    run_dir,
+    val: tuple[torch.Tensor, np.ndarray] | None,
+    seed: int,
+    desc: str,
+) -> _FeatureHead:
     mean, std = feats.mean(0), feats.std(0, unbiased=False).clamp_min(1e-6)
     head = _FeatureHead(mean, std, space.n_out)
     crit = loss_fn(space)
@@ -289,7 +309,7 @@ def train_linear_head(ctx: TransferContext, feats: torch.Tensor, y: np.ndarray, 
         return StepOutput(crit(head(batch["x"]), batch["y"]))
 
     def val_score() -> float:
-        assert val is not None   # passed to fit only with a validation split
+        assert val is not None  # passed to fit only with a validation split
         head.eval()
         with torch.no_grad():
             s = probabilities(head(val[0].to(ctx.device)).cpu(), space)
@@ -299,9 +319,19 @@ def train_linear_head(ctx: TransferContext, feats: torch.Tensor, y: np.ndarray, 
 
     eval_every = max(1, steps // 5) if val is not None else 0
     loader = torch.utils.data.DataLoader(_Sampler(feats, y, min(cfg.batch_size, len(feats)), seed), batch_size=None)
-    fit(head, step_fn, [{"params": list(head.linear.parameters())}], loader,
-        _train_cfg(steps, cfg.lr, cfg.weight_decay, eval_every, 0.0), run_dir, device=ctx.device,
-        eval_fn=val_score if val is not None else None, desc=desc, log_prefix="transfer/head", progress=ctx.progress)
+    fit(
+        head,
+        step_fn,
+        [{"params": list(head.linear.parameters())}],
+        loader,
+        _train_cfg(steps, cfg.lr, cfg.weight_decay, eval_every, 0.0),
+        run_dir,
+        device=ctx.device,
+        eval_fn=val_score if val is not None else None,
+        desc=desc,
+        log_prefix="transfer/head",
+        progress=ctx.progress,
+    )
     return head.eval()
 
 
@@ -313,7 +343,7 @@ class LinearProbe(Protocol):
     class Config:
         steps: int = 500
         batch_size: int = 256
-        lr: float = 1e-2              # Adam on standardised features: 1e-3 leaves toy-separable data unfitted
+        lr: float = 1e-2  # Adam on standardised features: 1e-3 leaves toy-separable data unfitted
         weight_decay: float = 0.0
 
     def run(self, ctx: TransferContext) -> ProtocolResult:
@@ -325,15 +355,30 @@ class LinearProbe(Protocol):
         _, vf, vy = cached_features(ctx, backbone, "val")
         test_ids, tf, ty = cached_features(ctx, backbone, "test")
         t0 = time.time()
-        head = train_linear_head(ctx, feats[idx], y[idx], space, self.cfg, self.cfg.steps, ctx.run_dir, (vf, vy),
-                                 ctx.cell.seed, f"linear_probe {ctx.cell.key}")
+        head = train_linear_head(
+            ctx,
+            feats[idx],
+            y[idx],
+            space,
+            self.cfg,
+            self.cfg.steps,
+            ctx.run_dir,
+            (vf, vy),
+            ctx.cell.seed,
+            f"linear_probe {ctx.cell.key}",
+        )
         with torch.no_grad():
             scores = probabilities(head(tf.to(ctx.device)).cpu(), space)
         rows = result_rows(scores, ty, space, ids=test_ids)
-        return ProtocolResult(rows, summary_of(rows), train_wall_s=time.time() - t0,
-                              params=sum(p.numel() for p in backbone.parameters()) + head.linear.weight.numel()
-                              + head.linear.bias.numel(),
-                              trainable_params=head.linear.weight.numel() + head.linear.bias.numel())
+        return ProtocolResult(
+            rows,
+            summary_of(rows),
+            train_wall_s=time.time() - t0,
+            params=sum(p.numel() for p in backbone.parameters())
+            + head.linear.weight.numel()
+            + head.linear.bias.numel(),
+            trainable_params=head.linear.weight.numel() + head.linear.bias.numel(),
+        )
 
 
 @HEADS.register("linear")
@@ -356,12 +401,12 @@ class Finetune(Protocol):
     @dataclass
     class Config:
         lr: float = 1e-4
-        head_lr_scale: float = 10.0      # the new head starts from scratch
+        head_lr_scale: float = 10.0  # the new head starts from scratch
         weight_decay: float = 0.05
         warmup_fraction: float = 0.1
-        eval_every: int = 0              # 0: five validations over training
+        eval_every: int = 0  # 0: five validations over training
         augment: bool = True
-        head: str = "linear"             # a HEADS entry, e.g. "saca" (SA-Swin's head, fixed by the brain suite)
+        head: str = "linear"  # a HEADS entry, e.g. "saca" (SA-Swin's head, fixed by the brain suite)
 
     def run(self, ctx: TransferContext) -> ProtocolResult:
         cfg = self.cfg
@@ -387,7 +432,7 @@ class Finetune(Protocol):
             step = inference_batch(ctx)
             for i in range(0, len(images), step):
                 with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
-                    out.append(model(images[i:i + step].to(ctx.device)).float().cpu())
+                    out.append(model(images[i : i + step].to(ctx.device)).float().cpu())
             model.train(was)
             return probabilities(torch.cat(out), space)
 
@@ -398,24 +443,36 @@ class Finetune(Protocol):
         eval_every = ctx.eval_every(cfg.eval_every, 5)
         loader = torch.utils.data.DataLoader(
             _Sampler(train.images, train.targets, min(ctx.batch_size, len(train.ids)), ctx.cell.seed, cfg.augment),
-            batch_size=None)
+            batch_size=None,
+        )
         encoder_ids = {id(p) for p in backbone.parameters()}
-        groups = [{"params": list(backbone.parameters())},
-                  {"params": [p for p in model.parameters() if id(p) not in encoder_ids],
-                   "lr": cfg.lr * cfg.head_lr_scale}]
+        groups = [
+            {"params": list(backbone.parameters())},
+            {"params": [p for p in model.parameters() if id(p) not in encoder_ids], "lr": cfg.lr * cfg.head_lr_scale},
+        ]
         t0 = time.time()
-        fit(model, step_fn, groups, loader,
-            _train_cfg(ctx.steps, cfg.lr, cfg.weight_decay, eval_every, cfg.warmup_fraction), ctx.run_dir,
-            device=ctx.device, eval_fn=val_score, desc=f"finetune {ctx.cell.key}", log_prefix="transfer/finetune",
-            progress=ctx.progress)
+        fit(
+            model,
+            step_fn,
+            groups,
+            loader,
+            _train_cfg(ctx.steps, cfg.lr, cfg.weight_decay, eval_every, cfg.warmup_fraction),
+            ctx.run_dir,
+            device=ctx.device,
+            eval_fn=val_score,
+            desc=f"finetune {ctx.cell.key}",
+            log_prefix="transfer/finetune",
+            progress=ctx.progress,
+        )
         wall = time.time() - t0
         rows = result_rows(predict(test.images), test.targets, space, ids=test.ids)
         n = sum(p.numel() for p in model.parameters())
         return ProtocolResult(rows, summary_of(rows), train_wall_s=wall, params=n, trainable_params=n)
 
 
-def knn_scores(train_f: torch.Tensor, train_y: np.ndarray, test_f: torch.Tensor, space: LabelSpace, k: int,
-               temperature: float) -> np.ndarray:
+def knn_scores(
+    train_f: torch.Tensor, train_y: np.ndarray, test_f: torch.Tensor, space: LabelSpace, k: int, temperature: float
+) -> np.ndarray:
     """Cosine kNN with similarity-weighted votes (weights exp(sim / T), as DINO's kNN evaluation).
 
     Scores are the weighted share of the neighbours' labels per class, in [0, 1].
@@ -470,7 +527,7 @@ def few_shot_indices(targets: np.ndarray, space: LabelSpace, shots: int, seed: i
         pool = np.setdiff1d(pool, chosen)
         if len(pool):
             chosen += rng.choice(pool, size=min(shots, len(pool)), replace=False).tolist()
-    if space.multilabel:   # a few "no finding" examples, or the head never sees a negative-only image
+    if space.multilabel:  # a few "no finding" examples, or the head never sees a negative-only image
         pool = np.setdiff1d(np.flatnonzero(targets.sum(1) == 0), chosen)
         if len(pool):
             chosen += rng.choice(pool, size=min(shots, len(pool)), replace=False).tolist()
@@ -491,7 +548,7 @@ class FewShot(Protocol):
         draws: int = 5
         steps: int = 200
         batch_size: int = 256
-        lr: float = 1e-2              # Adam on standardised features: 1e-3 leaves toy-separable data unfitted
+        lr: float = 1e-2  # Adam on standardised features: 1e-3 leaves toy-separable data unfitted
         weight_decay: float = 0.0
 
     uses_label_fraction: ClassVar[bool] = False
@@ -506,10 +563,21 @@ class FewShot(Protocol):
         t0 = time.time()
         for d in range(cfg.draws):
             idx = few_shot_indices(y, space, cfg.shots, seed=1000 * ctx.cell.seed + d)
-            head = train_linear_head(ctx, feats[idx], y[idx], space, cfg, cfg.steps, ctx.run_dir / f"draw{d}", None,
-                                     ctx.cell.seed, f"few_shot {ctx.cell.key} draw {d}")
+            head = train_linear_head(
+                ctx,
+                feats[idx],
+                y[idx],
+                space,
+                cfg,
+                cfg.steps,
+                ctx.run_dir / f"draw{d}",
+                None,
+                ctx.cell.seed,
+                f"few_shot {ctx.cell.key} draw {d}",
+            )
             with torch.no_grad():
                 scores = probabilities(head(tf.to(ctx.device)).cpu(), space)
             rows += result_rows(scores, ty, space, case=f"draw{d}")
-        return ProtocolResult(rows, summary_of(rows), train_wall_s=time.time() - t0,
-                              params=sum(p.numel() for p in backbone.parameters()))
+        return ProtocolResult(
+            rows, summary_of(rows), train_wall_s=time.time() - t0, params=sum(p.numel() for p in backbone.parameters())
+        )

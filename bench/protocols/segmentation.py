@@ -5,6 +5,7 @@
 best mean foreground Dice on the val split and report per-case, per-class Dice, NSD and HD95 on
 the test split, predicted by sliding-window inference.
 """
+
 from __future__ import annotations
 
 import time
@@ -52,15 +53,15 @@ class _Segmentation(Protocol):
         lr: float = 1e-4
         weight_decay: float = 1e-5
         warmup_fraction: float = 0.1
-        eval_every: int = 0           # 0: evaluate on val 4 times over training
+        eval_every: int = 0  # 0: evaluate on val 4 times over training
         sw_overlap: float = 0.25
         sw_batch_size: int = 4
         nsd_tolerance_mm: float = 2.0
         grad_clip: float | None = 1.0
-        positive_crops: str = "foreground"   # foreground (Swin UNETR) | class (a present class first, then a voxel)
+        positive_crops: str = "foreground"  # foreground (Swin UNETR) | class (a present class first, then a voxel)
 
         def __post_init__(self) -> None:
-            check_positive_crops(self.positive_crops)   # at config time, before any training
+            check_positive_crops(self.positive_crops)  # at config time, before any training
 
     freeze_encoder: ClassVar[bool] = False
 
@@ -73,9 +74,13 @@ class _Segmentation(Protocol):
         wall = self._train(ctx, model, params, train, val, fg)
         rows = self._test_rows(ctx, model, test, fg)
         dice = [r["value"] for r in rows if r["metric"] == "dice"]
-        return ProtocolResult(rows=rows, summary={"dice": float(np.mean(dice)) if dice else float("nan")},
-                              train_wall_s=wall, params=sum(p.numel() for p in model.parameters()),
-                              trainable_params=sum(p.numel() for p in params))
+        return ProtocolResult(
+            rows=rows,
+            summary={"dice": float(np.mean(dice)) if dice else float("nan")},
+            train_wall_s=wall,
+            params=sum(p.numel() for p in model.parameters()),
+            trainable_params=sum(p.numel() for p in params),
+        )
 
     def _model(self, ctx: TransferContext, n_classes: int) -> SegmentationModel:
         """The export's backbone under a fresh head; ``linear_probe`` freezes the encoder here, before the optimizer
@@ -90,8 +95,15 @@ class _Segmentation(Protocol):
                 p.requires_grad_(False)
         return model
 
-    def _train(self, ctx: TransferContext, model: SegmentationModel, params: list[nn.Parameter],
-               train: list[dict[str, Any]], val: list[dict[str, Any]], fg: list[int]) -> float:
+    def _train(
+        self,
+        ctx: TransferContext,
+        model: SegmentationModel,
+        params: list[nn.Parameter],
+        train: list[dict[str, Any]],
+        val: list[dict[str, Any]],
+        fg: list[int],
+    ) -> float:
         """Train on random crops and keep the checkpoint with the best val Dice; returns the training wall time
         (only the fit: the test inference is not training compute)."""
         from monai.losses import DiceCELoss
@@ -108,9 +120,19 @@ class _Segmentation(Protocol):
 
         tcfg = self._train_config(ctx, bool(val))
         t0 = time.time()
-        fit(model, step_fn, [{"params": params}], loader, tcfg, ctx.run_dir, device=ctx.device,
-            eval_fn=val_score if val else None, desc=f"{self.registry_name} {ctx.cell.key}",
-            log_prefix=f"transfer/{self.registry_name}", progress=ctx.progress)
+        fit(
+            model,
+            step_fn,
+            [{"params": params}],
+            loader,
+            tcfg,
+            ctx.run_dir,
+            device=ctx.device,
+            eval_fn=val_score if val else None,
+            desc=f"{self.registry_name} {ctx.cell.key}",
+            log_prefix=f"transfer/{self.registry_name}",
+            progress=ctx.progress,
+        )
         return time.time() - t0
 
     def _train_config(self, ctx: TransferContext, has_val: bool) -> TrainConfig:
@@ -118,21 +140,29 @@ class _Segmentation(Protocol):
         cell restarts from its last one, and no model selection when the dataset has no val split."""
         cfg = self.cfg
         eval_every = ctx.eval_every(cfg.eval_every, 4)
-        return TrainConfig(steps=ctx.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                           warmup_steps=int(cfg.warmup_fraction * ctx.steps), grad_clip=cfg.grad_clip,
-                           eval_every=eval_every if has_val else 0, checkpoint_every=max(1, eval_every),
-                           log_every=max(1, min(10, ctx.steps // 10)))
+        return TrainConfig(
+            steps=ctx.steps,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup_steps=int(cfg.warmup_fraction * ctx.steps),
+            grad_clip=cfg.grad_clip,
+            eval_every=eval_every if has_val else 0,
+            checkpoint_every=max(1, eval_every),
+            log_every=max(1, min(10, ctx.steps // 10)),
+        )
 
-    def _test_rows(self, ctx: TransferContext, model: SegmentationModel, test: list[dict[str, Any]],
-                   fg: list[int]) -> list[dict[str, Any]]:
+    def _test_rows(
+        self, ctx: TransferContext, model: SegmentationModel, test: list[dict[str, Any]], fg: list[int]
+    ) -> list[dict[str, Any]]:
         """Per-case, per-class rows, so that the leaderboard can pair methods on the same cases."""
         from bench import metrics
 
         rows = []
         for case in test:
             pred = _segment(model, case, ctx, self.cfg)
-            for r in metrics.segmentation_case_metrics(pred, case["label"], fg, case["spacing"],
-                                                       self.cfg.nsd_tolerance_mm):
+            for r in metrics.segmentation_case_metrics(
+                pred, case["label"], fg, case["spacing"], self.cfg.nsd_tolerance_mm
+            ):
                 rows.append({"case": case["id"], **r})
         return rows
 
@@ -144,15 +174,18 @@ def _splits(ctx: TransferContext) -> tuple[list[dict[str, Any]], list[dict[str, 
     return load_cases(ctx, "train", train_ids), load_cases(ctx, "val"), load_cases(ctx, "test")
 
 
-def _train_loader(ctx: TransferContext, train: list[dict[str, Any]],
-                  positive_crops: str) -> torch.utils.data.DataLoader:
+def _train_loader(
+    ctx: TransferContext, train: list[dict[str, Any]], positive_crops: str
+) -> torch.utils.data.DataLoader:
     """Random crops, 50 batches an epoch: ``fit`` cycles the loader endlessly, so the epoch length does not bound
     training (the budget's steps do)."""
     return torch.utils.data.DataLoader(
         SegTrainDataset(train, ctx.roi, samples=max(ctx.batch_size * 50, 1), positive_crops=positive_crops),
         batch_size=ctx.batch_size,
-        num_workers=ctx.num_workers, pin_memory=ctx.device.type == "cuda",
-        persistent_workers=ctx.num_workers > 0)
+        num_workers=ctx.num_workers,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=ctx.num_workers > 0,
+    )
 
 
 @torch.no_grad()
@@ -163,9 +196,8 @@ def _predict(model: nn.Module, image: np.ndarray, ctx: TransferContext, cfg: Any
 
     x = torch.from_numpy(image)[None].to(ctx.device)
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
-        logits = sliding_window_inference(x, ctx.roi, cfg.sw_batch_size, model, overlap=cfg.sw_overlap,
-                                          mode="gaussian")
-    if not isinstance(logits, torch.Tensor):   # a tuple or dict only from a model that returns one
+        logits = sliding_window_inference(x, ctx.roi, cfg.sw_batch_size, model, overlap=cfg.sw_overlap, mode="gaussian")
+    if not isinstance(logits, torch.Tensor):  # a tuple or dict only from a model that returns one
         raise TypeError(f"the segmentation model must return a tensor, got {type(logits).__name__}")
     return logits.argmax(1)[0].cpu().numpy()
 
@@ -191,7 +223,7 @@ def _val_dice(model: nn.Module, val: list[dict[str, Any]], fg: list[int], ctx: T
 
     scores = []
     for c in val:
-        pred = _segment(model, c, ctx, cfg)   # one inference per case, shared by its classes
+        pred = _segment(model, c, ctx, cfg)  # one inference per case, shared by its classes
         scores += [metrics.dice(pred == k, c["label"] == k) for k in fg]
     return float(np.mean(scores))
 

@@ -32,6 +32,7 @@ run-level variance, so ``--resamples`` reaches parts 1-3 and 6 only from 30 seed
 bootstrap (the method from 30 runs on) for part 1, one call per (task, method), outside the total. The target:
 the leaderboard end to end (7b) at most 10 s on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ def synthetic_dice(tasks: int, methods: int, seeds: int, cases: int, classes: in
     method effect, a seed effect and noise."""
     rng = np.random.default_rng(seed)
     difficulty = rng.beta(8, 2, (tasks, 1, 1, cases, classes))
-    method = (np.linspace(-0.05, 0.05, methods)[None, :, None, None, None]
-              + rng.normal(0, 0.01, (tasks, methods, 1, 1, 1)))
+    method = np.linspace(-0.05, 0.05, methods)[None, :, None, None, None] + rng.normal(
+        0, 0.01, (tasks, methods, 1, 1, 1)
+    )
     seed_effect = rng.normal(0, 0.01, (tasks, methods, seeds, 1, 1))
     noise = rng.normal(0, 0.03, (tasks, methods, seeds, cases, classes))
     return np.clip(difficulty + method + seed_effect + noise, 0.0, 1.0)
@@ -71,16 +73,38 @@ def result_rows(dice: np.ndarray):
     suite = Suite("bench_stats", 1, tasks, seeds=tuple(range(ns)), pretrain_dataset="synthetic", synthetic=True)
     t, m, s, c, k = np.indices(dice.shape).reshape(5, -1)
     method = np.array(["random"] + [f"method{i:02d}" for i in range(1, nm)])[m]
-    cell_id = np.char.add(np.char.add(np.array([f"t{i}" for i in range(nt)])[t], method),
-                          np.array([f"s{i}" for i in range(ns)])[s])
-    metrics = pd.DataFrame({"suite": suite.name, "suite_version": 1, "task": np.array([x.name for x in tasks])[t],
-                            "method": method, "protocol": "finetune", "label_fraction": 1.0, "draw": 0, "seed": s,
-                            "budget": "quick", "leakage_override": 0, "cell_id": cell_id,
-                            "case_id": np.char.add("case", c.astype(str)), "class": k + 1, "metric": "dice",
-                            "value": dice.ravel()})
+    cell_id = np.char.add(
+        np.char.add(np.array([f"t{i}" for i in range(nt)])[t], method), np.array([f"s{i}" for i in range(ns)])[s]
+    )
+    metrics = pd.DataFrame(
+        {
+            "suite": suite.name,
+            "suite_version": 1,
+            "task": np.array([x.name for x in tasks])[t],
+            "method": method,
+            "protocol": "finetune",
+            "label_fraction": 1.0,
+            "draw": 0,
+            "seed": s,
+            "budget": "quick",
+            "leakage_override": 0,
+            "cell_id": cell_id,
+            "case_id": np.char.add("case", c.astype(str)),
+            "class": k + 1,
+            "metric": "dice",
+            "value": dice.ravel(),
+        }
+    )
     cells = metrics.drop_duplicates("cell_id")[["cell_id"]].assign(
-        git_sha="benchmark", device="cpu", start_time="2026-01-01T00:00:00", end_time="2026-01-01T00:01:00",
-        wall_s=60.0, gpu_hours=0.0, cpu_hours=60 / 3600, params=1_000_000)
+        git_sha="benchmark",
+        device="cpu",
+        start_time="2026-01-01T00:00:00",
+        end_time="2026-01-01T00:01:00",
+        wall_s=60.0,
+        gpu_hours=0.0,
+        cpu_hours=60 / 3600,
+        params=1_000_000,
+    )
     return metrics, cells, suite
 
 
@@ -99,36 +123,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=5, help="runs per (task, method), one per seed")
     p.add_argument("--cases", type=int, default=100)
     p.add_argument("--classes", type=int, default=13)
-    p.add_argument("--resamples", type=int, default=10_000,
-                   help="bootstrap resamples: the IQM CIs, and run_mean / paired_run_difference from 30 seeds on")
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=10_000,
+        help="bootstrap resamples: the IQM CIs, and run_mean / paired_run_difference from 30 seeds on",
+    )
     p.add_argument("--poi-resamples", type=int, default=10_000, help="resamples of the PoI CIs against the baseline")
-    p.add_argument("--rank-boots", type=int, default=None,
-                   help="resamples of hierarchical_bootstrap_means for P(best) (default: --resamples)")
+    p.add_argument(
+        "--rank-boots",
+        type=int,
+        default=None,
+        help="resamples of hierarchical_bootstrap_means for P(best) (default: --resamples)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--render", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time the leaderboard renderer and publish (Markdown, figures, CSV) on the same data")
-    p.add_argument("--per-call", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time part 1 with method='bootstrap' (the leaderboard's from 30 runs on), one "
-                        "run_mean call per (task, method), --resamples resamples (not in the total)")
+    p.add_argument(
+        "--render",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the leaderboard renderer and publish (Markdown, figures, CSV) on the same data",
+    )
+    p.add_argument(
+        "--per-call",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time part 1 with method='bootstrap' (the leaderboard's from 30 runs on), one "
+        "run_mean call per (task, method), --resamples resamples (not in the total)",
+    )
     a = p.parse_args(argv)
     rank_boots = a.resamples if a.rank_boots is None else a.rank_boots
 
     # the leaderboard's own helpers: _compare gives a comparison's verdict and minimal detectable effect
-    from bench.leaderboard.analysis import (DEFAULT_MARGINS, MIN_CONTROL_RUNS, Options, _compare, margin_ranks,
-                                            normalised)
+    from bench.leaderboard.analysis import (
+        DEFAULT_MARGINS,
+        MIN_CONTROL_RUNS,
+        Options,
+        _compare,
+        margin_ranks,
+        normalised,
+    )
 
     opts = Options()
     margin, alpha, ci = opts.margin("dice"), opts.alpha, opts.ci
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"CPU cores: os.cpu_count()={os.cpu_count()}, usable by this process={affinity}; "
-          f"python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}; "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
-    print(f"data: {a.methods} methods x {a.tasks} tasks x {a.seeds} seeds x {a.cases} cases x {a.classes} classes; "
-          f"bootstrap resamples {a.resamples}, PoI CI resamples {a.poi_resamples}, P(best) resamples "
-          f"{rank_boots}; Dice margin {margin} (DEFAULT_MARGINS['dice'] = {DEFAULT_MARGINS['dice']})")
+    print(
+        f"CPU cores: os.cpu_count()={os.cpu_count()}, usable by this process={affinity}; "
+        f"python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}; "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+    )
+    print(
+        f"data: {a.methods} methods x {a.tasks} tasks x {a.seeds} seeds x {a.cases} cases x {a.classes} classes; "
+        f"bootstrap resamples {a.resamples}, PoI CI resamples {a.poi_resamples}, P(best) resamples "
+        f"{rank_boots}; Dice margin {margin} (DEFAULT_MARGINS['dice'] = {DEFAULT_MARGINS['dice']})"
+    )
     dice = synthetic_dice(a.tasks, a.methods, a.seeds, a.cases, a.classes, a.seed)
-    case = dice.mean(-1)                                                        # [task, method, run, case]
+    case = dice.mean(-1)  # [task, method, run, case]
     times: dict[str, float] = {}
     nt, nm, ns = a.tasks, a.methods, a.seeds
     n_res = dict(n_resamples=a.resamples, seed=a.seed)
@@ -138,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return [[stats.run_mean(case[t, m], ci=ci, **n_res) for m in range(nm)] for t in range(nt)]
 
     mean = _timed(f"1 run_mean, {nt * nm} (task, method), one call each", means, times)
-    grand = np.array([[d.estimate for d in row] for row in mean])                # [task, method]
+    grand = np.array([[d.estimate for d in row] for row in mean])  # [task, method]
     assert all(d.low <= d.estimate <= d.high for row in mean for d in row if np.isfinite(d.low))
 
     # 2. every method against the baseline (method 0): difference, Holm, MDE, Bayesian signed-rank
@@ -152,9 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             ok = np.isfinite(raw)
             if ok.any():
                 adjusted[ok] = np.asarray(stats.holm(raw[ok]), dtype=float)
-            compared = [_compare(d, "baseline", margin, alpha) for d in diffs]            # verdict + MDE
-            bayes = [stats.bayes_signed_rank((case[t, m] - base).mean(1), margin, n_samples=50_000, seed=a.seed)
-                     if ns >= 2 else None for m in range(1, nm)]
+            compared = [_compare(d, "baseline", margin, alpha) for d in diffs]  # verdict + MDE
+            bayes = [
+                stats.bayes_signed_rank((case[t, m] - base).mean(1), margin, n_samples=50_000, seed=a.seed)
+                if ns >= 2
+                else None
+                for m in range(1, nm)
+            ]
             out.append((compared, adjusted, bayes))
         return out
 
@@ -188,21 +242,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         chi2, fp, how = stats.friedman_exact(-ranks, seed=a.seed)
         norm = np.array([[normalised(grand[t, m], grand[t, 0], "dice") for m in range(nm)] for t in range(nt)])
         wilcoxon = None
-        if 2.0 / 2 ** nt <= alpha:                                     # as the leaderboard: a rejection possible
+        if 2.0 / 2**nt <= alpha:  # as the leaderboard: a rejection possible
             raw = [stats.paired_wilcoxon(norm[:, i], norm[:, j])[1] for i in range(nm) for j in range(i + 1, nm)]
             wilcoxon = stats.holm(np.array(raw))
         # normalised run scores [method, run, task]
-        runs = np.stack([[[normalised(v, grand[t, 0], "dice") for v in case[t, m].mean(1)] for t in range(nt)]
-                         for m in range(nm)]).transpose(0, 2, 1)
-        iqm = [(stats.iqm(runs[m]), *stats.stratified_bootstrap_ci(runs[m], aggregate=stats.iqm, ci=ci, **n_res))
-               for m in range(nm)]
+        runs = np.stack(
+            [[[normalised(v, grand[t, 0], "dice") for v in case[t, m].mean(1)] for t in range(nt)] for m in range(nm)]
+        ).transpose(0, 2, 1)
+        iqm = [
+            (stats.iqm(runs[m]), *stats.stratified_bootstrap_ci(runs[m], aggregate=stats.iqm, ci=ci, **n_res))
+            for m in range(nm)
+        ]
         poi = np.full((nm, nm), np.nan)
         for i in range(nm):
             for j in range(nm):
                 if i != j:
                     poi[i, j] = stats.probability_of_improvement(runs[i], runs[j])
-        poi_ci = [stats.probability_of_improvement_ci(runs[m], runs[0], n_resamples=a.poi_resamples, ci=ci,
-                                                      seed=a.seed) for m in range(1, nm)]
+        poi_ci = [
+            stats.probability_of_improvement_ci(runs[m], runs[0], n_resamples=a.poi_resamples, ci=ci, seed=a.seed)
+            for m in range(1, nm)
+        ]
         return dict(chi2=chi2, p=fp, how=how, wilcoxon=wilcoxon, iqm=iqm, poi=poi, poi_ci=poi_ci)
 
     acr = _timed(f"5 margin ranks + Friedman, IQM + CIs, PoI {nm}x{nm} + CIs", across, times)
@@ -227,8 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics, cells, suite = result_rows(dice)
         from bench import leaderboard
 
-        md = _timed(f"7a leaderboard Markdown from {len(metrics)} result rows", lambda: leaderboard.render(
-            suite, metrics, cells, now="2026-01-01", git="benchmark", class_names={}), times)
+        md = _timed(
+            f"7a leaderboard Markdown from {len(metrics)} result rows",
+            lambda: leaderboard.render(suite, metrics, cells, now="2026-01-01", git="benchmark", class_names={}),
+            times,
+        )
         assert md.count("\n| ") > nt * nm
 
         class _Store:
@@ -241,8 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            _timed("7b publish: Markdown + figures (PNG) + CSV", lambda: leaderboard.publish(
-                suite, _Store(), Path(tmp), now="2026-01-01", git="benchmark", class_names={}), times)
+            _timed(
+                "7b publish: Markdown + figures (PNG) + CSV",
+                lambda: leaderboard.publish(
+                    suite, _Store(), Path(tmp), now="2026-01-01", git="benchmark", class_names={}
+                ),
+                times,
+            )
 
     total = sum(v for k, v in times.items() if not k.startswith("7"))
     print(f"  {'total of 1-6 (the statistics alone)':<58s} {total:7.3f} s")
@@ -251,19 +318,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         end_to_end = next(v for k, v in times.items() if k.startswith("7b"))
         label = "leaderboard end to end: 7b (stats + Markdown + figures)"
         print(f"  {label:<58s} {end_to_end:7.3f} s   (target <= 10 s)")
-    better = sum(int(np.sum((p < alpha) & np.array([c.diff.estimate > 0 for c in compared])))
-                 for compared, p, _ in baseline)
+    better = sum(
+        int(np.sum((p < alpha) & np.array([c.diff.estimate > 0 for c in compared]))) for compared, p, _ in baseline
+    )
     marked = sum(c.marked for c in pairs.values())
     ctrl_marked = sum(c.marked for c in ctrl)
-    print(f"better than the baseline (Holm p < {alpha}): {better} of {nt * (nm - 1)}; pairs marked better/worse: "
-          f"{marked} of {len(pairs)}; controls marked: {ctrl_marked} of {len(ctrl)}; max P(best) per task: "
-          + ", ".join(f"{v:.2f}" for v in p_best.max(1)))
-    print(f"Friedman on margin ranks chi2={acr['chi2']:.2f} p={acr['p']:.2g} ({acr['how']}); Wilcoxon over tasks: "
-          + ("not testable with fewer than 6 tasks" if acr["wilcoxon"] is None
-             else f"{int(np.sum(np.asarray(acr['wilcoxon']) < alpha))} pairs Holm p < {alpha}")
-          + f"; IQM of the best method {max(v[0] for v in acr['iqm']):.3f}")
+    print(
+        f"better than the baseline (Holm p < {alpha}): {better} of {nt * (nm - 1)}; pairs marked better/worse: "
+        f"{marked} of {len(pairs)}; controls marked: {ctrl_marked} of {len(ctrl)}; max P(best) per task: "
+        + ", ".join(f"{v:.2f}" for v in p_best.max(1))
+    )
+    print(
+        f"Friedman on margin ranks chi2={acr['chi2']:.2f} p={acr['p']:.2g} ({acr['how']}); Wilcoxon over tasks: "
+        + (
+            "not testable with fewer than 6 tasks"
+            if acr["wilcoxon"] is None
+            else f"{int(np.sum(np.asarray(acr['wilcoxon']) < alpha))} pairs Holm p < {alpha}"
+        )
+        + f"; IQM of the best method {max(v[0] for v in acr['iqm']):.3f}"
+    )
 
     if a.per_call:
+
         def per_call() -> None:
             for t in range(nt):
                 for m in range(nm):

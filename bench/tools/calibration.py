@@ -31,6 +31,7 @@ CLI (Markdown on stdout for docs/statistics.md, one progress line per setting on
 
 Pure functions, no plotting; every random function takes ``seed``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,14 +50,14 @@ from bench import stats
 
 ROOT = Path(__file__).resolve().parents[2]
 LEADERBOARDS = ROOT / "leaderboards"
-TABLE = ["suite", "suite_version", "budget", "task", "protocol", "label_fraction", "metric"]   # one table
-RUN = ["draw", "seed"]                       # one run of a cell (runs of different methods pair by position)
-OVERALL_CLASS = -1                           # a classification case's overall value
-SET_CASE = "__set__"                         # the one stored case of a set-level table
+TABLE = ["suite", "suite_version", "budget", "task", "protocol", "label_fraction", "metric"]  # one table
+RUN = ["draw", "seed"]  # one run of a cell (runs of different methods pair by position)
+OVERALL_CLASS = -1  # a classification case's overall value
+SET_CASE = "__set__"  # the one stored case of a set-level table
 PREDICTION_METRICS = ("pred_score", "pred_target")
 COMPONENTS = ["sd_case", "sd_run", "sd_method_case", "sd_resid"]
-RUNS = (1, 2, 3, 5, 10)                      # runs per method in the CLI's simulations
-BASELINE, METHOD = 0, 1                      # simulated method indices
+RUNS = (1, 2, 3, 5, 10)  # runs per method in the CLI's simulations
+BASELINE, METHOD = 0, 1  # simulated method indices
 
 
 # ----------------------------------------------------------------------------------- published data
@@ -78,7 +79,7 @@ def per_case_scores(rows: pd.DataFrame) -> pd.DataFrame:
     """
     r = rows[~rows["metric"].isin(PREDICTION_METRICS)]
     task = ["suite", "suite_version", "task"]
-    overall = r.groupby(task)["class"].transform("min") == OVERALL_CLASS      # -1 is the smallest class
+    overall = r.groupby(task)["class"].transform("min") == OVERALL_CLASS  # -1 is the smallest class
     keep = np.where(overall, r["class"] == OVERALL_CLASS, r["class"] >= 1)
     r = r[keep]
     return r.groupby(TABLE + ["method", *RUN, "case_id"], sort=True)["value"].mean().reset_index()
@@ -116,7 +117,7 @@ def _components(y: Sequence[NDArray[np.floating]]) -> dict[str, float]:
         else:
             out["sd_run"] = np.sqrt(ms_run)
     if n_methods >= 2 and n_cases >= 2:
-        z = np.stack([m.mean(0) for m in y])                                    # [M, C]
+        z = np.stack([m.mean(0) for m in y])  # [M, C]
         ms_int = np.sum((z - z.mean(1, keepdims=True) - z.mean(0) + z.mean()) ** 2) / ((n_methods - 1) * (n_cases - 1))
         ms_case = n_methods * np.sum((z.mean(0) - z.mean()) ** 2) / (n_cases - 1)
         out["sd_case"] = np.sqrt(max(0.0, (ms_case - ms_int) / n_methods))
@@ -155,19 +156,27 @@ def variance_components(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for key, g in scores.groupby(TABLE, sort=True):
         wide = g.pivot_table(index=["method", *RUN], columns="case_id", values="value", aggfunc="first")
-        wide = wide.dropna(axis=1)                                              # cases every run stored
+        wide = wide.dropna(axis=1)  # cases every run stored
         if wide.shape[1] == 0:
             continue
         methods = sorted(wide.index.get_level_values("method").unique())
         y = [wide.loc[m].to_numpy(dtype=np.float64) for m in methods]
         comp = _components(y)
         runs = [m.shape[0] for m in y]
-        out.append({**dict(zip(TABLE, key)), "methods": len(methods),
-                    "runs": ", ".join(f"{m} {r}" for m, r in zip(methods, runs)),
-                    "min_runs": min(runs), "max_runs": max(runs), "cases": wide.shape[1],
-                    "set_level": list(wide.columns) == [SET_CASE], **comp, "mean": float(np.mean(wide.to_numpy()))})
-    cols = [*TABLE, "methods", "runs", "min_runs", "max_runs", "cases", "set_level", *COMPONENTS, "sd_mc_resid",
-            "mean"]
+        out.append(
+            {
+                **dict(zip(TABLE, key)),
+                "methods": len(methods),
+                "runs": ", ".join(f"{m} {r}" for m, r in zip(methods, runs)),
+                "min_runs": min(runs),
+                "max_runs": max(runs),
+                "cases": wide.shape[1],
+                "set_level": list(wide.columns) == [SET_CASE],
+                **comp,
+                "mean": float(np.mean(wide.to_numpy())),
+            }
+        )
+    cols = [*TABLE, "methods", "runs", "min_runs", "max_runs", "cases", "set_level", *COMPONENTS, "sd_mc_resid", "mean"]
     return pd.DataFrame(out, columns=cols)
 
 
@@ -191,9 +200,19 @@ class Setting(NamedTuple):
     sd_resid: float
 
 
-def simulate(n_methods: int, n_runs: int, n_cases: int, sd_case: float, sd_run: float, sd_method_case: float,
-             sd_resid: float, effect: float = 0.0, n_tables: int = 400, seed: int = 0,
-             mu: float = 0.0) -> NDArray[np.float64]:
+def simulate(
+    n_methods: int,
+    n_runs: int,
+    n_cases: int,
+    sd_case: float,
+    sd_run: float,
+    sd_method_case: float,
+    sd_resid: float,
+    effect: float = 0.0,
+    n_tables: int = 400,
+    seed: int = 0,
+    mu: float = 0.0,
+) -> NDArray[np.float64]:
     """Tables of per-case scores drawn from the method x run x case model (module docstring).
 
     Method 0 is the baseline; ``effect`` is added to method 1 (so the true, population, difference of
@@ -216,10 +235,13 @@ def simulate(n_methods: int, n_runs: int, n_cases: int, sd_case: float, sd_run: 
     """
     rng = np.random.default_rng(seed)
     t, m, r, c = n_tables, n_methods, n_runs, n_cases
-    y = (mu + sd_case * rng.standard_normal((t, 1, 1, c))
-         + sd_method_case * rng.standard_normal((t, m, 1, c))
-         + sd_run * rng.standard_normal((t, m, r, 1))
-         + sd_resid * rng.standard_normal((t, m, r, c)))
+    y = (
+        mu
+        + sd_case * rng.standard_normal((t, 1, 1, c))
+        + sd_method_case * rng.standard_normal((t, m, 1, c))
+        + sd_run * rng.standard_normal((t, m, r, 1))
+        + sd_resid * rng.standard_normal((t, m, r, c))
+    )
     if m >= 2:
         y[:, METHOD] += effect
     return y
@@ -228,9 +250,9 @@ def simulate(n_methods: int, n_runs: int, n_cases: int, sd_case: float, sd_run: 
 class Outcome(NamedTuple):
     """What a procedure concludes on each simulated table (all arrays [n_tables])."""
 
-    marks: NDArray[np.bool_]               # method 1 marked better or worse than the baseline
-    p: NDArray[np.float64]                 # the test's p-value (NaN: not tested)
-    covers_mean: NDArray[np.float64]       # the CI of the baseline's mean contains mu (1/0; NaN: no CI)
+    marks: NDArray[np.bool_]  # method 1 marked better or worse than the baseline
+    p: NDArray[np.float64]  # the test's p-value (NaN: not tested)
+    covers_mean: NDArray[np.float64]  # the CI of the baseline's mean contains mu (1/0; NaN: no CI)
     covers_difference: NDArray[np.float64]  # the CI of the difference contains the effect (1/0; NaN: no CI)
 
 
@@ -240,8 +262,15 @@ def _covers(low: Any, high: Any, truth: float) -> NDArray[np.float64]:
     return np.where(ok, (low <= truth) & (truth <= high), np.nan).astype(np.float64)
 
 
-def old_procedure(sims: NDArray[np.floating], alpha: float = 0.05, effect: float = 0.0, mu: float = 0.0,
-                  ci: float = 0.95, n_resamples: int = 1000, seed: int = 0) -> Outcome:
+def old_procedure(
+    sims: NDArray[np.floating],
+    alpha: float = 0.05,
+    effect: float = 0.0,
+    mu: float = 0.0,
+    ci: float = 0.95,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> Outcome:
     """The leaderboards' statistics before run-level inference, on simulated tables.
 
     Test: :func:`bench.stats.paired_wilcoxon` of method 1 against the baseline over all (run, case) pairs,
@@ -270,9 +299,17 @@ def old_procedure(sims: NDArray[np.floating], alpha: float = 0.05, effect: float
     return Outcome(p < alpha, p, _covers(low, high, mu), _covers(dlow, dhigh, effect))
 
 
-def new_procedure(sims: NDArray[np.floating], alpha: float = 0.05, effect: float = 0.0, mu: float = 0.0,
-                  ci: float = 0.95, margin: float = 0.0, method: str = "auto", n_resamples: int = 1000,
-                  seed: int = 0) -> Outcome:
+def new_procedure(
+    sims: NDArray[np.floating],
+    alpha: float = 0.05,
+    effect: float = 0.0,
+    mu: float = 0.0,
+    ci: float = 0.95,
+    margin: float = 0.0,
+    method: str = "auto",
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> Outcome:
     """Run-level inference (DESIGN.md, "The replicate is a run") on simulated tables.
 
     Test: :func:`bench.stats.paired_run_difference` of method 1 against the baseline (runs paired by
@@ -301,8 +338,9 @@ def new_procedure(sims: NDArray[np.floating], alpha: float = 0.05, effect: float
     p = np.full(n, np.nan)
     lo, hi, dlo, dhi = (np.full(n, np.nan) for _ in range(4))
     for i in range(n):
-        d = stats.paired_run_difference(sims[i, METHOD], sims[i, BASELINE], ci=ci, method=method,
-                                        n_resamples=n_resamples, seed=seed)
+        d = stats.paired_run_difference(
+            sims[i, METHOD], sims[i, BASELINE], ci=ci, method=method, n_resamples=n_resamples, seed=seed
+        )
         marks[i] = stats.verdict(d.low, d.high, margin) in ("better", "worse")
         p[i], dlo[i], dhi[i] = d.p, d.low, d.high
         m = stats.run_mean(sims[i, BASELINE], ci=ci, method=method, n_resamples=n_resamples, seed=seed)
@@ -341,8 +379,9 @@ class Calibration(NamedTuple):
     new_difference: float
 
 
-def calibrate(setting: Setting, n_runs: int, n_tables: int = 400, seed: int = 0, alpha: float = 0.05,
-              n_resamples: int = 1000) -> Calibration:
+def calibrate(
+    setting: Setting, n_runs: int, n_tables: int = 400, seed: int = 0, alpha: float = 0.05, n_resamples: int = 1000
+) -> Calibration:
     """False-mark rates and coverages of both procedures under the null, for one setting and run count.
 
     Args:
@@ -353,12 +392,30 @@ def calibrate(setting: Setting, n_runs: int, n_tables: int = 400, seed: int = 0,
         alpha: Level of the tests (the CIs are ``1 - alpha``).
         n_resamples: Bootstrap resamples.
     """
-    sims = simulate(2, n_runs, setting.n_cases, setting.sd_case, setting.sd_run, setting.sd_method_case,
-                    setting.sd_resid, n_tables=n_tables, seed=seed)
+    sims = simulate(
+        2,
+        n_runs,
+        setting.n_cases,
+        setting.sd_case,
+        setting.sd_run,
+        setting.sd_method_case,
+        setting.sd_resid,
+        n_tables=n_tables,
+        seed=seed,
+    )
     old = old_procedure(sims, alpha=alpha, ci=1 - alpha, n_resamples=n_resamples, seed=seed)
     new = new_procedure(sims, alpha=alpha, ci=1 - alpha, n_resamples=n_resamples, seed=seed)
-    return Calibration(setting.name, n_runs, setting.n_cases, false_mark_rate(old), false_mark_rate(new),
-                       coverage(old), coverage(new), coverage(old, "difference"), coverage(new, "difference"))
+    return Calibration(
+        setting.name,
+        n_runs,
+        setting.n_cases,
+        false_mark_rate(old),
+        false_mark_rate(new),
+        coverage(old),
+        coverage(new),
+        coverage(old, "difference"),
+        coverage(new, "difference"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -366,8 +423,10 @@ def calibrate(setting: Setting, n_runs: int, n_tables: int = 400, seed: int = 0,
 
 def table_name(row: pd.Series | dict) -> str:
     """A table's short name, e.g. ``abdomen v1 quick organs13 finetune 12.5%``."""
-    return (f"{row['suite']} v{row['suite_version']} {row['budget']} {row['task']} {row['protocol']} "
-            f"{100 * float(row['label_fraction']):g}%")
+    return (
+        f"{row['suite']} v{row['suite_version']} {row['budget']} {row['task']} {row['protocol']} "
+        f"{100 * float(row['label_fraction']):g}%"
+    )
 
 
 def settings(components: pd.DataFrame, max_tables: int = 3, stress: bool = True) -> list[Setting]:
@@ -380,14 +439,14 @@ def settings(components: pd.DataFrame, max_tables: int = 3, stress: bool = True)
     full = case_level.dropna(subset=COMPONENTS)
     full = full.sort_values(["max_runs", "min_runs", "cases"], ascending=False, kind="stable").head(max_tables)
     out = [Setting(table_name(r), int(r["cases"]), *(float(r[c]) for c in COMPONENTS)) for _, r in full.iterrows()]
-    med = {c: float(case_level[c].median()) for c in COMPONENTS}       # NaN skipped
+    med = {c: float(case_level[c].median()) for c in COMPONENTS}  # NaN skipped
     if case_level.shape[0] and all(np.isfinite(v) for v in med.values()):
-        typical = Setting("typical (median components)", int(case_level["cases"].median()),
-                          *(med[c] for c in COMPONENTS))
+        typical = Setting(
+            "typical (median components)", int(case_level["cases"].median()), *(med[c] for c in COMPONENTS)
+        )
         out.append(typical)
         if stress:
-            out.append(typical._replace(name="stress: typical, sd_method_case = sd_run",
-                                        sd_method_case=typical.sd_run))
+            out.append(typical._replace(name="stress: typical, sd_method_case = sd_run", sd_method_case=typical.sd_run))
     return out
 
 
@@ -397,20 +456,28 @@ def _f(x: float, spec: str = ".3f") -> str:
 
 def components_markdown(components: pd.DataFrame) -> list[str]:
     """The variance components as a Markdown table."""
-    out = ["| table | metric | methods | runs per method | cases | sd_case | sd_run | sd_method_case | sd_resid "
-           "| sd_mc+resid |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| table | metric | methods | runs per method | cases | sd_case | sd_run | sd_method_case | sd_resid "
+        "| sd_mc+resid |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for _, r in components.iterrows():
         cases = "1 (set-level)" if r["set_level"] else str(r["cases"])
-        out.append(f"| {table_name(r)} | {r['metric']} | {r['methods']} | {r['runs']} | {cases} | "
-                   + " | ".join(_f(r[c], ".4f") for c in [*COMPONENTS, "sd_mc_resid"]) + " |")
+        out.append(
+            f"| {table_name(r)} | {r['metric']} | {r['methods']} | {r['runs']} | {cases} | "
+            + " | ".join(_f(r[c], ".4f") for c in [*COMPONENTS, "sd_mc_resid"])
+            + " |"
+        )
     return out
 
 
 def calibration_markdown(results: Sequence[Calibration]) -> list[str]:
     """The null-simulation results as a Markdown table."""
-    out = ["| setting | cases | runs | false marks, old | false marks, new | mean CI coverage, old "
-           "| mean CI coverage, new | difference CI coverage, old | difference CI coverage, new |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| setting | cases | runs | false marks, old | false marks, new | mean CI coverage, old "
+        "| mean CI coverage, new | difference CI coverage, old | difference CI coverage, new |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for c in results:
         out.append(f"| {c.setting} | {c.cases} | {c.runs} | " + " | ".join(_f(x) for x in c[3:]) + " |")
     return out
@@ -427,45 +494,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per CI")
     p.add_argument("--alpha", type=float, default=0.05, help="level of the tests (CIs are 1 - alpha)")
     p.add_argument("--max-tables", type=int, default=3, help="published tables to simulate (plus 'typical')")
-    p.add_argument("--stress", action=argparse.BooleanOptionalAction, default=True,
-                   help="also simulate the typical setting with sd_method_case = sd_run")
+    p.add_argument(
+        "--stress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also simulate the typical setting with sd_method_case = sd_run",
+    )
     args = p.parse_args(argv)
     paths = args.csv or sorted(LEADERBOARDS.glob("*.csv"))
     if not paths:
         p.error(f"no CSV given and none under {LEADERBOARDS}")
     components = variance_components(read_csvs(paths))
-    shown = [str(Path(x).relative_to(ROOT)) if Path(x).resolve().is_relative_to(ROOT) else str(x)
-             for x in (Path(q).resolve() for q in paths)]
-    command = " ".join(["python -m bench.tools.calibration", *map(shlex.quote, shown if args.csv else []),
-                        f"--tables {args.tables}", f"--seed {args.seed}",
-                        *([f"--runs {' '.join(map(str, args.runs))}"] if list(args.runs) != list(RUNS) else []),
-                        *([f"--resamples {args.resamples}"] if args.resamples != 1000 else []),
-                        *([f"--alpha {args.alpha:g}"] if args.alpha != 0.05 else []),
-                        *([f"--max-tables {args.max_tables}"] if args.max_tables != 3 else []),
-                        *([] if args.stress else ["--no-stress"])])
-    lines = [f"Command: `{command}`", "", "### Variance components of the published tables", "",
-             *components_markdown(components), ""]
+    shown = [
+        str(Path(x).relative_to(ROOT)) if Path(x).resolve().is_relative_to(ROOT) else str(x)
+        for x in (Path(q).resolve() for q in paths)
+    ]
+    command = " ".join(
+        [
+            "python -m bench.tools.calibration",
+            *map(shlex.quote, shown if args.csv else []),
+            f"--tables {args.tables}",
+            f"--seed {args.seed}",
+            *([f"--runs {' '.join(map(str, args.runs))}"] if list(args.runs) != list(RUNS) else []),
+            *([f"--resamples {args.resamples}"] if args.resamples != 1000 else []),
+            *([f"--alpha {args.alpha:g}"] if args.alpha != 0.05 else []),
+            *([f"--max-tables {args.max_tables}"] if args.max_tables != 3 else []),
+            *([] if args.stress else ["--no-stress"]),
+        ]
+    )
+    lines = [
+        f"Command: `{command}`",
+        "",
+        "### Variance components of the published tables",
+        "",
+        *components_markdown(components),
+        "",
+    ]
     results = []
     for s in settings(components, args.max_tables, args.stress):
         for r in args.runs:
             t0 = time.perf_counter()
             c = calibrate(s, r, n_tables=args.tables, seed=args.seed, alpha=args.alpha, n_resamples=args.resamples)
             results.append(c)
-            print(f"{s.name}, {r} runs: false marks old {c.old_marks:.3f} new {c.new_marks:.3f}, "
-                  f"mean coverage old {c.old_mean:.3f} new {c.new_mean:.3f} "
-                  f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+            print(
+                f"{s.name}, {r} runs: false marks old {c.old_marks:.3f} new {c.new_marks:.3f}, "
+                f"mean coverage old {c.old_mean:.3f} new {c.new_mean:.3f} "
+                f"({time.perf_counter() - t0:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     mcse = np.sqrt(args.alpha * (1 - args.alpha) / args.tables)
-    lines += [f"### Under the null ({args.tables} simulated tables per row, two identical methods, "
-              f"alpha = {args.alpha:g})", "",
-              f"False marks: share of tables where method 1 is marked against the baseline (old: per-case "
-              f"Wilcoxon over the pooled (run, case) pairs, p < {args.alpha:g}; new: verdict of the "
-              f"paired_run_difference CI is better or worse). Coverage: share of tables whose "
-              f"{1 - args.alpha:.0%} CI holds the true value (mean: the baseline's population mean, old "
-              f"hierarchical_bootstrap_ci, new run_mean; difference: the true difference 0, old "
-              f"hierarchical_bootstrap_ci of the paired differences, which the leaderboards did not show, new "
-              f"paired_run_difference); — where the runs give no CI. Monte Carlo standard error of a rate "
-              f"near {args.alpha:g}: {mcse:.3f}; of a coverage near 0.95: "
-              f"{np.sqrt(0.95 * 0.05 / args.tables):.3f}.", ""]
+    lines += [
+        f"### Under the null ({args.tables} simulated tables per row, two identical methods, alpha = {args.alpha:g})",
+        "",
+        f"False marks: share of tables where method 1 is marked against the baseline (old: per-case "
+        f"Wilcoxon over the pooled (run, case) pairs, p < {args.alpha:g}; new: verdict of the "
+        f"paired_run_difference CI is better or worse). Coverage: share of tables whose "
+        f"{1 - args.alpha:.0%} CI holds the true value (mean: the baseline's population mean, old "
+        f"hierarchical_bootstrap_ci, new run_mean; difference: the true difference 0, old "
+        f"hierarchical_bootstrap_ci of the paired differences, which the leaderboards did not show, new "
+        f"paired_run_difference); — where the runs give no CI. Monte Carlo standard error of a rate "
+        f"near {args.alpha:g}: {mcse:.3f}; of a coverage near 0.95: "
+        f"{np.sqrt(0.95 * 0.05 / args.tables):.3f}.",
+        "",
+    ]
     lines += calibration_markdown(results) if results else ["No table estimates every component."]
     print("\n".join(lines))
     return 0

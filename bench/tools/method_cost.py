@@ -23,6 +23,7 @@ without it, the volumes are uniform random noise.
 
 Defaults are the quick budget (conf/budget/quick.yaml): ``swin_unetr_tiny``, ROI 64^3, batch 2, 2 threads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,6 +42,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 import yaml
+
 
 def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
     """``METHOD.KEY=VALUE`` (VALUE parsed as YAML) -> {method: {key: value}}; a malformed item is an error."""
@@ -86,8 +88,12 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     device = pick_device(opts["device"])
     cls = METHODS.get(name)
     # the options a run at the quick budget gets, composed by Hydra as run_bench.py composes them
-    cfg = cast(dict[str, Any], OmegaConf.to_container(
-        compose([f"method={name}", "budget=quick", f"backbone={opts['backbone']}"]), resolve=True))
+    cfg = cast(
+        dict[str, Any],
+        OmegaConf.to_container(
+            compose([f"method={name}", "budget=quick", f"backbone={opts['backbone']}"]), resolve=True
+        ),
+    )
     config = dict(cfg["method"].get("config") or {}) | opts["sets"].get(name, {})
     train = dict(cfg["method"].get("train") or {})
     backbone = build_backbone(cfg["backbone"]["name"], **(cfg["backbone"].get("kwargs") or {}))
@@ -115,16 +121,28 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         batches = []
         for _ in range(tcfg.accumulate):  # the micro-batches of one optimizer step
-            samples = [method.views({"image": volumes[int(rng.integers(len(volumes)))], "roi": roi}, rng)
-                       for _ in range(opts["batch"])]
+            samples = [
+                method.views({"image": volumes[int(rng.integers(len(volumes)))], "roi": roi}, rng)
+                for _ in range(opts["batch"])
+            ]
             batches.append(to_device(torch.utils.data.default_collate(samples), device))
         t_views = time.perf_counter() - t0
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        res = train_step(method, method.training_step, iter(batches), opt, tcfg, step, device=device,
-                         base_lrs=base_lrs, ema_pairs=pairs, ema_momentum=method.ema_momentum,
-                         after_step=method.after_optimizer_step)
+        res = train_step(
+            method,
+            method.training_step,
+            iter(batches),
+            opt,
+            tcfg,
+            step,
+            device=device,
+            base_lrs=base_lrs,
+            ema_pairs=pairs,
+            ema_momentum=method.ema_momentum,
+            after_step=method.after_optimizer_step,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t_step = time.perf_counter() - t0
@@ -136,18 +154,35 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
             continue
         bad_in_a_row = 0
         phase = res.logs.get("phase")
-        steps.append({"step": step, "s": t_step, "views_s": t_views, "loss": res.loss,
-                      "phase": None if phase is None else int(phase)})
+        steps.append(
+            {
+                "step": step,
+                "s": t_step,
+                "views_s": t_views,
+                "loss": res.loss,
+                "phase": None if phase is None else int(phase),
+            }
+        )
         per_group[steps[-1]["phase"]] = per_group.get(steps[-1]["phase"], 0) + 1
-        print(f"  {name} step {step}: {t_step:.2f} s, loss {steps[-1]['loss']:.4f}"
-              + (f", phase {steps[-1]['phase']}" if phase is not None else ""), flush=True)
+        print(
+            f"  {name} step {step}: {t_step:.2f} s, loss {steps[-1]['loss']:.4f}"
+            + (f", phase {steps[-1]['phase']}" if phase is not None else ""),
+            flush=True,
+        )
         step += 1
     params = sum(p.numel() for p in method.parameters())
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
     peak_gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"method": name, "config": config, "steps": steps, "params": params, "trainable_params": trainable,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_gpu_mb": peak_gpu,
-            "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2])}
+    return {
+        "method": name,
+        "config": config,
+        "steps": steps,
+        "params": params,
+        "trainable_params": trainable,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": peak_gpu,
+        "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+    }
 
 
 def _child(name: str, opts: dict[str, Any], queue: Any) -> None:
@@ -169,16 +204,25 @@ def summarise(result: dict[str, Any], warmup: int, window: int) -> list[dict[str
         timed = [s["s"] for s in steps[warmup:]]
         losses = [s["loss"] for s in steps]
         k = min(window, len(losses) // 2)
-        rows.append({
-            "method": result["method"], "phase": phase, "n_timed": len(timed),
-            "s_median": statistics.median(timed) if timed else None,
-            "s_min": min(timed) if timed else None, "s_max": max(timed) if timed else None,
-            "views_s": statistics.median(s["views_s"] for s in steps),
-            "peak_rss_mb": result["peak_rss_mb"], "peak_gpu_mb": result["peak_gpu_mb"],
-            "params_m": result["params"] / 1e6, "trainable_m": result["trainable_params"] / 1e6,
-            "loss_first": statistics.fmean(losses[:k]) if k else None,
-            "loss_last": statistics.fmean(losses[-k:]) if k else None, "loss_window": k, "n_steps": len(losses),
-        })
+        rows.append(
+            {
+                "method": result["method"],
+                "phase": phase,
+                "n_timed": len(timed),
+                "s_median": statistics.median(timed) if timed else None,
+                "s_min": min(timed) if timed else None,
+                "s_max": max(timed) if timed else None,
+                "views_s": statistics.median(s["views_s"] for s in steps),
+                "peak_rss_mb": result["peak_rss_mb"],
+                "peak_gpu_mb": result["peak_gpu_mb"],
+                "params_m": result["params"] / 1e6,
+                "trainable_m": result["trainable_params"] / 1e6,
+                "loss_first": statistics.fmean(losses[:k]) if k else None,
+                "loss_last": statistics.fmean(losses[-k:]) if k else None,
+                "loss_window": k,
+                "n_steps": len(losses),
+            }
+        )
     return rows
 
 
@@ -195,13 +239,21 @@ def markdown(rows: list[dict[str, Any]], with_loss: bool) -> str:
             lines.append(f"| {label} | failed: {r['error']} |" + " |" * (len(head) - 2))
             continue
         t = "-" if r["s_median"] is None else f"{r['s_median']:.2f} ({r['s_min']:.2f}-{r['s_max']:.2f})"
-        cells = [label, t, f"{r['views_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
-                 f"{r['trainable_m']:.1f} / {r['params_m']:.1f}"]
+        cells = [
+            label,
+            t,
+            f"{r['views_s']:.2f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['trainable_m']:.1f} / {r['params_m']:.1f}",
+        ]
         if "peak GPU MB" in head:
             cells.insert(4, "-" if r.get("peak_gpu_mb") is None else f"{r['peak_gpu_mb']:.0f}")
         if with_loss:
-            cells.append("-" if r["loss_first"] is None else
-                         f"{r['loss_first']:.4f} -> {r['loss_last']:.4f} ({r['loss_window']})")
+            cells.append(
+                "-"
+                if r["loss_first"] is None
+                else f"{r['loss_first']:.4f} -> {r['loss_last']:.4f} ({r['loss_window']})"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -225,8 +277,11 @@ def main(argv: list[str] | None = None) -> None:
     budget = cast(dict[str, Any], OmegaConf.to_container(quick, resolve=True)) | {"backbone": quick.backbone.name}
     known = [m for m in METHODS.names(tag="3d") if METHODS.get(m).pretrains]
     ap = argparse.ArgumentParser(prog="python -m bench.tools.method_cost", description=__doc__.split("\n")[0])
-    ap.add_argument("--methods", default=",".join(known), help="comma-separated; default: every 3D method that "
-                    f"pretrains ({', '.join(known)})")
+    ap.add_argument(
+        "--methods",
+        default=",".join(known),
+        help=f"comma-separated; default: every 3D method that pretrains ({', '.join(known)})",
+    )
     ap.add_argument("--backbone", default=budget["backbone"], help="conf/backbone/<name>.yaml (default: quick's)")
     ap.add_argument("--roi", type=int, nargs="+", default=list(budget["roi"]), help="ROI side(s) (default: quick's)")
     ap.add_argument("--batch", type=int, default=int(budget["pretrain"]["batch_size"]))
@@ -234,10 +289,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed first steps of each phase group")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads; 0: torch's default")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                    help="override one method option (repeatable), e.g. asa.phase_steps=1")
-    ap.add_argument("--schedule-steps", type=int, default=int(budget["pretrain"]["steps"]),
-                    help="length of the lr / EMA schedule the steps belong to (default: quick's pretraining steps)")
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="override one method option (repeatable), e.g. asa.phase_steps=1",
+    )
+    ap.add_argument(
+        "--schedule-steps",
+        type=int,
+        default=int(budget["pretrain"]["steps"]),
+        help="length of the lr / EMA schedule the steps belong to (default: quick's pretraining steps)",
+    )
     ap.add_argument("--corpus", default=None, help="a suite: use its pretraining corpus instead of random volumes")
     ap.add_argument("--corpus-volumes", type=int, default=16)
     ap.add_argument("--data-dir", default=None, help="generated-data cache (default: $SSLBENCH_DATA or ./data)")
@@ -259,10 +324,21 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: --roi {args.roi}: one or three sides, each a multiple of 32")
     if args.steps < 1 or args.warmup < 0 or args.batch < 1:
         raise SystemExit("error: --steps >= 1, --warmup >= 0 and --batch >= 1 are required")
-    opts = {"backbone": args.backbone, "roi": roi, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
-            "threads": args.threads, "device": args.device, "sets": parse_sets(args.sets, names),
-            "schedule_steps": args.schedule_steps, "corpus": args.corpus, "corpus_volumes": args.corpus_volumes,
-            "data_dir": args.data_dir, "volume": args.volume}
+    opts = {
+        "backbone": args.backbone,
+        "roi": roi,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "device": args.device,
+        "sets": parse_sets(args.sets, names),
+        "schedule_steps": args.schedule_steps,
+        "corpus": args.corpus,
+        "corpus_volumes": args.corpus_volumes,
+        "data_dir": args.data_dir,
+        "volume": args.volume,
+    }
     if args.corpus:  # generate the corpus once, before the timed processes
         corpus_volumes(args.corpus, 1, args.data_dir)
     started = dt.datetime.now(dt.UTC)
@@ -285,21 +361,38 @@ def main(argv: list[str] | None = None) -> None:
         results.append(res)
         rows += summarise(res, args.warmup, args.loss_window)
     finished = dt.datetime.now(dt.UTC)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    header = (f"{started:%Y-%m-%d %H:%M} UTC, {dev_name}, {args.threads or torch.get_num_threads()} threads, torch "
-              f"{torch.__version__}, {args.backbone}, ROI {'x'.join(map(str, roi))}, batch {args.batch}, "
-              f"{'corpus ' + args.corpus if args.corpus else 'random volumes'}; load average before "
-              f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
-              f"wall {(finished - started).total_seconds():.0f} s, "
-              f"CPU {sum(r.get('cpu_s', 0.0) for r in results):.0f} s")
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    dev_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    )
+    header = (
+        f"{started:%Y-%m-%d %H:%M} UTC, {dev_name}, {args.threads or torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}, {args.backbone}, ROI {'x'.join(map(str, roi))}, batch {args.batch}, "
+        f"{'corpus ' + args.corpus if args.corpus else 'random volumes'}; load average before "
+        f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
+        f"wall {(finished - started).total_seconds():.0f} s, "
+        f"CPU {sum(r.get('cpu_s', 0.0) for r in results):.0f} s"
+    )
     print("\n" + header + "\n\n" + markdown(rows, bool(args.corpus)))
     if args.out:
-        atomic_write_json(args.out, {"header": header, "argv": argv if argv is not None else sys.argv[1:],
-                                     "options": opts, "rows": rows, "results": results,
-                                     "started": started.isoformat(), "finished": finished.isoformat()})
+        atomic_write_json(
+            args.out,
+            {
+                "header": header,
+                "argv": argv if argv is not None else sys.argv[1:],
+                "options": opts,
+                "rows": rows,
+                "results": results,
+                "started": started.isoformat(),
+                "finished": finished.isoformat(),
+            },
+        )
         print(f"\n[method_cost] wrote {args.out}")
 
 

@@ -11,6 +11,7 @@ fp32, a standard DataLoader whose workers read and preprocess the NIfTI files ev
 plain (unfused) AdamW. The harness path is bench.engine.fit with its defaults (bf16 autocast on
 CUDA, fused AdamW, preprocessed volumes in memory, loader workers with pinned memory).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,20 +69,33 @@ def make_corpus(root: Path, n: int, shape: tuple[int, int, int]) -> list[tuple[P
     sx, sy, sz = (float(v) for v in fov / np.asarray(shape))
     cfg = AbdomenConfig(shape=shape, spacing=(sx, sy, sz))
     write_btcv_layout(root, [(f"img{i:04d}", 7000 + i) for i in range(1, n + 1)], cfg=cfg, progress=True)
-    return [(root / "imagesTr" / f"img{i:04d}.nii.gz", root / "labelsTr" / f"label{i:04d}.nii.gz")
-            for i in range(1, n + 1)]
+    return [
+        (root / "imagesTr" / f"img{i:04d}.nii.gz", root / "labelsTr" / f"label{i:04d}.nii.gz") for i in range(1, n + 1)
+    ]
 
 
 class ReferenceDataset(torch.utils.data.Dataset):
     """Reads and preprocesses the NIfTI every time (MONAI LoadImage + window), then the views."""
 
     def __init__(self, files, roi, views: Callable | None, samples: int, with_label: bool) -> None:
-        from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, Orientationd,
-                                      RandCropByPosNegLabeld, ScaleIntensityRanged, SpatialPadd)
+        from monai.transforms import (
+            Compose,
+            EnsureChannelFirstd,
+            LoadImaged,
+            Orientationd,
+            RandCropByPosNegLabeld,
+            ScaleIntensityRanged,
+            SpatialPadd,
+        )
 
         keys = ["image", "label"] if with_label else ["image"]
-        t = [LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS"),
-             ScaleIntensityRanged("image", -175, 250, 0.0, 1.0, clip=True), SpatialPadd(keys, roi)]
+        t = [
+            LoadImaged(keys),
+            EnsureChannelFirstd(keys),
+            Orientationd(keys, axcodes="RAS"),
+            ScaleIntensityRanged("image", -175, 250, 0.0, 1.0, clip=True),
+            SpatialPadd(keys, roi),
+        ]
         if with_label:
             t.append(RandCropByPosNegLabeld(keys, "label", roi, pos=1, neg=1, num_samples=1))
         self.tf = Compose(t)
@@ -95,10 +109,12 @@ class ReferenceDataset(torch.utils.data.Dataset):
         d = self.tf({"image": str(img), "label": str(lab)} if self.with_label else {"image": str(img)})
         if self.with_label:
             d = d[0]
-            return {"image": torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32),
-                    "label": torch.as_tensor(np.asarray(d["label"])).long()}
+            return {
+                "image": torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32),
+                "label": torch.as_tensor(np.asarray(d["label"])).long(),
+            }
         rng = np.random.default_rng([i, int(torch.randint(0, 2**31 - 1, (1,)))])
-        assert self.views is not None   # given whenever with_label is False
+        assert self.views is not None  # given whenever with_label is False
         return self.views({"image": np.asarray(d["image"], np.float32), "roi": self.roi}, rng)
 
 
@@ -141,12 +157,19 @@ def reference_loop(model, step_fn, params, loader, steps: int, warmup: int, devi
 def summarise(label: str, path: str, times, waits, batch: int, flops: float, device, peak_mem) -> Measure:
     step = float(np.mean(times))
     peak = device_peak(device)
-    return Measure(label, path, step, batch / step, float(np.sum(waits) / np.sum(times)), peak_mem,
-                   flops / step / peak if peak else None)
+    return Measure(
+        label,
+        path,
+        step,
+        batch / step,
+        float(np.sum(waits) / np.sum(times)),
+        peak_mem,
+        flops / step / peak if peak else None,
+    )
 
 
 def run(args: argparse.Namespace) -> list[Measure]:
-    budget = compose([f"budget={args.budget}"]).budget     # as run_bench.py composes it
+    budget = compose([f"budget={args.budget}"]).budget  # as run_bench.py composes it
     bb_name = args.backbone or budget.backbone.name
     roi = tuple(args.roi or budget.roi)
     batch = args.batch or budget.pretrain.batch_size
@@ -188,23 +211,43 @@ def run(args: argparse.Namespace) -> list[Measure]:
             if path == "harness":
                 loader = torch.utils.data.DataLoader(
                     PretrainDataset([c["image"] for c in cached], roi, method.views, samples=batch * steps, seed=0),
-                    batch_size=batch, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
-                res = fit(method, method.training_step, method.param_groups(0.05), loader,
-                          TrainConfig(steps=steps, lr=1e-4, checkpoint_every=10**9, log_every=10**9,
-                                      compile=args.compile),
-                          tmp / "runs" / name, device=device, ema_pairs=method.ema_pairs(),
-                          ema_momentum=method.ema_momentum, progress=False, timing=True)
-                times, waits = res.step_times[args.warmup:], res.data_waits[args.warmup:]
+                    batch_size=batch,
+                    num_workers=workers,
+                    pin_memory=pin,
+                    persistent_workers=workers > 0,
+                )
+                res = fit(
+                    method,
+                    method.training_step,
+                    method.param_groups(0.05),
+                    loader,
+                    TrainConfig(steps=steps, lr=1e-4, checkpoint_every=10**9, log_every=10**9, compile=args.compile),
+                    tmp / "runs" / name,
+                    device=device,
+                    ema_pairs=method.ema_pairs(),
+                    ema_momentum=method.ema_momentum,
+                    progress=False,
+                    timing=True,
+                )
+                times, waits = res.step_times[args.warmup :], res.data_waits[args.warmup :]
             else:
                 loader = torch.utils.data.DataLoader(
                     ReferenceDataset(files, roi, method.views, batch * steps, with_label=False),
-                    batch_size=batch, num_workers=workers)
-                times, waits = reference_loop(method, method.training_step, method.parameters(), loader, steps,
-                                              args.warmup, device, 1e-4)
+                    batch_size=batch,
+                    num_workers=workers,
+                )
+                times, waits = reference_loop(
+                    method, method.training_step, method.parameters(), loader, steps, args.warmup, device, 1e-4
+                )
             peak_mem = mem()
-            b = next(iter(torch.utils.data.DataLoader(
-                PretrainDataset([c["image"] for c in cached], roi, method.views, samples=batch, seed=1),
-                batch_size=batch)))
+            b = next(
+                iter(
+                    torch.utils.data.DataLoader(
+                        PretrainDataset([c["image"] for c in cached], roi, method.views, samples=batch, seed=1),
+                        batch_size=batch,
+                    )
+                )
+            )
             b = {k: v.to(device) for k, v in b.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and path == "harness"):
                 flops = count_flops(method, method.training_step, b)
@@ -222,7 +265,7 @@ def run(args: argparse.Namespace) -> list[Measure]:
             torch.manual_seed(0)
             model = SegmentationModel(build_backbone(bb_name, use_checkpoint=args.checkpointing), 14).to(device)
             if freeze:
-                for p in model.backbone.encoder.parameters():   # type: ignore[union-attr]  # a Swin UNETR
+                for p in model.backbone.encoder.parameters():  # type: ignore[union-attr]  # a Swin UNETR
                     p.requires_grad_(False)
             loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
@@ -232,17 +275,29 @@ def run(args: argparse.Namespace) -> list[Measure]:
             params = [p for p in model.parameters() if p.requires_grad]
             reset()
             if path == "harness":
-                loader = torch.utils.data.DataLoader(SegTrainDataset(cached, roi, samples=batch * steps),
-                                                     batch_size=batch, num_workers=workers, pin_memory=pin,
-                                                     persistent_workers=workers > 0)
-                res = fit(model, step_fn, [{"params": params}], loader,
-                          TrainConfig(steps=steps, lr=1e-4, checkpoint_every=10**9, log_every=10**9,
-                                      compile=args.compile),
-                          tmp / "runs" / proto, device=device, progress=False, timing=True)
-                times, waits = res.step_times[args.warmup:], res.data_waits[args.warmup:]
+                loader = torch.utils.data.DataLoader(
+                    SegTrainDataset(cached, roi, samples=batch * steps),
+                    batch_size=batch,
+                    num_workers=workers,
+                    pin_memory=pin,
+                    persistent_workers=workers > 0,
+                )
+                res = fit(
+                    model,
+                    step_fn,
+                    [{"params": params}],
+                    loader,
+                    TrainConfig(steps=steps, lr=1e-4, checkpoint_every=10**9, log_every=10**9, compile=args.compile),
+                    tmp / "runs" / proto,
+                    device=device,
+                    progress=False,
+                    timing=True,
+                )
+                times, waits = res.step_times[args.warmup :], res.data_waits[args.warmup :]
             else:
-                loader = torch.utils.data.DataLoader(ReferenceDataset(files, roi, None, batch * steps, True),
-                                                     batch_size=batch, num_workers=workers)
+                loader = torch.utils.data.DataLoader(
+                    ReferenceDataset(files, roi, None, batch * steps, True), batch_size=batch, num_workers=workers
+                )
                 times, waits = reference_loop(model, step_fn, params, loader, steps, args.warmup, device, 1e-4)
             peak_mem = mem()
             b = next(iter(torch.utils.data.DataLoader(SegTrainDataset(cached, roi, samples=batch), batch_size=batch)))
@@ -256,22 +311,32 @@ def run(args: argparse.Namespace) -> list[Measure]:
 
 
 def to_markdown(results: list[Measure], args: argparse.Namespace, device: torch.device) -> str:
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)")
-    lines = [f"### {dt.datetime.now(dt.UTC):%Y-%m-%d} — {name}", "",
-             f"Command: `python -m bench.tools.perf {' '.join(args.argv)}`", "",
-             f"Budget {args.budget}, backbone {args.backbone or 'budget default'}, ROI {args.roi or 'budget default'}, "
-             f"batch {args.batch or 'budget default'}, {args.steps} measured steps after {args.warmup} warm-up steps, "
-             f"gradient checkpointing {'on' if args.checkpointing else 'off'}, "
-             f"torch.compile {'on' if args.compile else 'off'}.", "",
-             "| workload | path | s/step | volumes/s | data wait | peak GPU mem (GB) | MFU | speed-up |",
-             "|---|---|---|---|---|---|---|---|"]
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    )
+    lines = [
+        f"### {dt.datetime.now(dt.UTC):%Y-%m-%d} — {name}",
+        "",
+        f"Command: `python -m bench.tools.perf {' '.join(args.argv)}`",
+        "",
+        f"Budget {args.budget}, backbone {args.backbone or 'budget default'}, ROI {args.roi or 'budget default'}, "
+        f"batch {args.batch or 'budget default'}, {args.steps} measured steps after {args.warmup} warm-up steps, "
+        f"gradient checkpointing {'on' if args.checkpointing else 'off'}, "
+        f"torch.compile {'on' if args.compile else 'off'}.",
+        "",
+        "| workload | path | s/step | volumes/s | data wait | peak GPU mem (GB) | MFU | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     ref = {r.label: r for r in results if r.path == "reference"}
     for r in results:
         sp = ref[r.label].step_s / r.step_s if r.label in ref else math.nan
-        lines.append(f"| {r.label} | {r.path} | {r.step_s:.3f} | {r.volumes_s:.2f} | {r.data_wait:.1%} | "
-                     f"{'n/a' if r.peak_mem_gb is None else f'{r.peak_mem_gb:.1f}'} | "
-                     f"{'n/a' if r.mfu is None else f'{r.mfu:.1%}'} | {sp:.2f}x |")
+        lines.append(
+            f"| {r.label} | {r.path} | {r.step_s:.3f} | {r.volumes_s:.2f} | {r.data_wait:.1%} | "
+            f"{'n/a' if r.peak_mem_gb is None else f'{r.peak_mem_gb:.1f}'} | "
+            f"{'n/a' if r.mfu is None else f'{r.mfu:.1%}'} | {sp:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -281,8 +346,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     import methods  # noqa: F401  (registers methods)
 
-    ap = argparse.ArgumentParser(prog="python -m bench.tools.perf", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.tools.perf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--budget", default="standard")
     ap.add_argument("--backbone", default=None)
     ap.add_argument("--roi", type=int, nargs=3, default=None)

@@ -21,6 +21,7 @@ lies, so the probe's gap between encoders should shrink there: the negative cont
 The fitting and scoring are pure functions (``crop_corners``, ``fit_ridge``, ``group_cv_ridge``, ``r2``,
 ``resampled_r2``), tested in tests/test_position_probe.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ from bench.stats import bootstrap_p, draw_counts
 if TYPE_CHECKING:
     from bench.backbones import Backbone
 
-LAMBDAS = tuple(10.0 ** k for k in range(-3, 5))
+LAMBDAS = tuple(10.0**k for k in range(-3, 5))
 
 
 def crop_corners(shape: tuple[int, ...], crop: int, n: int, seed: int) -> np.ndarray:
@@ -77,8 +78,9 @@ def r2(y: np.ndarray, pred: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return 1.0 - ((y - pred) ** 2).sum(0) / ((y - reference) ** 2).sum(0)
 
 
-def group_cv_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 4,
-                   lambdas: tuple[float, ...] = LAMBDAS) -> float:
+def group_cv_ridge(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 4, lambdas: tuple[float, ...] = LAMBDAS
+) -> float:
     """The ridge penalty with the best mean R² over ``folds`` folds that keep each group (subject) whole."""
     ids = np.unique(groups)
     fold_of = {g: i % folds for i, g in enumerate(ids)}
@@ -101,8 +103,13 @@ def probe(train: tuple[np.ndarray, np.ndarray, np.ndarray], test: tuple[np.ndarr
     model = fit_ridge(x, y, lam)
     pred = predict(model, test[0])
     per_axis = r2(test[1], pred, y.mean(0))
-    return {"r2": float(per_axis.mean()), "r2_xyz": [float(v) for v in per_axis], "lambda": lam, "pred": pred,
-            "reference": y.mean(0)}
+    return {
+        "r2": float(per_axis.mean()),
+        "r2_xyz": [float(v) for v in per_axis],
+        "lambda": lam,
+        "pred": pred,
+        "reference": y.mean(0),
+    }
 
 
 def subject_resamples(n_subjects: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -111,8 +118,9 @@ def subject_resamples(n_subjects: int, n_resamples: int, seed: int) -> np.ndarra
     return np.random.default_rng(seed).integers(0, n_subjects, size=(n_resamples, n_subjects))
 
 
-def resampled_r2(y: np.ndarray, pred: np.ndarray, reference: np.ndarray, groups: np.ndarray,
-                 idx: np.ndarray) -> np.ndarray:
+def resampled_r2(
+    y: np.ndarray, pred: np.ndarray, reference: np.ndarray, groups: np.ndarray, idx: np.ndarray
+) -> np.ndarray:
     """Mean-over-axes R² on each resample ``idx`` [B, S] of whole test subjects: [B].
 
     Crops of one subject are not independent, so the subject is the resampled unit. A subject drawn k times
@@ -146,8 +154,9 @@ def _volumes(suite_name: str, data_dir: str | None) -> dict[str, list[tuple[str,
 
 
 @torch.no_grad()
-def features(backbone: Backbone, vols: list[tuple[str, np.ndarray]], crop: int, n: int, seed: int,
-             batch: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def features(
+    backbone: Backbone, vols: list[tuple[str, np.ndarray]], crop: int, n: int, seed: int, batch: int = 8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled features [N, F], normalised centres [N, 3] and subject index [N] of ``n`` crops per volume."""
     backbone.eval()
     feats, ys, groups = [], [], []
@@ -156,9 +165,9 @@ def features(backbone: Backbone, vols: list[tuple[str, np.ndarray]], crop: int, 
         img = img[None] if img.ndim == 3 else img
         shape = img.shape[1:]
         corners = crop_corners(shape, crop, n, seed + i)
-        crops = np.stack([img[:, x:x + crop, y:y + crop, z:z + crop] for x, y, z in corners])
+        crops = np.stack([img[:, x : x + crop, y : y + crop, z : z + crop] for x, y, z in corners])
         for j in range(0, n, batch):
-            feats.append(backbone.pooled(torch.from_numpy(crops[j:j + batch])).float().numpy())
+            feats.append(backbone.pooled(torch.from_numpy(crops[j : j + batch])).float().numpy())
         ys.append(centres(corners, shape, crop))
         groups.append(np.full(n, i))
     return np.concatenate(feats).astype(np.float64), np.concatenate(ys), np.concatenate(groups)
@@ -201,31 +210,48 @@ def main(argv: list[str] | None = None) -> int:
         boots.append(resampled_r2(ty, pred, res.pop("reference"), tg, idx))
         err = np.abs(pred - ty) * (np.asarray(vols["test"][0][1].shape[-3:]) - 1)
         ci = np.quantile(boots[-1], [0.025, 0.975])
-        rows.append({"export": str(path), "method": meta.get("method", "?"),
-                     "pretrain_steps": meta.get("pretrain_steps"), **res,
-                     "r2_ci": [float(v) for v in ci], "mae_voxels": float(err.mean()),
-                     "seconds": round(time.time() - t0, 1)})
+        rows.append(
+            {
+                "export": str(path),
+                "method": meta.get("method", "?"),
+                "pretrain_steps": meta.get("pretrain_steps"),
+                **res,
+                "r2_ci": [float(v) for v in ci],
+                "mae_voxels": float(err.mean()),
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
         if len(rows) > 1:
             # paired over the same resampled subjects: what the test subjects share cancels in the difference
             d = boots[-1] - boots[0]
-            rows[-1]["vs_first"] = {"delta": rows[-1]["r2"] - rows[0]["r2"],
-                                    "ci": [float(v) for v in np.quantile(d, [0.025, 0.975])], "p": bootstrap_p(d)}
-    print(f"position probe on {args.suite}: {len(fit_vols)} fitting and {len(vols['test'])} test subjects, "
-          f"{args.crops} crops of {args.crop}^3 each; R^2 against predicting the fitting mean (0 = no position "
-          f"information); 95% CIs and the paired test against the first export ({rows[0]['method']}) from "
-          f"{args.resamples} bootstrap resamples of the test subjects\n")
-    print("| method | export | pretrain steps | R² (mean) | 95% CI | Δ vs first [95% CI] | p | R² x / y / z | "
-          "MAE [voxels] | ridge λ |")
+            rows[-1]["vs_first"] = {
+                "delta": rows[-1]["r2"] - rows[0]["r2"],
+                "ci": [float(v) for v in np.quantile(d, [0.025, 0.975])],
+                "p": bootstrap_p(d),
+            }
+    print(
+        f"position probe on {args.suite}: {len(fit_vols)} fitting and {len(vols['test'])} test subjects, "
+        f"{args.crops} crops of {args.crop}^3 each; R^2 against predicting the fitting mean (0 = no position "
+        f"information); 95% CIs and the paired test against the first export ({rows[0]['method']}) from "
+        f"{args.resamples} bootstrap resamples of the test subjects\n"
+    )
+    print(
+        "| method | export | pretrain steps | R² (mean) | 95% CI | Δ vs first [95% CI] | p | R² x / y / z | "
+        "MAE [voxels] | ridge λ |"
+    )
     print("|---|---|---:|---:|---|---|---:|---|---:|---:|")
     for r in rows:
         xyz = " / ".join(f"{v:.3f}" for v in r["r2_xyz"])
         v = r.get("vs_first")
         vs = f"{v['delta']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] | {v['p']:.4f}" if v else "— | —"
-        print(f"| {r['method']} | `{r['export']}` | {r['pretrain_steps']} | {r['r2']:.3f} | "
-              f"[{r['r2_ci'][0]:.3f}, {r['r2_ci'][1]:.3f}] | {vs} | {xyz} | {r['mae_voxels']:.2f} | {r['lambda']:g} |")
+        print(
+            f"| {r['method']} | `{r['export']}` | {r['pretrain_steps']} | {r['r2']:.3f} | "
+            f"[{r['r2_ci'][0]:.3f}, {r['r2_ci'][1]:.3f}] | {vs} | {xyz} | {r['mae_voxels']:.2f} | {r['lambda']:g} |"
+        )
     if args.out:
-        args.out.write_text(json.dumps({"suite": args.suite, "crop": args.crop, "crops": args.crops,
-                                        "rows": rows}, indent=2))
+        args.out.write_text(
+            json.dumps({"suite": args.suite, "crop": args.crop, "crops": args.crops, "rows": rows}, indent=2)
+        )
     return 0
 
 

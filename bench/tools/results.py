@@ -5,6 +5,7 @@
 So that your own runs join published ones on one leaderboard, or a lost store is rebuilt from what was published.
 Every file is checked before anything is written (``bench.results.import_published``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,14 +23,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.tools.results",
         description="Put published leaderboard rows (leaderboards/<suite>.csv, with its _predictions.csv.gz) into a "
-                    "results store, so that your own runs join them on one leaderboard or a lost store is rebuilt.")
+        "results store, so that your own runs join them on one leaderboard or a lost store is rebuilt.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="import published CSVs into a results store")
     imp.add_argument("csv", nargs="+", type=Path, help="published CSV(s) of result rows")
-    imp.add_argument("--store", default="runs/results.sqlite",
-                     help="results store to import into (default: runs/results.sqlite, run_bench.py's default)")
-    imp.add_argument("--replace", action="store_true",
-                     help="replace cells the store already holds (default: keep them and skip the imported copy)")
+    imp.add_argument(
+        "--store",
+        default="runs/results.sqlite",
+        help="results store to import into (default: runs/results.sqlite, run_bench.py's default)",
+    )
+    imp.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace cells the store already holds (default: keep them and skip the imported copy)",
+    )
     args = parser.parse_args(argv)
     # `leaderboards/*.csv` also matches each board's comparisons: tests derived from the rows, recomputed whenever a
     # board is rendered, so they are no results to import
@@ -43,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = ResultsStore(args.store)
         reports = import_published(files, store, replace=args.replace)
-    except ValueError as e:          # a file that is no published CSV (PublishedCSVError), or a bad store URL
+    except ValueError as e:  # a file that is no published CSV (PublishedCSVError), or a bad store URL
         print(f"error: {e}", file=sys.stderr)
         return 2
     except sqlite3.DatabaseError as e:
@@ -54,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = f", {len(r.kept)} kept (already in the store; --replace overwrites them)" if r.kept else ""
         replaced = f", {len(r.replaced)} replaced" if r.replaced else ""
         print(f"{r.path}: {n} cells ({r.rows} rows): {len(r.added)} added{replaced}{kept}")
-    print(f"into {store.path}; render with: python run_bench.py stage=leaderboard suite=SUITE "
-          f"results.url={store.path}")
+    print(f"into {store.path}; render with: python run_bench.py stage=leaderboard suite=SUITE results.url={store.path}")
     return 0
 
 

@@ -3,6 +3,7 @@
 Everything here is deterministic given its inputs (random draws come from a ``numpy.random.Generator``
 passed in by the caller), so a generator built on these helpers is bit-identical per seed.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,13 @@ def coarse_shape(shape: tuple[int, ...], spacing: tuple[float, ...], node_mm: fl
     return tuple(max(2, int(round(n * s / node_mm)) + 1) for n, s in zip(shape, spacing))
 
 
-def smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, float, float],
-                 node_mm: float, channels: int = 1) -> np.ndarray:
+def smooth_field(
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    node_mm: float,
+    channels: int = 1,
+) -> np.ndarray:
     """Zero-mean, roughly unit-variance smooth noise: Gaussian control nodes, trilinearly upsampled.
 
     Returns an array of shape (channels, *shape), float32.
@@ -85,19 +91,22 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     q = rng.standard_normal(4)
     q /= np.linalg.norm(q)
     w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
 # implicit shapes (value < 1 inside, 1 on the surface)
 
 
-def superellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray, axes, exponent: float = 2.0,
-                   taper: float = 0.0, bend: float = 0.0) -> np.ndarray:
+def superellipsoid(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, axes, exponent: float = 2.0, taper: float = 0.0, bend: float = 0.0
+) -> np.ndarray:
     """Implicit superellipsoid in its local frame.
 
     ``taper`` shrinks the y/z cross-section toward +x (0.5: half size at x = +a); ``bend`` shifts the
@@ -131,14 +140,17 @@ def catmull_rom(points: np.ndarray, per_segment: int = 6) -> np.ndarray:
     out = []
     for i in range(1, len(ext) - 2):
         p0, p1, p2, p3 = ext[i - 1], ext[i], ext[i + 1], ext[i + 2]
-        out.append(0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t ** 2
-                          + (-p0 + 3 * p1 - 3 * p2 + p3) * t ** 3))
+        out.append(
+            0.5
+            * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3)
+        )
     out.append(p[-1:])
     return np.vstack(out)
 
 
-def tube_field(x: np.ndarray, y: np.ndarray, z: np.ndarray, centres: np.ndarray, radii: np.ndarray,
-               xy_ratio: float = 1.0) -> np.ndarray:
+def tube_field(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, centres: np.ndarray, radii: np.ndarray, xy_ratio: float = 1.0
+) -> np.ndarray:
     """Implicit swept sphere: min over segments of distance / interpolated radius (< 1 inside).
 
     ``centres`` (m, 3) and ``radii`` (m,) describe a densely sampled centre line. ``xy_ratio`` > 1
@@ -154,7 +166,7 @@ def tube_field(x: np.ndarray, y: np.ndarray, z: np.ndarray, centres: np.ndarray,
         rmax = max(r[i], r[i + 1]) * max(1.0, float(xy_ratio)) * 1.3
         lo = np.minimum(a, b) - rmax
         hi = np.maximum(a, b) + rmax
-        sel = ((x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (z >= lo[2]) & (z <= hi[2]))
+        sel = (x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (z >= lo[2]) & (z <= hi[2])
         if not sel.any():
             continue
         px, py, pz = x[sel] - a[0], y[sel] - a[1], z[sel] - a[2]

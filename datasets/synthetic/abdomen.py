@@ -29,6 +29,7 @@ labelled organ placed at a random position and orientation inside the abdomen pe
 Run ``python -m datasets.synthetic.abdomen --measure`` to time the generator and print inter-subject
 Dice; ``--preview PATH`` writes a montage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,7 @@ from datasets.synthetic._common import (
     tube_field,
 )
 
-GENERATOR_VERSION = "synthabdomen-2"    # 2: the affine states the grid's left-pointing x axis (v1 said RAS+)
+GENERATOR_VERSION = "synthabdomen-2"  # 2: the affine states the grid's left-pointing x axis (v1 said RAS+)
 
 LABELS: dict[int, str] = {
     0: "background",
@@ -87,31 +88,31 @@ class AbdomenConfig:
     """
 
     shape: tuple[int, int, int] = (96, 80, 72)
-    spacing: tuple[float, float, float] = (3.6, 3.6, 3.5)       # mm; FOV 346 x 288 x 252 mm
-    z_center_mm: float = -10.0              # atlas z at the volume centre (0 = centre of L1)
-    fov_shift_mm: float = 30.0              # FOV shift along z: U(-v, v)
-    centring_mm: float = 3.0                # patient off-centre in x/y: N(0, v)
-    roll_deg: float = 1.0                   # whole-body rotation: N(0, v) per axis
-    scale_range: tuple[float, float] = (0.85, 1.15)   # anisotropic body scale, per axis
-    fat_mm: tuple[float, float] = (8.0, 35.0)         # anterior subcutaneous fat thickness
-    organ_scale_sigma: float = 0.10         # per-organ log-normal scale (per axis)
-    organ_jitter_mm: float = 6.0            # per-organ centre jitter N(0, v)
-    organ_rotation_deg: float = 8.0         # per-organ rotation jitter N(0, v)
-    tube_jitter_mm: float = 2.5             # per-control-point jitter of tube centre lines
+    spacing: tuple[float, float, float] = (3.6, 3.6, 3.5)  # mm; FOV 346 x 288 x 252 mm
+    z_center_mm: float = -10.0  # atlas z at the volume centre (0 = centre of L1)
+    fov_shift_mm: float = 30.0  # FOV shift along z: U(-v, v)
+    centring_mm: float = 3.0  # patient off-centre in x/y: N(0, v)
+    roll_deg: float = 1.0  # whole-body rotation: N(0, v) per axis
+    scale_range: tuple[float, float] = (0.85, 1.15)  # anisotropic body scale, per axis
+    fat_mm: tuple[float, float] = (8.0, 35.0)  # anterior subcutaneous fat thickness
+    organ_scale_sigma: float = 0.10  # per-organ log-normal scale (per axis)
+    organ_jitter_mm: float = 6.0  # per-organ centre jitter N(0, v)
+    organ_rotation_deg: float = 8.0  # per-organ rotation jitter N(0, v)
+    tube_jitter_mm: float = 2.5  # per-control-point jitter of tube centre lines
     kidney_drop_mm: tuple[float, float] = (12.0, 24.0)  # right kidney lower than left by U(a, b)
-    respiration_mm: float = 5.0             # diaphragm + upper-organ craniocaudal shift N(0, v)
-    deformation_mm: tuple[float, float] = (3.0, 7.0)    # smooth deformation amplitude U(a, b)
-    deformation_node_mm: float = 60.0       # control-node spacing of the deformation field
-    roughness: float = 0.12                 # surface roughness (fraction of the implicit function)
-    bowel_fill: float = 0.40                # fraction of the free lower abdomen filled by bowel loops
-    hu_jitter: float = 8.0                  # per-subject per-tissue HU jitter N(0, v)
+    respiration_mm: float = 5.0  # diaphragm + upper-organ craniocaudal shift N(0, v)
+    deformation_mm: tuple[float, float] = (3.0, 7.0)  # smooth deformation amplitude U(a, b)
+    deformation_node_mm: float = 60.0  # control-node spacing of the deformation field
+    roughness: float = 0.12  # surface roughness (fraction of the implicit function)
+    bowel_fill: float = 0.40  # fraction of the free lower abdomen filled by bowel loops
+    hu_jitter: float = 8.0  # per-subject per-tissue HU jitter N(0, v)
     contrast_range: tuple[float, float] = (0.7, 1.3)  # contrast-phase factor on enhancing tissues
-    texture_hu: tuple[float, float] = (4.0, 12.0)     # intra-organ texture amplitude U(a, b)
-    psf_sigma_vox: tuple[float, float] = (0.4, 0.9)   # PSF / partial-volume blur U(a, b)
-    noise_hu: tuple[float, float] = (8.0, 20.0)       # correlated quantum noise U(a, b)
-    noise_corr_vox: float = 0.7             # noise correlation length (Gaussian sigma, voxels)
-    table: bool = True                      # draw the CT couch under the patient
-    intensity_mode: str = "ct"              # "ct" or "gmm" (SynthSeg-style random intensities + bias)
+    texture_hu: tuple[float, float] = (4.0, 12.0)  # intra-organ texture amplitude U(a, b)
+    psf_sigma_vox: tuple[float, float] = (0.4, 0.9)  # PSF / partial-volume blur U(a, b)
+    noise_hu: tuple[float, float] = (8.0, 20.0)  # correlated quantum noise U(a, b)
+    noise_corr_vox: float = 0.7  # noise correlation length (Gaussian sigma, voxels)
+    table: bool = True  # draw the CT couch under the patient
+    intensity_mode: str = "ct"  # "ct" or "gmm" (SynthSeg-style random intensities + bias)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ _ENHANCING_PIVOT = 40.0
 
 def _spine_y(z):
     """Centre of the vertebral bodies in y (lumbar lordosis brings L3-L4 forward)."""
-    return -46.0 + 10.0 * np.exp(-((z + 80.0) / 90.0) ** 2)
+    return -46.0 + 10.0 * np.exp(-(((z + 80.0) / 90.0) ** 2))
 
 
 def _vert_coord(z):
@@ -176,7 +177,7 @@ _CAV_BA = 85.0
 _CAV_BP = 82.0
 _CAV_N = 2.2
 _WALL = 12.0
-_BACK = 113.0     # posterior extent of the muscle layer (paraspinal muscles) from _CAV_CY
+_BACK = 113.0  # posterior extent of the muscle layer (paraspinal muscles) from _CAV_CY
 
 
 def _se_rho(x, y, cy, a, b_ant, b_post, n):
@@ -241,49 +242,98 @@ def _atlas_tubes() -> dict[str, dict]:
     zs_a = np.array([190.0, 130.0, 70.0, 20.0, -30.0, -70.0, -98.0])
     aorta = np.stack([np.interp(zs_a, [-98, 20, 190], [5, 10, 18]), ys(zs_a) + 28.0, zs_a], 1)
     zs_v = np.array([-128.0, -80.0, -30.0, 10.0, 45.0, 80.0, 108.0])
-    ivc = np.stack([np.array([-22, -24, -25, -26, -27, -23, -16.0]),
-                    ys(zs_v) + np.array([24, 25, 27, 27, 27, 34, 44.0]), zs_v], 1)
+    ivc = np.stack(
+        [np.array([-22, -24, -25, -26, -27, -23, -16.0]), ys(zs_v) + np.array([24, 25, 27, 27, 27, 34, 44.0]), zs_v], 1
+    )
     return {
         "aorta": _tube_spec(aorta, [12.5, 12.5, 12.0, 11.5, 11.0, 10.5, 10.0]),
         "ivc": _tube_spec(ivc, [10.0, 10.5, 11.0, 11.5, 12.0, 13.0, 14.0], xy_ratio=1.35),
-        "esophagus": _tube_spec([(2, -2, 200), (0, -2, 150), (4, 0, 115), (14, 2, 90), (24, 4, 76), (32, 6, 67)],
-                                [7.5, 8.0, 8.0, 8.5, 9.0, 10.0], xy_ratio=1.3),
-        "stomach": _tube_spec([(30, 4, 66), (48, -10, 74), (60, 12, 52), (56, 36, 26), (40, 52, 6),
-                               (12, 56, -6), (-12, 46, -2)],
-                              [16, 33, 34, 30, 25, 19, 11]),
-        "pancreas": _tube_spec([(-34, 16, -24), (-26, 20, -8), (-2, 24, 2), (28, 18, 12), (52, 6, 20),
-                                (70, -12, 28)],
-                               [16, 15, 11, 11, 10, 8]),
-        "portal": _tube_spec([(68, -24, 31), (50, -6, 21), (26, 6, 10), (0, 12, 3), (-11, 13, 2),
-                              (-24, 10, 16), (-36, 6, 29), (-47, 4, 37)],
-                             [4.5, 4.5, 5.0, 5.5, 7.0, 7.0, 6.5, 5.5]),
+        "esophagus": _tube_spec(
+            [(2, -2, 200), (0, -2, 150), (4, 0, 115), (14, 2, 90), (24, 4, 76), (32, 6, 67)],
+            [7.5, 8.0, 8.0, 8.5, 9.0, 10.0],
+            xy_ratio=1.3,
+        ),
+        "stomach": _tube_spec(
+            [(30, 4, 66), (48, -10, 74), (60, 12, 52), (56, 36, 26), (40, 52, 6), (12, 56, -6), (-12, 46, -2)],
+            [16, 33, 34, 30, 25, 19, 11],
+        ),
+        "pancreas": _tube_spec(
+            [(-34, 16, -24), (-26, 20, -8), (-2, 24, 2), (28, 18, 12), (52, 6, 20), (70, -12, 28)],
+            [16, 15, 11, 11, 10, 8],
+        ),
+        "portal": _tube_spec(
+            [
+                (68, -24, 31),
+                (50, -6, 21),
+                (26, 6, 10),
+                (0, 12, 3),
+                (-11, 13, 2),
+                (-24, 10, 16),
+                (-36, 6, 29),
+                (-47, 4, 37),
+            ],
+            [4.5, 4.5, 5.0, 5.5, 7.0, 7.0, 6.5, 5.5],
+        ),
         # unlabelled context structures (BTCV has no label for them)
-        "duodenum": _tube_spec([(-12, 46, -2), (-34, 30, 4), (-48, 10, 0), (-52, 4, -28), (-46, 8, -52),
-                                (-14, 10, -62), (16, 10, -58), (28, 12, -40), (30, 16, -28)],
-                               [11, 13, 13, 13, 12, 11, 11, 11, 10]),
+        "duodenum": _tube_spec(
+            [
+                (-12, 46, -2),
+                (-34, 30, 4),
+                (-48, 10, 0),
+                (-52, 4, -28),
+                (-46, 8, -52),
+                (-14, 10, -62),
+                (16, 10, -58),
+                (28, 12, -40),
+                (30, 16, -28),
+            ],
+            [11, 13, 13, 13, 12, 11, 11, 11, 10],
+        ),
         "smv": _tube_spec([(-11, 13, 2), (-9, 22, -30), (-6, 26, -80), (-4, 28, -120)], [6, 5, 4, 3.5]),
-        "sma": _tube_spec([(10, -4, 8), (10, 12, -2), (8, 20, -30), (5, 25, -90), (3, 28, -125)],
-                          [4.5, 4.0, 3.8, 3.2, 2.8]),
+        "sma": _tube_spec(
+            [(10, -4, 8), (10, 12, -2), (8, 20, -30), (5, 25, -90), (3, 28, -125)], [4.5, 4.0, 3.8, 3.2, 2.8]
+        ),
         "celiac": _tube_spec([(10, -6, 24), (10, 10, 28), (36, 4, 32), (60, -14, 36)], [4.0, 3.5, 2.8, 2.5]),
-        "left_renal_vein": _tube_spec([(50, -26, -8), (30, -10, -10), (10, 4, -12), (-12, 0, -12),
-                                       (-22, -12, -12)], [5.0, 5.0, 4.5, 5.0, 6.0]),
+        "left_renal_vein": _tube_spec(
+            [(50, -26, -8), (30, -10, -10), (10, 4, -12), (-12, 0, -12), (-22, -12, -12)], [5.0, 5.0, 4.5, 5.0, 6.0]
+        ),
         "right_renal_vein": _tube_spec([(-46, -28, -26), (-34, -20, -22), (-24, -14, -18)], [5.0, 5.5, 6.0]),
-        "right_crus": _tube_spec([(-14, ys(-40) + 18, -40), (-17, ys(10) + 24, 10), (-12, ys(50) + 32, 50),
-                                  (-4, -4, 78)], [5, 6, 5, 3.5]),
-        "left_crus": _tube_spec([(16, ys(-20) + 16, -20), (26, ys(20) + 22, 20), (26, ys(55) + 30, 55),
-                                 (18, -2, 78)], [4, 5, 4.5, 3]),
-        "iliac_art_r": _tube_spec([(5, ys(-98) + 28, -98), (-22, ys(-140) + 26, -140), (-48, ys(-190) + 30, -195)],
-                                  [7.5, 6.5, 6.0]),
-        "iliac_art_l": _tube_spec([(5, ys(-98) + 28, -98), (30, ys(-140) + 26, -140), (52, ys(-190) + 30, -195)],
-                                  [7.5, 6.5, 6.0]),
-        "iliac_vein_r": _tube_spec([(-22, ys(-128) + 24, -128), (-34, ys(-160) + 16, -160), (-52, ys(-195) + 18, -200)],
-                                   [9, 8, 7.5]),
-        "iliac_vein_l": _tube_spec([(-22, ys(-128) + 24, -128), (12, ys(-150) + 14, -150), (44, ys(-195) + 16, -200)],
-                                   [9, 8, 7.5]),
-        "colon": _tube_spec([(-82, 4, -200), (-86, 6, -130), (-88, 10, -70), (-80, 30, -40), (-50, 62, -46),
-                             (-10, 72, -56), (30, 66, -48), (70, 40, -14), (90, 8, -20), (88, -4, -70),
-                             (84, 0, -130), (60, 30, -175), (20, 30, -200)],
-                            [24, 24, 22, 21, 20, 19, 19, 18, 17, 16, 16, 15, 15]),
+        "right_crus": _tube_spec(
+            [(-14, ys(-40) + 18, -40), (-17, ys(10) + 24, 10), (-12, ys(50) + 32, 50), (-4, -4, 78)], [5, 6, 5, 3.5]
+        ),
+        "left_crus": _tube_spec(
+            [(16, ys(-20) + 16, -20), (26, ys(20) + 22, 20), (26, ys(55) + 30, 55), (18, -2, 78)], [4, 5, 4.5, 3]
+        ),
+        "iliac_art_r": _tube_spec(
+            [(5, ys(-98) + 28, -98), (-22, ys(-140) + 26, -140), (-48, ys(-190) + 30, -195)], [7.5, 6.5, 6.0]
+        ),
+        "iliac_art_l": _tube_spec(
+            [(5, ys(-98) + 28, -98), (30, ys(-140) + 26, -140), (52, ys(-190) + 30, -195)], [7.5, 6.5, 6.0]
+        ),
+        "iliac_vein_r": _tube_spec(
+            [(-22, ys(-128) + 24, -128), (-34, ys(-160) + 16, -160), (-52, ys(-195) + 18, -200)], [9, 8, 7.5]
+        ),
+        "iliac_vein_l": _tube_spec(
+            [(-22, ys(-128) + 24, -128), (12, ys(-150) + 14, -150), (44, ys(-195) + 16, -200)], [9, 8, 7.5]
+        ),
+        "colon": _tube_spec(
+            [
+                (-82, 4, -200),
+                (-86, 6, -130),
+                (-88, 10, -70),
+                (-80, 30, -40),
+                (-50, 62, -46),
+                (-10, 72, -56),
+                (30, 66, -48),
+                (70, 40, -14),
+                (90, 8, -20),
+                (88, -4, -70),
+                (84, 0, -130),
+                (60, 30, -175),
+                (20, 30, -200),
+            ],
+            [24, 24, 22, 21, 20, 19, 19, 18, 17, 16, 16, 15, 15],
+        ),
     }
 
 
@@ -292,8 +342,8 @@ _HEPATIC_VESSELS = [
     ([(-92, 18, 38), (-62, 4, 66), (-36, -8, 86), (-26, -10, 92)], [3.0, 4.0, 5.0, 6.0]),
     ([(-52, 42, 28), (-40, 18, 60), (-30, 0, 84), (-24, -8, 92)], [2.5, 3.5, 4.5, 5.5]),
     ([(20, 34, 52), (0, 18, 70), (-14, 2, 84), (-22, -6, 92)], [2.5, 3.2, 4.0, 5.0]),
-    ([(-47, 4, 37), (-70, 6, 44), (-96, 10, 40)], [5.0, 4.0, 2.5]),   # right portal branch
-    ([(-47, 4, 37), (-22, 20, 46), (8, 34, 54), (32, 36, 56)], [4.5, 3.8, 3.0, 2.2]),   # left portal branch
+    ([(-47, 4, 37), (-70, 6, 44), (-96, 10, 40)], [5.0, 4.0, 2.5]),  # right portal branch
+    ([(-47, 4, 37), (-22, 20, 46), (8, 34, 54), (32, 36, 56)], [4.5, 3.8, 3.0, 2.2]),  # left portal branch
 ]
 
 # reference centres (c0) of the labelled organs in the canonical atlas
@@ -308,9 +358,20 @@ _ORGAN_CENTRES = {
 }
 _TUBE_ORGANS = {"stomach": 7, "pancreas": 11, "portal": 10, "aorta": 8, "ivc": 9, "esophagus": 5}
 # how strongly a structure follows the diaphragm (respiratory shift)
-_RESP = {"liver": 1.0, "spleen": 1.0, "stomach": 0.9, "gallbladder": 0.9, "right kidney": 0.6,
-         "left kidney": 0.6, "right adrenal gland": 0.6, "left adrenal gland": 0.6, "pancreas": 0.5,
-         "portal": 0.6, "duodenum": 0.4, "esophagus": 0.3}
+_RESP = {
+    "liver": 1.0,
+    "spleen": 1.0,
+    "stomach": 0.9,
+    "gallbladder": 0.9,
+    "right kidney": 0.6,
+    "left kidney": 0.6,
+    "right adrenal gland": 0.6,
+    "left adrenal gland": 0.6,
+    "pancreas": 0.5,
+    "portal": 0.6,
+    "duodenum": 0.4,
+    "esophagus": 0.3,
+}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -377,7 +438,7 @@ class _Subject:
             w = np.linspace(0.0, 1.0, k)[:, None]
             if name == "pancreas":
                 pts += w * 0.7 * self.jit["spleen"]
-            if name == "portal":   # splenic end at the spleen, hilar end at the liver
+            if name == "portal":  # splenic end at the spleen, hilar end at the liver
                 pts += (1 - w) * 0.6 * self.jit["spleen"] + w * 0.7 * self.jit["liver"]
             if name == "duodenum":
                 pts += (1 - w) * 0.5 * self.jit["stomach"]
@@ -397,20 +458,18 @@ class _Subject:
         # organ poses
         self.poses: dict[str, _Pose] = {}
         for name, c0 in _ORGAN_CENTRES.items():
-            self.poses[name] = _Pose(c0, np.asarray(c0) + self.jit[name], rotation_xyz(self.rot[name]),
-                                     self.scl[name])
+            self.poses[name] = _Pose(c0, np.asarray(c0) + self.jit[name], rotation_xyz(self.rot[name]), self.scl[name])
         for name in _TUBE_ORGANS:
             c0 = self.tubes[name]["points"].mean(0)
             if name in ("aorta", "ivc", "esophagus"):
-                self.poses[name] = _Pose(c0)   # tied to the spine; their points carry the jitter
+                self.poses[name] = _Pose(c0)  # tied to the spine; their points carry the jitter
             else:
                 self.poses[name] = _Pose(c0, c0, rotation_xyz(0.5 * self.rot[name]), np.ones(3))
         if self.layout == "shuffled":
             srng = self.shuffle_rng
             for name in list(_ORGAN_CENTRES) + list(_TUBE_ORGANS):
                 p = self.poses[name]
-                t = np.array([srng.uniform(-75, 75), srng.uniform(-45, 55),
-                              self.fov_z + srng.uniform(-70, 60)])
+                t = np.array([srng.uniform(-75, 75), srng.uniform(-45, 55), self.fov_z + srng.uniform(-70, 60)])
                 t[2] = min(t[2], 55.0)
                 self.poses[name] = _Pose(p.c0, t, random_rotation(srng), p.s)
 
@@ -424,8 +483,10 @@ class _Subject:
         self.gmm_bias = smooth_field(rng, shp, sp, 120.0, 1)[0]
 
     def build_coords(self) -> None:
-        idx = [np.arange(n, dtype=np.float32) * np.float32(s) + np.float32(o)
-               for n, s, o in zip(self.shape, self.spacing, self.affine[:3, 3])]
+        idx = [
+            np.arange(n, dtype=np.float32) * np.float32(s) + np.float32(o)
+            for n, s, o in zip(self.shape, self.spacing, self.affine[:3, 3])
+        ]
         px, py, pz = np.meshgrid(*idx, indexing="ij")
         qx = px + self.deform[0] - np.float32(self.centring[0])
         qy = py + self.deform[1] - np.float32(self.centring[1])
@@ -491,18 +552,32 @@ class _Subject:
         rho_c = _se_rho(ux, uy, _CAV_CY, _CAV_A, _CAV_BA + belly, _CAV_BP, _CAV_N)
         rho_m = _se_rho(ux, uy, _CAV_CY, _CAV_A + _WALL, _CAV_BA + belly + _WALL, _BACK, _CAV_N)
         back_flat = np.abs(ux) < 60
-        rho_m = np.where(back_flat & (uy < _CAV_CY),
-                         np.minimum(rho_m, _se_rho(ux, uy, _CAV_CY, _CAV_A + _WALL, 1, _BACK, 3.2)), rho_m)
-        rho_s = _se_rho(ux, uy, _CAV_CY, _CAV_A + _WALL + self.fat_lat / sx,
-                        _CAV_BA + belly + _WALL + self.fat_ant / sy, _BACK + self.fat_post / sy, _CAV_N)
-        rho_s = np.where(back_flat & (uy < _CAV_CY),
-                         np.minimum(rho_s, _se_rho(ux, uy, _CAV_CY, _CAV_A + _WALL + self.fat_lat / sx, 1,
-                                                   _BACK + self.fat_post / sy, 3.2)), rho_s)
+        rho_m = np.where(
+            back_flat & (uy < _CAV_CY),
+            np.minimum(rho_m, _se_rho(ux, uy, _CAV_CY, _CAV_A + _WALL, 1, _BACK, 3.2)),
+            rho_m,
+        )
+        rho_s = _se_rho(
+            ux,
+            uy,
+            _CAV_CY,
+            _CAV_A + _WALL + self.fat_lat / sx,
+            _CAV_BA + belly + _WALL + self.fat_ant / sy,
+            _BACK + self.fat_post / sy,
+            _CAV_N,
+        )
+        rho_s = np.where(
+            back_flat & (uy < _CAV_CY),
+            np.minimum(
+                rho_s, _se_rho(ux, uy, _CAV_CY, _CAV_A + _WALL + self.fat_lat / sx, 1, _BACK + self.fat_post / sy, 3.2)
+            ),
+            rho_s,
+        )
         rough = np.float32(0.015) * self.rough
         full = (slice(None),) * 3
         if self.cfg.table:
             back_world = -(_BACK + self.fat_post / sy - _CAV_CY) * sy + self.centring[1]
-            top = np.float32(back_world - 4.0) + np.float32(0.0003) * self.world_x ** 2
+            top = np.float32(back_world - 4.0) + np.float32(0.0003) * self.world_x**2
             table = (self.world_y < top) & (self.world_y > top - 7.0) & (np.abs(self.world_x) < 230)
             self.paint(full, table, "table")
         self.paint(full, rho_s * (1 + rough) < 1.0, "fat_sc")
@@ -517,7 +592,7 @@ class _Subject:
         zpk = zpk - 0.004 * (uy - 5.0) ** 2 + self.resp
         hdrop = 8.0 + 70.0 / (1.0 + np.exp(np.clip((uy + 10.0) / 20.0, -30, 30)))
         rr = np.minimum(rho_c, 1.2) ** 2
-        dome = zpk - hdrop * rr ** 4
+        dome = zpk - hdrop * rr**4
         self.dome = dome
         self.abd = cav & (uz < dome - 2.0)
         thorax = cav & (uz > dome + 2.0)
@@ -538,11 +613,11 @@ class _Subject:
         ux, uy, uz = self.ux[sl], self.uy[sl], self.uz[sl]
         rho = self.rho_c[sl]
         r_xy = np.sqrt(ux * ux + (uy - _CAV_CY) ** 2)
-        depth = (rho - 1.0) * r_xy / np.maximum(rho, 1e-3)        # mm outside the cavity surface
-        phi = np.arctan2(np.abs(ux), -(uy - _CAV_CY))              # 0 posterior, pi anterior
+        depth = (rho - 1.0) * r_xy / np.maximum(rho, 1e-3)  # mm outside the cavity surface
+        phi = np.arctan2(np.abs(ux), -(uy - _CAV_CY))  # 0 posterior, pi anterior
         drop = 110.0 * (1.0 - np.cos(phi)) / 2.0
         zeta = uz + drop
-        k = np.round((zeta - 29.0) / 26.0)                         # rib 12 head at T12 (z = 29)
+        k = np.round((zeta - 29.0) / 26.0)  # rib 12 head at T12 (z = 29)
         dz = zeta - 29.0 - 26.0 * k
         # k = 0: 12th rib, 1: 11th, ... ; anterior end angle per rib (floating ribs are short)
         phi_end = np.interp(k, [0, 1, 2, 3, 4, 5], [1.75, 2.15, 2.6, 2.9, 3.2, 3.2])
@@ -590,8 +665,12 @@ class _Subject:
         pedicle = (np.abs(ux) > 6.0) & (np.abs(ux) < 15.0) & (uy >= ycan) & (uy < ys - ay + 2.0)
         in_vert = np.abs(dv) < 0.38
         spinous = (np.abs(ux) < 3.5) & (uy < ycan - 12.0) & (uy > ycan - 40.0) & (np.abs(dv + 0.12) < 0.3)
-        tproc = ((np.abs(uy - ycan - 3.0) < 3.5) & (np.abs(ux) > 14.0)
-                 & (np.abs(ux) < np.where(uz < 16.0, 40.0, 28.0)) & (np.abs(dv) < 0.15))
+        tproc = (
+            (np.abs(uy - ycan - 3.0) < 3.5)
+            & (np.abs(ux) > 14.0)
+            & (np.abs(ux) < np.where(uz < 16.0, 40.0, 28.0))
+            & (np.abs(dv) < 0.15)
+        )
         self.paint(sl, (arch | pedicle) & in_vert, "bone_cortical")
         self.paint(sl, spinous | tproc, "bone_cortical")
         self.paint(sl, canal, "csf")
@@ -619,7 +698,7 @@ class _Subject:
     def render_bowel(self) -> None:
         ux, uy, uz = self.ux, self.uy, self.uz
         full = (slice(None),) * 3
-        top = -12.0 + 22.0 / (1.0 + np.exp(np.clip(-(ux - 10.0) / 12.0, -30, 30)))   # jejunum higher on the left
+        top = -12.0 + 22.0 / (1.0 + np.exp(np.clip(-(ux - 10.0) / 12.0, -30, 30)))  # jejunum higher on the left
         region = self.abd & (uz < top) & (uy > _spine_y(uz) + 22.0)
         b0, b1 = self.bowel[0], self.bowel[1]
         thr = np.float32(np.quantile(b0[::3, ::3, ::3], 1.0 - self.cfg.bowel_fill))
@@ -654,7 +733,7 @@ class _Subject:
         left = _ellip(v, (10, 30, 58), (64, 40, 30), 2.2, (0, 8, -12), taper=0.65)
         caudate = _ellip(v, (-16, -14, 44), (20, 20, 30), 2.0)
         f = np.minimum(np.minimum(right, left), caudate)
-        f = np.maximum(f, 1.0 + (v[0] - 68.0) / 12.0)       # cut toward the left
+        f = np.maximum(f, 1.0 + (v[0] - 68.0) / 12.0)  # cut toward the left
         f = self.rough_f(f, sl)
         mask = (f < 1.0) & self.abd[sl]
         self.paint(sl, mask, "liver", 6)
@@ -675,12 +754,12 @@ class _Subject:
     def render_kidney(self, side: str) -> None:
         name = f"{side} kidney"
         c = np.asarray(_ORGAN_CENTRES[name])
-        sgn = -1.0 if side == "right" else 1.0           # patient's right is -x
+        sgn = -1.0 if side == "right" else 1.0  # patient's right is -x
         pose = self.poses[name]
         sl, v = self.organ_view(pose, c - 65, c + 65)
         if sl is None:
             return
-        rot = (10.0, 15.0 * -sgn, 20.0 * -sgn)            # upper pole medial and posterior
+        rot = (10.0, 15.0 * -sgn, 20.0 * -sgn)  # upper pole medial and posterior
         f = self.rough_f(_ellip(v, c, (28, 24, 55), 2.0, rot), sl, 0.6)
         hdir = np.array([-sgn * 0.8, 0.6, 0.0])
         notch = _ellip(v, c + 27.0 * hdir, (12, 12, 19), 2.0)
@@ -715,7 +794,7 @@ class _Subject:
         for e in ends:
             d = e - apex
             length = float(np.linalg.norm(d[:2]))
-            ang = np.degrees(np.arctan2(d[0], -d[1]))     # rotation about z of the limb's long axis (-y)
+            ang = np.degrees(np.arctan2(d[0], -d[1]))  # rotation about z of the limb's long axis (-y)
             f = np.minimum(f, _ellip(v, (apex + e) / 2.0, (4.2, length / 2.0 + 3.0, 18.0), 2.0, (0, 0, -ang)))
         f = self.rough_f(f, sl, 0.5)
         self.paint(sl, (f < 1.0) & self.abd[sl], "adrenal", 12 if side == "right" else 13)
@@ -805,15 +884,16 @@ class _Subject:
             img = hu.astype(np.float32)[self.tissue]
             img += (tex * self.texture_amp).astype(np.float32)[self.tissue] * self.texture
             lung = self.tissue == _T["lung"]
-            img[lung & (self.texture > 2.2)] += np.float32(500.0)   # lung vessels
+            img[lung & (self.texture > 2.2)] += np.float32(500.0)  # lung vessels
         if self.psf > 0:
             img = ndimage.gaussian_filter(img, self.psf, truncate=3.0)
         img += np.float32(self.noise) * self.noise_field
         return np.clip(np.rint(img), -1024, 3071).astype(np.int16)
 
 
-def generate_subject(seed: int, cfg: AbdomenConfig = AbdomenConfig(),
-                     layout: str = "atlas") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate_subject(
+    seed: int, cfg: AbdomenConfig = AbdomenConfig(), layout: str = "atlas"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic abdominal CT.
 
     Returns ``(image, label, affine)``: int16 HU, uint8 BTCV label ids (see ``LABELS``), both in the atlas's
@@ -845,8 +925,14 @@ def _render(seed: int, cfg: AbdomenConfig = AbdomenConfig(), layout: str = "atla
 # files, previews, measurements
 
 
-def write_btcv_layout(root: str | os.PathLike, cases: list[tuple[str, int]], cfg: AbdomenConfig = AbdomenConfig(),
-                      layout: str = "atlas", labelled: bool = True, progress: bool = True) -> None:
+def write_btcv_layout(
+    root: str | os.PathLike,
+    cases: list[tuple[str, int]],
+    cfg: AbdomenConfig = AbdomenConfig(),
+    layout: str = "atlas",
+    labelled: bool = True,
+    progress: bool = True,
+) -> None:
     """Write ``root/imagesTr/imgNNNN.nii.gz`` (int16) and ``root/labelsTr/labelNNNN.nii.gz`` (uint8).
 
     ``cases`` holds ``(case_id, seed)`` pairs with case ids like ``"img0001"``. Every file is written
@@ -873,8 +959,22 @@ def _window(a, lo=-175.0, hi=250.0):
     return np.clip((a.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
-_LABEL_RGB = ["#000000", "#1f77ff", "#ffd700", "#ff8c00", "#2ecc40", "#00e5ff", "#b10dc9", "#ff4136",
-              "#ff1493", "#0074d9", "#7fdbff", "#f5deb3", "#39ff14", "#ff00ff"]
+_LABEL_RGB = [
+    "#000000",
+    "#1f77ff",
+    "#ffd700",
+    "#ff8c00",
+    "#2ecc40",
+    "#00e5ff",
+    "#b10dc9",
+    "#ff4136",
+    "#ff1493",
+    "#0074d9",
+    "#7fdbff",
+    "#f5deb3",
+    "#39ff14",
+    "#ff00ff",
+]
 
 
 def _label_colors() -> np.ndarray:
@@ -883,8 +983,9 @@ def _label_colors() -> np.ndarray:
     return np.array([to_rgba(c) for c in _LABEL_RGB])
 
 
-def make_preview(path: str | os.PathLike, seeds=(0, 1, 2), cfg: AbdomenConfig = AbdomenConfig(),
-                 layout: str = "atlas") -> None:
+def make_preview(
+    path: str | os.PathLike, seeds=(0, 1, 2), cfg: AbdomenConfig = AbdomenConfig(), layout: str = "atlas"
+) -> None:
     """Montage PNG: per subject three axial slices, a coronal slice, and axial + coronal label overlays.
 
     Display is radiological (patient's right on the image left, anterior / superior up), CT window
@@ -905,7 +1006,7 @@ def make_preview(path: str | os.PathLike, seeds=(0, 1, 2), cfg: AbdomenConfig = 
         zs = np.nonzero(label.any((0, 1)))[0]
         z_lo, z_hi = (zs.min(), zs.max()) if len(zs) else (0, image.shape[2] - 1)
 
-        def centroid_z(lab, label=label):   # called in this iteration only: bind its label
+        def centroid_z(lab, label=label):  # called in this iteration only: bind its label
             m = label == lab
             return int(np.round(np.nonzero(m)[2].mean())) if m.any() else None
 
@@ -924,12 +1025,14 @@ def make_preview(path: str | os.PathLike, seeds=(0, 1, 2), cfg: AbdomenConfig = 
         def coronal(a, j):
             return a[:, j, :].T[::-1]
 
-        panels = [(axial(image, z_up), None, ax_ext, f"seed {seed}  axial z={z_up}"),
-                  (axial(image, z_mid), None, ax_ext, f"axial z={z_mid}"),
-                  (axial(image, z_low), None, ax_ext, f"axial z={z_low}"),
-                  (coronal(image, y_cor), None, co_ext, f"coronal y={y_cor}"),
-                  (axial(image, z_mid), axial(label, z_mid), ax_ext, "labels (axial)"),
-                  (coronal(image, y_cor), coronal(label, y_cor), co_ext, "labels (coronal)")]
+        panels = [
+            (axial(image, z_up), None, ax_ext, f"seed {seed}  axial z={z_up}"),
+            (axial(image, z_mid), None, ax_ext, f"axial z={z_mid}"),
+            (axial(image, z_low), None, ax_ext, f"axial z={z_low}"),
+            (coronal(image, y_cor), None, co_ext, f"coronal y={y_cor}"),
+            (axial(image, z_mid), axial(label, z_mid), ax_ext, "labels (axial)"),
+            (coronal(image, y_cor), coronal(label, y_cor), co_ext, "labels (coronal)"),
+        ]
         for col, (img, lab, ext, title) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(_window(img), cmap="gray", vmin=0, vmax=1, extent=ext, interpolation="bilinear")
@@ -941,8 +1044,14 @@ def make_preview(path: str | os.PathLike, seeds=(0, 1, 2), cfg: AbdomenConfig = 
             ax.set_xticks([])
             ax.set_yticks([])
     handles = [plt.Rectangle((0, 0), 1, 1, color=cols[i]) for i in range(1, len(LABELS))]
-    fig.legend(handles, [f"{i} {LABELS[i]}" for i in range(1, len(LABELS))], loc="lower center", ncol=7,
-               fontsize=7, frameon=False)
+    fig.legend(
+        handles,
+        [f"{i} {LABELS[i]}" for i in range(1, len(LABELS))],
+        loc="lower center",
+        ncol=7,
+        fontsize=7,
+        frameon=False,
+    )
     fig.suptitle(f"SynthAbdomen ({layout}), window [-175, 250] HU; image left = patient right", fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path = Path(path)
@@ -951,8 +1060,9 @@ def make_preview(path: str | os.PathLike, seeds=(0, 1, 2), cfg: AbdomenConfig = 
     plt.close(fig)
 
 
-def inter_subject_dice(n_subjects: int, cfg: AbdomenConfig = AbdomenConfig(), layout: str = "atlas",
-                       seeds=None) -> dict[str, float]:
+def inter_subject_dice(
+    n_subjects: int, cfg: AbdomenConfig = AbdomenConfig(), layout: str = "atlas", seeds=None
+) -> dict[str, float]:
     """Mean pairwise unregistered Dice per organ over ``n_subjects`` subjects (seeds 0..n-1 by default).
 
     Pairs where both subjects lack an organ are skipped; an organ absent in every pair gives NaN.
@@ -984,9 +1094,13 @@ def measure(n_time: int = 10, n_dice: int = 6, cfg: AbdomenConfig = AbdomenConfi
             atomic_save_nifti(label, affine, Path(tmp) / "labelsTr" / "label0001.nii.gz")
             times.append(t1 - t0)
             write_times.append(time.perf_counter() - t0)
-    res = {"seconds_mean": float(np.mean(times)), "seconds_min": float(np.min(times)),
-           "seconds_max": float(np.max(times)), "seconds_with_write_mean": float(np.mean(write_times)),
-           "n_time": n_time}
+    res = {
+        "seconds_mean": float(np.mean(times)),
+        "seconds_min": float(np.min(times)),
+        "seconds_max": float(np.max(times)),
+        "seconds_with_write_mean": float(np.mean(write_times)),
+        "n_time": n_time,
+    }
     for layout in LAYOUTS:
         res[f"dice_{layout}"] = inter_subject_dice(n_dice, cfg, layout)
     res["n_dice"] = n_dice
@@ -1009,9 +1123,11 @@ def _main(argv=None) -> None:
     if args.measure:
         print(f"{os.cpu_count()} CPUs visible; shape {cfg.shape}, spacing {cfg.spacing} mm")
         res = measure(args.n_time, args.n_dice, cfg)
-        print(f"generation: {res['seconds_mean']:.3f} s/subject mean over {res['n_time']} subjects "
-              f"(min {res['seconds_min']:.3f}, max {res['seconds_max']:.3f}); "
-              f"{res['seconds_with_write_mean']:.3f} s including writing both .nii.gz files")
+        print(
+            f"generation: {res['seconds_mean']:.3f} s/subject mean over {res['n_time']} subjects "
+            f"(min {res['seconds_min']:.3f}, max {res['seconds_max']:.3f}); "
+            f"{res['seconds_with_write_mean']:.3f} s including writing both .nii.gz files"
+        )
         print(f"inter-subject Dice over {res['n_dice']} subjects (mean of pairs):")
         print(f"{'organ':<28}{'atlas':>8}{'shuffled':>10}")
         for name in res["dice_atlas"]:

@@ -26,6 +26,7 @@ the names were mirrored.)
 ``python -m datasets.synthetic.brain --measure`` times the generator and prints the class fractions;
 ``--preview PATH`` writes a montage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,14 +46,14 @@ from datasets.synthetic.cache import atomic_save_nifti
 GENERATOR_VERSION = "synthbrainsym-1"
 
 LABELS: dict[int, str] = {0: "background", 1: "lesion"}
-CLASSES: dict[int, str] = {0: "none", 1: "right", 2: "left"}   # 1: MNI x > 0 (RAS+), 2: x < 0
+CLASSES: dict[int, str] = {0: "none", 1: "right", 2: "left"}  # 1: MNI x > 0 (RAS+), 2: x < 0
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
-_WM_T1 = 222.0   # median template T1 value where P(WM) > 0.9: the intensity unit (WM = 1.0)
+_WM_T1 = 222.0  # median template T1 value where P(WM) > 0.9: the intensity unit (WM = 1.0)
 
 
 @dataclass(frozen=True)
@@ -66,29 +67,29 @@ class BrainConfig:
     """
 
     shape: tuple[int, int, int] = (96, 112, 96)
-    spacing_mm: float = 2.0                      # isotropic; FOV 192 x 224 x 192 mm
-    center_mm: tuple[float, float] = (-18.0, 20.0)    # MNI y, z at the grid centre (x is always 0)
-    lesion_prob: float = 2.0 / 3.0               # P(lesion); the side is left / right with equal odds
+    spacing_mm: float = 2.0  # isotropic; FOV 192 x 224 x 192 mm
+    center_mm: tuple[float, float] = (-18.0, 20.0)  # MNI y, z at the grid centre (x is always 0)
+    lesion_prob: float = 2.0 / 3.0  # P(lesion); the side is left / right with equal odds
     # geometry (all asymmetric)
-    warp_mm: tuple[float, float] = (2.0, 4.0)    # RMS of each displacement component, U(a, b)
-    warp_node_mm: float = 32.0                   # control-node spacing of the displacement field
+    warp_mm: tuple[float, float] = (2.0, 4.0)  # RMS of each displacement component, U(a, b)
+    warp_node_mm: float = 32.0  # control-node spacing of the displacement field
     torque_mm: tuple[float, float] = (0.0, 3.0)  # Yakovlevian torque: hemispheres shifted +-v/2 in y
-    rotation_deg: float = 1.5                    # rigid head pose, N(0, v) per axis
-    translation_mm: float = 1.0                  # N(0, v) per axis
+    rotation_deg: float = 1.5  # rigid head pose, N(0, v) per axis
+    translation_mm: float = 1.0  # N(0, v) per axis
     # intensities (WM = 1 before the gain)
-    gamma: tuple[float, float] = (0.85, 1.2)     # T1 contrast exponent, U(a, b)
-    tissue_jitter: float = 0.05                  # per-tissue relative gain, N(0, v)
-    bias: tuple[float, float] = (0.02, 0.08)     # bias-field log-amplitude (std), U(a, b)
+    gamma: tuple[float, float] = (0.85, 1.2)  # T1 contrast exponent, U(a, b)
+    tissue_jitter: float = 0.05  # per-tissue relative gain, N(0, v)
+    bias: tuple[float, float] = (0.02, 0.08)  # bias-field log-amplitude (std), U(a, b)
     bias_node_mm: float = 64.0
-    blur_vox: tuple[float, float] = (0.2, 0.6)   # Gaussian PSF sigma, U(a, b)
-    noise: tuple[float, float] = (0.01, 0.04)    # Rician noise sigma (fraction of WM), U(a, b)
+    blur_vox: tuple[float, float] = (0.2, 0.6)  # Gaussian PSF sigma, U(a, b)
+    noise: tuple[float, float] = (0.01, 0.04)  # Rician noise sigma (fraction of WM), U(a, b)
     gain: tuple[float, float] = (700.0, 1300.0)  # WM intensity of the stored int16 image, U(a, b)
     # lesion
-    lesion_radius_mm: tuple[float, float] = (7.0, 22.0)   # mean semi-axis, U(a, b)
-    lesion_roughness: float = 0.18               # surface roughness (fraction of the implicit function)
-    lesion_min_abs_x_mm: float = 14.0            # lesion centre at least this far from the midline
-    mass_effect: tuple[float, float] = (0.0, 0.25)        # fraction of the lesion pushed outward, U(a, b)
-    ring_prob: float = 0.4                       # P(necrotic core + bright ring); otherwise solid
+    lesion_radius_mm: tuple[float, float] = (7.0, 22.0)  # mean semi-axis, U(a, b)
+    lesion_roughness: float = 0.18  # surface roughness (fraction of the implicit function)
+    lesion_min_abs_x_mm: float = 14.0  # lesion centre at least this far from the midline
+    mass_effect: tuple[float, float] = (0.0, 0.25)  # fraction of the lesion pushed outward, U(a, b)
+    ring_prob: float = 0.4  # P(necrotic core + bright ring); otherwise solid
 
     @property
     def origin_mm(self) -> np.ndarray:
@@ -114,7 +115,8 @@ def template_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the brain suite reads the MNI152 2009a symmetric template from the installed 'nilearn' package, "
-            f"which is not installed: pip install --no-deps nilearn (needs {TEMPLATE_FILES['t1']})")
+            f"which is not installed: pip install --no-deps nilearn (needs {TEMPLATE_FILES['t1']})"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
 
@@ -123,18 +125,20 @@ def template_paths() -> dict[str, Path]:
     out = {k: d / name for k, name in TEMPLATE_FILES.items()}
     for _k, p in out.items():
         if not p.is_file():
-            raise FileNotFoundError(f"MNI152 2009a symmetric template file missing: {p} "
-                                    f"(expected in the installed nilearn package; reinstall nilearn)")
+            raise FileNotFoundError(
+                f"MNI152 2009a symmetric template file missing: {p} "
+                f"(expected in the installed nilearn package; reinstall nilearn)"
+            )
     return out
 
 
 @dataclass
 class _Template:
-    t1: np.ndarray      # float32, WM = 1
-    gm: np.ndarray      # probabilities, float32
+    t1: np.ndarray  # float32, WM = 1
+    gm: np.ndarray  # probabilities, float32
     wm: np.ndarray
     csf: np.ndarray
-    brain: np.ndarray   # soft intracranial mask (0..1)
+    brain: np.ndarray  # soft intracranial mask (0..1)
 
 
 @lru_cache(maxsize=4)
@@ -150,7 +154,7 @@ def _template(shape: tuple[int, int, int], spacing_mm: float, center_mm: tuple[f
         raise ValueError(f"{paths['t1']}: expected a 1 mm RAS+ grid, got affine {aff.tolist()}")
     # working-grid voxel centres -> template voxel indices
     axes = [cfg.origin_mm[i] + cfg.spacing_mm * np.arange(shape[i]) - aff[i, 3] for i in range(3)]
-    sigma = 0.5 * (spacing_mm - 1.0) if spacing_mm > 1 else 0.0    # anti-aliasing (template voxels)
+    sigma = 0.5 * (spacing_mm - 1.0) if spacing_mm > 1 else 0.0  # anti-aliasing (template voxels)
     out = {}
     for k, img in imgs.items():
         a = np.asarray(img.dataobj, dtype=np.float32)
@@ -235,7 +239,7 @@ def _render_lesion(rng: np.random.Generator, tpl: _Template, cfg: BrainConfig, s
     """Paint the lesion into ``base`` (template space, in place) and return (soft mask, bbox, centre, radius)."""
     c, axes, rot = _place_lesion(rng, tpl, cfg, side)
     s = cfg.spacing_mm
-    edema = rng.uniform(1.1, 1.4)                   # oedema rim: outer / tumour radius
+    edema = rng.uniform(1.1, 1.4)  # oedema rim: outer / tumour radius
     ext = axes.max() * edema * (1 + cfg.lesion_roughness) + 2 * s
     lo = np.maximum(np.floor((c - ext - cfg.origin_mm) / s).astype(int), 0)
     hi = np.minimum(np.ceil((c + ext - cfg.origin_mm) / s).astype(int) + 1, np.asarray(cfg.shape))
@@ -250,8 +254,8 @@ def _render_lesion(rng: np.random.Generator, tpl: _Template, cfg: BrainConfig, s
     shape = r.shape
     rough = smooth_field(rng, shape, (s, s, s), max(6.0, axes.mean() * 0.6))[0]
     rough /= max(float(np.abs(rough).max()), 1e-6)
-    f = r * (1.0 + cfg.lesion_roughness * rough)              # < 1: tumour
-    fe = f / edema                                           # < 1: tumour + oedema (the labelled lesion)
+    f = r * (1.0 + cfg.lesion_roughness * rough)  # < 1: tumour
+    fe = f / edema  # < 1: tumour + oedema (the labelled lesion)
     inside = (tpl.brain[bb] > 0.5) & ((gx[bb[0]][:, None, None] * side) > 1.0)
     soft = lambda v: np.clip((1.0 - v) * axes.mean() / s + 0.5, 0.0, 1.0)  # noqa: E731  (~1 voxel ramp)
     w_tum = soft(f) * inside
@@ -266,7 +270,7 @@ def _render_lesion(rng: np.random.Generator, tpl: _Template, cfg: BrainConfig, s
         rim_frac = rng.uniform(0.65, 0.8)
         core = rng.uniform(0.25, 0.45) * (1 + 0.06 * tex)
         rim = rng.uniform(0.95, 1.25) * (1 + 0.05 * tex)
-        t = np.clip((f - rim_frac) / (1 - rim_frac) * 3.0, 0, 1)   # 0 in the core, 1 in the rim
+        t = np.clip((f - rim_frac) / (1 - rim_frac) * 3.0, 0, 1)  # 0 in the core, 1 in the rim
         val = core * (1 - t) + rim * t
     else:
         val = rng.uniform(0.45, 0.75) * (1 + rng.uniform(0.05, 0.12) * tex)
@@ -295,8 +299,8 @@ def _render(seed: int, cfg: BrainConfig = BrainConfig(), label: int | None = Non
     if cls not in CLASSES:
         raise ValueError(f"label must be one of {sorted(CLASSES)}, got {label!r}")
     tpl = load_template(cfg)
-    rng = np.random.default_rng([seed, 2])          # anatomy and acquisition
-    rng_les = np.random.default_rng([seed, 3])      # lesion
+    rng = np.random.default_rng([seed, 2])  # anatomy and acquisition
+    rng_les = np.random.default_rng([seed, 3])  # lesion
     s = cfg.spacing_mm
     shape = tuple(cfg.shape)
 
@@ -356,10 +360,9 @@ def _render(seed: int, cfg: BrainConfig = BrainConfig(), label: int | None = Non
         nz = np.argwhere(lesion_t > 0)
         lo, hi = nz.min(0) - 1, nz.max(0) + 1
         sel = np.all((coords >= lo[:, None, None, None]) & (coords <= hi[:, None, None, None]), axis=0)
-        vals = ndimage.map_coordinates(lesion_t, coords[:, sel], order=1, mode="constant", cval=0.0,
-                                       prefilter=False)
+        vals = ndimage.map_coordinates(lesion_t, coords[:, sel], order=1, mode="constant", cval=0.0, prefilter=False)
         lesion[sel] = (vals >= 0.5).astype(np.uint8)
-        if not lesion.any() and len(vals):   # a tiny lesion thinned out by the warp: keep its strongest voxel
+        if not lesion.any() and len(vals):  # a tiny lesion thinned out by the warp: keep its strongest voxel
             lesion[tuple(np.argwhere(sel)[int(np.argmax(vals))])] = 1
 
     # --- acquisition
@@ -368,21 +371,29 @@ def _render(seed: int, cfg: BrainConfig = BrainConfig(), label: int | None = Non
         img = ndimage.gaussian_filter(img, blur, truncate=3.0)
     n1 = rng.standard_normal(shape, dtype=np.float32) * np.float32(noise)
     n2 = rng.standard_normal(shape, dtype=np.float32) * np.float32(noise)
-    img = np.sqrt((img + n1) ** 2 + n2 ** 2)
+    img = np.sqrt((img + n1) ** 2 + n2**2)
     mask = brain > 0.5
     img = np.where(mask, img, 0.0) * np.float32(gain)
     image = np.clip(np.round(img), 0, 32767).astype(np.int16)
     lesion &= mask.astype(np.uint8)
-    return {"image": image, "lesion": lesion, "label": cls, "affine": cfg.affine.copy(),
-            "brain": mask, "coords": coords, "lesion_centre_mm": centre}
+    return {
+        "image": image,
+        "lesion": lesion,
+        "label": cls,
+        "affine": cfg.affine.copy(),
+        "brain": mask,
+        "coords": coords,
+        "lesion_centre_mm": centre,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
 # files, previews, measurements
 
 
-def write_layout(root: str | os.PathLike, cases: list[tuple[str, int]], progress: bool = True,
-                 cfg: BrainConfig = BrainConfig()) -> dict[str, int]:
+def write_layout(
+    root: str | os.PathLike, cases: list[tuple[str, int]], progress: bool = True, cfg: BrainConfig = BrainConfig()
+) -> dict[str, int]:
     """Write ``root/imagesTr/<id>.nii.gz`` (int16 T1) and ``root/labelsTr/<id>.nii.gz`` (uint8 lesion mask).
 
     ``cases`` holds ``(case_id, seed)`` pairs. Each file is written under a temporary name and renamed
@@ -433,18 +444,19 @@ def make_preview(path: str | os.PathLike, seeds=(0, 1, 2, 3), cfg: BrainConfig =
         ext_co = [0, cfg.shape[0] * s, 0, cfg.shape[2] * s]
         asym = asymmetry(img)
 
-        def show(a):   # an (x, y) or (x, z) slice, x descending: RAS+ x > 0 (the patient's right) on the image left
+        def show(a):  # an (x, y) or (x, z) slice, x descending: RAS+ x > 0 (the patient's right) on the image left
             return a.T[::-1, ::-1]
 
-        panels = [(show(img[:, :, ci[2]]), show(les[:, :, ci[2]]), ext_ax, f"axial z={ci[2]}", "gray", vmax),
-                  (show(img[:, ci[1], :]), show(les[:, ci[1], :]), ext_co, f"coronal y={ci[1]}", "gray", vmax),
-                  (show(asym[:, :, ci[2]]), None, ext_ax, "|x - flip(x)| axial", "magma", 0.5 * vmax)]
+        panels = [
+            (show(img[:, :, ci[2]]), show(les[:, :, ci[2]]), ext_ax, f"axial z={ci[2]}", "gray", vmax),
+            (show(img[:, ci[1], :]), show(les[:, ci[1], :]), ext_co, f"coronal y={ci[1]}", "gray", vmax),
+            (show(asym[:, :, ci[2]]), None, ext_ax, "|x - flip(x)| axial", "magma", 0.5 * vmax),
+        ]
         for col, (a, m, ext, title, cmap, vm) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(a, cmap=cmap, vmin=0, vmax=vm, extent=ext, interpolation="bilinear")
             if m is not None and m.any():
-                ax.contour(m[::-1].astype(float), levels=[0.5], colors=["#ff3030"], linewidths=0.9,
-                           extent=ext)
+                ax.contour(m[::-1].astype(float), levels=[0.5], colors=["#ff3030"], linewidths=0.9, extent=ext)
             if col == 0:
                 title = f"seed {seed} ({CLASSES[subj['label']]})  " + title
             ax.set_title(title, fontsize=8)
@@ -478,10 +490,16 @@ def measure(n_time: int = 10, n_classes: int = 3000, cfg: BrainConfig = BrainCon
             times.append(t1 - t0)
             write_times.append(time.perf_counter() - t0)
     classes = np.bincount([class_of(s, cfg) for s in range(n_classes)], minlength=3) / n_classes
-    return {"template_s": t_tpl, "seconds_mean": float(np.mean(times)), "seconds_min": float(np.min(times)),
-            "seconds_max": float(np.max(times)), "seconds_with_write_mean": float(np.mean(write_times)),
-            "n_time": n_time, "class_fractions": {CLASSES[i]: float(classes[i]) for i in range(3)},
-            "n_classes": n_classes}
+    return {
+        "template_s": t_tpl,
+        "seconds_mean": float(np.mean(times)),
+        "seconds_min": float(np.min(times)),
+        "seconds_max": float(np.max(times)),
+        "seconds_with_write_mean": float(np.mean(write_times)),
+        "n_time": n_time,
+        "class_fractions": {CLASSES[i]: float(classes[i]) for i in range(3)},
+        "n_classes": n_classes,
+    }
 
 
 def _main(argv=None) -> None:
@@ -497,16 +515,22 @@ def _main(argv=None) -> None:
         make_preview(args.preview, [int(s) for s in args.seeds.split(",")], cfg)
         print(f"wrote {args.preview}")
     if args.measure:
-        print(f"{os.cpu_count()} CPUs visible; shape {cfg.shape}, spacing {cfg.spacing_mm} mm; "
-              f"template {template_paths()['t1']}")
+        print(
+            f"{os.cpu_count()} CPUs visible; shape {cfg.shape}, spacing {cfg.spacing_mm} mm; "
+            f"template {template_paths()['t1']}"
+        )
         res = measure(args.n_time, args.n_classes, cfg)
         print(f"template load + resample: {res['template_s']:.2f} s (once per process)")
-        print(f"generation: {res['seconds_mean']:.3f} s/subject mean over {res['n_time']} subjects "
-              f"(min {res['seconds_min']:.3f}, max {res['seconds_max']:.3f}); "
-              f"{res['seconds_with_write_mean']:.3f} s including writing both .nii.gz files")
-        print(f"class fractions over seeds 0..{res['n_classes'] - 1}: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in res["class_fractions"].items())
-              + f" (lesion_prob {cfg.lesion_prob:.3f})")
+        print(
+            f"generation: {res['seconds_mean']:.3f} s/subject mean over {res['n_time']} subjects "
+            f"(min {res['seconds_min']:.3f}, max {res['seconds_max']:.3f}); "
+            f"{res['seconds_with_write_mean']:.3f} s including writing both .nii.gz files"
+        )
+        print(
+            f"class fractions over seeds 0..{res['n_classes'] - 1}: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in res["class_fractions"].items())
+            + f" (lesion_prob {cfg.lesion_prob:.3f})"
+        )
     if not (args.preview or args.measure):
         ap.print_help()
 

@@ -4,6 +4,7 @@ Every file is written under a temporary name and renamed into place, and the man
 each file) is written last, so a killed generation never leaves a set that is later read as valid;
 a corrupted or truncated file fails its checksum and is generated again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,9 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def ensure_generated(root: Path, version: str, items: dict[str, Callable[[Path], None]],
-                     desc: str, progress: bool = True) -> None:
+def ensure_generated(
+    root: Path, version: str, items: dict[str, Callable[[Path], None]], desc: str, progress: bool = True
+) -> None:
     """Make sure every relative path in ``items`` exists under ``root`` with a valid checksum.
 
     Args:
@@ -58,8 +60,10 @@ def ensure_generated(root: Path, version: str, items: dict[str, Callable[[Path],
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise DataError(f"{root}: cannot write the data cache ({e.strerror}); set data.cache_dir=PATH "
-                        f"or $SSLBENCH_DATA to a writable folder") from None
+        raise DataError(
+            f"{root}: cannot write the data cache ({e.strerror}); set data.cache_dir=PATH "
+            f"or $SSLBENCH_DATA to a writable folder"
+        ) from None
     if manifest_path.exists():
         manifest_path.unlink()  # invalid until regeneration finishes
     from tqdm.auto import tqdm

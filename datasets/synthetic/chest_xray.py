@@ -25,6 +25,7 @@ Pneumothorax (retracted lung with a visceral pleural line and no vessel markings
 ``python -m datasets.synthetic.chest_xray --measure`` times the generator and prints the prevalence;
 ``--preview PATH`` writes a montage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,12 +43,22 @@ from datasets.synthetic._common import catmull_rom, rotation_xyz
 GENERATOR_VERSION = "synthcxr-1"
 
 FINDINGS = ["Nodule", "Cardiomegaly", "Effusion", "Pneumothorax"]
-CSV_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+CSV_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 
-MU_WATER = 0.0195    # 1/mm at ~65 keV effective energy
-HU = {"air": -1000.0, "lung": -840.0, "fat": -100.0, "soft": 40.0, "blood": 45.0, "fluid": 15.0,
-      "marrow": 200.0, "cortical": 1100.0}
+MU_WATER = 0.0195  # 1/mm at ~65 keV effective energy
+HU = {
+    "air": -1000.0,
+    "lung": -840.0,
+    "fat": -100.0,
+    "soft": 40.0,
+    "blood": 45.0,
+    "fluid": 15.0,
+    "marrow": 200.0,
+    "cortical": 1100.0,
+}
 
 
 def _mu(hu: float) -> float:
@@ -58,27 +69,27 @@ def _mu(hu: float) -> float:
 class CXRConfig:
     """Detector geometry, finding prevalence and per-image variation knobs."""
 
-    size: tuple[int, int] = (256, 256)           # (H, W) pixels; 1024 x 1024 is the ChestX-ray14 size
-    fov_mm: float = 400.0                        # detector width; pixel spacing = fov_mm / W
-    prevalence: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.2)   # in FINDINGS order, independent
+    size: tuple[int, int] = (256, 256)  # (H, W) pixels; 1024 x 1024 is the ChestX-ray14 size
+    fov_mm: float = 400.0  # detector width; pixel spacing = fov_mm / W
+    prevalence: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.2)  # in FINDINGS order, independent
     # anatomy / positioning
-    scale_range: tuple[float, float] = (0.9, 1.1)        # body habitus, per axis
-    tilt_deg: float = 2.0                        # in-plane rotation N(0, v)
-    rotation_deg: float = 3.0                    # patient rotation about the vertical axis N(0, v)
-    position_mm: float = 8.0                     # centring N(0, v) in x and z
-    inspiration_mm: float = 12.0                 # diaphragm level N(0, v) (positive = deeper inspiration)
+    scale_range: tuple[float, float] = (0.9, 1.1)  # body habitus, per axis
+    tilt_deg: float = 2.0  # in-plane rotation N(0, v)
+    rotation_deg: float = 3.0  # patient rotation about the vertical axis N(0, v)
+    position_mm: float = 8.0  # centring N(0, v) in x and z
+    inspiration_mm: float = 12.0  # diaphragm level N(0, v) (positive = deeper inspiration)
     female_prob: float = 0.5
     normal_ctr: tuple[float, float] = (0.38, 0.47)
     cardiomegaly_ctr: tuple[float, float] = (0.55, 0.68)
     # findings
     nodule_radius_mm: tuple[float, float] = (6.0, 15.0)
-    effusion_height_mm: tuple[float, float] = (20.0, 70.0)   # lateral meniscus height above the dome peak
-    pneumothorax_mm: tuple[float, float] = (15.0, 45.0)      # lateral / apical retraction of the lung
+    effusion_height_mm: tuple[float, float] = (20.0, 70.0)  # lateral meniscus height above the dome peak
+    pneumothorax_mm: tuple[float, float] = (15.0, 45.0)  # lateral / apical retraction of the lung
     # acquisition and processing
     bone_multiplier: tuple[float, float] = (1.3, 1.8)
-    photons: tuple[float, float] = (1e5, 6e5)    # unattenuated quanta per pixel at 256 px (scaled by pixel area)
-    scatter: tuple[float, float] = (0.05, 0.2)   # scatter fraction of the blurred primary (with a grid)
-    compression: tuple[float, float] = (0.2, 0.45)   # dynamic-range compression of the log image
+    photons: tuple[float, float] = (1e5, 6e5)  # unattenuated quanta per pixel at 256 px (scaled by pixel area)
+    scatter: tuple[float, float] = (0.05, 0.2)  # scatter fraction of the blurred primary (with a grid)
+    compression: tuple[float, float] = (0.2, 0.45)  # dynamic-range compression of the log image
     unsharp: tuple[float, float] = (0.2, 0.6)
     gamma: tuple[float, float] = (0.85, 1.2)
 
@@ -123,7 +134,7 @@ def _ellipsoid_interval(X, Z, c, axes, R=None):
         qz = (Z - c[2]) / a[2]
         h = a[1] * np.sqrt(np.maximum(1.0 - qx * qx - qz * qz, 0.0))
         return c[1] - h, c[1] + h
-    M = R @ np.diag(1.0 / a ** 2) @ R.T
+    M = R @ np.diag(1.0 / a**2) @ R.T
     qx = X - c[0]
     qz = Z - c[2]
     A = M[1, 1]
@@ -152,15 +163,15 @@ def _smoothstep(t):
 
 @dataclass
 class _Lung:
-    side: int                 # -1 right (x < 0), +1 left
-    x_apex: float             # |x| of the apex
+    side: int  # -1 right (x < 0), +1 left
+    x_apex: float  # |x| of the apex
     z_apex: float
-    height: float             # apex to the lowest costophrenic recess
-    w_lat: float              # max |x| of the lateral edge
-    x_med: float              # min |x| of the medial edge (lower lung)
-    depth: float              # max half depth (AP)
-    dome_z: float             # dome peak z
-    dome_x: float             # |x| of the dome peak
+    height: float  # apex to the lowest costophrenic recess
+    w_lat: float  # max |x| of the lateral edge
+    x_med: float  # min |x| of the medial edge (lower lung)
+    depth: float  # max half depth (AP)
+    dome_z: float  # dome peak z
+    dome_x: float  # |x| of the dome peak
     kx: float
     ky: float
 
@@ -176,7 +187,7 @@ class _Lung:
             xl = xl - retract * np.clip(1.0 - u, 0.0, 1.0) ** 0.7
         xm = self.x_apex - (self.x_apex - self.x_med) * gm
         xl = np.maximum(xl, xm)
-        d = self.depth * g ** 0.7 * (u > 0)
+        d = self.depth * g**0.7 * (u > 0)
         return xm, xl, d
 
 
@@ -187,9 +198,9 @@ class _Phantom:
         self.seed = int(seed)
         self.cfg = cfg
         pseed = self.seed if patient_seed is None else int(patient_seed)
-        ra = np.random.default_rng([pseed, 0xA])       # anatomy (shared by a patient's images)
-        rf = np.random.default_rng([self.seed, 0xF])   # findings
-        rc = np.random.default_rng([self.seed, 0xC])   # acquisition
+        ra = np.random.default_rng([pseed, 0xA])  # anatomy (shared by a patient's images)
+        rf = np.random.default_rng([self.seed, 0xF])  # findings
+        rc = np.random.default_rng([self.seed, 0xC])  # acquisition
         self.rng_anat, self.rng_find, self.rng_acq = ra, rf, rc
         self.findings = {name: int(rf.random() < p) for name, p in zip(FINDINGS, cfg.prevalence)}
         # --- patient
@@ -202,7 +213,7 @@ class _Phantom:
         self.normal_ctr = ra.uniform(*cfg.normal_ctr)
         self.breast = ra.uniform(0.6, 1.3) if self.female else 0.0
         self.bone_dens = ra.uniform(0.85, 1.1) * (0.9 if self.age > 65 else 1.0)
-        self.anat_jit = ra.normal(0, 1, 64)            # small shape jitters, indexed below
+        self.anat_jit = ra.normal(0, 1, 64)  # small shape jitters, indexed below
         # --- acquisition
         self.tilt = rc.normal(0, cfg.tilt_deg)
         self.rot = np.deg2rad(rc.normal(0, cfg.rotation_deg))
@@ -227,11 +238,10 @@ class _Phantom:
         dome_r = -190.0 + 8 * j[3] - self.insp
         dome_l = dome_r - (14.0 + 4 * abs(j[4]))
         height = 275.0 + 10 * j[5] + 0.8 * self.insp
-        self.y_post = -95.0                   # posterior-most lung recess
+        self.y_post = -95.0  # posterior-most lung recess
         self.lungs = {
             -1: _Lung(-1, 55 + 3 * j[6], z_apex, height, w * 1.03, 6.0, depth, dome_r, 70.0, 0.0062, 0.0058),
-            +1: _Lung(+1, 55 + 3 * j[7], z_apex - 3, height - 10, w * 0.99, 6.0, depth, dome_l, 68.0, 0.0068,
-                      0.0058),
+            +1: _Lung(+1, 55 + 3 * j[7], z_apex - 3, height - 10, w * 0.99, 6.0, depth, dome_l, 68.0, 0.0068, 0.0058),
         }
         # mediastinum (x half-width profile), spine line
         self.med_z = np.array([80.0, 10.0, -20.0, -50.0, -80.0, -110.0, -140.0, -400.0])
@@ -254,39 +264,56 @@ class _Phantom:
         # the right border sits ~30-40% of the heart width right of the midline; the base on the dome
         right_border = -(0.30 + 0.04 * j[14]) * 2 * half - 4 * k
         z_dc = 0.5 * (dome_r + dome_l) - 8.0
-        S = R @ np.diag(self.heart_axes ** 2) @ R.T
+        S = R @ np.diag(self.heart_axes**2) @ R.T
         half_z = np.sqrt(S[2, 2])
         self.heart_c = np.array([right_border + half, self.y_post + 2 * depth * 0.62, z_dc + 0.62 * half_z])
         # great vessels
         zk = -52.0 + 5 * j[15]
-        unfolded = 1 + 0.1 * (self.age > 60)          # the aortic knob grows with age
+        unfolded = 1 + 0.1 * (self.age > 60)  # the aortic knob grows with age
         self.knob = (np.array([22.0 + 3 * j[16], -10.0, zk]), np.array([22.0, 26.0, 19.0]) * unfolded)
         self.ptrunk = (np.array([24.0 + 2 * j[17], 12.0, zk - 40]), np.array([16.0, 20.0, 18.0]))
-        self.desc_aorta = (22.0 + 2 * j[18], -42.0, 12.0)          # x, y, radius
-        self.svc = (-24.0 + 2 * j[19], 8.0, 11.0, 15.0, zk - 50)    # x, y, r, z_top, z_bottom
+        self.desc_aorta = (22.0 + 2 * j[18], -42.0, 12.0)  # x, y, radius
+        self.svc = (-24.0 + 2 * j[19], 8.0, 11.0, 15.0, zk - 50)  # x, y, r, z_top, z_bottom
         self.hila = {-1: np.array([-58.0, -5.0, -112.0 + 5 * j[20]]), +1: np.array([55.0, -10.0, -98.0 + 5 * j[21]])}
         # body outline (half width / half depth profiles)
         fat = self.fat
-        sz_ = 28.0 + 6 * j[26]               # shoulder level
+        sz_ = 28.0 + 6 * j[26]  # shoulder level
         self.shoulder_z = sz_
-        self.body_z = np.array([140.0, sz_ + 50, sz_ + 32, sz_ + 18, sz_, sz_ - 25, sz_ - 70, -80.0, -150.0, -260.0,
-                                -500.0])
+        self.body_z = np.array(
+            [140.0, sz_ + 50, sz_ + 32, sz_ + 18, sz_, sz_ - 25, sz_ - 70, -80.0, -150.0, -260.0, -500.0]
+        )
         lat_wall = 22.0 + fat
         wc = w + lat_wall
         sh = 188.0 + 6 * j[29]
         wl = np.array([56, 60, 105, 165, sh, sh - 4, max(wc + 8, sh - 20), wc, wc + 2, wc + 3, wc])
         self.body_w = wl * (1 + 0.04 * j[22])
         yb = self.y_post + depth
-        self.body_d = np.array([55, 58, 62, 68, 72, depth * 0.8 + fat, depth + 18 + fat, depth + 28 + fat,
-                                depth + 32 + fat * 1.3, depth + 35 + fat * 1.5, depth + 35 + fat * 1.5])
+        self.body_d = np.array(
+            [
+                55,
+                58,
+                62,
+                68,
+                72,
+                depth * 0.8 + fat,
+                depth + 18 + fat,
+                depth + 28 + fat,
+                depth + 32 + fat * 1.3,
+                depth + 35 + fat * 1.5,
+                depth + 35 + fat * 1.5,
+            ]
+        )
         self.body_y = np.array([-20, -20, -18, -16, -14, yb - 12, yb - 5, yb, yb + 5, yb + 8, yb + 8])
         # ribs, vertebrae, clavicles, scapulae, humeri
         self.rib_dz = 24.5 + 1.2 * j[23]
         self.z_t1 = z_apex + 14.0 + 3 * j[24]
         self.rib_drop = np.array([30, 55, 75, 85, 92, 95, 95, 90, 80, 65, 45, 30], float) * (1 + 0.06 * j[25])
         self.rib_end = np.array([0.86, 0.80, 0.80, 0.80, 0.79, 0.78, 0.76, 0.72, 0.68, 0.63, 0.52, 0.42]) * np.pi
-        self.stomach = (ra.random() < 0.8, np.array([70.0 + 8 * j[27], 5.0, dome_l - 28]),
-                        np.array([38.0, 30.0, 26.0]) * (0.7 + 0.3 * abs(j[28])))
+        self.stomach = (
+            ra.random() < 0.8,
+            np.array([70.0 + 8 * j[27], 5.0, dome_l - 28]),
+            np.array([38.0, 30.0, 26.0]) * (0.7 + 0.3 * abs(j[28])),
+        )
         self.fissure = ra.random() < 0.6
 
     def lung_profile(self, side, Z, collapsed=False, shrink=0.0):
@@ -303,7 +330,7 @@ class _Phantom:
         L = self.lungs[side]
         yk = self.y_post + L.depth + 15.0
         r = (L.dome_z - L.kx * (np.abs(X) - L.dome_x) ** 2 - Z) / L.ky
-        h = np.sqrt(np.maximum(r, 0.0))       # a paraboloid dome: deepest recess posteriorly and laterally
+        h = np.sqrt(np.maximum(r, 0.0))  # a paraboloid dome: deepest recess posteriorly and laterally
         return yk - h, yk + h
 
 
@@ -329,13 +356,13 @@ class _Renderer:
         self.X = (c * dx + s * dz) / ph.sx
         self.Z = (-s * dx + c * dz) / ph.sz + (-110.0)
         self.cos, self.sin = c, s
-        self.A = np.zeros((H, W))          # line integral in phantom millimetres (times mu)
+        self.A = np.zeros((H, W))  # line integral in phantom millimetres (times mu)
         self.maps: dict[str, np.ndarray] = {}
 
     # phantom (x, y, z) -> pixel (row, col) float
     def to_pixel(self, x, y, z):
         ph = self.ph
-        x = x + ph.rot * y                 # patient rotation about the vertical axis (a shear)
+        x = x + ph.rot * y  # patient rotation about the vertical axis (a shear)
         px, pz = x * ph.sx, (z + 110.0) * ph.sz
         lx = self.cos * px - self.sin * pz + ph.tx
         lz = self.sin * px + self.cos * pz + ph.tz - 110.0
@@ -370,7 +397,7 @@ class _Renderer:
         Xs = X - ph.rot * yc
         n = 2.4
         u = np.clip(np.abs(Xs) / w, 0, 1)
-        h = d * (1 - u ** n) ** (1 / n)
+        h = d * (1 - u**n) ** (1 / n)
         los, his = [yc - h], [yc + h]
         if ph.breast > 0:
             for s in (-1, 1):
@@ -384,7 +411,7 @@ class _Renderer:
         outer = _union_length(np.stack(los), np.stack(his))
         f = ph.fat
         ui = np.clip(np.abs(Xs) / np.maximum(w - f, 1), 0, 1)
-        inner = np.maximum(d - f, 0) * (1 - ui ** n) ** (1 / n) * 2 * (np.abs(Xs) < w - f)
+        inner = np.maximum(d - f, 0) * (1 - ui**n) ** (1 / n) * 2 * (np.abs(Xs) < w - f)
         self.A += _mu(HU["fat"]) * outer + (_mu(HU["soft"]) - _mu(HU["fat"])) * inner
         self.maps["body"] = outer
         # stomach gas bubble (air-fluid level at its bottom)
@@ -432,7 +459,7 @@ class _Renderer:
         a = np.maximum(0.5 * (xl - xm), 1e-3)
         u = np.clip(np.abs(ax - cx) / a, 0, 1)
         n = 2.6
-        h = d * (1 - u ** n) ** (1 / n) * inside
+        h = d * (1 - u**n) ** (1 / n) * inside
         yc = ph.y_post + ph.lungs[side].depth
         return yc - h, yc + h
 
@@ -451,8 +478,9 @@ class _Renderer:
         mu_l = _mu(HU["lung"] + 20 * ph.anat_jit[30])
         for side in (-1, 1):
             L = ph.lungs[side]
-            bb = self.box(min(side * L.w_lat, side * 2), max(side * L.w_lat, side * 2), L.z_apex - L.height - 30,
-                          L.z_apex + 5, 0)
+            bb = self.box(
+                min(side * L.w_lat, side * 2), max(side * L.w_lat, side * 2), L.z_apex - L.height - 30, L.z_apex + 5, 0
+            )
             if bb is None:
                 continue
             X, Z = self.xz(bb, ph.y_post + L.depth)
@@ -494,8 +522,8 @@ class _Renderer:
         L = ph.lungs[side]
         xm, xl = L.x_med, L.w_lat
         t = np.clip((np.abs(X) - xm) / (xl - xm), 0, 1)
-        top = L.dome_z + ph.eff_height[side]          # meniscus height at the lateral chest wall
-        return ph.z_cp[side] + (top - ph.z_cp[side]) * (0.3 + 0.7 * t ** 2)
+        top = L.dome_z + ph.eff_height[side]  # meniscus height at the lateral chest wall
+        return ph.z_cp[side] + (top - ph.z_cp[side]) * (0.3 + 0.7 * t**2)
 
     # ------------------------------------------------------------------ tubes (ribs, clavicles)
     def tube_group(self, curves, mu_cort, mu_marrow, cortex=1.3):
@@ -541,7 +569,7 @@ class _Renderer:
         dr, dc = tr - r[k], tc - c[k]
         nrm2 = np.hypot(dr, dc)
         nrm2 = np.maximum(nrm2, 1e-9)
-        er, ec = -dc / nrm2, dr / nrm2                  # unit perpendicular in the image
+        er, ec = -dc / nrm2, dr / nrm2  # unit perpendicular in the image
         d_px = np.abs((rows - r[k]) * er + (cols - c[k]) * ec)
         d_mm = d_px * self.sp / np.sqrt(self.ph.sx * self.ph.sz)
         # cross-section axes: n (outward normal, thickness t) and m = u x n (height h)
@@ -576,7 +604,7 @@ class _Renderer:
             for k in range(12):
                 z0 = ph.z_t1 - k * ph.rib_dz
                 phi = np.linspace(0.28, ph.rib_end[k], 70)
-                rise = 14.0 if k == 0 else 6.0     # the posterior arc rises a little before curving down
+                rise = 14.0 if k == 0 else 6.0  # the posterior arc rises a little before curving down
                 zz = z0 + rise * np.sin(phi) - ph.rib_drop[k] * ((1 - np.cos(phi)) / 2) ** 1.7
                 xm, xl, d = L.profile(zz)
                 rib_w = np.maximum(xl, 40.0 + 8 * k) + 7.0
@@ -587,12 +615,14 @@ class _Renderer:
                 yc = ph.y_post + L.depth
                 y = yc - rib_d * np.sign(cphi) * np.abs(cphi) ** (2 / n)
                 pts = np.stack([x, y, zz], 1)
-                nrm = np.stack([x / rib_w ** 2, (y - yc) / rib_d ** 2, np.zeros_like(x)], 1)
+                nrm = np.stack([x / rib_w**2, (y - yc) / rib_d**2, np.zeros_like(x)], 1)
                 h = np.where(phi < np.pi / 2, 6.5, 5.5) * (0.8 if k == 0 else 1.0) * (0.85 if k >= 10 else 1.0)
                 t = np.full_like(phi, 2.6)
                 split = np.searchsorted(phi, np.pi / 2)
                 rid = (side + 1) * 20 + k
-                post.append(dict(pts=pts[:split + 1], nrm=nrm[:split + 1], h=h[:split + 1], t=t[:split + 1], id=rid))
+                post.append(
+                    dict(pts=pts[: split + 1], nrm=nrm[: split + 1], h=h[: split + 1], t=t[: split + 1], id=rid)
+                )
                 ant.append(dict(pts=pts[split:], nrm=nrm[split:], h=h[split:], t=t[split:], id=rid))
         res_p = self.tube_group(post, mu_c, mu_m)
         res_a = self.tube_group(ant, mu_c, mu_m)
@@ -610,9 +640,16 @@ class _Renderer:
         for side in (-1, 1):
             j = ph.anat_jit[40 + side]
             zc = ph.lungs[side].z_apex
-            ctrl = np.array([[side * 22, 48, zc - 38], [side * 50, 52, zc - 30 + 3 * j],
-                             [side * 95, 35, zc - 14 + 3 * j], [side * 130, 5, zc - 2 + 3 * j],
-                             [side * 158, -12, zc + 14 + 4 * j]], float)
+            ctrl = np.array(
+                [
+                    [side * 22, 48, zc - 38],
+                    [side * 50, 52, zc - 30 + 3 * j],
+                    [side * 95, 35, zc - 14 + 3 * j],
+                    [side * 130, 5, zc - 2 + 3 * j],
+                    [side * 158, -12, zc + 14 + 4 * j],
+                ],
+                float,
+            )
             pts = catmull_rom(ctrl, 24)
             nrm = np.tile([0.0, 1.0, 0.0], (len(pts), 1))
             clav.append(dict(pts=pts, nrm=nrm, h=7.5, t=6.0, id=side))
@@ -627,7 +664,7 @@ class _Renderer:
         ph = self.ph
         bm = ph.bone_mult * ph.bone_dens
         mu_c, mu_m, mu_s = _mu(HU["cortical"] - 350) * bm, _mu(HU["marrow"] - 70) * bm, _mu(HU["soft"])
-        z = ph.z_t1 + 2 * ph.rib_dz          # C6
+        z = ph.z_t1 + 2 * ph.rib_dz  # C6
         level = -2
         while z > -420:
             t = np.clip((level + 2) / 16.0, 0, 1)
@@ -640,14 +677,14 @@ class _Renderer:
             if bb is not None:
                 X, Z = self.xz(bb, ph.spine_y)
                 # body: vertical elliptic cylinder with cortical shell and endplates
-                for (aa, bb_, hh, mu) in ((a, b, height, mu_c - mu_s), (a - 0.7, b - 0.7, height - 1.4, mu_m - mu_c)):
+                for aa, bb_, hh, mu in ((a, b, height, mu_c - mu_s), (a - 0.7, b - 0.7, height - 1.4, mu_m - mu_c)):
                     q = np.clip(1 - (X / aa) ** 2, 0, None)
                     wz = _smoothstep((hh / 2 - np.abs(Z - zc)) / 2.0 + 0.5)
                     self.A[bb] += mu * 2 * bb_ * np.sqrt(q) * wz
                 # pedicles (short cylinders along y: oval rings in projection)
                 for s in (-1, 1):
                     rings = ((4.5 + 2 * t, 6.0 + 2 * t, mu_c - mu_s), (3.0 + 2 * t, 4.5 + 2 * t, mu_m - mu_c))
-                    for (rx, rz, mu) in rings:
+                    for rx, rz, mu in rings:
                         q = 1 - ((X - s * (a - 3)) / rx) ** 2 - ((Z - zc - 0.2 * height) / rz) ** 2
                         self.A[bb] += mu * 5.0 * _smoothstep(q * 3)
                     # transverse process
@@ -742,11 +779,17 @@ class _Renderer:
             # hilar trunks: main pulmonary artery -> hilum, upper-lobe trunk, descending (interlobar) artery
             hz, hx = hil[2], abs(hil[0])
             if side < 0:
-                trunks = [([-24, 5, hz + 8], [-hx, -4, hz], 8.0), ([-hx, -4, hz], [-hx + 4, -8, hz + 45], 5.0),
-                          ([-hx, -4, hz], [-hx - 12, -12, hz - 65], 6.5)]
+                trunks = [
+                    ([-24, 5, hz + 8], [-hx, -4, hz], 8.0),
+                    ([-hx, -4, hz], [-hx + 4, -8, hz + 45], 5.0),
+                    ([-hx, -4, hz], [-hx - 12, -12, hz - 65], 6.5),
+                ]
             else:
-                trunks = [([26, 8, hz + 22], [hx, -6, hz + 10], 7.5), ([hx, -6, hz + 10], [hx - 2, -8, hz + 48], 5.0),
-                          ([hx, -6, hz + 10], [hx + 8, -14, hz - 58], 6.0)]
+                trunks = [
+                    ([26, 8, hz + 22], [hx, -6, hz + 10], 7.5),
+                    ([hx, -6, hz + 10], [hx - 2, -8, hz + 48], 5.0),
+                    ([hx, -6, hz + 10], [hx + 8, -14, hz - 58], 6.0),
+                ]
             roots, rdirs = [], []
             for p0, p1, rr in trunks:
                 p0 = np.array(p0, float) + rng.normal(0, 2, 3)
@@ -774,7 +817,7 @@ class _Renderer:
                     break
                 Lseg = Rr * rng.uniform(3.5, 6.5, len(Rr)) + 3.0
                 ok = np.zeros(len(P), bool)
-                for shrink in (1.0, 0.6, 0.35):      # shorten a branch that would leave the lung
+                for shrink in (1.0, 0.6, 0.35):  # shorten a branch that would leave the lung
                     trial = ~ok
                     P1t = P[trial] + D[trial] * (Lseg[trial] * shrink)[:, None]
                     good = self.inside_lung_pts(P1t, side, collapsed=collapsed)
@@ -814,7 +857,7 @@ class _Renderer:
         Q = np.concatenate(pts)
         r = np.concatenate(rads)
         row, col = self.to_pixel(Q[:, 0], Q[:, 1], Q[:, 2])
-        w = np.pi * r * r * step / (self.sp * self.sp) * (ph.sx * ph.sz)   # mm^3 / pixel area -> mm of chord
+        w = np.pi * r * r * step / (self.sp * self.sp) * (ph.sx * ph.sz)  # mm^3 / pixel area -> mm of chord
         edges = [0.0, 1.2, 2.5, 4.5, 1e9]
         tot = np.zeros_like(self.A)
         H, W = self.H, self.W
@@ -827,8 +870,12 @@ class _Renderer:
             c0 = np.floor(cc).astype(int)
             fr_, fc = rr - r0, cc - c0
             img = np.zeros(H * W)
-            for dr, dc, wt in ((0, 0, (1 - fr_) * (1 - fc)), (1, 0, fr_ * (1 - fc)), (0, 1, (1 - fr_) * fc),
-                               (1, 1, fr_ * fc)):
+            for dr, dc, wt in (
+                (0, 0, (1 - fr_) * (1 - fc)),
+                (1, 0, fr_ * (1 - fc)),
+                (0, 1, (1 - fr_) * fc),
+                (1, 1, fr_ * fc),
+            ):
                 ri, ci = r0 + dr, c0 + dc
                 ok = (ri >= 0) & (ri < H) & (ci >= 0) & (ci < W)
                 img += np.bincount(ri[ok] * W + ci[ok], weights=(ww * wt)[ok], minlength=H * W)
@@ -838,7 +885,7 @@ class _Renderer:
             if sig > 0.35:
                 img = ndimage.gaussian_filter(img, sig, truncate=3.0)
             tot += img
-        tot = np.minimum(tot, self.maps["lung"])      # vessels only displace lung
+        tot = np.minimum(tot, self.maps["lung"])  # vessels only displace lung
         self.A += (_mu(HU["blood"]) - _mu(HU["lung"])) * tot
         self.maps["vessels"] = tot
 
@@ -911,7 +958,7 @@ class _Renderer:
             intensity = intensity + ph.scatter * ndimage.gaussian_filter(intensity, 25.0 / self.sp, truncate=2.5)
         n0 = ph.photons * (256.0 / self.W) ** 2
         intensity = intensity + rng.standard_normal(intensity.shape) * np.sqrt(np.maximum(intensity, 1e-6) / n0)
-        intensity = ndimage.gaussian_filter(intensity, 0.9 / self.sp)   # detector blur (~0.9 mm)
+        intensity = ndimage.gaussian_filter(intensity, 0.9 / self.sp)  # detector blur (~0.9 mm)
         L = -np.log(np.clip(intensity, 1e-4, None))
         # CR-like processing: dynamic-range compression and unsharp masking in the log domain
         big = ndimage.gaussian_filter(L, 30.0 / self.sp, truncate=2.5)
@@ -968,8 +1015,16 @@ def _render(seed: int, cfg: CXRConfig = CXRConfig(), patient_seed: int | None = 
     r.ribs_and_clavicles()
     r.shoulders()
     image = r.expose()
-    return {"image": image, "findings": dict(ph.findings), "ctr": ph.ctr, "maps": r.maps, "phantom": ph,
-            "A": r.A * ph.sy, "sex": "F" if ph.female else "M", "age": ph.age}
+    return {
+        "image": image,
+        "findings": dict(ph.findings),
+        "ctr": ph.ctr,
+        "maps": r.maps,
+        "phantom": ph,
+        "A": r.A * ph.sy,
+        "sex": "F" if ph.female else "M",
+        "age": ph.age,
+    }
 
 
 def findings_of(seed: int, cfg: CXRConfig = CXRConfig()) -> dict[str, int]:
@@ -978,8 +1033,9 @@ def findings_of(seed: int, cfg: CXRConfig = CXRConfig()) -> dict[str, int]:
     return {name: int(rf.random() < p) for name, p in zip(FINDINGS, cfg.prevalence)}
 
 
-def generate_image(seed: int, cfg: CXRConfig = CXRConfig(), patient_seed: int | None = None
-                   ) -> tuple[np.ndarray, dict[str, int]]:
+def generate_image(
+    seed: int, cfg: CXRConfig = CXRConfig(), patient_seed: int | None = None
+) -> tuple[np.ndarray, dict[str, int]]:
     """One synthetic PA chest radiograph.
 
     Returns ``(image, findings)``: uint8 [H, W] (display convention: the patient's right on the image
@@ -1017,9 +1073,14 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_cxr14_layout(root: str | os.PathLike, items: list[tuple[str, int, int]], train_val: list[str] | None = None,
-                       test: list[str] | None = None, progress: bool = True, cfg: CXRConfig = CXRConfig()
-                       ) -> dict[str, dict[str, int]]:
+def write_cxr14_layout(
+    root: str | os.PathLike,
+    items: list[tuple[str, int, int]],
+    train_val: list[str] | None = None,
+    test: list[str] | None = None,
+    progress: bool = True,
+    cfg: CXRConfig = CXRConfig(),
+) -> dict[str, dict[str, int]]:
     """Write the ChestX-ray14 layout: ``images/<name>.png``, ``Data_Entry_2017.csv``,
     ``train_val_list.txt`` and ``test_list.txt``.
 
@@ -1091,13 +1152,14 @@ def make_preview(path: str | os.PathLike, seeds=tuple(range(8)), cfg: CXRConfig 
         ax = axes.ravel()[k]
         ax.imshow(res["image"], cmap="gray", vmin=0, vmax=255, interpolation="bilinear")
         names = [n for n in FINDINGS if res["findings"][n]] or ["No Finding"]
-        if res["findings"]["Nodule"]:          # nodules are subtle at this size: circle it
+        if res["findings"]["Nodule"]:  # nodules are subtle at this size: circle it
             rr, cc = np.nonzero(res["maps"]["nodule"] > 0)
             rad = 0.5 * (np.ptp(cc) + 1) + 5
             ax.add_patch(plt.Circle((cc.mean(), rr.mean()), rad, fill=False, color="#ff4040", lw=0.8))
         names = textwrap.wrap(", ".join(names), 34)
-        ax.set_title(f"seed {seed}: " + "\n".join(names) + f"\nCTR {res['ctr']:.2f}, {res['sex']} {res['age']}",
-                     fontsize=8)
+        ax.set_title(
+            f"seed {seed}: " + "\n".join(names) + f"\nCTR {res['ctr']:.2f}, {res['sex']} {res['age']}", fontsize=8
+        )
     fig.suptitle(f"SynthCXR (PA, {cfg.size[1]}x{cfg.size[0]}); image left = patient right", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     path = Path(path)
@@ -1172,13 +1234,16 @@ def _main(argv=None) -> None:
         res = measure(args.n_images, args.n_prevalence, args.workers, cfg)
         msg = f"generation: {res['single_ips']:.1f} images/s in one process ({60 * res['single_ips']:.0f}/min)"
         if "parallel_ips" in res:
-            msg += (f"; {res['parallel_ips']:.1f} images/s with {res['workers']} processes "
-                    f"({60 * res['parallel_ips']:.0f}/min)")
+            msg += (
+                f"; {res['parallel_ips']:.1f} images/s with {res['workers']} processes "
+                f"({60 * res['parallel_ips']:.0f}/min)"
+            )
         print(msg + f"; {res['n_images']} images (seeds 1000..{999 + res['n_images']})")
-        print(f"writing the ChestX-ray14 layout (render + PNG + CSV), one process: {res['write_ips']:.1f} images/s "
-              f"({60 * res['write_ips']:.0f}/min); {res['n_write']} images")
-        print("prevalence (configured "
-              + ", ".join(f"{k} {p:.2f}" for k, p in zip(FINDINGS, cfg.prevalence)) + "):")
+        print(
+            f"writing the ChestX-ray14 layout (render + PNG + CSV), one process: {res['write_ips']:.1f} images/s "
+            f"({60 * res['write_ips']:.0f}/min); {res['n_write']} images"
+        )
+        print("prevalence (configured " + ", ".join(f"{k} {p:.2f}" for k, p in zip(FINDINGS, cfg.prevalence)) + "):")
         print(f"  {'':<13}{'rendered':>10}{'labels':>10}")
         print(f"  {'':<13}{'n=' + str(res['n_images']):>10}{'n=' + str(res['n_prevalence']):>10}")
         for k, v in res["prevalence"].items():

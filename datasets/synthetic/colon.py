@@ -33,6 +33,7 @@ Files (``write_patient``): ``<pid>.npz`` holding ``image`` int16 HU [P, Z, H, W]
 phases, spacing and per-slice labels and locations. ``python -m datasets.synthetic.colon --preview PNG`` writes a
 montage; ``--time N`` measures seconds per patient.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,42 +52,62 @@ GENERATOR_VERSION = "synthcolon-1"
 PHASES = ("N", "A", "P")
 
 # tissue ids of the per-slice tissue map
-AIR, FAT, MUSCLE, CORTEX, CANCELLOUS, DISC, CSF, AORTA, IVC, KIDNEY, SB_WALL, SB_FLUID, COLON_WALL, GAS, FAECES, \
-    TUMOUR, VESSEL = range(17)
+(
+    AIR,
+    FAT,
+    MUSCLE,
+    CORTEX,
+    CANCELLOUS,
+    DISC,
+    CSF,
+    AORTA,
+    IVC,
+    KIDNEY,
+    SB_WALL,
+    SB_FLUID,
+    COLON_WALL,
+    GAS,
+    FAECES,
+    TUMOUR,
+    VESSEL,
+) = range(17)
 
 # HU per tissue and phase (N, A, P); enhancement above N is scaled by the patient's contrast factor
-HU_TABLE = np.array([
-    [-1000, -1000, -1000],   # air
-    [-100, -100, -100],      # fat
-    [48, 52, 58],            # muscle
-    [750, 750, 750],         # cortical bone
-    [230, 230, 230],         # cancellous bone
-    [85, 85, 85],            # disc
-    [12, 12, 12],            # canal
-    [42, 290, 170],          # aorta
-    [40, 75, 160],           # IVC (unopacified in the arterial phase)
-    [33, 185, 165],          # kidney
-    [38, 85, 105],           # small-bowel wall
-    [12, 12, 12],            # small-bowel fluid
-    [36, 62, 98],            # colon wall: progressive enhancement
-    [-1000, -1000, -1000],   # luminal gas
-    [-20, -20, -20],         # faeces (mottled by the texture below)
-    [44, 118, 82],           # tumour: arterial peak, portal wash-out
-    [40, 200, 175],          # mesenteric vessels
-], np.float32)
+HU_TABLE = np.array(
+    [
+        [-1000, -1000, -1000],  # air
+        [-100, -100, -100],  # fat
+        [48, 52, 58],  # muscle
+        [750, 750, 750],  # cortical bone
+        [230, 230, 230],  # cancellous bone
+        [85, 85, 85],  # disc
+        [12, 12, 12],  # canal
+        [42, 290, 170],  # aorta
+        [40, 75, 160],  # IVC (unopacified in the arterial phase)
+        [33, 185, 165],  # kidney
+        [38, 85, 105],  # small-bowel wall
+        [12, 12, 12],  # small-bowel fluid
+        [36, 62, 98],  # colon wall: progressive enhancement
+        [-1000, -1000, -1000],  # luminal gas
+        [-20, -20, -20],  # faeces (mottled by the texture below)
+        [44, 118, 82],  # tumour: arterial peak, portal wash-out
+        [40, 200, 175],  # mesenteric vessels
+    ],
+    np.float32,
+)
 TEXTURE_HU = np.array([0, 6, 6, 40, 30, 6, 3, 4, 4, 8, 6, 3, 5, 0, 70, 14, 4], np.float32)
 
 
 @dataclass(frozen=True)
 class ColonConfig:
-    size: int = 128                  # H = W pixels
-    pixel_mm: float = 2.8            # in-plane spacing (FOV ~358 mm)
-    slices: int = 24                 # consecutive axial slices around the colon
+    size: int = 128  # H = W pixels
+    pixel_mm: float = 2.8  # in-plane spacing (FOV ~358 mm)
+    slices: int = 24  # consecutive axial slices around the colon
     slice_mm: float = 5.0
-    p_three_phases: float = 0.7      # else N + P only (no arterial acquisition)
+    p_three_phases: float = 0.7  # else N + P only (no arterial acquisition)
     tumour_fraction: float = 0.5
-    min_tumour_px: int = 6           # a slice is positive from this many tumour pixels
-    phase_shift_px: float = 1.0      # std of the in-plane registration residual of A and P against N
+    min_tumour_px: int = 6  # a slice is positive from this many tumour pixels
+    phase_shift_px: float = 1.0  # std of the in-plane registration residual of A and P against N
     noise_hu: tuple[float, float] = (8.0, 18.0)
 
     def key(self) -> str:
@@ -99,7 +120,7 @@ class ColonConfig:
 def _drift(rng: np.random.Generator, n: int, amp_mm: float) -> np.ndarray:
     """A smooth per-slice offset (n, 2) in mm: a random walk low-pass filtered along z."""
     walk = np.cumsum(rng.standard_normal((n + 8, 2)), axis=0)
-    walk = ndimage.gaussian_filter1d(walk, 2.5, axis=0)[4:4 + n]
+    walk = ndimage.gaussian_filter1d(walk, 2.5, axis=0)[4 : 4 + n]
     walk -= walk.mean(0)
     scale = np.abs(walk).max() or 1.0
     return walk / scale * amp_mm * rng.uniform(0.4, 1.0)
@@ -129,7 +150,7 @@ class _Patient:
         self.disc_phase = rng.uniform(0, self.disc_period)
         self.psoas0 = rng.uniform(7, 11)
         self.aorta_r = rng.uniform(8, 11)
-        self.kidney_z = rng.uniform(0.15, 0.45) * Z * cfg.slice_mm   # caudal end of the lower poles
+        self.kidney_z = rng.uniform(0.15, 0.45) * Z * cfg.slice_mm  # caudal end of the lower poles
         self.kidney_r = rng.uniform(22, 30)
         # colon segments: name -> (centre function inputs)
         self.segments = self._colon(rng)
@@ -142,8 +163,10 @@ class _Patient:
             z0 = rng.uniform(-0.3, 0.7) * Z * cfg.slice_mm
             z1 = z0 + rng.uniform(0.3, 1.0) * Z * cfg.slice_mm
             self.loops.append((c, r, z0, z1, _drift(rng, Z, 10.0), bool(rng.random() < 0.25)))
-        self.vessels = [(np.array([rng.uniform(-0.4, 0.4), rng.uniform(-0.5, 0.2)]), rng.uniform(1.5, 2.6),
-                         _drift(rng, Z, 6.0)) for _ in range(int(rng.integers(6, 12)))]
+        self.vessels = [
+            (np.array([rng.uniform(-0.4, 0.4), rng.uniform(-0.5, 0.2)]), rng.uniform(1.5, 2.6), _drift(rng, Z, 6.0))
+            for _ in range(int(rng.integers(6, 12)))
+        ]
         # tumour
         self.tumour = self._tumour(rng) if self.has_tumour else None
         # intensities
@@ -160,24 +183,51 @@ class _Patient:
         segs = {}
 
         def seg(name, cx, cy, r, sx, sy, z0, z1):
-            segs[name] = dict(c=np.array([cx, cy]), r=r, s=(sx, sy), z0=z0, z1=z1, drift=_drift(rng, Z, 7.0),
-                              sacc=rng.uniform(0.04, 0.09), sacc_k=int(rng.integers(3, 5)),
-                              sacc_phi=rng.uniform(0, 2 * np.pi), fold_period=rng.uniform(18, 32),
-                              fold_phase=rng.uniform(0, 40), fold_depth=rng.uniform(0.2, 0.38),
-                              fold_k=int(rng.integers(2, 4)), fold_phi=rng.uniform(0, 2 * np.pi),
-                              wall=rng.uniform(2.0, 3.2), level=rng.uniform(-0.5, 0.6),
-                              gas=rng.uniform(0.15, 0.9))
+            segs[name] = dict(
+                c=np.array([cx, cy]),
+                r=r,
+                s=(sx, sy),
+                z0=z0,
+                z1=z1,
+                drift=_drift(rng, Z, 7.0),
+                sacc=rng.uniform(0.04, 0.09),
+                sacc_k=int(rng.integers(3, 5)),
+                sacc_phi=rng.uniform(0, 2 * np.pi),
+                fold_period=rng.uniform(18, 32),
+                fold_phase=rng.uniform(0, 40),
+                fold_depth=rng.uniform(0.2, 0.38),
+                fold_k=int(rng.integers(2, 4)),
+                fold_phi=rng.uniform(0, 2 * np.pi),
+                wall=rng.uniform(2.0, 3.2),
+                level=rng.uniform(-0.5, 0.6),
+                gas=rng.uniform(0.15, 0.9),
+            )
+
         # positions as fractions of the body half-axes (cavity-relative) and radii in mm
-        seg("ascending", -rng.uniform(0.62, 0.72), rng.uniform(-0.05, 0.25), rng.uniform(18, 26), 1.0, 1.0,
-            -1e9, 1e9)
-        seg("descending", rng.uniform(0.66, 0.76), rng.uniform(0.15, 0.35), rng.uniform(12, 17), 1.0, 1.0,
-            -1e9, 1e9)
+        seg("ascending", -rng.uniform(0.62, 0.72), rng.uniform(-0.05, 0.25), rng.uniform(18, 26), 1.0, 1.0, -1e9, 1e9)
+        seg("descending", rng.uniform(0.66, 0.76), rng.uniform(0.15, 0.35), rng.uniform(12, 17), 1.0, 1.0, -1e9, 1e9)
         z_tr = rng.uniform(0.25, 0.45) * zmax
-        seg("transverse", rng.uniform(-0.1, 0.1), -rng.uniform(0.55, 0.68), rng.uniform(15, 20),
-            rng.uniform(2.2, 3.0), 1.0, -1e9, z_tr)
+        seg(
+            "transverse",
+            rng.uniform(-0.1, 0.1),
+            -rng.uniform(0.55, 0.68),
+            rng.uniform(15, 20),
+            rng.uniform(2.2, 3.0),
+            1.0,
+            -1e9,
+            z_tr,
+        )
         z_sg = rng.uniform(0.55, 0.75) * zmax
-        seg("sigmoid", rng.uniform(0.15, 0.35), -rng.uniform(0.2, 0.45), rng.uniform(13, 18), rng.uniform(1.0, 1.6),
-            1.0, z_sg, 1e9)
+        seg(
+            "sigmoid",
+            rng.uniform(0.15, 0.35),
+            -rng.uniform(0.2, 0.45),
+            rng.uniform(13, 18),
+            rng.uniform(1.0, 1.6),
+            1.0,
+            z_sg,
+            1e9,
+        )
         return segs
 
     def _tumour(self, rng: np.random.Generator) -> dict:
@@ -188,13 +238,19 @@ class _Patient:
         span = min(int(rng.integers(3, 7)), Z)
         starts = range(0, Z - span + 1)
         zs = [k for k in starts if s["z0"] <= self.z_mm[k] and self.z_mm[k + span - 1] <= s["z1"]]
-        if not zs:   # the segment is too short in this patient: fall back to the ascending colon (every slice)
+        if not zs:  # the segment is too short in this patient: fall back to the ascending colon (every slice)
             name, s = "ascending", self.segments["ascending"]
             zs = list(starts)
         k0 = int(rng.choice(zs))
-        return dict(segment=name, z_c=float(self.z_mm[k0] + (span - 1) * self.cfg.slice_mm / 2),
-                    half=span * self.cfg.slice_mm / 2, theta=rng.uniform(-np.pi, np.pi),
-                    width=rng.uniform(0.6, 1.2), thick=rng.uniform(10, 18), outward=rng.uniform(0.15, 0.4))
+        return dict(
+            segment=name,
+            z_c=float(self.z_mm[k0] + (span - 1) * self.cfg.slice_mm / 2),
+            half=span * self.cfg.slice_mm / 2,
+            theta=rng.uniform(-np.pi, np.pi),
+            width=rng.uniform(0.6, 1.2),
+            thick=rng.uniform(10, 18),
+            outward=rng.uniform(0.15, 0.4),
+        )
 
 
 def _render_slice(pt: _Patient, k: int, xx: np.ndarray, yy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -213,10 +269,10 @@ def _render_slice(pt: _Patient, k: int, xx: np.ndarray, yy: np.ndarray) -> tuple
     cav_x, cav_y = pt.ax - pt.fat - pt.muscle, pt.ay - pt.fat * 0.8 - pt.muscle
     t[inside(cav_x, cav_y)] = FAT
     # spine at the posterior cavity margin
-    vy = pt.ay - pt.fat * 0.8 - 72   # vertebral body centre: ~7 cm in front of the back skin
+    vy = pt.ay - pt.fat * 0.8 - 72  # vertebral body centre: ~7 cm in front of the back skin
     a, b = pt.vb
     r_vb = np.sqrt((bx / a) ** 2 + ((by - vy) / b) ** 2)
-    for sx in (-1, 1):   # paraspinal muscles behind, psoas beside the vertebral body
+    for sx in (-1, 1):  # paraspinal muscles behind, psoas beside the vertebral body
         t[((bx - sx * 30) / 26) ** 2 + ((by - vy - b - 26) / 20) ** 2 < 1] = MUSCLE
         pr = pt.psoas0 + 0.12 * z
         t[((bx - sx * (a + pr * 0.8)) / pr) ** 2 + ((by - vy + 2) / (pr * 0.85)) ** 2 < 1] = MUSCLE
@@ -225,12 +281,12 @@ def _render_slice(pt: _Patient, k: int, xx: np.ndarray, yy: np.ndarray) -> tuple
     if not is_disc:
         t[r_vb < 0.86] = CANCELLOUS
     canal_y = vy + b + 9
-    rc = np.sqrt(bx ** 2 + (by - canal_y) ** 2)
+    rc = np.sqrt(bx**2 + (by - canal_y) ** 2)
     t[(rc < 12) & (rc >= 7.5)] = CORTEX
     t[(np.abs(bx) < 4) & (by > canal_y) & (by < canal_y + 30)] = CORTEX
     t[rc < 7.5] = CSF
     # great vessels in front of the spine; kidney lower poles cranially
-    t[(bx - 10) ** 2 + (by - vy + b + pt.aorta_r + 3) ** 2 < pt.aorta_r ** 2] = AORTA
+    t[(bx - 10) ** 2 + (by - vy + b + pt.aorta_r + 3) ** 2 < pt.aorta_r**2] = AORTA
     t[((bx + 24) / 12) ** 2 + ((by - vy + b + 9) / 8) ** 2 < 1] = IVC
     if z < pt.kidney_z:
         kr = pt.kidney_r * np.sqrt(max(0.0, 1 - (z / pt.kidney_z) ** 2) * 0.7 + 0.3)
@@ -256,12 +312,15 @@ def _render_slice(pt: _Patient, k: int, xx: np.ndarray, yy: np.ndarray) -> tuple
         cx = s["c"][0] * cav_x + s["drift"][k, 0]
         cy = s["c"][1] * cav_y + s["drift"][k, 1]
         ux, uy = (bx - cx) / s["s"][0], (by - cy) / s["s"][1]
-        rad = np.sqrt(ux ** 2 + uy ** 2)
+        rad = np.sqrt(ux**2 + uy**2)
         theta = np.arctan2(uy, ux)
         R = s["r"] * (1 + s["sacc"] * np.cos(s["sacc_k"] * theta + s["sacc_phi"]))
         fold = max(0.0, np.cos(2 * np.pi * (z + s["fold_phase"]) / s["fold_period"])) ** 6
-        inner = R - s["wall"] - s["r"] * s["fold_depth"] * fold * (0.5 + 0.5 * np.cos(s["fold_k"] * theta
-                                                                                     + s["fold_phi"])) ** 2
+        inner = (
+            R
+            - s["wall"]
+            - s["r"] * s["fold_depth"] * fold * (0.5 + 0.5 * np.cos(s["fold_k"] * theta + s["fold_phi"])) ** 2
+        )
         outer_cut = R
         region = (rad < outer_cut) & cavity
         t[region] = COLON_WALL
@@ -323,17 +382,32 @@ def generate_patient(seed: int, cfg: ColonConfig = ColonConfig()) -> dict:
             if m.sum() >= cfg.min_tumour_px:
                 r, c = np.nonzero(m)
                 locs[p].append([round((r.mean() + 0.5) / n, 5), round((c.mean() + 0.5) / n, 5)])
-                boxes[p].append([round(r.min() / n, 5), round(c.min() / n, 5), round((r.max() + 1) / n, 5),
-                                 round((c.max() + 1) / n, 5)])
+                boxes[p].append(
+                    [
+                        round(r.min() / n, 5),
+                        round(c.min() / n, 5),
+                        round((r.max() + 1) / n, 5),
+                        round((c.max() + 1) / n, 5),
+                    ]
+                )
             else:
                 locs[p].append(None)
                 boxes[p].append(None)
     # the slice label is defined on the main (non-contrast) phase; the others see the same lesion, shifted
     labels = [int(v is not None) for v in locs["N"]]
-    ann = {"seed": int(seed), "generator": GENERATOR_VERSION, "phases": list(pt.phases),
-           "spacing": [cfg.pixel_mm, cfg.pixel_mm], "slice_mm": cfg.slice_mm, "shape": [len(pt.phases), Z, n, n],
-           "tumour": bool(any(labels)), "segment": pt.tumour["segment"] if pt.tumour else None,
-           "labels": labels, "loc": locs, "box": boxes}
+    ann = {
+        "seed": int(seed),
+        "generator": GENERATOR_VERSION,
+        "phases": list(pt.phases),
+        "spacing": [cfg.pixel_mm, cfg.pixel_mm],
+        "slice_mm": cfg.slice_mm,
+        "shape": [len(pt.phases), Z, n, n],
+        "tumour": bool(any(labels)),
+        "segment": pt.tumour["segment"] if pt.tumour else None,
+        "labels": labels,
+        "loc": locs,
+        "box": boxes,
+    }
     return {"image": np.stack(images), "annotation": ann}
 
 
@@ -351,8 +425,10 @@ def write_patient(root: str | os.PathLike, pid: str, seed: int, cfg: ColonConfig
     root.mkdir(parents=True, exist_ok=True)
     out = generate_patient(seed, cfg)
     out["annotation"]["patient"] = pid
-    for path, write in ((root / f"{pid}.npz", lambda f: np.savez_compressed(f, image=out["image"])),
-                        (root / f"{pid}.json", lambda f: f.write(json.dumps(out["annotation"]).encode()))):
+    for path, write in (
+        (root / f"{pid}.npz", lambda f: np.savez_compressed(f, image=out["image"])),
+        (root / f"{pid}.json", lambda f: f.write(json.dumps(out["annotation"]).encode())),
+    ):
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
         try:
             with open(tmp, "wb") as f:
@@ -397,8 +473,16 @@ def make_preview(path: str | os.PathLike, seeds=(0, 3, 5), cfg: ColonConfig = Co
                 box = ann["box"]["N"][k]
                 n = cfg.size
                 if box:
-                    ax.add_patch(Rectangle((box[1] * n - 0.5, box[0] * n - 0.5), (box[3] - box[1]) * n,
-                                           (box[2] - box[0]) * n, fill=False, color="r", lw=1))
+                    ax.add_patch(
+                        Rectangle(
+                            (box[1] * n - 0.5, box[0] * n - 0.5),
+                            (box[3] - box[1]) * n,
+                            (box[2] - box[0]) * n,
+                            fill=False,
+                            color="r",
+                            lw=1,
+                        )
+                    )
                 ax.set_title(f"N + tumour box ({ann['segment'] or 'no tumour'})", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -422,8 +506,10 @@ def _main(argv=None) -> None:
     if args.preview:
         make_preview(args.preview, [int(s) for s in args.seeds.split(",")])
     if args.time:
-        print(f"{measure(args.time):.3f} s per patient ({ColonConfig().slices} slices, up to 3 phases, "
-              f"{ColonConfig().size}x{ColonConfig().size})")
+        print(
+            f"{measure(args.time):.3f} s per patient ({ColonConfig().slices} slices, up to 3 phases, "
+            f"{ColonConfig().size}x{ColonConfig().size})"
+        )
 
 
 if __name__ == "__main__":
