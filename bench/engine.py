@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.types import StepInfo, StepOutput
+from bench.types import StepInfo, StepOutput, temp_sibling
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -175,7 +175,7 @@ def _set_rng_state(st: dict[str, Any]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_sibling(path)
     torch.save(obj, tmp)
     os.replace(tmp, path)
 

@@ -220,6 +220,12 @@ def _selection(cfg: DictConfig, suite: Suite) -> tuple[str | None, float | None,
     if protocol is not None:
         protocol = str(protocol)
         PROTOCOLS.get(protocol)
+        protocols = sorted({p for t in suite.tasks for p in t.protocols})
+        if protocol not in protocols:
+            # else a run would pretrain for minutes and then find no cell to run
+            raise UserError(
+                f"protocol={protocol}: no task of suite {suite.name!r} has it; its tasks offer {', '.join(protocols)}"
+            )
     fraction = cfg.get("label_fraction")
     if fraction is not None:
         offered = sorted({f for t in suite.tasks for f in t.label_fractions})

@@ -17,6 +17,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from bench.types import temp_sibling
+
 DPI = 150
 
 
@@ -29,7 +31,7 @@ def _figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_sibling(path)
     fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
     tmp.replace(path)
     return path

@@ -19,6 +19,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SPLITS_DIR = PROJECT_ROOT / "datasets" / "splits"  # committed split files, one JSON per dataset
 
 
+def temp_sibling(path: Path) -> Path:
+    """A temporary name beside ``path`` for an atomic write (write it, then ``os.replace`` onto ``path``), unique per
+    process and call: two runs writing the same file at once (the same method's export, a board published twice)
+    must not replace or delete each other's half-written file."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+
+
 class DataError(Exception):
     """A problem with the user's data: the message names the file and what is wrong."""
 

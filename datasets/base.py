@@ -23,6 +23,7 @@ from bench.types import (
     Record,
     default_data_dir,
     load_split_file,
+    temp_sibling,
 )
 
 
@@ -225,6 +226,6 @@ def check_label_geometry(
 
 
 def atomic_write_json(path: Path, doc: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_sibling(path)
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, path)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench.registry import DATASETS, SUITES
 from bench.suites import Suite, Task
+from bench.types import temp_sibling
 from datasets.base import DataError, DatasetInfo, load_split_file, natural_key, positional_split
 from datasets.chestxray14 import PREPROCESSING_8BIT, ChestXray14
 from datasets.synthetic import chest_xray as gen
@@ -137,7 +138,7 @@ class ChestXray(ChestXray14):
             path = self.root / name
             if path.is_file() and path.read_text() == content:
                 continue
-            tmp = path.with_name(path.name + ".tmp")
+            tmp = temp_sibling(path)
             tmp.write_text(content)
             os.replace(tmp, path)
         self._entries = None

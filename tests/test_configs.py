@@ -288,3 +288,15 @@ def test_budget_protocol_block_sets_segmentation_finetune_lr_unless_the_user_set
                 ]
             )
         )
+
+
+def test_a_protocol_no_task_of_the_suite_has_is_refused_before_any_work(tmp_path):
+    from bench.plan import UserError, make_plan
+
+    offered = sorted({p for t in SUITES.get("smoke").tasks for p in t.protocols})
+    assert "knn" not in offered
+    with pytest.raises(
+        UserError, match=f"protocol=knn: no task of suite 'smoke' has it; its tasks offer {', '.join(offered)}"
+    ):
+        make_plan(_compose(["suite=smoke", "method=random", "protocol=knn", f"runs_dir={tmp_path}"]))
+    assert not any(tmp_path.iterdir())  # nothing written: no run directory, no store

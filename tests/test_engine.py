@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -255,3 +256,27 @@ def test_model_selection_keeps_best(tmp_path):
     assert res.best_score == 0.9
     assert torch.equal(m.lin.weight, snap[0.9])
     assert math.isfinite(res.last_loss)
+
+
+def test_two_processes_saving_the_same_file_at_once_both_succeed(tmp_path):
+    """Two runs of one method write the same export path: with one fixed temporary name, one process's os.replace
+    moved the other's half-written file away (FileNotFoundError). Each write now has its own temporary name."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "export.pt"
+    code = (
+        "import sys, torch; from pathlib import Path; from bench.engine import atomic_torch_save\n"
+        "x = torch.full((256, 1024), float(sys.argv[2]))\n"
+        "for _ in range(40): atomic_torch_save({'w': x}, Path(sys.argv[1]))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(target), str(k)], cwd=root, stderr=subprocess.PIPE, text=True)
+        for k in (1, 2)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    value = float(torch.load(target)["w"][0, 0])
+    assert value in (1.0, 2.0)  # one whole file, never a mix or a truncation
+    assert not list(tmp_path.glob("*.tmp"))  # no temporary file left behind

@@ -16,6 +16,7 @@ from bench.provenance import git_sha
 from bench.registry import DATASETS, SUITES, UnknownNameError
 from bench.results import PREDICTION_METRICS, PREDICTIONS_SUFFIX
 from bench.suites import Suite
+from bench.types import temp_sibling
 
 
 def render(
@@ -90,7 +91,7 @@ def publish(
 
 
 def _atomic_csv(rows: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_sibling(path)
     # mtime 0: the same rows give the same bytes, so a republished file only shows in a diff when it changed
     rows.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0} if path.name.endswith(".gz") else None)
     tmp.replace(path)
@@ -127,6 +128,6 @@ def dataset_class_names(suite: Suite) -> dict[str, dict[int, str]]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_sibling(path)
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

@@ -43,6 +43,8 @@ import numpy as np
 import torch
 import yaml
 
+from bench.types import temp_sibling
+
 
 def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
     """``METHOD.KEY=VALUE`` (VALUE parsed as YAML) -> {method: {key: value}}; a malformed item is an error."""
@@ -260,7 +262,7 @@ def markdown(rows: list[dict[str, Any]], with_loss: bool) -> str:
 
 def atomic_write_json(path: Path, doc: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_sibling(path)
     tmp.write_text(json.dumps(doc, indent=1, default=str))
     os.replace(tmp, path)
 

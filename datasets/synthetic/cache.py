@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.types import temp_sibling
 from datasets.base import DataError
 from datasets.synthetic._common import atomic_save_nifti  # noqa: F401  (one NIfTI writer for every generator)
 
@@ -76,6 +77,6 @@ def ensure_generated(
             items[rel](p)
             done.add(id(items[rel]))
     files = {rel: (old[rel] if rel not in todo else sha256(root / rel)) for rel in items}
-    tmp = manifest_path.with_name(MANIFEST + ".tmp")
+    tmp = temp_sibling(manifest_path)
     tmp.write_text(json.dumps({"version": version, "files": files}, indent=1))
     os.replace(tmp, manifest_path)
