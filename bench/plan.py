@@ -150,6 +150,11 @@ def make_plan(cfg: DictConfig) -> Plan:
     seeds = suite.seeds if cfg.seed is None else (int(cfg.seed),)
     pretrain_seed = parse_pretrain_seed(cfg.get("pretrain_seed", 0))
     protocol, fraction, task = _selection(cfg, suite)
+    try:
+        store = ResultsStore(cfg.results.url)
+        store.check()  # before any data generation or training, not after hours of it
+    except ValueError as e:
+        raise UserError(str(e)) from None
     threads = budget.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
@@ -169,7 +174,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         num_workers=int(budget.num_workers),
         device=pick_device(cfg.device),
         runs_dir=Path(cfg.runs_dir),
-        store=ResultsStore(cfg.results.url),
+        store=store,
         data_root=cfg.data.root,
         cache_dir=cfg.data.cache_dir,
         progress=bool(cfg.progress),

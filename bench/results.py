@@ -6,6 +6,7 @@ nothing a leaderboard would read. A cell already complete with the same config h
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable
 from contextlib import closing
@@ -112,6 +113,30 @@ class ResultsStore:
             raise ValueError(f"results.url {url!r}: only SQLite files (a path or sqlite:///PATH) are supported")
         self.path = Path(url)
         self._ready = False
+
+    def check(self) -> None:
+        """Refuse, before any work, a store that could not take the results: a directory, a file that is not an
+        SQLite database, an unwritable file or folder. Reads only: a store that does not exist yet is not created
+        (a run that stops at validation leaves none behind)."""
+        where = f"results.url {self.path}"
+        if self.path.is_dir():
+            raise ValueError(f"{where}: a directory, not an SQLite file (give a file path, e.g. runs/results.sqlite)")
+        if self.path.exists():
+            try:
+                with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as con:
+                    con.execute("SELECT name FROM sqlite_master").fetchall()
+            except sqlite3.DatabaseError as e:
+                raise ValueError(f"{where}: not an SQLite results store ({e})") from None
+            if not os.access(self.path, os.W_OK):
+                raise ValueError(f"{where}: the file is not writable")
+            return
+        parent = self.path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ValueError(f"{where}: {parent} is a file, so the store's folder cannot be created")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"{where}: the folder {parent} is not writable")
 
     def _connect(self) -> sqlite3.Connection:
         # created on first use, so a run that stops at validation leaves no store behind

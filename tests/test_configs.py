@@ -300,3 +300,29 @@ def test_a_protocol_no_task_of_the_suite_has_is_refused_before_any_work(tmp_path
     ):
         make_plan(_compose(["suite=smoke", "method=random", "protocol=knn", f"runs_dir={tmp_path}"]))
     assert not any(tmp_path.iterdir())  # nothing written: no run directory, no store
+
+
+def test_an_unusable_results_store_is_refused_before_any_work(tmp_path):
+    """A text file, a directory, a folder under a file or an unsupported scheme as results.url: one UserError naming
+    the path, raised when the plan is made (before data generation and pretraining), and nothing is created."""
+    from bench.plan import UserError, make_plan
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n" * 100)
+    folder = tmp_path / "folder.sqlite"
+    folder.mkdir()
+    cases = [
+        (str(text), "not an SQLite results store"),
+        (str(folder), "a directory"),
+        (str(text / "results.sqlite"), "is a file"),
+        ("postgresql://host/db", "only SQLite"),
+    ]
+    for url, says in cases:
+        before = sorted(tmp_path.rglob("*"))
+        with pytest.raises(UserError, match=says) as e:
+            make_plan(_compose(["suite=smoke", "method=random", f"runs_dir={tmp_path / 'runs'}", f"results.url={url}"]))
+        assert url.split("://")[-1].split("/")[0] in str(e.value) or url in str(e.value)
+        assert sorted(tmp_path.rglob("*")) == before
+    # a store that does not exist yet is fine and is not created by the check
+    make_plan(_compose(["suite=smoke", "method=random", f"results.url={tmp_path / 'new' / 'r.sqlite'}"]))
+    assert not (tmp_path / "new").exists()
