@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = {"method": "METHODS", "suite": "SUITES", "backbone": "BACKBONES", "protocol": "PROTOCOLS"}
@@ -52,12 +53,44 @@ def preflight(argv: list[str]) -> list[str]:
                 if v not in reg:
                     _fail(reg.unknown_message(v))
     argv = bare_method_options(argv)
+    check_override_keys(argv)
     if not has_budget:
         import torch
 
         # first, not last: Hydra's own flags (`--cfg job`) take the arguments after them
         argv = [f"budget={'standard' if torch.cuda.is_available() else 'quick'}", *argv]
     return argv
+
+
+def check_override_keys(argv: list[str]) -> None:
+    """A misspelt key is one line naming it and the keys that level knows (exit 2), instead of Hydra's advice to
+    append it with ``+``, after which the key would be silently ignored. Sweeps (``-m``) are left to Hydra."""
+    if any(a in ("-m", "--multirun") for a in argv):
+        return
+    from omegaconf import OmegaConf
+
+    from bench.plan import compose
+
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
+    groups = [a for a in overrides if a.split("=", 1)[0].lstrip("+") in {"experiment", "budget", "results", *GROUPS}]
+    try:
+        cfg = compose(groups)
+    except Exception:  # a bad group choice: Hydra's own message says it, below
+        return
+    for arg in overrides:
+        key = arg.split("=", 1)[0]
+        if key.startswith(("+", "~")) or key == "hydra" or key.startswith("hydra."):
+            continue
+        node: Any = cfg
+        path: list[str] = []
+        for part in key.split("."):
+            if not OmegaConf.is_dict(node):
+                break
+            if part not in node:
+                where = ".".join(path) or "the run config"
+                known = ", ".join(sorted(str(k) for k in node.keys()))
+                _fail(f"{arg}: {where} has no option {part!r}; its options: {known}")
+            node, path = node[part], [*path, part]
 
 
 def bare_method_options(argv: list[str]) -> list[str]:

@@ -147,6 +147,7 @@ def make_plan(cfg: DictConfig) -> Plan:
     _check_method_dims(cfg, suite, spatial)
     backbone, roi, suffix = _geometry(cfg, suite, spatial)
     caps = cfg.suite.get("budget_caps") or {}
+    _check_scalars(cfg)
     seeds = suite.seeds if cfg.seed is None else (int(cfg.seed),)
     pretrain_seed = parse_pretrain_seed(cfg.get("pretrain_seed", 0))
     protocol, fraction, task = _selection(cfg, suite)
@@ -192,8 +193,34 @@ def make_plan(cfg: DictConfig) -> Plan:
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
     )
     if cfg.get("stage") != "leaderboard":
+        try:  # the method's options, before any data generation (else a typo surfaces only at pretraining)
+            METHODS.get(plan.method).make_config(plan.method_cfg)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"method {plan.method}: {e}") from None
         _check_protocol_options(plan)
     return plan
+
+
+def _check_scalars(cfg: DictConfig) -> None:
+    """The top-level options' types and values, refused by name before any work (a string seed or a device this
+    machine lacks would otherwise end in a traceback, some only at the first training step)."""
+    seed = cfg.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise UserError(f"seed={seed!r}: expected a non-negative integer, or null for the suite's seeds")
+    for key in ("progress", "publish", "allow_leakage"):
+        value = cfg.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise UserError(f"{key}={value!r}: expected true or false")
+    device = str(cfg.get("device", "auto"))
+    if device not in ("auto", "cpu"):
+        head, _, index = device.partition(":")
+        if head != "cuda" or (index and not index.isdigit()):
+            raise UserError(f"device={device!r}: expected auto, cpu, cuda or cuda:N")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise UserError(f"device={device}: this machine has no CUDA device (use device=cpu or device=auto)")
+        if index and int(index) >= count:
+            raise UserError(f"device={device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
 def _check_method_dims(cfg: DictConfig, suite: Suite, spatial: int) -> None:

@@ -48,6 +48,37 @@ def test_unknown_name_is_one_line_exit_2(arg, known, data_dir, tmp_path):
     assert len(lines) == 1 and known in lines[0] and "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize(
+    "arg, says",
+    [
+        ("sedd=1", "the run config has no option 'sedd'; its options: allow_leakage"),
+        (
+            "method.config.mask_ration=0.3",
+            "method.config has no option 'mask_ration'; its options: leak_stem, mask_patch",
+        ),
+        (
+            "budget.pretrain.stepz=3",
+            "budget.pretrain has no option 'stepz'; its options: batch_size, batch_size_2d, steps",
+        ),
+        ("protocols.finetune.segmentation.lrr=1", "protocols.finetune.segmentation has no option 'lrr'"),
+        ("+method.config.mask_ration=0.3", "has no option(s) mask_ration; valid options: leak_stem"),
+        ("seed=abc", "seed='abc': expected a non-negative integer"),
+        ("progress=maybe", "progress='maybe': expected true or false"),
+        ("device=gpu", "device='gpu': expected auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_option_is_one_line_naming_it_exit_2_and_nothing_written(arg, says, data_dir, tmp_path):
+    """Never Hydra's advice to append an unknown key with `+` (after which it is silently ignored), never a
+    traceback: one line naming the option and what that level knows, before any data generation or training."""
+    runs = tmp_path / "runs"
+    p = run_bench([f"runs_dir={runs}", *FAST, arg], data_dir)  # last: FAST sets progress and device too
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and says in lines[0], p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and "+sedd" not in p.stderr
+    # nothing of the harness's own: no store, no pretraining, no cell (Hydra's log folder may exist)
+    assert not runs.exists() or {q.name for q in runs.iterdir()} <= {"hydra"}
+
+
 def test_bad_method_option_is_one_line_exit_2(data_dir, tmp_path):
     p = run_bench(["method=simmim3d", "+method.config.mask_ration=0.3", f"runs_dir={tmp_path}", *FAST], data_dir)
     assert p.returncode == 2
