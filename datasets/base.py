@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,12 +29,25 @@ from bench.types import (
 
 
 def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI as (array in RAS+ orientation, 4x4 affine); errors name the file."""
+    """Read a NIfTI as (array in RAS+ orientation, 4x4 affine); errors name the file.
+
+    A voxel side that is zero, negative or not finite is an error: nibabel would silently turn a zero
+    ``pixdim`` into 1 mm and a negative one into its absolute value, and cannot reorient a degenerate affine.
+    """
     import nibabel as nib
 
+    header_problem = _header_spacing_problem(path)
+    if header_problem:
+        raise DataError(f"{path}: {header_problem}")
     try:
-        img = nib.as_closest_canonical(nib.load(str(path)))
+        img: Any = nib.load(str(path))  # a NIfTI image: it has an affine
+        spacing = spacing_of(img.affine)
+        if not all(v > 0 for v in spacing):  # a degenerate affine (a zero or NaN column): no orientation to read
+            raise DataError(f"{path}: {spacing_problem(spacing)}")
+        img = nib.as_closest_canonical(img)
         arr = np.asanyarray(img.dataobj)
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:  # nibabel raises many types for corrupt or truncated files
@@ -41,8 +55,111 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return arr, img.affine
 
 
+def _header_spacing_problem(path: str | Path) -> str | None:
+    """The ``pixdim`` voxel sides as the file stores them, where they define the affine (no sform): nibabel's own
+    header check rewrites them on load, so they are read raw (the first 540 bytes) before it runs."""
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path), "rb") as f:
+            block = f.read(540)
+        for klass in (nib.Nifti1Header, nib.Nifti2Header):
+            if klass.may_contain_header(block):
+                hdr = klass(block[: klass.sizeof_hdr], check=False)
+                break
+        else:
+            return None
+        if hdr["magic"] not in (b"n+1", b"ni1", b"n+2", b"ni2") or int(hdr["sform_code"]) != 0:
+            return None
+        n = int(np.clip(hdr["dim"][0], 1, 3))
+        sides = tuple(float(v) for v in hdr["pixdim"][1 : 1 + n])
+        return None if all(v > 0 for v in sides) else spacing_problem(sides, source="pixdim")
+    except Exception:  # unreadable or truncated headers: nibabel's load names the problem
+        return None
+
+
 def spacing_of(affine: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
+
+
+def spacing_problem(spacing: tuple[float, ...] | list[float], source: str = "") -> str | None:
+    """What is wrong with voxel sides in mm (None if nothing): a side that is zero, negative or NaN, or one that is
+    not below ``MAX_SPACING_MM``. ``source`` names where the values were read (e.g. ``pixdim``)."""
+    shown = tuple(round(float(v), 4) for v in spacing)
+    where = f" ({source})" if source else ""
+    if not all(float(v) > 0 for v in spacing):  # NaN fails the comparison too
+        return f"spacing {shown} mm{where} has a zero, negative or NaN side (each must be > 0)"
+    if not all(float(v) < MAX_SPACING_MM for v in spacing):
+        return f"implausible spacing {shown} mm{where} (each must be > 0 and < {MAX_SPACING_MM:g})"
+    return None
+
+
+def wrong_dims(shape: tuple[int, ...], spatial_dims: int = 3) -> str:
+    """The one wording for an image of the wrong dimensionality, e.g. 'a 4D image (shape (8, 8, 4, 2)) where a 3D
+    volume is expected'."""
+    want = "a 3D volume" if spatial_dims == 3 else f"a {spatial_dims}D image"
+    return f"a {len(shape)}D image (shape {tuple(int(v) for v in shape)}) where {want} is expected"
+
+
+def label_array(path: str | os.PathLike, raw: np.ndarray) -> np.ndarray:
+    """A label map as int16; values that a cast would change (NaN/inf, fractions, beyond int16) name the file."""
+    if raw.size and raw.dtype.kind == "f":
+        finite = np.isfinite(raw)
+        if not finite.all():
+            raise DataError(f"{path}: label map has {int(raw.size - finite.sum())} non-finite value(s) (NaN or inf)")
+        if not np.array_equal(raw, np.round(raw)):
+            frac = raw[raw != np.round(raw)]
+            raise DataError(f"{path}: label map has {frac.size} non-integer value(s), e.g. {float(frac[0]):g}")
+    if raw.size and raw.dtype.kind in "fiu":
+        lo, hi = raw.min(), raw.max()
+        if lo < np.iinfo(np.int16).min or hi > np.iinfo(np.int16).max:
+            raise DataError(f"{path}: label values {lo:g}..{hi:g} lie beyond any label map (int16)")
+    return np.asarray(raw).astype(np.int16)
+
+
+def image_problems(
+    image: np.ndarray, spacing: tuple[float, ...], info: DatasetInfo, files: list[str], name: str
+) -> list[str]:
+    """Value checks of one loaded image ``[C, *spatial]``, one line per problem, each naming the file.
+
+    Dimensions and channel count, non-finite voxels (NaN/inf), a constant image (every voxel equal, which carries
+    nothing and makes intensity scaling divide by zero), and the spacing. ``files`` are the image's files (one per
+    channel where each channel is its own file), ``name`` how a message names the record's file. One min and one
+    max per channel, vectorised; the counts of a failing image are computed only then.
+    """
+    out: list[str] = []
+    if image.ndim != info.spatial_dims + 1:
+        return [f"{name}: {wrong_dims(image.shape[1:], info.spatial_dims)}"]
+    if image.shape[0] != info.n_channels:
+        out.append(f"{name}: {image.shape[0]} channel(s) where the dataset has {info.n_channels} (shape {image.shape})")
+    if image.size == 0:
+        return out + [f"{name}: empty image (shape {tuple(image.shape)})"]
+    axes = tuple(range(1, image.ndim))
+    lo, hi = image.min(axis=axes), image.max(axis=axes)  # per channel, no copy; NaN propagates into both, inf into one
+    finite = np.isfinite(lo) & np.isfinite(hi)
+    for c in np.flatnonzero(~finite):
+        n_nan, n_inf = int(np.isnan(image[c]).sum()), int(np.isinf(image[c]).sum())
+        where = files[c] if len(files) == image.shape[0] > 1 else name
+        chan = f" in channel {c}" if image.shape[0] > 1 and len(files) != image.shape[0] else ""
+        out.append(f"{where}: {n_nan + n_inf} non-finite voxel(s){chan} ({n_nan} NaN, {n_inf} inf) of {image[c].size}")
+    if finite.all() and lo.min() == hi.max():
+        out.append(f"{name}: constant image (every voxel is {float(lo.min()):g}, shape {tuple(image.shape[1:])})")
+    if len(spacing) != info.spatial_dims:
+        out.append(f"{name}: spacing {tuple(spacing)} has {len(spacing)} values for a {info.spatial_dims}D image")
+    elif problem := spacing_problem(spacing):
+        out.append(f"{name}: {problem}")
+    return out
+
+
+def labels_outside(label: np.ndarray, known: set[int]) -> list[int]:
+    """Values of ``label`` outside ``known`` (sorted); the usual case (min..max all known) costs a min and a max."""
+    if not label.size:
+        return []
+    lo, hi = int(label.min()), int(label.max())
+    if all(v in known for v in range(lo, hi + 1)):
+        return []
+    return sorted(set(np.unique(label).tolist()) - known)
 
 
 class DatasetAdapter:
@@ -93,8 +210,11 @@ class DatasetAdapter:
     def load(self, record: Record) -> dict[str, Any]:
         """One record as {'image': float32 [C, *spatial] raw units, 'label': int array or None, 'spacing'}."""
         image, affine = read_nifti(record.image)
-        if image.ndim == 3:
-            image = image[None]
+        if image.ndim == self.info.spatial_dims + 1 and image.shape[-1] == 1:
+            image = image[..., 0]  # a singleton 4th axis, as some writers store a 3D volume
+        if image.ndim != self.info.spatial_dims:
+            raise DataError(f"{record.image}: {wrong_dims(image.shape, self.info.spatial_dims)}")
+        image = image[None]
         out: dict[str, Any] = {
             "id": record.id,
             "image": image.astype(np.float32),
@@ -105,7 +225,7 @@ class DatasetAdapter:
         if record.label is not None:
             label, laff = read_nifti(record.label)
             check_label_geometry(record, image.shape[1:], affine, label.shape, laff)
-            out["label"] = label.astype(np.int16)
+            out["label"] = label_array(record.label, label)
         return out
 
     def split_names(self) -> tuple[str, ...]:
@@ -127,10 +247,12 @@ class DatasetAdapter:
         """Check every file of ``splits`` (default: those of train/val/test this adapter has); return all
         problems at once. Pass e.g. ``splits=("pretrain",)`` to check a pretraining corpus too.
 
-        Checks: every file exists and reads; image and label shapes and affines agree; label values lie
-        inside ``info.labels``; spacing is positive and below ``MAX_SPACING_MM``; each split has as many
-        records as its split file names. Every message names the file (or split file) it is about; a file
-        shared by several splits is checked once.
+        Checks: every file exists and reads; image and label shapes and affines agree; the image has the
+        dataset's dimensions and channels, finite voxels only (no NaN/inf) and is not constant; label values
+        (and a record's classes) lie inside ``info.labels``; spacing is positive and below ``MAX_SPACING_MM``;
+        each split has as many records as its split file names. Each problem is one line naming the file (or
+        split file) it is about, and the record where the file holds several; a file shared by several splits
+        is checked once.
         """
         problems: list[str] = list(self.index_problems())
         known = set(self.info.labels)
@@ -152,31 +274,33 @@ class DatasetAdapter:
                     f"split {split!r} of {self.split_name or self.registry_name}: {len(recs)} records "
                     f"found, the split file names {want}"
                 )
+            # a file holding several records (an .npz of slices or rows): messages name the record too
+            uses = Counter(str(r.image) for r in recs)
             for rec in recs:
                 key = (rec.id, str(rec.image), rec.label)
                 if key in seen:
                     continue
                 seen.add(key)
-                paths = [rec.image] if isinstance(rec.image, (str, os.PathLike)) else list(rec.image)
-                missing = [p for p in paths + ([rec.label] if rec.label else []) if not os.path.isfile(p)]
-                if missing:
-                    problems += [f"{p}: file not found (record {rec.id}, split {split!r})" for p in missing]
-                    continue
-                try:
-                    s = self.load(rec)
-                except DataError as e:
-                    problems.append(str(e))
-                    continue
-                if s["label"] is not None and known:
-                    bad = sorted(set(np.unique(s["label"]).tolist()) - known)
-                    if bad:
-                        problems.append(f"{rec.label}: label values {bad} outside the label map {sorted(known)}")
-                if any(not (0 < v < MAX_SPACING_MM) for v in s["spacing"]):
-                    problems.append(
-                        f"{paths[0]}: implausible spacing {tuple(round(v, 4) for v in s['spacing'])} mm "
-                        f"(each must be > 0 and < {MAX_SPACING_MM:g})"
-                    )
-        return problems
+                problems += self.record_problems(rec, split, known, shared=uses[str(rec.image)] > 1)
+        return [" ".join(p.splitlines()) for p in problems]  # one line each, whatever an exception's text held
+
+    def record_problems(self, rec: Record, split: str, known: set[int], shared: bool = False) -> list[str]:
+        """Every problem of one record (see ``validate``): a missing or unreadable file stops the checks there."""
+        paths = [str(rec.image)] if isinstance(rec.image, (str, os.PathLike)) else [str(p) for p in rec.image]
+        missing = [p for p in paths + ([rec.label] if rec.label else []) if not os.path.isfile(p)]
+        if missing:
+            return [f"{p}: file not found (record {rec.id}, split {split!r})" for p in missing]
+        try:
+            s = self.load(rec)
+        except DataError as e:
+            return [str(e)]
+        name = f"{paths[0]} (record {rec.id})" if shared else paths[0]
+        out = image_problems(np.asarray(s["image"]), tuple(s["spacing"]), self.info, paths, name)
+        if s["label"] is not None and known and (bad := labels_outside(s["label"], known)):
+            out.append(f"{rec.label}: label values {bad} outside the label map {sorted(known)}")
+        if rec.classes and known and (bad := sorted(set(rec.classes) - known)):
+            out.append(f"{name}: classes {bad} of record {rec.id} outside the label map {sorted(known)}")
+        return out
 
 
 def natural_key(text: str) -> tuple:

@@ -32,9 +32,11 @@ from datasets.base import (
     DatasetInfo,
     Record,
     check_label_geometry,
+    label_array,
     positional_split,
     read_nifti,
     spacing_of,
+    wrong_dims,
 )
 
 BRATS_LABELS = {0: "background", 1: "necrotic / non-enhancing tumour core", 2: "edema / SNFH", 3: "enhancing tumour"}
@@ -91,7 +93,7 @@ class _BraTS(DatasetAdapter):
         for path in record.image:
             arr, aff = read_nifti(path)
             if arr.ndim != 3:
-                raise DataError(f"{path}: expected a 3D image, got shape {arr.shape}")
+                raise DataError(f"{path}: {wrong_dims(arr.shape)}")
             if chans and (arr.shape != chans[0].shape or not np.allclose(aff, affine, atol=1e-3)):
                 raise DataError(f"{path}: shape/affine {arr.shape} differ from {record.image[0]}")
             chans.append(arr.astype(np.float32))
@@ -107,7 +109,8 @@ class _BraTS(DatasetAdapter):
         if record.label is not None:
             raw, laff = read_nifti(record.label)
             check_label_geometry(record, image.shape[1:], affine, raw.shape, laff)
-            values = set(np.unique(raw).astype(int).tolist())
+            raw = label_array(record.label, raw)
+            values = set(np.unique(raw).tolist())
             bad = sorted(values - set(self.raw_labels))
             if bad:
                 raise DataError(

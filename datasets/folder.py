@@ -17,7 +17,7 @@ import numpy as np
 
 from bench.registry import DATASETS, SUITES
 from bench.suites import Suite, Task
-from datasets.base import DataError, DatasetAdapter, DatasetInfo, Record, spacing_of
+from datasets.base import DataError, DatasetAdapter, DatasetInfo, Record, read_nifti, spacing_of, wrong_dims
 from datasets.btcv import BTCV
 from datasets.metaimage import read_metaimage_canonical
 from datasets.msd import ASA_PREPROCESSING
@@ -67,19 +67,19 @@ class Folder(DatasetAdapter):
     def load(self, record: Record) -> dict[str, Any]:
         if str(record.image).endswith((".mhd", ".mha")):
             arr, affine = read_metaimage_canonical(record.image)
-            if arr.ndim != 3:
-                raise DataError(f"{record.image}: expected a 3D volume, got shape {arr.shape}")
-            return {
-                "id": record.id,
-                "image": arr.astype(np.float32)[None],
-                "spacing": spacing_of(affine),
-                "affine": affine,
-                "label": None,
-            }
-        out = super().load(record)
-        if out["image"].ndim != 4 or out["image"].shape[0] != 1:
-            raise DataError(f"{record.image}: expected a 3D volume, got shape {out['image'].shape[1:]} (4D?)")
-        return out
+        else:
+            arr, affine = read_nifti(record.image)
+        if arr.ndim == 4 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim != 3:
+            raise DataError(f"{record.image}: expected a 3D volume, got {wrong_dims(arr.shape)}")
+        return {
+            "id": record.id,
+            "image": arr.astype(np.float32)[None],
+            "spacing": spacing_of(affine),
+            "affine": affine,
+            "label": None,
+        }
 
 
 @DATASETS.register("btcv_liu")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bench.registry import DATASETS
-from datasets.base import DataError, DatasetAdapter, DatasetInfo, Record, spacing_of
+from datasets.base import DataError, DatasetAdapter, DatasetInfo, Record, spacing_of, wrong_dims
 from datasets.metaimage import read_metaimage_canonical, world_to_voxel
 from datasets.msd import is_junk
 
@@ -96,6 +96,8 @@ class LUNA16(DatasetAdapter):
 
     def load(self, record: Record) -> dict[str, Any]:
         arr, affine = read_metaimage_canonical(record.image)
+        if arr.ndim != 3:
+            raise DataError(f"{record.image}: {wrong_dims(arr.shape)}")
         nodules = np.asarray(record.meta.get("nodules_world", ()), float).reshape(-1, 4)
         return {
             "id": record.id,

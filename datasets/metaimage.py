@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.base import DataError
+from datasets.base import DataError, spacing_problem
 
 _TYPES = {
     "MET_CHAR": np.int8,
@@ -101,6 +101,8 @@ def read_metaimage(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if (dims <= 0).any():
         raise DataError(f"{path}: DimSize {dims.tolist()} must be positive")
     spacing = _floats(path, f, "ElementSpacing", 3, f["_ElementSize"].split() if "_ElementSize" in f else [1, 1, 1])
+    if not (spacing > 0).all():  # ITK refuses these; folded into the affine, a negative side would flip the axis
+        raise DataError(f"{path}: {spacing_problem(tuple(spacing.tolist()), source='ElementSpacing')}")
     offset = _floats(path, f, "Offset", 3, [0, 0, 0])
     tm = _floats(path, f, "TransformMatrix", 9, [1, 0, 0, 0, 1, 0, 0, 0, 1])
     etype = f.get("ElementType", "")

@@ -30,10 +30,12 @@ from datasets.base import (
     DatasetInfo,
     Record,
     check_label_geometry,
+    label_array,
     natural_key,
     positional_split,
     read_nifti,
     spacing_of,
+    wrong_dims,
 )
 
 ASA_PREPROCESSING = {"spacing": (1.5, 1.5, 2.0), "a_min": -175.0, "a_max": 250.0}  # METHODS.md §1.2 / §3.7
@@ -114,7 +116,7 @@ def load_channels(record: Record, channels: int) -> tuple[np.ndarray, np.ndarray
         if image.ndim == 4 and image.shape[-1] == 1:
             image = image[..., 0]
         if image.ndim != 3:
-            raise DataError(f"{record.image}: expected a 3D image, got shape {image.shape}")
+            raise DataError(f"{record.image}: expected a 3D image, got {wrong_dims(image.shape)}")
         image = image[None]
     return image.astype(np.float32), affine
 
@@ -204,7 +206,7 @@ class MSDTask(DatasetAdapter):
         if record.label is not None:
             label, laff = read_nifti(record.label)
             check_label_geometry(record, image.shape[1:], affine, label.shape, laff)
-            out["label"] = label.astype(np.int16)
+            out["label"] = label_array(record.label, label)
         return out
 
 

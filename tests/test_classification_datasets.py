@@ -27,6 +27,7 @@ def write_cxr14(root, rows, train_val, test, header=HEADER, skip_png=()):
         if name not in skip_png:
             arr = np.full((8, 10), int(name[:8]) % 250, np.uint8)
             arr[0, 0] = 7
+            arr[-1, -1] = 255  # never a constant image (validate refuses those), whatever the patient id
             Image.fromarray(arr).save(root / "images" / name)
     (root / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
     (root / "train_val_list.txt").write_text("".join(n + "\n" for n in train_val))
