@@ -166,15 +166,17 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
         print(f"[pretrain] {plan.method}: cached export {export}")
         check_leakage(plan, corpus_hashes(plan, run_dir, method_cls_pretrains(plan)), plan.suite.tasks, {})
         return export, h
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(ident, indent=1, default=str))
     seed_everything(plan.pretrain_seed)
     method_cls = METHODS.get(plan.method)
     backbone = build_backbone(plan.backbone, **plan.backbone_kwargs)
     try:
         method = method_cls(backbone, method_cls.make_config(plan.method_cfg))
+        # a method that does not pretrain (an external checkpoint) fails here, before its directory exists
+        encoder = None if method.pretrains else method.export_encoder()
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(ident, indent=1, default=str))
     meta = {
         "method": plan.method,
         "config_hash": h,
@@ -186,11 +188,7 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
         "preprocess": ident["preprocess"],
         **({"method_identity": ident["method_identity"]} if "method_identity" in ident else {}),
     }
-    if not method.pretrains:
-        try:
-            encoder = method.export_encoder()
-        except ValueError as e:  # e.g. an external checkpoint that was not given
-            raise UserError(str(e)) from None
+    if encoder is not None:
         corpus_hashes(plan, run_dir, False)
         save_export(encoder, export, meta | {"pretrain_steps": 0}, extras=method.export_extras())
         return export, h

@@ -3,8 +3,12 @@
     python run_bench.py method=external method.config.checkpoint=PATH method.config.format=swinunetr_ssl \
         backbone=swin_unetr_base
 
-The file is read with ``torch.load(..., weights_only=True)`` and its keys are mapped to the backbone's; the load
-then goes through ``load_state_dict(strict=True)`` of the complete state. One line reports what happened::
+The file is read with ``torch.load(..., weights_only=True)`` (through ``bench.export.load_weights``) and its keys are
+mapped to the backbone's; the load then goes through ``load_state_dict(strict=True)`` of the complete state. A file
+that cannot be read as weights (missing, empty, not a PyTorch checkpoint, truncated, or holding Python objects other
+than tensors) is one ``CheckpointError`` (a ``ValueError``) naming the file and what is wrong: the runner reports it
+as one line, and torch's advice to load with the unsafe setting never reaches the user. One line reports what
+happened::
 
     external: matched N, missing M (first keys), unexpected U (first keys) [...]
 
@@ -52,6 +56,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.backbones import SwinUNETRBackbone
+from bench.export import CheckpointError, check_file, load_weights
 from bench.registry import METHODS
 from methods.base import PretrainMethod, StepInfo, StepOutput
 
@@ -87,7 +92,7 @@ def _rename_mlp(key: str) -> str:
 
 def _state(doc: Any, entry: str, path: str, fmt: str) -> dict[str, torch.Tensor]:
     if not isinstance(doc, dict) or entry not in doc or not isinstance(doc[entry], dict):
-        found = sorted(doc)[:SHOW] if isinstance(doc, dict) else type(doc).__name__
+        found = sorted(map(str, doc))[:SHOW] if isinstance(doc, dict) else type(doc).__name__
         raise ValueError(
             f"external: {path} is not in the {fmt!r} layout: expected a dict with {entry!r}; found {found}"
         )
@@ -153,9 +158,12 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+WHAT = "external: checkpoint"
+
+
 def _check_file(path: str) -> None:
-    if not Path(path).is_file():
-        raise ValueError(f"external: checkpoint {path} does not exist")
+    """A missing path or a directory: one ``CheckpointError`` naming it."""
+    check_file(path, WHAT)
 
 
 def _first(keys: list[str]) -> str:
@@ -169,8 +177,14 @@ def load_external(backbone: SwinUNETRBackbone, path: str | Path, fmt: str) -> di
     path = str(path)
     _check_file(path)
     mapper, need_decoder, strict_unexpected = FORMATS[fmt]
-    doc = torch.load(path, map_location="cpu", weights_only=True)
+    doc = load_weights(path, WHAT)
     mapped = mapper(doc, path)
+    not_tensor = [str(k) for k, v in mapped.tensors.items() if not isinstance(v, torch.Tensor)]
+    if not_tensor:
+        raise CheckpointError(
+            f"{WHAT} {path} is not in the {fmt!r} layout: {len(not_tensor)} entry(ies) of its state are not tensors:"
+            f" {_first(not_tensor)}"
+        )
     target = backbone.state_dict()
     unexpected = mapped.unexpected + [k for k in mapped.tensors if k not in target]
     shape = [
