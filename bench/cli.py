@@ -11,6 +11,8 @@ from typing import Any
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = {"method": "METHODS", "suite": "SUITES", "backbone": "BACKBONES", "protocol": "PROTOCOLS"}
+# config groups with no registry: their options are the files in conf/<group>/ (the words of the error's list)
+FILE_GROUPS = {"budget": "Known budgets", "experiment": "Known experiments (conf/experiment/)"}
 
 
 def _fail(msg: str) -> None:
@@ -34,26 +36,24 @@ def preflight(argv: list[str]) -> list[str]:
                 f"{arg}: a protocol's options are protocols.<protocol>.<task kind>.<option>, e.g. "
                 f"protocols.finetune.segmentation.lr=3e-4 (protocol=NAME only selects which protocol runs)"
             )
-        if key == "experiment":
-            # a study pins its own budget; a default added here would override it from the command line
+        if key in FILE_GROUPS:
+            # an experiment pins its own budget: a default added here would override it from the command line
             has_budget = True
             for v in value.split(","):
-                if not (CONF_DIR / "experiment" / f"{v}.yaml").is_file():
-                    known = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-                    _fail(f"unknown experiment {v!r}. Known experiments (conf/experiment/): {', '.join(known)}")
-        if key == "budget":
-            has_budget = True
-            for v in value.split(","):
-                if not (CONF_DIR / "budget" / f"{v}.yaml").is_file():
-                    known = sorted(p.stem for p in (CONF_DIR / "budget").glob("*.yaml"))
-                    _fail(f"unknown budget {v!r}. Known budgets: {', '.join(known)}")
+                if not (CONF_DIR / key / f"{v}.yaml").is_file():
+                    known = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+                    _fail(f"unknown {key} {v!r}. {FILE_GROUPS[key]}: {', '.join(known)}")
         if key in GROUPS and value not in ("null", ""):
             reg = getattr(registry, GROUPS[key])
             for v in value.split(","):
                 if v not in reg:
                     _fail(reg.unknown_message(v))
-    argv = bare_method_options(argv)
-    check_override_keys(argv)
+    from bench.plan import compose
+
+    chosen = _compose_choices(argv, compose)
+    argv = bare_method_options(argv, chosen if chosen is not None else compose())
+    if chosen is not None:
+        check_override_keys(argv, chosen)
     if not has_budget:
         import torch
 
@@ -62,22 +62,27 @@ def preflight(argv: list[str]) -> list[str]:
     return argv
 
 
-def check_override_keys(argv: list[str]) -> None:
-    """A misspelt key is one line naming it and the keys that level knows (exit 2), instead of Hydra's advice to
-    append it with ``+``, after which the key would be silently ignored. Sweeps (``-m``) are left to Hydra."""
+def _compose_choices(argv: list[str], compose: Any) -> Any:
+    """The config of the command line's group choices (method, suite, budget, experiment, ...), once for both
+    checks below; None for a sweep (``-m``, whose values Hydra expands) or a bad choice (Hydra's message says it)."""
     if any(a in ("-m", "--multirun") for a in argv):
-        return
+        return None
+    groups = [a for a in argv if "=" in a and a.split("=", 1)[0].lstrip("+") in {*FILE_GROUPS, "results", *GROUPS}]
+    try:
+        return compose(groups)
+    except Exception:  # a bad group choice: Hydra's own message says it
+        return None
+
+
+def check_override_keys(argv: list[str], cfg: Any) -> None:
+    """A misspelt key is one line naming it and the keys that level knows (exit 2), instead of Hydra's advice to
+    append it with ``+``, after which the key would be silently ignored. ``cfg``: the config of the command
+    line's group choices."""
     from omegaconf import OmegaConf
 
-    from bench.plan import compose
-
-    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
-    groups = [a for a in overrides if a.split("=", 1)[0].lstrip("+") in {"experiment", "budget", "results", *GROUPS}]
-    try:
-        cfg = compose(groups)
-    except Exception:  # a bad group choice: Hydra's own message says it, below
-        return
-    for arg in overrides:
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
         key = arg.split("=", 1)[0]
         if key.startswith(("+", "~")) or key == "hydra" or key.startswith("hydra."):
             continue
@@ -93,19 +98,22 @@ def check_override_keys(argv: list[str]) -> None:
             node, path = node[part], [*path, part]
 
 
-def bare_method_options(argv: list[str]) -> list[str]:
+def bare_method_options(argv: list[str], cfg: Any = None) -> list[str]:
     """``checkpoint=PATH`` means ``++method.config.checkpoint=PATH`` when it is an option of the chosen method and
-    not a top-level key (``python run_bench.py method=external checkpoint=PATH format=asa``)."""
+    not a top-level key (``python run_bench.py method=external checkpoint=PATH format=asa``). ``cfg``: a composed
+    run config for its top-level keys and default method (composed here when not given)."""
     import dataclasses
 
     from bench import registry
-    from bench.plan import compose
 
-    defaults = compose()
-    top = set(defaults) | {"defaults", "hydra"}
+    if cfg is None:
+        from bench.plan import compose
+
+        cfg = compose()
+    top = set(cfg) | {"defaults", "hydra"}
     method = next((a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+~") == "method"), None)
     if method is None:
-        method = defaults.method.name
+        method = cfg.method.name
     if "," in method or method not in registry.METHODS:
         return argv
     fields = {f.name for f in dataclasses.fields(registry.METHODS.get(method).Config)}

@@ -213,7 +213,8 @@ def load_meta(path: Path) -> dict[str, Any]:
     return _read(path, "meta")["meta"]
 
 
-def _first(keys: list[str]) -> str:
+def first_keys(keys: list[str]) -> str:
+    """The first few of a list of keys, for an error message (``a, b, c, d, e, ...``)."""
     return ", ".join(keys[:SHOW]) + (", ..." if len(keys) > SHOW else "")
 
 
@@ -237,7 +238,7 @@ def load_export(path: Path, **override_kwargs: Any) -> tuple[Backbone, dict[str,
         if k in target and isinstance(v, torch.Tensor) and v.shape != target[k].shape
     ]
     problems = [
-        f"{len(keys)} {what}: {_first(keys)}"
+        f"{len(keys)} {what}: {first_keys(keys)}"
         for what, keys in (
             ("entry(ies) not a tensor", [str(k) for k in not_tensor]),
             ("missing key(s)", missing),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.types import DatasetAdapter, Record
+from bench.types import DatasetAdapter, Record, temp_sibling
 
 
 def content_hash(array: np.ndarray) -> str:
@@ -73,7 +73,7 @@ class HashCache:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            tmp = temp_sibling(self.path)
             tmp.write_text(json.dumps(self.memo))
             os.replace(tmp, self.path)
             self.dirty = False

@@ -969,9 +969,10 @@ def _check_method(method: str) -> str:
     return method
 
 
-def _untested(estimate: float, runs: int, units: int) -> Difference:
+def _untested(estimate: float, runs: int, units: int, interval: str = "none") -> Difference:
+    """The estimate alone: low, high, p, se and df NaN."""
     nan = float("nan")
-    return Difference(float(estimate), nan, nan, nan, nan, nan, int(runs), int(units), "none")
+    return Difference(float(estimate), nan, nan, nan, nan, nan, int(runs), int(units), interval)
 
 
 def _t_result(
@@ -989,8 +990,7 @@ def _t_result(
     Satterthwaite's [5] ``se^4 / (v_run^2 / (R - 1) + v_unit^2 / (G - 1) + v_e^2 / ((R - 1)(G - 1)))``, kept
     for the minimal detectable effect. With se == 0 the interval is the point and p is 1 (estimate 0) or 0."""
     if not (np.isfinite(estimate) and np.isfinite(v_run) and np.isfinite(v_unit) and np.isfinite(v_e)):
-        nan = float("nan")  # low, high, p, se and df (four NaNs here raised TypeError: interval missing)
-        return Difference(float(estimate), nan, nan, nan, nan, nan, int(n_run), int(n_unit), "t")
+        return _untested(estimate, n_run, n_unit, "t")
     c = v_unit - v_e if n_unit > 1 else 0.0
     if c > 0:
         var = v_run + c
@@ -1040,8 +1040,7 @@ def _boot_result(estimate: float, boots: NDArray[np.float64], alpha: float, runs
     """Percentile interval, :func:`bootstrap_p` and the resamples' sd as se."""
     finite = boots[np.isfinite(boots)]
     if finite.size == 0:
-        nan = float("nan")  # low, high, p, se and df (four NaNs here raised TypeError: interval missing)
-        return Difference(float(estimate), nan, nan, nan, nan, nan, int(runs), int(units), "bootstrap")
+        return _untested(estimate, runs, units, "bootstrap")
     low, high = _interval(finite, alpha)
     se = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
     return Difference(

@@ -56,7 +56,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.backbones import SwinUNETRBackbone
-from bench.export import CheckpointError, check_file, load_weights
+from bench.export import SHOW, CheckpointError, check_file, first_keys, load_weights
 from bench.registry import METHODS
 from methods.base import PretrainMethod, StepInfo, StepOutput
 
@@ -65,7 +65,6 @@ SSL_HEADS = ("rotation_head.", "contrastive_head.", "rotation_pre.", "contrastiv
 SASWIN_HEADS = SSL_HEADS + ("symmetryAwareTX.", "aaw_head.", "aaw_pre.", "classification_head.", "classification_pre.")
 ASA_HEADS = ("head.", "mlp.", "mlp_local.")
 OPTIONAL = ("relative_position_index",)
-SHOW = 5
 
 
 class MissingCheckpointError(ValueError):
@@ -166,10 +165,6 @@ def _check_file(path: str) -> None:
     check_file(path, WHAT)
 
 
-def _first(keys: list[str]) -> str:
-    return ", ".join(keys[:SHOW]) + (", ..." if len(keys) > SHOW else "")
-
-
 def load_external(backbone: SwinUNETRBackbone, path: str | Path, fmt: str) -> dict[str, Any]:
     """Load ``path`` in layout ``fmt`` into ``backbone``; return the report (counts and key lists)."""
     if fmt not in FORMATS:
@@ -183,7 +178,7 @@ def load_external(backbone: SwinUNETRBackbone, path: str | Path, fmt: str) -> di
     if not_tensor:
         raise CheckpointError(
             f"{WHAT} {path} is not in the {fmt!r} layout: {len(not_tensor)} entry(ies) of its state are not tensors:"
-            f" {_first(not_tensor)}"
+            f" {first_keys(not_tensor)}"
         )
     target = backbone.state_dict()
     unexpected = mapped.unexpected + [k for k in mapped.tensors if k not in target]
@@ -210,9 +205,9 @@ def load_external(backbone: SwinUNETRBackbone, path: str | Path, fmt: str) -> di
     }
     line = (
         f"external: matched {len(matched)}, missing {len(missing)}"
-        + (f" ({_first(missing)})" if missing else "")
+        + (f" ({first_keys(missing)})" if missing else "")
         + f", unexpected {len(unexpected)}"
-        + (f" ({_first(unexpected)})" if unexpected else "")
+        + (f" ({first_keys(unexpected)})" if unexpected else "")
         + (f", shape mismatches {len(shape)}" if shape else "")
         + (f", dropped {len(mapped.dropped)} source-head keys" if mapped.dropped else "")
         + (
@@ -234,13 +229,13 @@ def load_external(backbone: SwinUNETRBackbone, path: str | Path, fmt: str) -> di
                 f" patch {f_shape[2:]}; the backbone's is {b_shape}: pick the matching backbone, e.g. "
                 f"backbone=swin_unetr_base for feature_size 48)"
             )
-        problems.append(f"{len(shape)} shape mismatch(es): {_first(shape)}{hint}")
+        problems.append(f"{len(shape)} shape mismatch(es): {first_keys(shape)}{hint}")
     if missing_enc:
-        problems.append(f"{len(missing_enc)} encoder key(s) missing: {_first(missing_enc)}")
+        problems.append(f"{len(missing_enc)} encoder key(s) missing: {first_keys(missing_enc)}")
     if need_decoder and missing_dec:
-        problems.append(f"{len(missing_dec)} decoder key(s) missing: {_first(missing_dec)}")
+        problems.append(f"{len(missing_dec)} decoder key(s) missing: {first_keys(missing_dec)}")
     if strict_unexpected and unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected key(s): {first_keys(unexpected)}")
     if problems:
         raise ValueError(
             f"external: {path} does not fully match the backbone in format {fmt!r}: " + "; ".join(problems)

@@ -277,6 +277,6 @@ def test_two_processes_saving_the_same_file_at_once_both_succeed(tmp_path):
     ]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
-    value = float(torch.load(target)["w"][0, 0])
+    value = float(torch.load(target, weights_only=True)["w"][0, 0])
     assert value in (1.0, 2.0)  # one whole file, never a mix or a truncation
     assert not list(tmp_path.glob("*.tmp"))  # no temporary file left behind
