@@ -58,12 +58,18 @@ CELLS = (
     Column("wall_s", "REAL", info=True),
     Column("gpu_hours", "REAL", info=True),
     Column("cpu_hours", "REAL", info=True),
+    # data-parallel training: the processes that trained the cell (the hours above are device-hours, wall_s x
+    # world_size) and each one's batch (the configured global batch / world_size). NULL in a cell written before
+    # they were recorded: read as one process where it has a wall time (world_sizes), never rewritten
+    Column("world_size", "INTEGER", info=True, added=True),
+    Column("per_device_batch", "INTEGER", info=True, added=True),
     Column("params", "INTEGER", info=True),
     Column("pretrain_hash", "TEXT", info=True),
     Column("pretrain_device", "TEXT", info=True, added=True),
     Column("pretrain_wall_s", "REAL", info=True, added=True),
     Column("pretrain_gpu_hours", "REAL", info=True, added=True),
     Column("pretrain_cpu_hours", "REAL", info=True, added=True),
+    Column("pretrain_world_size", "INTEGER", info=True, added=True),
     Column("split_hash", "TEXT"),
     Column("peak_memory_mb", "REAL"),
     Column("run_dir", "TEXT"),
@@ -75,6 +81,7 @@ NUMERIC_IDENTITY = [c.name for c in CELLS if c.identity and not c.text]
 CASE_COLUMNS = ["cell_id", "case_id", "class", "metric", "value"]
 METRIC_COLUMNS = IDENTITY + CASE_COLUMNS  # a published row, before its cell's provenance
 CELL_INFO_COLUMNS = [c.name for c in CELLS if c.info]
+INTEGER_INFO_COLUMNS = [c.name for c in CELLS if c.info and c.sql.startswith("INTEGER")]
 TEXT_COLUMNS = [c.name for c in CELLS if c.text and (c.identity or c.info)] + ["cell_id", "case_id", "metric"]
 REQUIRED = ["cell_id"] + [
     c.name for c in CELLS if "NOT NULL" in c.sql and c.name != "status" and "DEFAULT" not in c.sql
@@ -102,6 +109,36 @@ PREDICTIONS_SUFFIX = "_predictions.csv.gz"  # published per-image predictions, b
 def _plain(v: Any) -> Any:
     """numpy scalars -> Python scalars (sqlite3 would store numpy integers as blobs)."""
     return v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes)) else v
+
+
+def _whole(v: Any) -> int | None:
+    """A count as an int (2.0 -> 2; None or NaN -> None); ValueError for anything that is not a whole number."""
+    v = _plain(v)
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{v!r} is not a whole number") from None
+    if not f.is_integer():
+        raise ValueError(f"{v!r} is not a whole number")
+    return int(f)
+
+
+def world_sizes(cells: pd.DataFrame, *, pretrain: bool = False) -> pd.Series:
+    """The processes that trained each cell (``pretrain``: the pretraining that made its encoder), read from a
+    frame of cell rows: the recorded ``world_size``, else 1 where the row has a wall time, since a cell written
+    before data-parallel training was recorded ran as one process; <NA> where neither is known (nothing ran, or
+    its time was not recorded). The default is applied here, when reading: the store and the published CSVs keep
+    the value that was recorded."""
+    prefix = "pretrain_" if pretrain else ""
+
+    def numeric(c: str) -> pd.Series:
+        return pd.to_numeric(cells[c], errors="coerce") if c in cells else pd.Series(float("nan"), index=cells.index)
+
+    n, wall = numeric(f"{prefix}world_size"), numeric(f"{prefix}wall_s")
+    one = pd.Series(1.0, index=cells.index).where(wall.notna())
+    return n.fillna(one).astype("Int64")
 
 
 class ResultsStore:
@@ -188,6 +225,11 @@ class ResultsStore:
         # empty) was run at pretraining seed 0, the only one then
         p = row["pretrain_seed"]
         row["pretrain_seed"] = 0 if p is None or p != p else int(p)
+        for c in INTEGER_INFO_COLUMNS:  # counts (a published CSV reads them back as floats)
+            try:
+                row[c] = _whole(row[c])
+            except ValueError as e:
+                raise ValueError(f"cell {row['cell_id']!r}: {c} {e}") from None
         return row
 
     def cell_ids(self) -> set[str]:
@@ -305,8 +347,11 @@ def read_published(path: str | Path) -> dict[str, tuple[dict[str, Any], list[dic
         cell = {c: first[c] for c in IDENTITY} | {"cell_id": cell_id, "config_hash": IMPORTED_HASH}
         for c, v in info.loc[cell_id].items():
             cell[c] = None if pd.isna(v) else v
-        if cell.get("params") is not None:
-            cell["params"] = int(cell["params"])
+        for c in INTEGER_INFO_COLUMNS:  # params, world_size, ...: read back as floats where a cell lacks them
+            try:
+                cell[c] = _whole(cell.get(c))
+            except ValueError as e:
+                raise PublishedCSVError(f"{path}: cell {cell_id!r}: {c} {e}") from None
         out[cell_id] = (
             cell,
             g.rename(columns={"case_id": "case"})[["case", "class", "metric", "value"]].to_dict("records"),

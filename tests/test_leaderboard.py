@@ -244,7 +244,8 @@ def test_golden_markdown(frames, monkeypatch):
 def test_csv_published_before_pretraining_compute_renders_without_that_table(frames, tmp_path, monkeypatch):
     monkeypatch.setattr(leaderboard.analysis, "stats", StandInStats)
     old = tmp_path / "old.csv"
-    pd.read_csv(FIXTURE).drop(columns=[c for c in CELL_INFO_COLUMNS if c.startswith("pretrain_")]).to_csv(
+    fixture = pd.read_csv(FIXTURE)
+    fixture.drop(columns=[c for c in CELL_INFO_COLUMNS if c.startswith("pretrain_") and c in fixture]).to_csv(
         old, index=False
     )
     md = render(*from_csv(old), class_names=CLASS_NAMES, figures=True)
@@ -293,11 +294,16 @@ def _frame(
     return m, cells
 
 
-def _verdicts(md: str, heading: str = "organs / finetune / 100% labels") -> dict[str, str]:
+def _column(md: str, heading: str, name: str) -> dict[str, str]:
+    """method -> its cell in column ``name`` of the methods table under ``### heading``."""
     rows = table_rows(md, heading)
     header = md.split(f"### {heading}\n", 1)[1].split("| method |", 1)[1].splitlines()[0]
-    col = [c.strip() for c in ("method |" + header).strip("|").split("|")].index("verdict")
+    col = [c.strip() for c in ("method |" + header).strip("|").split("|")].index(name)
     return {m: r[col] for m, r in rows.items()}
+
+
+def _verdicts(md: str, heading: str = "organs / finetune / 100% labels") -> dict[str, str]:
+    return _column(md, heading, "verdict")
 
 
 def _runs(rng, n_runs: int, n_cases: int = 12, sd_run: float = 0.03, shift: float = 0.0) -> np.ndarray:
@@ -804,6 +810,87 @@ def test_a_csv_published_before_the_pretraining_seed_was_recorded_imports_as_see
     assert again.read_text(encoding="utf-8") == md
 
 
+DATA_PARALLEL = ["world_size", "per_device_batch", "pretrain_world_size"]
+
+
+def test_a_data_parallel_cell_round_trips_through_the_store_and_its_published_csv(frames, tmp_path, monkeypatch):
+    """asa trained on 2 processes of batch 1 and pretrained on 2; the fixture's other cells predate the columns."""
+    monkeypatch.setattr(leaderboard.analysis, "stats", StandInStats)
+    metrics, cells = frames
+    cells = cells.copy()
+    asa = cells["cell_id"].str.startswith("asa/")
+    cells.loc[asa, DATA_PARALLEL] = [2, 1, 2]
+    store = store_of(metrics, cells, tmp_path / "a.sqlite")
+    stored = store.cells().set_index("cell_id")
+    assert (stored.loc[cells.loc[asa, "cell_id"], DATA_PARALLEL] == [2, 1, 2]).all(axis=None)
+    assert stored.loc[cells.loc[~asa, "cell_id"], DATA_PARALLEL].isna().all(axis=None)  # kept as recorded: none
+    out = tmp_path / "lb"
+    md = leaderboard.publish(SUITE, store, out, now=NOW, git=GIT, class_names=CLASS_NAMES).read_text(encoding="utf-8")
+    rows = pd.read_csv(out / "fixture.csv", dtype=str, keep_default_na=False)
+    dp = rows["method"] == "asa"
+    assert (rows.loc[dp, DATA_PARALLEL] == ["2", "1", "2"]).all(axis=None)  # counts, not 2.0
+    assert (rows.loc[~dp, DATA_PARALLEL] == "").all(axis=None)  # published as recorded, the default not written
+    fresh = ResultsStore(tmp_path / "b.sqlite")
+    import_published([out / "fixture.csv"], fresh)
+    got = fresh.cells().set_index("cell_id")
+    assert got.loc[cells.loc[asa, "cell_id"], DATA_PARALLEL].values.tolist() == [[2, 1, 2]] * int(asa.sum())
+    assert got.loc[cells.loc[~asa, "cell_id"], DATA_PARALLEL].isna().all(axis=None)
+    again = leaderboard.publish(SUITE, fresh, tmp_path / "lb2", now=NOW, git=GIT, class_names=CLASS_NAMES)
+    assert again.read_text(encoding="utf-8") == md
+    for table in (
+        "organs / finetune / 25% labels",
+        "organs / finetune / 100% labels",
+        "nodule / linear_probe / 100% labels",
+    ):
+        assert _column(md, table, "devices") == {"asa": "2×1", "mae": "1", "random": "1", "simmim3d": "1"}
+    assert "| asa | `asa0123456789` | cpu (2 cores) | 2 | 1.500 |" in md
+    assert "| mae | `mae0123456789` | cpu (2 cores) | 1 | 0.500 |" in md
+    assert "GPU h / CPU h are device-hours, wall time × processes" in md
+
+
+def test_the_devices_column_gives_a_range_where_a_methods_cells_differ(frames, monkeypatch):
+    monkeypatch.setattr(leaderboard.analysis, "stats", StandInStats)
+    metrics, cells = frames
+    cells = cells.copy().set_index("cell_id")
+    cells.loc["asa/organs/f1/s0", ["world_size", "per_device_batch"]] = [4, 1]
+    cells.loc[["asa/organs/f1/s1", "asa/organs/f1/s2"], ["world_size", "per_device_batch"]] = [1, 4]
+    cells.loc["mae/organs/f1/s0", "world_size"] = 2  # its other cell records neither: 1 process, batch unknown
+    cells.loc[cells.index.str.startswith("simmim3d/organs/f1/"), "wall_s"] = np.nan  # no time, no world size
+    md = render(metrics, cells.reset_index(), class_names=CLASS_NAMES)
+    assert _column(md, "organs / finetune / 100% labels", "devices") == {
+        "asa": "1–4×1–4",
+        "mae": "1–2",
+        "random": "1",
+        "simmim3d": "n/a",
+    }
+    assert _column(md, "organs / finetune / 25% labels", "devices") == dict.fromkeys(
+        ["asa", "mae", "random", "simmim3d"], "1"
+    )
+
+
+def test_every_published_leaderboard_csv_imports_and_reads_as_one_process_where_it_recorded_none(tmp_path):
+    """The boards in leaderboards/ were published before data-parallel training was recorded."""
+    from bench.results import world_sizes
+
+    files = sorted(
+        p for p in (Path(__file__).parents[1] / "leaderboards").glob("*.csv") if not p.name.endswith("_comparisons.csv")
+    )
+    assert files
+    store = ResultsStore(tmp_path / "published.sqlite")
+    reports = import_published(files, store)
+    assert all(r.added for r in reports)
+    cells = store.cells()
+    assert set(DATA_PARALLEL) <= set(cells.columns)
+    for pretrain, wall in ((False, "wall_s"), (True, "pretrain_wall_s")):
+        recorded = cells["pretrain_world_size" if pretrain else "world_size"]
+        n = world_sizes(cells, pretrain=pretrain)
+        timed = cells[wall].notna()
+        assert n[recorded.isna() & timed].tolist() == [1] * int((recorded.isna() & timed).sum())
+        assert n[recorded.isna() & ~timed].isna().all()
+        assert n[recorded.notna()].tolist() == recorded[recorded.notna()].astype(int).tolist()
+    assert cells["wall_s"].notna().any() and cells["pretrain_wall_s"].notna().any()
+
+
 def test_import_brings_the_predictions_file_beside_the_csv(tmp_path):
     metrics, cells, _, _ = _set_frames({"random": 0.2, "better": 1.2}, n=40)
     out = tmp_path / "lb"
@@ -871,6 +958,7 @@ def test_import_of_a_published_folder_glob_skips_the_comparisons_and_renders_the
         (lambda d: d[["suite", "value"]], "lacks the column(s) suite_version"),
         (lambda d: d.assign(value=d["value"].astype(object).where(d.index != 5, "")), "empty or non-numeric value"),
         (lambda d: d.assign(seed=d["seed"].where(d.index != 0, 7)), "disagree on its seed"),
+        (lambda d: d.assign(world_size=2.5), "world_size 2.5 is not a whole number"),
         (None, "no such file"),
     ],
 )

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 
-from bench.results import ADDED_COLUMNS, CELL_COLUMNS, ResultsStore
+import pandas as pd
+import pytest
+
+from bench.results import ADDED_COLUMNS, CELL_COLUMNS, CELLS, ResultsStore, world_sizes
 
 # the cells table as the first stores had it, before the pretraining compute columns
 OLD_CELLS = """
@@ -130,3 +133,56 @@ def test_a_cell_row_without_a_pretraining_seed_is_seed_0(tmp_path):
     )
     got = store.cells().set_index("cell_id")["pretrain_seed"].to_dict()
     assert got == {"a": 0, "b": 0, "c": 0, "d": 3}
+
+
+DATA_PARALLEL = ["world_size", "per_device_batch", "pretrain_world_size"]
+
+
+def test_store_from_before_data_parallel_training_gains_its_columns_as_null(tmp_path):
+    path = tmp_path / "results.sqlite"
+    before = ",\n    ".join(f"{c.name} {c.sql}" for c in CELLS if c.name not in DATA_PARALLEL)
+    with sqlite3.connect(path) as con:
+        con.executescript(f"CREATE TABLE cells (\n    {before}\n);\n" + OLD_CASE_METRICS)
+        con.execute(
+            "INSERT INTO cells (cell_id, config_hash, suite, suite_version, task, method, protocol, label_fraction, "
+            "draw, seed, budget, status, wall_s, pretrain_wall_s) "
+            "VALUES ('old', 'h', 's', 1, 't', 'm', 'finetune', 1.0, 0, 0, 'quick', 'complete', 12.0, 60.0)"
+        )
+    store = ResultsStore(path)
+    store.write_cell(
+        _cell("new", wall_s=6.0, gpu_hours=12 / 3600, world_size=2, per_device_batch=1, pretrain_world_size=4),
+        [{"case": "c0", "class": 1, "metric": "dice", "value": 0.5}],
+    )
+    info = {r[1]: r[2] for r in sqlite3.connect(path).execute("PRAGMA table_info(cells)")}
+    assert {c: info[c] for c in DATA_PARALLEL} == dict.fromkeys(DATA_PARALLEL, "INTEGER")
+    cells = store.cells().set_index("cell_id")
+    assert cells.loc["old", DATA_PARALLEL].isna().all()  # not rewritten: the default is applied when reading
+    assert cells.loc["new", DATA_PARALLEL].tolist() == [2, 1, 4]
+    assert world_sizes(cells).to_dict() == {"old": 1, "new": 2}
+    assert world_sizes(cells, pretrain=True).to_dict() == {"old": 1, "new": 4}
+
+
+def test_world_size_reads_as_one_process_only_where_a_cell_has_a_wall_time():
+    cells = pd.DataFrame(
+        {
+            "world_size": [None, None, 4.0],
+            "wall_s": [10.0, None, 10.0],
+            "pretrain_world_size": [None, 2.0, None],
+            "pretrain_wall_s": [None, 5.0, 3.0],
+        }
+    )
+    assert world_sizes(cells).tolist() == [1, pd.NA, 4]
+    assert world_sizes(cells, pretrain=True).tolist() == [pd.NA, 2, 1]
+    # a frame from before the columns existed at all
+    assert world_sizes(cells[["wall_s"]]).tolist() == [1, pd.NA, 1]
+
+
+def test_a_cell_rows_counts_are_stored_as_whole_numbers(tmp_path):
+    store = ResultsStore(tmp_path / "results.sqlite")
+    store.write_cell(_cell("a", world_size=2.0, per_device_batch=float("nan"), params=1000.0), [])
+    got = sqlite3.connect(store.path).execute(
+        "SELECT typeof(world_size), world_size, per_device_batch, typeof(params) FROM cells"
+    )
+    assert got.fetchall() == [("integer", 2, None, "integer")]
+    with pytest.raises(ValueError, match="world_size 2.5 is not a whole number"):
+        store.write_cell(_cell("b", world_size=2.5), [])

@@ -13,7 +13,14 @@ import pandas as pd
 
 from bench import stats
 from bench.registry import UnknownNameError
-from bench.results import CELL_INFO_COLUMNS, METRIC_COLUMNS, PRED_SCORE, PRED_TARGET, PREDICTION_METRICS
+from bench.results import (
+    CELL_INFO_COLUMNS,
+    METRIC_COLUMNS,
+    PRED_SCORE,
+    PRED_TARGET,
+    PREDICTION_METRICS,
+    world_sizes,
+)
 from bench.suites import Suite, Task
 
 KEYS = ["budget", "task", "protocol", "label_fraction"]  # one methods table per key
@@ -116,8 +123,10 @@ class MethodRow:
     cases: int
     per_class: dict[int, float]
     boundary: float  # mean NSD (segmentation) or AUPRC (set-level AUROC); NaN if none
-    gpu_hours: float
+    gpu_hours: float  # device-hours: wall time x processes, summed over the method's cells
     cpu_hours: float
+    processes: tuple[int, ...]  # the distinct world sizes of its cells (a cell from before they were recorded: 1)
+    per_device_batch: tuple[int, ...]  # the distinct per-process batches; () where a cell did not record one
     params: tuple[int, ...]
     leakage: bool
     missing: str  # "" when the method has every run and case of the table
@@ -244,8 +253,9 @@ class Pretraining:
     export: str  # the pretraining's config hash
     device: str | None
     wall_s: float | None
-    gpu_hours: float | None
+    gpu_hours: float | None  # device-hours: wall time x processes
     cpu_hours: float | None
+    processes: int | None  # 1 for a pretraining from before data-parallel training was recorded
     cells: int  # the section's cells that transferred this export
 
 
@@ -326,11 +336,17 @@ def analyse(suite: Suite, metrics: pd.DataFrame, cells: pd.DataFrame, options: O
         nsd = secondary[(secondary["metric"] == BOUNDARY_METRIC) & (secondary["class"] != OVERALL_CLASS)]
         boundary = {tuple(k): float(v) for k, v in nsd.groupby(KEYS + ["method"])["value"].mean().items()}
     cell_rows = all_rows.drop_duplicates("cell_id")
-    compute = cell_rows.groupby(KEYS + ["method"], sort=True).agg(
-        gpu_hours=("gpu_hours", lambda s: s.sum(min_count=1)),
-        cpu_hours=("cpu_hours", lambda s: s.sum(min_count=1)),
-        leakage=("leakage_override", "max"),
-        params=("params", lambda s: tuple(sorted({int(p) for p in s.dropna()}))),
+    compute = (
+        cell_rows.assign(processes=world_sizes(cell_rows))
+        .groupby(KEYS + ["method"], sort=True)
+        .agg(
+            gpu_hours=("gpu_hours", lambda s: s.sum(min_count=1)),
+            cpu_hours=("cpu_hours", lambda s: s.sum(min_count=1)),
+            processes=("processes", _distinct),
+            per_device_batch=("per_device_batch", lambda s: _distinct(s) if s.notna().all() else ()),
+            leakage=("leakage_override", "max"),
+            params=("params", _distinct),
+        )
     )
     groups = dict(iter(per_case.groupby(KEYS, sort=False)))
     sections = []
@@ -398,6 +414,10 @@ def select_rows(suite: Suite, metrics: pd.DataFrame, cells: pd.DataFrame) -> tup
     return rows[METRIC_COLUMNS + CELL_INFO_COLUMNS], ignored
 
 
+def _distinct(s: pd.Series) -> tuple[int, ...]:
+    return tuple(sorted({int(v) for v in s.dropna()}))
+
+
 def _normalise(metrics: pd.DataFrame) -> pd.DataFrame:
     metrics = metrics if "pretrain_seed" in metrics else metrics.assign(pretrain_seed=0)
     m = metrics[METRIC_COLUMNS].copy()
@@ -426,6 +446,8 @@ def _cell_info(cells: pd.DataFrame) -> pd.DataFrame:
         "pretrain_cpu_hours",
     ):
         info[c] = pd.to_numeric(info[c], errors="coerce").astype(float)
+    for c in ("world_size", "per_device_batch", "pretrain_world_size"):  # counts: published as 2, not 2.0
+        info[c] = pd.to_numeric(info[c], errors="coerce").astype("Int64")
     for c in ("git_sha", "device", "start_time", "end_time", "pretrain_hash", "pretrain_device"):
         info[c] = info[c].astype(object).where(info[c].notna(), None)
     return info
@@ -438,6 +460,7 @@ def _pretraining(cells: pd.DataFrame) -> list[Pretraining]:
     out = []
     for (method, export), g in cells.groupby(["method", "pretrain_hash"], sort=True):
         first = g.iloc[0]
+        processes = world_sizes(g.iloc[:1], pretrain=True).iloc[0]
 
         def value(c: str) -> float | None:  # called in this iteration only
             return None if pd.isna(first[c]) else float(first[c])  # noqa: B023
@@ -450,6 +473,7 @@ def _pretraining(cells: pd.DataFrame) -> list[Pretraining]:
                 value("pretrain_wall_s"),
                 value("pretrain_gpu_hours"),
                 value("pretrain_cpu_hours"),
+                None if pd.isna(processes) else int(processes),
                 len(g),
             )
         )
@@ -668,6 +692,8 @@ def _table(
                 boundary=auprc.get(method, boundary.get(key + (method,), float("nan"))),
                 gpu_hours=float(c["gpu_hours"]),
                 cpu_hours=float(c["cpu_hours"]),
+                processes=c["processes"],
+                per_device_batch=c["per_device_batch"],
                 params=c["params"],
                 leakage=bool(c["leakage"]),
                 missing=_missing(len(runs), len(all_runs), complete_cases, all_cases, data.set_level),

@@ -219,7 +219,7 @@ def _table_columns(
         head += [f"Δ vs {o.baseline}", f"{o.ci:.0%} CI", "verdict", "MDE"] + (
             ["Bayes P(worse / equiv. / better)"] if o.bayesian else []
         )
-    head += ["P(best)", "runs"] + [names.get(c, str(c)) for c in t.classes] + ["GPU h", "CPU h", "params"]
+    head += ["P(best)", "runs"] + [names.get(c, str(c)) for c in t.classes] + ["devices", "GPU h", "CPU h", "params"]
     align = (
         ["---", "---:", "---"]
         + (["---:"] if extra else [])
@@ -258,7 +258,8 @@ def _table_row(t: Table, r: MethodRow, o: Options, spec: str, has_baseline: bool
     if has_baseline:
         cells += _diff_cells(r.vs_baseline, spec, r.method == o.baseline, o)
     cells += [_num(r.p_best, ".2f"), str(r.runs)] + [_num(r.per_class.get(c, np.nan), spec) for c in t.classes]
-    cells += [_num(r.gpu_hours, ".3f"), _num(r.cpu_hours, ".3f"), _params(r.params)]
+    cells += [_devices(r.processes, r.per_device_batch), _num(r.gpu_hours, ".3f"), _num(r.cpu_hours, ".3f")]
+    cells.append(_params(r.params))
     return "| " + " | ".join(cells) + " |"
 
 
@@ -442,21 +443,25 @@ def _pretraining_md(rows: list[Pretraining]) -> list[str]:
     out = [
         "### Pretraining compute",
         "",
-        "The GPU h / CPU h columns of the tables above count the transfer cells only; cells that ran in one "
+        "The devices, GPU h and CPU h columns of the tables above count the transfer cells only. devices: "
+        "processes × per-device batch (a range where a method's cells differ; the processes alone where a cell's "
+        "batch was not recorded, and 1 process for a cell from before data-parallel training was recorded). GPU h "
+        "/ CPU h are device-hours, wall time × processes, summed over the cells; cells that ran in one "
         "command share work such as a frozen encoder's features, whose time the first cell to compute it "
         "carries (so a later cell can show almost 0). Each export below is one pretraining, transferred by the "
         "cells counted beside it whatever their task, protocol or seed:",
         "",
-        "| method | export | device | wall h | GPU h | CPU h | cells |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| method | export | device | processes | wall h | GPU h | CPU h | cells |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r.wall_s is None:
-            cost = ["none: no pretraining run by the harness (random init or an imported checkpoint)", "—", "—", "—"]
+            cost = ["none: no pretraining run by the harness (random init or an imported checkpoint)"] + ["—"] * 4
         else:
             # an export written before its device was recorded has a wall time but no GPU/CPU split
             cost = [
                 r.device or "not recorded",
+                "n/a" if r.processes is None else str(r.processes),
                 _num(r.wall_s / 3600, ".3f"),
                 _num(r.gpu_hours, ".3f"),
                 _num(r.cpu_hours, ".3f"),
@@ -465,7 +470,8 @@ def _pretraining_md(rows: list[Pretraining]) -> list[str]:
     out += [
         "",
         "wall h: the pretraining's training time (a resumed run includes the interrupted process's "
-        "time); `export` is the config hash under `runs/pretrain/<method>/`.",
+        "time); processes: how many trained it (1 for a pretraining from before data-parallel training was "
+        "recorded); GPU h / CPU h: wall h × processes; `export` is the config hash under `runs/pretrain/<method>/`.",
         "",
     ]
     return out
@@ -581,6 +587,18 @@ def _p(p: float) -> str:
 def _p_is(p: float) -> str:
     text = _p(p)
     return f"p {text[0]} {text[1:]}" if text.startswith("<") else f"p = {text}"
+
+
+def _devices(processes: tuple[int, ...], batches: tuple[int, ...]) -> str:
+    """processes × per-device batch of a method's cells, each a range where they differ (``2×1``, ``1–2×2–4``);
+    the processes alone where a cell's batch was not recorded."""
+
+    def span(xs: tuple[int, ...]) -> str:
+        return str(xs[0]) if len(xs) == 1 else f"{xs[0]}–{xs[-1]}"
+
+    if not processes:
+        return "n/a"
+    return f"{span(processes)}×{span(batches)}" if batches else span(processes)
 
 
 def _params(ps: tuple[int, ...]) -> str:
