@@ -15,9 +15,34 @@ GROUPS = {"method": "METHODS", "suite": "SUITES", "backbone": "BACKBONES", "prot
 FILE_GROUPS = {"budget": "Known budgets", "experiment": "Known experiments (conf/experiment/)"}
 
 
-def _fail(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
+def _fail(msg: str, code: int = 2) -> None:
+    from bench import distributed
+
+    w = distributed.world()
+    who = f"rank {w.rank} of {w.size}: " if w.distributed else ""
+    print(f"error: {who}{msg}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _distributed_argv(argv: list[str]) -> list[str]:
+    """Under torchrun: a sweep is refused (every process would run the whole sweep, each cell N times, none
+    data-parallel; sweep with Hydra's launchers instead, each job torchrun'ing its own processes), and only the main
+    process keeps Hydra's run folder and log."""
+    import os
+
+    from bench import distributed
+
+    if not distributed.launched():
+        return argv
+    if any(a in ("-m", "--multirun") for a in argv):
+        _fail(
+            "-m/--multirun under torchrun: each process would run the whole sweep on its own. Run one torchrun per "
+            "sweep job (e.g. a shell loop over seed=0 seed=1 ...), or sweep without torchrun"
+        )
+    if os.environ.get("RANK", "0") != "0":
+        quiet = ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none", "hydra.run.dir=."]
+        argv = [*argv, *quiet]
+    return argv
 
 
 def preflight(argv: list[str]) -> list[str]:
@@ -126,8 +151,42 @@ def bare_method_options(argv: list[str], cfg: Any = None) -> list[str]:
     return out
 
 
+def _lost_peer(e: BaseException) -> bool:
+    """An error of a collective because another process of the job stopped (killed, or failed on its own)."""
+    from torch import distributed as tdist
+
+    from bench import distributed
+
+    if not distributed.world().distributed:
+        return False
+    text = str(e).lower()
+    return isinstance(e, tdist.DistBackendError) or any(
+        k in text for k in ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out")
+    )
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """torchrun stops the other processes of a job with SIGTERM when one fails: say so in one line, not silently."""
+    import os
+
+    rank, size = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+    print(
+        f"error: rank {rank} of {size}: stopped by torchrun because another process of this job failed (torchrun's "
+        f"report below names it and its cause); rerun the same command to resume from the last checkpoint",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(128 + signum)  # no cleanup that could block on the dead peer; every file write is atomic
+
+
 def main() -> int:
-    sys.argv = [sys.argv[0]] + preflight(sys.argv[1:])
+    from bench import distributed
+
+    if distributed.launched():
+        import signal
+
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.argv = [sys.argv[0]] + _distributed_argv(preflight(sys.argv[1:]))
     import hydra
     from omegaconf import DictConfig
 
@@ -137,12 +196,23 @@ def main() -> int:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> None:
-        from bench import runner
+        from bench import distributed, runner
 
         try:
             runner.run(cfg)
         except (UserError, DataError, UnknownNameError) as e:
             _fail(str(e))
+        except RuntimeError as e:
+            if not _lost_peer(e):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            _fail(
+                f"another process of this job stopped ({first}); nothing half-written is kept: rerun the same "
+                f"command to resume from the last checkpoint (torchrun's report below names the process that failed)",
+                code=1,
+            )
+        finally:
+            distributed.shutdown()
 
     app()
     return 0

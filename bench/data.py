@@ -112,7 +112,12 @@ def random_crop(
 
 
 class PretrainDataset(Dataset):
-    """Unlabelled volumes -> method views; ``samples`` sets the epoch length (loader re-iterates)."""
+    """Unlabelled volumes -> method views; ``samples`` sets the epoch length of a plain sampler.
+
+    Item ``k`` is drawn from ``k`` and ``seed`` alone (which volume, and the method's random views), never from a
+    process's or worker's RNG, so that the shards of :class:`bench.distributed.StreamSampler` on N processes hold
+    exactly the samples one process would draw, and a resumed stream continues the same draws.
+    """
 
     def __init__(
         self,
@@ -123,16 +128,12 @@ class PretrainDataset(Dataset):
         seed: int,
     ) -> None:
         self.volumes, self.roi, self.views, self.samples, self.seed = volumes, tuple(roi), views, samples, seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return self.samples
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng(
-            [self.seed, i, torch.initial_seed() % 2**31 if info else 0, int(torch.randint(0, 2**31 - 1, (1,)))]
-        )
+        rng = np.random.default_rng([self.seed, i])
         vol = self.volumes[int(rng.integers(len(self.volumes)))]
         return self.views({"image": vol, "roi": self.roi}, rng)
 
@@ -163,9 +164,10 @@ class SegTrainDataset(Dataset):
         pos_fraction: float = 0.5,
         intensity_aug: bool = True,
         positive_crops: str = "foreground",
+        seed: int = 0,
     ) -> None:
         check_positive_crops(positive_crops)
-        self.cases, self.roi, self.samples = cases, tuple(roi), samples
+        self.cases, self.roi, self.samples, self.seed = cases, tuple(roi), samples, seed
         self.pos_fraction, self.intensity_aug = pos_fraction, intensity_aug
         # per case, the voxel groups a positive crop draws from (one group first, then a voxel); none if unlabelled
         if positive_crops == "foreground":
@@ -178,7 +180,8 @@ class SegTrainDataset(Dataset):
         return self.samples
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([i, int(torch.randint(0, 2**31 - 1, (1,)))])
+        # drawn from the key alone, as PretrainDataset's items are (data-parallel shards, exact resume)
+        rng = np.random.default_rng([self.seed, i])
         k = int(rng.integers(len(self.cases)))
         image = pad_to(self.cases[k]["image"], self.roi)
         label = pad_to(self.cases[k]["label"], self.roi)

@@ -5,6 +5,10 @@ accumulation and clipping, the NaN guard, EMA of declared (student, teacher) pai
 optimizer step, periodic checkpoints with resume on rerun, model selection on a validation score,
 a progress bar, and TensorBoard + JSONL scalars. What varies between callers is only ``step_fn``.
 
+Under ``torchrun`` (bench/distributed.py) the same loop runs data-parallel: the step runs through
+DistributedDataParallel, every collective decision (the NaN guard) is taken on the sums over the processes, each
+process keeps its own RNG stream, and only the main process writes checkpoints, scalars and the selected weights.
+
 One optimizer step (schedule, autocast, accumulation, NaN guard, clipping, optimizer step, EMA) is
 :func:`train_step`; :func:`fit` loops it and the cost tool (``bench.tools.method_cost``) times it, so the
 step that is measured is the step that trains.
@@ -18,7 +22,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import distributed
 from bench.types import StepInfo, StepOutput, temp_sibling
 
 if TYPE_CHECKING:
@@ -212,12 +217,16 @@ def ema_update(pairs: list[tuple[nn.Module, nn.Module]], momentum: float) -> Non
 
 
 class ScalarLogger:
-    """TensorBoard + JSONL scalars under the run directory."""
+    """TensorBoard + JSONL scalars under the run directory; nothing on a process other than the main one (its
+    scalars are already the global batch's, see :func:`train_step`)."""
 
     def __init__(self, run_dir: Path, prefix: str) -> None:
         self.prefix = prefix
+        self.jsonl: Any = None
+        self.tb: SummaryWriter | None = None
+        if not distributed.is_main():
+            return
         self.jsonl = open(run_dir / "scalars.jsonl", "a")
-        self.tb: SummaryWriter | None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -226,6 +235,8 @@ class ScalarLogger:
             self.tb = None
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
+        if self.jsonl is None:
+            return
         row = {"step": step, **{f"{self.prefix}/{k}": v for k, v in scalars.items()}}
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
@@ -234,7 +245,8 @@ class ScalarLogger:
                 self.tb.add_scalar(f"{self.prefix}/{k}", v, step)
 
     def close(self) -> None:
-        self.jsonl.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
 
@@ -247,9 +259,58 @@ class StepResult:
     loss: float | None = None  # mean over the micro-batches; None on a dropped step
     logs: dict[str, float] = field(default_factory=dict)  # the step's logs, mean over the micro-batches
     grad_norm: float | None = None  # total gradient norm before clipping (only when cfg.grad_clip is set)
-    samples: int = 0  # samples of the micro-batches that were backpropagated
+    samples: int = 0  # samples of the micro-batches that were backpropagated, over all processes
+    batches: int = 0  # micro-batches drawn from ``batches`` (a dropped step draws some too)
     data_wait: float = 0.0  # seconds blocked on ``batches``
     seconds: float = 0.0  # wall time from zero_grad to the optimizer step (EMA and after_step excluded)
+
+
+class _Step(nn.Module):
+    """The caller's step as a module's forward. DistributedDataParallel reduces gradients only for a forward that
+    went through it, and methods call their submodules directly, so the step itself is what DDP wraps; the method
+    never learns that it runs on several processes."""
+
+    def __init__(self, model: nn.Module, step_fn: Callable[[Any, StepInfo], StepOutput]) -> None:
+        super().__init__()
+        self.model = model
+        self.step_fn = step_fn
+
+    def forward(self, batch: Any, info: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
+        out = self.step_fn(batch, info)
+        return out.loss, dict(out.logs)  # DDP follows tensors through tuples and dicts, not through StepOutput
+
+
+def data_parallel(
+    model: nn.Module, step_fn: Callable[[Any, StepInfo], StepOutput], device: torch.device
+) -> torch.nn.parallel.DistributedDataParallel | None:
+    """``step_fn`` wrapped for DDP when this process is one of several, else None.
+
+    ``find_unused_parameters``: a method may leave heads idle for a whole phase (ASA's phase 2 has no order head),
+    which DDP must be told about; buffers (BatchNorm statistics, a teacher's copies) follow the main process's at
+    every forward, so that every process's EMA teacher stays identical."""
+    if not distributed.world().distributed:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        _Step(model, step_fn),
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True,
+    )
+
+
+def _global_step_sums(
+    loss: torch.Tensor, logs: dict[str, Any], n: int, device: torch.device
+) -> tuple[bool, int, float, dict[str, float]]:
+    """(finite on every process, samples, sample-weighted sums of the loss and logs) over the processes: one small
+    all-reduce, so that the NaN guard decides alike everywhere and the logged loss is the global batch's."""
+    finite = bool(torch.isfinite(loss.detach()))
+    keys = sorted(logs)
+    vals = [float(logs[k]) * n for k in keys] if finite else [0.0] * len(keys)
+    sums = distributed.reduce_sum([float(finite), float(n), float(loss.detach()) * n if finite else 0.0, *vals], device)
+    procs = distributed.world().size
+    total = int(sums[1])
+    return sums[0] == procs, total, sums[2], dict(zip(keys, sums[3:]))
 
 
 def train_step(
@@ -266,6 +327,7 @@ def train_step(
     ema_momentum: Callable[[float], float] | None = None,
     after_step: Callable[[StepInfo], None] | None = None,
     sync: bool = False,
+    ddp: torch.nn.parallel.DistributedDataParallel | None = None,
 ) -> StepResult:
     """One optimizer step, the ``step``-th (0-based) of ``cfg.steps``, exactly as :func:`fit` takes it.
 
@@ -279,6 +341,10 @@ def train_step(
     ``after_step(StepInfo(step + 1, cfg.steps))``. With ``sync`` the GPU is synchronised after the optimizer
     step, so that ``seconds`` is exact (benchmarks only).
 
+    With ``ddp`` (:func:`data_parallel`) the micro-batches run through it: the inner ones under ``no_sync`` (one
+    all-reduce per optimizer step), a loss non-finite on any process drops the step on all, and a process whose
+    shard is larger or smaller than the mean is weighted so that the gradient is the global batch's mean.
+
     :func:`fit` runs it in its loop, ``python -m bench.tools.method_cost`` times it per method.
     """
     info = StepInfo(step, cfg.steps)
@@ -291,21 +357,33 @@ def train_step(
     loss_sum = 0.0
     logs_sum: dict[str, float] = {}
     t_step = time.perf_counter()
-    for _ in range(cfg.accumulate):
+    for i in range(cfg.accumulate):
         t_wait = time.perf_counter()
         batch = to_device(next(batches), device)
+        res.batches += 1
         res.data_wait += time.perf_counter() - t_wait
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = step_fn(batch, info)
-        if not torch.isfinite(out.loss.detach()):
-            res.finite = False
-            optimizer.zero_grad(set_to_none=True)
-            return res
-        (out.loss / cfg.accumulate).backward()
-        loss_sum += float(out.loss.detach()) / cfg.accumulate
-        for k, v in out.logs.items():
-            logs_sum[k] = logs_sum.get(k, 0.0) + float(v) / cfg.accumulate
-        res.samples += _batch_size(batch)
+        n = _batch_size(batch)
+        inner: AbstractContextManager[Any] = (
+            ddp.no_sync() if ddp is not None and i < cfg.accumulate - 1 else nullcontext()
+        )
+        with inner:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                if ddp is None:
+                    out = step_fn(batch, info)
+                    loss, logs = out.loss, out.logs
+                else:
+                    loss, logs = ddp(batch, info)
+            finite, total, loss_n, logs_n = _global_step_sums(loss, logs, n, device)
+            if not finite:
+                res.finite = False
+                optimizer.zero_grad(set_to_none=True)
+                return res
+            weight = distributed.world().size * n / total  # 1 when the shards are equal
+            ((loss * weight if weight != 1 else loss) / cfg.accumulate).backward()
+        loss_sum += loss_n / total / cfg.accumulate
+        for k, v in logs_n.items():
+            logs_sum[k] = logs_sum.get(k, 0.0) + v / total / cfg.accumulate
+        res.samples += total
     res.loss, res.logs = loss_sum, logs_sum
     if cfg.grad_clip:
         res.grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
@@ -322,13 +400,14 @@ def train_step(
 
 @dataclass
 class _FitState:
-    """The loop's counters. The first four are what a checkpoint carries to a resumed process; the rest belong to
+    """The loop's counters. The first five are what a checkpoint carries to a resumed process; the rest belong to
     this process, so that its FitResult reports its own steps' timings."""
 
     step: int = 0
     best: float | None = None
     skipped: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    drawn: int = 0  # micro-batches drawn: where a keyed loader's stream resumes
     last_loss: float | None = None
     bad_in_a_row: int = 0
     samples: int = 0
@@ -358,8 +437,26 @@ def _resume(ckpt_path: Path, model: nn.Module, opt: torch.optim.Optimizer, devic
         model.load_state_dict(ck["model"], strict=True)
         opt.load_state_dict(ck["optimizer"])
         st.step, st.best, st.skipped, st.history = ck["step"], ck["best"], ck["skipped"], ck.get("history", [])
-        _set_rng_state(ck["rng"])
+        st.drawn = ck.get("drawn", 0)
+        w = distributed.world()
+        ranks = ck.get("rng_ranks") or [ck["rng"]]
+        if len(ranks) == w.size:
+            _set_rng_state(ranks[w.rank])  # each process continues its own stream
+        else:  # resumed on another number of processes: the main process's stream, split anew
+            _set_rng_state(ck["rng"])
+            _split_rng()
+    elif distributed.world().distributed:
+        _split_rng()
     return st
+
+
+def _split_rng() -> None:
+    """Give each process its own random stream (dropout, masks drawn in a step), derived from the seeded stream all
+    processes share, so that N processes do not repeat one draw N times. A single process keeps its stream."""
+    w = distributed.world()
+    if w.distributed:
+        base = int(torch.randint(0, 2**62, (1,)))  # the same on every process: their RNGs were seeded alike
+        seed_everything(int(np.random.SeedSequence([base, w.rank]).generate_state(1, np.uint64)[0]) % 2**63)
 
 
 def _start_clock(st: _FitState) -> None:
@@ -372,7 +469,10 @@ def _start_clock(st: _FitState) -> None:
 
 def _save_checkpoint(ckpt_path: Path, model: nn.Module, opt: torch.optim.Optimizer, st: _FitState) -> None:
     """Everything a rerun needs to continue from this step; written atomically, so that a kill mid-save leaves the
-    previous checkpoint intact."""
+    previous checkpoint intact. Every process calls it (their RNG states are gathered); the main one writes it."""
+    rngs = distributed.gather_objects(_rng_state())
+    if not distributed.is_main():
+        return
     atomic_torch_save(
         {
             "model": model.state_dict(),
@@ -381,7 +481,9 @@ def _save_checkpoint(ckpt_path: Path, model: nn.Module, opt: torch.optim.Optimiz
             "best": st.best,
             "skipped": st.skipped,
             "history": st.history + [{"wall_s": st.wall()}],
-            "rng": _rng_state(),
+            "drawn": st.drawn,
+            "rng": rngs[0],
+            **({"rng_ranks": rngs} if len(rngs) > 1 else {}),
         },
         ckpt_path,
     )
@@ -391,7 +493,8 @@ def _progress_bar(cfg: TrainConfig, step: int, desc: str, progress: bool) -> Any
     """A bar that starts at the resumed step, so that a resumed run shows its progress through the whole run."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=cfg.steps, initial=step, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
+    show = progress and distributed.is_main()  # one bar per job, not one per process
+    return tqdm(total=cfg.steps, initial=step, desc=desc, disable=not show, unit="step", dynamic_ncols=True)
 
 
 def _nan_guard(st: _FitState, cfg: TrainConfig, desc: str, bar: Any, logger: ScalarLogger) -> None:
@@ -433,8 +536,12 @@ def _select_on_val(
     logger: ScalarLogger,
     run_dir: Path,
 ) -> None:
-    """Model selection: keep the weights with the best val score on disk, so that selection survives a resume."""
+    """Model selection: keep the weights with the best val score on disk, so that selection survives a resume.
+    Only the main process evaluates (the others wait for it at their next collective); the score lives in its
+    checkpoint and the weights in ``best.pt``, which every process loads at the end."""
     if eval_fn is not None and cfg.eval_every and (st.step % cfg.eval_every == 0 or st.step == cfg.steps):
+        if not distributed.is_main():
+            return
         model.eval()
         score = float(eval_fn())
         model.train()
@@ -456,6 +563,7 @@ def _finish(
     """Hand back the selected weights (not the last ones) in eval mode, which is what every caller evaluates."""
     bar.close()
     logger.close()
+    distributed.barrier()  # best.pt is written by the main process
     if eval_fn is not None and (run_dir / BEST).is_file():
         model.load_state_dict(torch.load(run_dir / BEST, map_location=device, weights_only=True), strict=True)
     model.eval()
@@ -497,15 +605,20 @@ def fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     ema_pairs = ema_pairs or []
     _check_ema_targets(ema_pairs)
+    distributed.sync_batchnorm(model, device)  # converts in place below the root: ema_pairs stay valid
     model.to(device)
     opt = build_optimizer(param_groups, cfg, device)
     base_lrs = [g["lr"] for g in opt.param_groups]  # the config's rates, before a checkpoint's are loaded
     st = _resume(run_dir / CKPT, model, opt, device)
+    resume_stream = getattr(getattr(loader, "sampler", None), "start_at", None)
+    if resume_stream is not None:
+        resume_stream(st.drawn)
     logger = ScalarLogger(run_dir, log_prefix)
     data = infinite(loader)
     _start_clock(st)
     if cfg.compile and device.type == "cuda":
         step_fn = torch.compile(step_fn)
+    ddp = data_parallel(model, step_fn, device)
     bar = _progress_bar(cfg, st.step, desc, progress)
     model.train()
     while st.step < cfg.steps:
@@ -522,8 +635,10 @@ def fit(
             ema_momentum=ema_momentum,
             after_step=after_step,
             sync=timing,
+            ddp=ddp,
         )
         st.samples += res.samples
+        st.drawn += res.batches
         if not res.finite:
             _nan_guard(st, cfg, desc, bar, logger)  # the step's gradients were dropped: retry the same step
             continue

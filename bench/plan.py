@@ -17,6 +17,7 @@ from typing import Any, cast
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bench import distributed
 from bench.engine import pick_device
 from bench.protocols.base import protocol_values, resolve_protocol
 from bench.registry import DATASETS, METHODS, PROTOCOLS, SUITES
@@ -173,7 +174,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         transfer_steps=min(budget.transfer.steps, caps.get("transfer_steps") or 10**12),
         transfer_batch=budget.transfer.get(f"batch_size{suffix}", budget.transfer.batch_size),
         num_workers=int(budget.num_workers),
-        device=pick_device(cfg.device),
+        device=_device(cfg),
         runs_dir=Path(cfg.runs_dir),
         store=store,
         data_root=cfg.data.root,
@@ -192,6 +193,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         preprocessing=suite_preprocessing(suite, cfg.suite.get("preprocessing")),
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
     )
+    _check_world(plan, suffix)
     if cfg.get("stage") != "leaderboard":
         try:  # the method's options, before any data generation (else a typo surfaces only at pretraining)
             METHODS.get(plan.method).make_config(plan.method_cfg)
@@ -199,6 +201,25 @@ def make_plan(cfg: DictConfig) -> Plan:
             raise UserError(f"method {plan.method}: {e}") from None
         _check_protocol_options(plan)
     return plan
+
+
+def _device(cfg: DictConfig) -> torch.device:
+    """The configured device; under torchrun, this process's GPU (``cuda:LOCAL_RANK``) in its joined process
+    group."""
+    try:
+        return distributed.init(pick_device(cfg.device))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _check_world(plan: Plan, suffix: str) -> None:
+    """Batch sizes are global: under torchrun each must split evenly among the processes, refused by its option's
+    name before any work (an uneven split would weight samples unequally)."""
+    for stage, batch in (("pretrain", plan.pretrain_batch), ("transfer", plan.transfer_batch)):
+        try:
+            distributed.per_device(int(batch), f"budget.{stage}.batch_size{suffix}")
+        except ValueError as e:
+            raise UserError(str(e)) from None
 
 
 def _check_scalars(cfg: DictConfig) -> None:

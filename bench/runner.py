@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from bench import leakage
+from bench import distributed, leakage
 from bench.backbones import build_backbone
 from bench.data import PretrainDataset, Preprocess, PreprocessedCache, match_channels
 from bench.engine import earlier_wall, fit, schedule_config, seed_everything
@@ -52,6 +52,20 @@ def device_name(device: torch.device) -> str:
 
 def dataset(plan: Plan, name: str):
     return DATASETS.get(name)(root=plan.data_root, cache_dir=plan.cache_dir)
+
+
+def prepared(plan: Plan, name: str):
+    """The dataset, generated or indexed once: under torchrun by the main process first, then read by the others."""
+    ds = dataset(plan, name)
+    with distributed.main_first():
+        ds.prepare(progress=plan.progress and distributed.is_main())
+    return ds
+
+
+def say(msg: str) -> None:
+    """A stage's message, once per job (from the main process)."""
+    if distributed.is_main():
+        print(msg)
 
 
 def split_hash(dataset_name: str) -> str:
@@ -116,13 +130,13 @@ def corpus_hashes(plan: Plan, run_dir: Path, method_pretrains: bool) -> set[str]
         return set(json.loads(path.read_text()))
     hashes: set[str] = set()
     if method_pretrains:
-        ds = dataset(plan, plan.suite.pretrain_dataset)
-        ds.prepare(progress=plan.progress)
+        ds = prepared(plan, plan.suite.pretrain_dataset)
         cache = hash_cache(plan)
         hashes = set(leakage.split_hashes(ds, plan.suite.pretrain_splits, cache))
         cache.save()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(sorted(hashes)))
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(sorted(hashes)))
     return hashes
 
 
@@ -132,8 +146,7 @@ def check_leakage(plan: Plan, corpus: set[str], tasks, memo: dict[str, dict[str,
     cache = hash_cache(plan)
     for task in tasks:
         if task.dataset not in memo:
-            ds = dataset(plan, task.dataset)
-            ds.prepare(progress=plan.progress)
+            ds = prepared(plan, task.dataset)
             declared = load_split_file(getattr(ds, "split_name", None) or task.dataset)
             splits = [s for s in ("val", "test") if s in declared]
             memo[task.dataset] = leakage.split_hashes(ds, splits, cache)
@@ -163,7 +176,7 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
     run_dir = plan.runs_dir / "pretrain" / plan.method / h
     export = run_dir / "export.pt"
     if export.is_file():
-        print(f"[pretrain] {plan.method}: cached export {export}")
+        say(f"[pretrain] {plan.method}: cached export {export}")
         check_leakage(plan, corpus_hashes(plan, run_dir, method_cls_pretrains(plan)), plan.suite.tasks, {})
         return export, h
     seed_everything(plan.pretrain_seed)
@@ -175,8 +188,10 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
         encoder = None if method.pretrains else method.export_encoder()
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
+    main = distributed.is_main()  # the one process that writes; the others train alongside it
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(ident, indent=1, default=str))
+    if main:
+        (run_dir / "config.json").write_text(json.dumps(ident, indent=1, default=str))
     meta = {
         "method": plan.method,
         "config_hash": h,
@@ -184,39 +199,51 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
         "corpus": plan.suite.pretrain_dataset,
         "device": device_name(plan.device),
         "device_type": plan.device.type,
+        "world_size": distributed.world().size,
         "corpus_split_hash": ident["corpus_split_hash"],
         "preprocess": ident["preprocess"],
         **({"method_identity": ident["method_identity"]} if "method_identity" in ident else {}),
     }
     if encoder is not None:
         corpus_hashes(plan, run_dir, False)
-        save_export(encoder, export, meta | {"pretrain_steps": 0}, extras=method.export_extras())
+        if main:
+            save_export(encoder, export, meta | {"pretrain_steps": 0}, extras=method.export_extras())
+        distributed.barrier()  # the export exists before any process reads it
         return export, h
     volumes, hashes = load_corpus(plan, backbone.in_channels)
     # fail before hours of pretraining, not after
     check_leakage(plan, hashes, plan.suite.tasks, {})
-    (run_dir / CORPUS_HASHES).write_text(json.dumps(sorted(hashes)))
+    if main:
+        (run_dir / CORPUS_HASHES).write_text(json.dumps(sorted(hashes)))
     res = train_method(plan, method, volumes, run_dir)
-    save_export(
-        method.export_encoder(),
-        export,
-        meta | {"pretrain_steps": res.steps, "wall_s": res.wall_s, "final_loss": res.last_loss},
-        extras=method.export_extras(),
-    )
-    (run_dir / "last.ckpt").unlink(missing_ok=True)  # the export is the product; keep the disk small
+    if main:
+        save_export(
+            method.export_encoder(),
+            export,
+            meta | {"pretrain_steps": res.steps, "wall_s": res.wall_s, "final_loss": res.last_loss},
+            extras=method.export_extras(),
+        )
+        (run_dir / "last.ckpt").unlink(missing_ok=True)  # the export is the product; keep the disk small
+    distributed.barrier()
     return export, h
 
 
 def load_corpus(plan: Plan, in_channels: int) -> tuple[list[Any], set[str]]:
-    """The pretraining corpus, preprocessed (from the disk cache where it can be), and its content hashes."""
-    ds = dataset(plan, plan.suite.pretrain_dataset)
-    ds.prepare(progress=plan.progress)
+    """The pretraining corpus, preprocessed (from the disk cache where it can be), and its content hashes. Under
+    torchrun the main process fills the caches first and the others read them."""
+    with distributed.main_first():
+        return _load_corpus(plan, in_channels)
+
+
+def _load_corpus(plan: Plan, in_channels: int) -> tuple[list[Any], set[str]]:
+    ds = prepared(plan, plan.suite.pretrain_dataset)
     pp = suite_preprocess(plan)
     volumes, hashes, cache, disk = [], set(), hash_cache(plan), preprocessed_cache(plan)
     records = [rec for split in plan.suite.pretrain_splits for rec in ds.records(split)]
     from tqdm.auto import tqdm
 
-    for rec in tqdm(records, desc=f"load {plan.suite.pretrain_dataset}", disable=not plan.progress, unit="vol"):
+    show = plan.progress and distributed.is_main()
+    for rec in tqdm(records, desc=f"load {plan.suite.pretrain_dataset}", disable=not show, unit="vol"):
         # one read serves both the content hash and the preprocessing when either is not cached yet
         entry = disk.entry(ds.registry_name, rec, pp)
         cached = entry is not None and (entry / "meta.json").is_file() and cache.known(rec)
@@ -235,11 +262,13 @@ def load_corpus(plan: Plan, in_channels: int) -> tuple[list[Any], set[str]]:
 
 def train_method(plan: Plan, method: Any, volumes: list[Any], run_dir: Path) -> Any:
     """The engine's one loop over the method's views of the corpus, on the method's optimiser recipe."""
-    loader = torch.utils.data.DataLoader(
+    # the budget's batch is the global batch: under torchrun each process draws its shard of it
+    loader = distributed.loader(
         PretrainDataset(
             volumes, plan.roi, method.views, samples=max(plan.pretrain_batch * 50, 1), seed=plan.pretrain_seed
         ),
-        batch_size=plan.pretrain_batch,
+        plan.pretrain_batch,
+        "budget.pretrain.batch_size",
         num_workers=plan.num_workers,
         pin_memory=plan.device.type == "cuda",
         persistent_workers=plan.num_workers > 0,
@@ -303,7 +332,7 @@ def transfer_cells(plan: Plan) -> list[Cell]:
             )
     for protocol, seeds in repeats.items():
         rest = ", ".join(map(str, sorted(seeds)))
-        print(
+        say(
             f"[transfer] {protocol} is deterministic given the encoder: seeds {plan.seeds[0]}, {rest} are one run, "
             f"run once at seed {plan.seeds[0]} (pretraining seed {plan.pretrain_seed}); seeds {rest} are not run "
             f"again"
@@ -333,13 +362,17 @@ def pretrain_compute(meta: dict[str, Any]) -> dict[str, Any]:
             "pretrain_wall_s": None,
             "pretrain_gpu_hours": None,
             "pretrain_cpu_hours": None,
+            "pretrain_world_size": None,
         }
     wall, kind = float(meta["wall_s"]), meta.get("device_type")
+    procs = int(meta.get("world_size", 1))  # an export from before data parallelism ran on one process
+    hours = wall * procs / 3600  # device-hours: every process held its device for the whole wall time
     return {
         "pretrain_device": meta.get("device"),
         "pretrain_wall_s": wall,
-        "pretrain_gpu_hours": None if kind is None else (wall / 3600 if kind == "cuda" else 0.0),
-        "pretrain_cpu_hours": None if kind is None else (0.0 if kind == "cuda" else wall / 3600),
+        "pretrain_gpu_hours": None if kind is None else (hours if kind == "cuda" else 0.0),
+        "pretrain_cpu_hours": None if kind is None else (0.0 if kind == "cuda" else hours),
+        "pretrain_world_size": procs,
     }
 
 
@@ -362,11 +395,11 @@ def transfer(plan: Plan, export: Path, pretrain_hash: str) -> list[dict[str, Any
         h = config_hash(ident)
         cid = cell_id(plan, cell)
         if plan.store.is_complete(cid, h):
-            print(f"[transfer] skip {cid}: complete with config {h}")
+            say(f"[transfer] skip {cid}: complete with config {h}")
             continue
         same = deterministic_repeat(plan, cell, ident, proto_cls)
         if same is not None:
-            print(
+            say(
                 f"[transfer] skip {cid}: {cell.protocol} is deterministic given the encoder; it is the run stored "
                 f"as {same}"
             )
@@ -388,7 +421,9 @@ def transfer(plan: Plan, export: Path, pretrain_hash: str) -> list[dict[str, Any
             "leakage_override": int(bool(leaked)),
             **pretrain_cost,
         }
-        store_cell(plan, row, result, run_dir)
+        if distributed.is_main():
+            store_cell(plan, row, result, run_dir)
+        distributed.barrier()  # every process sees the cell complete before it looks at the next
         done.append(row)
     return done
 
@@ -416,11 +451,11 @@ def run_cell(
     plan: Plan, cell: Cell, protocol: Any, ident: dict[str, Any], run_dir: Path, export: Path, cache: dict[str, Any]
 ) -> tuple[dict[str, Any], Any]:
     """One transfer run in its own directory; returns the cell's row (less its ids) and the protocol's result."""
-    ds = dataset(plan, cell.task.dataset)
-    ds.prepare(progress=plan.progress)
+    ds = prepared(plan, cell.task.dataset)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(plan.config_yaml)
-    (run_dir / "cell.json").write_text(json.dumps(ident, indent=1, default=str))
+    if distributed.is_main():
+        (run_dir / "config.yaml").write_text(plan.config_yaml)
+        (run_dir / "cell.json").write_text(json.dumps(ident, indent=1, default=str))
     seed_everything(cell.seed)
     if plan.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(plan.device)
@@ -449,6 +484,8 @@ def run_cell(
         raise UserError(f"{cell_id(plan, cell)}: {e}") from None
     wall = time.time() - t0 + sum(earlier)
     on_gpu = plan.device.type == "cuda"
+    procs = distributed.world().size
+    hours = wall * procs / 3600  # device-hours: every process held its device for the whole wall time
     peak = torch.cuda.max_memory_allocated(plan.device) / 2**20 if on_gpu else None
     row = {
         "suite": plan.suite.name,
@@ -467,8 +504,10 @@ def run_cell(
         "end_time": dt.datetime.now(dt.UTC).isoformat(),
         "device": device_name(plan.device),
         "wall_s": wall,
-        "gpu_hours": wall / 3600 if on_gpu else 0.0,
-        "cpu_hours": 0.0 if on_gpu else wall / 3600,
+        "gpu_hours": hours if on_gpu else 0.0,
+        "cpu_hours": 0.0 if on_gpu else hours,
+        "world_size": procs,
+        "per_device_batch": plan.transfer_batch // procs,
         "peak_memory_mb": peak,
         "params": result.params,
         "run_dir": str(run_dir),
@@ -483,7 +522,7 @@ def store_cell(plan: Plan, row: dict[str, Any], result: Any, run_dir: Path) -> N
     (run_dir / "metrics.json").write_text(json.dumps({"summary": result.summary, "cell": row}, indent=1))
     pd.DataFrame(result.rows).to_csv(run_dir / "per_case.csv", index=False)
     plan.store.write_cell(row, result.rows)
-    print(f"[transfer] {row['cell_id']}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items()))
+    say(f"[transfer] {row['cell_id']}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items()))
 
 
 def run(cfg: DictConfig) -> None:
@@ -497,23 +536,22 @@ def run(cfg: DictConfig) -> None:
         names = {t.dataset for t in plan.suite.tasks if plan.task in (None, t.name)}
         problems = []
         for name in sorted(names):
-            ds = dataset(plan, name)
-            ds.prepare(progress=plan.progress)
+            ds = prepared(plan, name)
             problems += ds.validate()
         if problems:
             raise UserError(f"{len(problems)} data problem(s): " + " | ".join(problems))
         if stage == "validate":
-            print(f"[validate] {plan.suite.name}: all files of {', '.join(sorted(names))} passed")
+            say(f"[validate] {plan.suite.name}: all files of {', '.join(sorted(names))} passed")
             return
     if stage in ("all", "pretrain", "transfer"):
         # one pretraining per pipeline run: the plan's, or with pretrain_seed=tied one per transfer seed
         for pipeline in pipeline_plans(plan):
             if plan.tied_pretrain_seed:
-                print(f"[pipeline] pretraining seed {pipeline.pretrain_seed}, transfer seed {pipeline.seeds[0]}")
+                say(f"[pipeline] pretraining seed {pipeline.pretrain_seed}, transfer seed {pipeline.seeds[0]}")
             export, h = pretrain(pipeline)
             if stage in ("all", "transfer"):
                 transfer(pipeline, export, h)
-    if stage in ("all", "transfer", "leaderboard"):
+    if stage in ("all", "transfer", "leaderboard") and distributed.is_main():
         from bench import leaderboard
 
         # one analysis per run (its bootstraps are the slow part): the published board, else the working copy

@@ -42,6 +42,9 @@ Recipe ([P] paper, [V] official code ``jlianglab/ACE``, [I] harness choice):
 - Teacher [V]: EMA copy of backbone, DINO head and dense head (momentum cosine 0.996 -> 1), no gradient, exported
   (``export_encoder``). The teacher backbone runs in eval mode (the code's teacher has no stochastic depth), its
   heads in train mode (the code never switches the teacher to eval, so its BatchNorm uses batch statistics).
+- Data-parallel (torchrun): the centre is averaged over the processes' batches (as DINO's code all-reduces it); the
+  heads' BatchNorm is synchronised over processes on CUDA (SyncBatchNorm, as DINO's code converts it) and per process
+  on the CPU, where PyTorch has no SyncBatchNorm kernel.
 - ``freeze_last_layer`` [V/I]: the code freezes the DINO head's last layer for epoch 0 of 302; here the gradient of
   the student's last layer is zeroed while training progress < ``freeze_last_layer`` (default 1/302).
 - Optimiser [V] (conf/method/ace.yaml): AdamW lr 5e-4 x batch/256, wd 0.04 (the code's cosine 0.04 -> 0.4 wd
@@ -60,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import distributed
 from bench.registry import METHODS
 from methods.base import PretrainMethod, StepInfo, StepOutput, make_teacher
 
@@ -427,6 +431,7 @@ class ACE(PretrainMethod):
         if self.training:
             with torch.no_grad():
                 batch_center = torch.cat([h_t, h_non]).float().mean(0, keepdim=True)
+                distributed.mean_(batch_center)  # the global batch's centre on every process, as DINO's code does
                 self.center.mul_(cfg.center_momentum).add_(batch_center, alpha=1 - cfg.center_momentum)
         return StepOutput(
             loss,

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import metrics
+from bench import distributed, metrics
 from bench.data import preprocess, subsample
 from bench.protocols.base import Protocol, ProtocolResult, TransferContext, register_protocol
 from bench.protocols.classification import prediction_rows
@@ -306,6 +306,9 @@ class _Batches(torch.utils.data.IterableDataset):
     ) -> None:
         self.data, self.idx, self.batch, self.seed = data, torch.tensor(idx, dtype=torch.long), batch, seed
         self.grid, self.nb, self.augment = grid, nb, augment
+        procs = distributed.world().size
+        if min(batch, len(idx)) < procs:
+            raise ValueError(f"a batch of {min(batch, len(idx))} slice(s) cannot be shared by {procs} processes")
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed)
@@ -331,7 +334,8 @@ class _Batches(torch.utils.data.IterableDataset):
                     out["cell"] = torch.tensor(
                         [lesion_cell(d.locs[i], self.grid) for i in ids.tolist()], dtype=torch.long
                     )
-                yield out
+                part = distributed.shard(bs)  # under torchrun: this process's shard of the global batch
+                yield {k: v[part] for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------------------------------- protocol
@@ -382,7 +386,8 @@ class LLSTwoStage(Protocol):
         self._stage1(ctx, model, train, keep, heads, s1, val_score)
         self._stage2(ctx, model, train, keep, heads, s2, val_score, grid, size)
         wall = time.time() - t0
-        rows = _test_rows(ctx, model, test, cfg.main_phase, grid)
+        # under torchrun the main process tests and stores; the others return no rows
+        rows = _test_rows(ctx, model, test, cfg.main_phase, grid) if distributed.is_main() else []
         n = sum(q.numel() for q in model.parameters())
         return ProtocolResult(
             rows,

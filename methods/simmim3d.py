@@ -2,7 +2,9 @@
 
 Recipe (shared/METHODS.md §2):
 - random blocks of ``mask_patch``^3 voxels are masked at ratio ``mask_ratio`` (0.5, ASA paper), exactly
-  ceil(ratio * n_blocks) per sample, drawn independently per sample;
+  ceil(ratio * n_blocks) per sample, drawn independently per sample on the data side (``views``), as SimMIM's
+  ``MaskGenerator`` is part of its data transform: a sample's mask goes with the sample, whichever process of a
+  data-parallel job trains on it;
 - after the patch embedding the masked tokens are replaced by a learned ``mask_token``
   (trunc-normal std 0.02, no weight decay), as in SimMIM and ASA's ``SwinTransformer_MIM``;
 - the full Swin UNETR CNN decoder + a 1-channel conv reconstructs the voxels;
@@ -23,8 +25,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,23 +36,13 @@ from bench.registry import METHODS
 from methods.base import PretrainMethod, StepInfo, StepOutput
 
 
-def block_mask(
-    batch: int,
-    spatial: tuple[int, ...],
-    block: int,
-    ratio: float,
-    generator: torch.Generator | None = None,
-    device: torch.device | None = None,
-) -> torch.Tensor:
-    """Boolean [B, *spatial/block] grid with exactly ceil(ratio * n) True cells per sample."""
+def block_mask(spatial: tuple[int, ...], block: int, ratio: float, rng: np.random.Generator) -> torch.Tensor:
+    """Boolean [*spatial/block] grid of one sample with exactly ceil(ratio * n) True cells, uniformly placed."""
     grid = [s // block for s in spatial]
     n = math.prod(grid)
-    k = math.ceil(ratio * n)
-    scores = torch.rand(batch, n, generator=generator, device=device)
-    idx = scores.argsort(dim=1)[:, :k]
-    m = torch.zeros(batch, n, dtype=torch.bool, device=device)
-    m.scatter_(1, idx, True)
-    return m.view(batch, *grid)
+    m = np.zeros(n, dtype=bool)
+    m[rng.permutation(n)[: math.ceil(ratio * n)]] = True
+    return torch.from_numpy(m.reshape(grid))
 
 
 def upsample_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
@@ -77,13 +70,19 @@ class SimMIM3D(PretrainMethod):
         self.head = nn.Conv3d(backbone.decoder_channels, backbone.in_channels, kernel_size=1)
         self.patch = 2  # Swin UNETR patch size: one token per 2^3 voxels
 
+    def views(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """One random ROI crop and its block mask."""
+        out = super().views(sample, rng)
+        spatial = tuple(out["image"].shape[1:])
+        if any(s % self.cfg.mask_patch for s in spatial):
+            raise ValueError(f"simmim3d: ROI {spatial} must be divisible by mask_patch={self.cfg.mask_patch}")
+        return out | {"mask": block_mask(spatial, self.cfg.mask_patch, self.cfg.mask_ratio, rng)}
+
     def training_step(self, batch: dict[str, torch.Tensor], step: StepInfo) -> StepOutput:
         x = batch["image"]
-        b, c, *spatial = x.shape
+        c = x.shape[1]
         cfg = self.cfg
-        if any(s % cfg.mask_patch for s in spatial):
-            raise ValueError(f"simmim3d: ROI {spatial} must be divisible by mask_patch={cfg.mask_patch}")
-        blocks = block_mask(b, tuple(spatial), cfg.mask_patch, cfg.mask_ratio, device=x.device)
+        blocks = batch["mask"]
         token_mask = upsample_mask(blocks, cfg.mask_patch // self.patch)[:, None].to(x.dtype)
         voxel_mask = upsample_mask(blocks, cfg.mask_patch)[:, None].to(x.dtype)
         x_in = x if cfg.leak_stem else x * (1 - voxel_mask)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import metrics
+from bench import distributed, metrics
 from bench.backbones import Backbone
 from bench.data import subsample
 from bench.engine import TrainConfig, fit
@@ -141,13 +141,16 @@ def inference_batch(ctx: TransferContext) -> int:
 
 @torch.no_grad()
 def encode(backbone: Backbone, images: torch.Tensor, device: torch.device, batch: int = 32) -> torch.Tensor:
+    """Pooled features of ``images``, in order; under torchrun each process encodes its shard and all gather."""
     backbone.eval().to(device)
+    mine = images[distributed.shard(len(images))]
     out = []
-    for i in range(0, len(images), batch):
-        x = images[i : i + batch].to(device)
+    for i in range(0, len(mine), batch):
+        x = mine[i : i + batch].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out.append(backbone.pooled(x).float().cpu())
-    return torch.cat(out)
+    parts = distributed.gather_objects(torch.cat(out) if out else None)  # None: more processes than images
+    return torch.cat([p for p in parts if p is not None])
 
 
 def cached_features(ctx: TransferContext, backbone: Backbone, split: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
@@ -227,10 +230,17 @@ def loss_fn(space: LabelSpace):
 
 
 class _Sampler(torch.utils.data.IterableDataset):
-    """Endless shuffled mini-batches of (x, y) tensors; the engine draws ``steps`` of them."""
+    """Endless shuffled mini-batches of (x, y) tensors; the engine draws ``steps`` of them.
+
+    Under torchrun every process draws the same global batches (same seed, same augmentation draws) and keeps its
+    shard of each (:func:`bench.distributed.shard`), so the processes together train on the one process's batches.
+    """
 
     def __init__(self, x: torch.Tensor, y: np.ndarray, batch: int, seed: int, augment: bool = False) -> None:
         self.x, self.y, self.batch, self.seed, self.augment = x, torch.from_numpy(np.asarray(y)), batch, seed, augment
+        procs = distributed.world().size
+        if min(batch, len(x)) < procs:
+            raise ValueError(f"a batch of {min(batch, len(x))} training image(s) cannot be shared by {procs} processes")
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed)
@@ -244,7 +254,8 @@ class _Sampler(torch.utils.data.IterableDataset):
                 x = self.x[idx]
                 if self.augment:
                     x = _augment(x, g)
-                yield {"x": x, "y": self.y[idx]}
+                part = distributed.shard(len(idx))
+                yield {"x": x[part], "y": self.y[idx][part]}
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -465,7 +476,8 @@ class Finetune(Protocol):
             progress=ctx.progress,
         )
         wall = time.time() - t0
-        rows = result_rows(predict(test.images), test.targets, space, ids=test.ids)
+        # under torchrun the main process tests and stores; the others return no rows
+        rows = result_rows(predict(test.images), test.targets, space, ids=test.ids) if distributed.is_main() else []
         n = sum(p.numel() for p in model.parameters())
         return ProtocolResult(rows, summary_of(rows), train_wall_s=wall, params=n, trainable_params=n)
 

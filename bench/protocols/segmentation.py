@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 
+from bench import distributed
 from bench.data import SegTrainDataset, check_positive_crops, subsample
 from bench.engine import TrainConfig, fit
 from bench.export import load_export
@@ -154,10 +155,13 @@ class _Segmentation(Protocol):
     def _test_rows(
         self, ctx: TransferContext, model: SegmentationModel, test: list[dict[str, Any]], fg: list[int]
     ) -> list[dict[str, Any]]:
-        """Per-case, per-class rows, so that the leaderboard can pair methods on the same cases."""
+        """Per-case, per-class rows, so that the leaderboard can pair methods on the same cases. Under torchrun the
+        main process evaluates and the others return no rows (they store nothing)."""
         from bench import metrics
 
-        rows = []
+        rows: list[dict[str, Any]] = []
+        if not distributed.is_main():
+            return rows
         for case in test:
             pred = _segment(model, case, ctx, self.cfg)
             for r in metrics.segmentation_case_metrics(
@@ -177,11 +181,14 @@ def _splits(ctx: TransferContext) -> tuple[list[dict[str, Any]], list[dict[str, 
 def _train_loader(
     ctx: TransferContext, train: list[dict[str, Any]], positive_crops: str
 ) -> torch.utils.data.DataLoader:
-    """Random crops, 50 batches an epoch: ``fit`` cycles the loader endlessly, so the epoch length does not bound
-    training (the budget's steps do)."""
-    return torch.utils.data.DataLoader(
-        SegTrainDataset(train, ctx.roi, samples=max(ctx.batch_size * 50, 1), positive_crops=positive_crops),
-        batch_size=ctx.batch_size,
+    """An endless stream of random crops drawn from the cell's seed; under torchrun each process takes its shard of
+    every global batch."""
+    return distributed.loader(
+        SegTrainDataset(
+            train, ctx.roi, samples=max(ctx.batch_size * 50, 1), positive_crops=positive_crops, seed=ctx.cell.seed
+        ),
+        ctx.batch_size,
+        "budget.transfer.batch_size",
         num_workers=ctx.num_workers,
         pin_memory=ctx.device.type == "cuda",
         persistent_workers=ctx.num_workers > 0,
