@@ -1,20 +1,29 @@
-"""Results store: one SQLite file by default (``runs/results.sqlite``).
+"""Results store: one SQLite file by default (``runs/results.sqlite``), or a PostgreSQL database
+(``results.url=postgresql://user@host:port/db``), both through SQLAlchemy Core.
 
 A cell's row and all its per-case metrics are written in one transaction, so a crashed cell leaves
-nothing a leaderboard would read. A cell already complete with the same config hash is skipped.
+nothing a leaderboard would read. A cell already complete with the same config hash is written once: a second
+write of it is a no-op (see :class:`ResultsStore`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
 
 
 @dataclass(frozen=True)
@@ -23,7 +32,7 @@ class Column:
     and every list of column names are made."""
 
     name: str
-    sql: str  # SQLite type and constraints
+    sql: str  # TEXT, INTEGER or REAL, then [PRIMARY KEY] [NOT NULL] [DEFAULT x]: SQLite's type and constraints
     identity: bool = False  # names the cell: published with every metric row, part of METRIC_COLUMNS
     info: bool = False  # the cell's provenance, published with every row (CELL_INFO_COLUMNS)
     # added after the first stores were written: an older store gains it when opened, NULL in its rows unless the
@@ -87,17 +96,6 @@ REQUIRED = ["cell_id"] + [
     c.name for c in CELLS if "NOT NULL" in c.sql and c.name != "status" and "DEFAULT" not in c.sql
 ]
 
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS cells (\n    " + ",\n    ".join(f"{c.name} {c.sql}" for c in CELLS) + "\n);\n"
-    """CREATE TABLE IF NOT EXISTS case_metrics (
-    cell_id TEXT NOT NULL REFERENCES cells(cell_id) ON DELETE CASCADE,
-    case_id TEXT NOT NULL, class INTEGER NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL,
-    PRIMARY KEY (cell_id, case_id, class, metric)
-);
-CREATE INDEX IF NOT EXISTS cells_suite ON cells(suite, suite_version);
-"""
-)
-
 # Per-image rows a set-level classification cell stores beside its AUROC rows: case = image id, class = the
 # dataset's class index, value = the predicted probability / the 0-1 label. With them a leaderboard bootstraps
 # the test images (a set-level AUROC alone is one number per cell, with no spread to bootstrap).
@@ -141,26 +139,169 @@ def world_sizes(cells: pd.DataFrame, *, pretrain: bool = False) -> pd.Series:
     return n.fillna(one).astype("Int64")
 
 
+# ------------------------------------------------------------------------------------ the store's tables
+
+_SQL = re.compile(r"(?P<type>TEXT|INTEGER|REAL)(?P<pk> PRIMARY KEY)?(?P<nn> NOT NULL)?(?: DEFAULT (?P<default>\S+))?")
+# SQLite keeps the affinities it always had (so a new store's file is laid out as before); PostgreSQL gets 64-bit
+# integers (a model's parameter count) and double precision (its REAL is 4 bytes)
+_TYPES: dict[str, Any] = {
+    "TEXT": sa.Text(),
+    "INTEGER": sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+    "REAL": sa.Double().with_variant(sa.REAL(), "sqlite"),
+}
+
+
+def _column(c: Column) -> sa.Column:
+    """The SQLAlchemy column of a ``cells`` column, read from its SQL declaration (the one definition)."""
+    m = _SQL.fullmatch(c.sql)
+    if m is None:
+        raise ValueError(f"cells column {c.name}: unsupported declaration {c.sql!r}")
+    default = m["default"]
+    return sa.Column(
+        c.name,
+        _TYPES[m["type"]],
+        primary_key=bool(m["pk"]),
+        nullable=not (m["nn"] or m["pk"]),
+        server_default=sa.text(default) if default is not None else None,
+    )
+
+
+META = sa.MetaData()
+CELLS_TABLE = sa.Table("cells", META, *(_column(c) for c in CELLS))
+CASE_METRICS = sa.Table(
+    "case_metrics",
+    META,
+    sa.Column("cell_id", sa.Text(), sa.ForeignKey("cells.cell_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("case_id", sa.Text(), primary_key=True),
+    sa.Column("class", _TYPES["INTEGER"], primary_key=True, autoincrement=False),
+    sa.Column("metric", sa.Text(), primary_key=True),
+    sa.Column("value", _TYPES["REAL"], nullable=False),
+)
+CELLS_SUITE = sa.Index("cells_suite", CELLS_TABLE.c.suite, CELLS_TABLE.c.suite_version)
+# A cell's latest run that has not (yet) stored a complete cell: running, or failed with its error's first line.
+# Storing the complete cell deletes its row.
+ATTEMPTS = sa.Table(
+    "attempts",
+    META,
+    sa.Column("cell_id", sa.Text(), primary_key=True),
+    sa.Column("config_hash", sa.Text(), nullable=False),
+    sa.Column("status", sa.Text(), nullable=False),  # 'running' | 'failed'
+    sa.Column("host", sa.Text()),
+    sa.Column("pid", _TYPES["INTEGER"]),
+    sa.Column("job_id", sa.Text()),  # SLURM_JOB_ID (JOBID_TASKID in an array), NULL outside SLURM
+    sa.Column("started", sa.Text(), nullable=False),  # ISO 8601, UTC
+    sa.Column("updated", sa.Text(), nullable=False),
+    sa.Column("error", sa.Text()),  # one line
+)
+ATTEMPT_COLUMNS = [c.name for c in ATTEMPTS.columns]
+
+CONNECT_TIMEOUT_S = 5  # PostgreSQL: an unreachable server is reported by check() within this, before any training
+BUSY_TIMEOUT_S = 60  # SQLite: how long a writer waits for another one's transaction
+_SCHEMA_LOCK = 0x5E1F_BE4C  # PostgreSQL advisory lock: two jobs opening a new store create its tables once
+_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg"}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _one_line(text: Any) -> str:
+    """The first non-empty line of an error, stripped."""
+    return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+
+
+def _masked(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: for messages, even when the URL does not parse."""
+    return re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", url)
+
+
+def _db_error(e: sa.exc.DBAPIError) -> str:
+    """The driver's own message (one line), without SQLAlchemy's statement and link."""
+    return _one_line(e.orig) or type(e.orig).__name__
+
+
 class ResultsStore:
+    """The results of every cell, in an SQLite file (the default) or a PostgreSQL database, through SQLAlchemy.
+
+    ``url``: a file path or ``sqlite:///PATH``, or ``postgresql://user[:password]@host[:port]/db`` (driven by
+    psycopg 3; ``?sslmode=...`` and other libpq options pass through). The tables (``cells``, ``case_metrics``,
+    ``attempts``) are created on first use, and a store written before a column of :data:`CELLS` existed gains it
+    then (``added``): on both backends, once, under a lock. A bad URL is reported by :meth:`check`, which every run
+    calls before any work.
+
+    SQLite runs in WAL mode with a busy timeout, so that parallel local jobs (a sweep's array on one machine) read
+    while one writes and queue their writes. SQLite's locking needs a local disk: for jobs on several machines use
+    PostgreSQL.
+
+    Writing a cell (:meth:`write_cell`, :meth:`write_cells`) is one transaction: the cell's row, all its metric
+    rows, and the deletion of its attempt row land together or not at all. Write-once: the cell row is written with
+    ``INSERT ... ON CONFLICT (cell_id) DO UPDATE ... WHERE`` the stored row is not already a complete cell with the
+    same config hash. That single statement decides atomically (PostgreSQL locks the row, so a second writer of the
+    same cell waits for the first to commit and then sees its row; SQLite writes one transaction at a time,
+    ``BEGIN IMMEDIATE``), so when two workers finish the same cell at once the first write is kept and the second
+    is a no-op (``write_cell`` returns False). A stored cell with a different config hash (a changed option) is
+    replaced, its metric rows deleted before the new ones are inserted; ``force=True`` replaces even a cell with
+    the same hash (importing a re-published CSV with ``--replace``). The metric rows' primary key (cell, case,
+    class, metric) rules out duplicates in any case.
+    """
+
     def __init__(self, url: str | Path) -> None:
-        url = str(url)
-        if url.startswith("sqlite:///"):
-            url = url[len("sqlite:///") :]
-        elif "://" in url:
-            raise ValueError(f"results.url {url!r}: only SQLite files (a path or sqlite:///PATH) are supported")
-        self.path = Path(url)
+        raw = str(url)
+        self.path: Path | None = None  # the SQLite file; None for PostgreSQL
+        self.where = _masked(raw)  # what messages call the store: its path, or its URL with the password masked
+        self._url: sa.URL | None = None
+        self._problem: str | None = None  # a bad URL: raised by check() and by any use
+        self._engine: sa.Engine | None = None
+        self._pid = os.getpid()
         self._ready = False
+        if "://" not in raw or raw.startswith("sqlite:///"):
+            self.path = Path(raw.removeprefix("sqlite:///"))
+            self.where = str(self.path)
+            self._url = sa.URL.create("sqlite+pysqlite", database=str(self.path))
+            return
+        scheme = raw.split("://", 1)[0].lower()
+        if scheme not in _SCHEMES:
+            self._problem = (
+                f"results.url {self.where}: unknown scheme {scheme!r}; give a file path, sqlite:///PATH or "
+                "postgresql://user@host:port/db"
+            )
+            return
+        try:
+            parsed = make_url(raw)
+            parsed.port  # noqa: B018  (a non-numeric port raises here)
+        except (sa.exc.ArgumentError, ValueError) as e:
+            self._problem = f"results.url {self.where}: not a valid URL ({_one_line(e)})"
+            return
+        if not parsed.database:
+            self._problem = f"results.url {self.where}: no database named (postgresql://user@host:port/DB)"
+            return
+        self._url = parsed.set(drivername="postgresql+psycopg")
+        self.where = parsed.render_as_string(hide_password=True)
+
+    @property
+    def postgres(self) -> bool:
+        return self.path is None
 
     def check(self) -> None:
-        """Refuse, before any work, a store that could not take the results: a directory, a file that is not an
-        SQLite database, an unwritable file or folder. Reads only: a store that does not exist yet is not created
-        (a run that stops at validation leaves none behind)."""
-        where = f"results.url {self.path}"
+        """Refuse, before any work, a store that could not take the results, with one line naming results.url: a
+        bad URL; for SQLite a directory, a file that is not an SQLite database, an unwritable file or folder; for
+        PostgreSQL a server that cannot be reached or refuses the connection (within a few seconds). Reads only:
+        a store that does not exist yet is not created (a run that stops at validation leaves none behind)."""
+        if self._problem:
+            raise ValueError(self._problem)
+        where = f"results.url {self.where}"
+        if self.path is None:
+            try:
+                with self._connect() as con:
+                    con.execute(sa.text("SELECT 1"))
+            except sa.exc.DBAPIError as e:
+                raise ValueError(f"{where}: cannot use the PostgreSQL server: {_db_error(e)}") from None
+            return
         if self.path.is_dir():
             raise ValueError(f"{where}: a directory, not an SQLite file (give a file path, e.g. runs/results.sqlite)")
         if self.path.exists():
             try:
-                with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as con:
+                with closing(sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro", uri=True)) as con:
                     con.execute("SELECT name FROM sqlite_master").fetchall()
             except sqlite3.DatabaseError as e:
                 raise ValueError(f"{where}: not an SQLite results store ({e})") from None
@@ -175,45 +316,121 @@ class ResultsStore:
         if not os.access(parent, os.W_OK | os.X_OK):
             raise ValueError(f"{where}: the folder {parent} is not writable")
 
-    def _connect(self) -> sqlite3.Connection:
+    # ------------------------------------------------------------------------------------ connections
+
+    def _get_engine(self) -> sa.Engine:
+        if self._problem:
+            raise ValueError(self._problem)
+        if self._engine is not None and self._pid != os.getpid():
+            # a forked child: leave the parent's pooled connections to the parent, open its own
+            self._engine.dispose(close=False)
+            self._engine = None
+        if self._engine is None:
+            assert self._url is not None
+            self._pid = os.getpid()
+            if self.path is None:
+                args = {} if "connect_timeout" in self._url.query else {"connect_timeout": CONNECT_TIMEOUT_S}
+                self._engine = sa.create_engine(self._url, connect_args=args, pool_pre_ping=True)
+            else:
+                # a connection per use, as sqlite3 was used before: nothing held open between writes
+                self._engine = sa.create_engine(self._url, poolclass=sa.NullPool)
+                sa.event.listen(self._engine, "connect", _sqlite_connect)
+                sa.event.listen(self._engine, "begin", _sqlite_begin)
+        return self._engine
+
+    def _connect(self) -> sa.Connection:
+        """A connection (no schema set-up: :meth:`check` uses it too)."""
+        return self._get_engine().connect()
+
+    def _ensure_schema(self) -> None:
         # created on first use, so a run that stops at validation leaves no store behind
-        if not self._ready:
+        if self._ready:
+            return
+        engine = self._get_engine()
+        if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with closing(sqlite3.connect(self.path, timeout=60)) as con, con:
-                con.executescript(SCHEMA)
-                have = {row[1] for row in con.execute("PRAGMA table_info(cells)")}
-                for name, kind in ADDED_COLUMNS.items():
-                    if name not in have:
-                        con.execute(f"ALTER TABLE cells ADD COLUMN {name} {kind}")
-            self._ready = True
-        con = sqlite3.connect(self.path, timeout=60)
-        con.execute("PRAGMA foreign_keys = ON")
-        return con
+            raw = engine.raw_connection()  # outside a transaction, as SQLite requires; the file keeps the mode
+            try:
+                raw.driver_connection.execute("PRAGMA journal_mode = WAL")  # type: ignore[union-attr]
+            finally:
+                raw.close()
+        with engine.execution_options(write=True).begin() as con:
+            if self.path is None:
+                con.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+            META.create_all(con, checkfirst=True)
+            CELLS_SUITE.create(con, checkfirst=True)
+            have = {c["name"] for c in sa.inspect(con).get_columns("cells")}
+            for c in CELLS:
+                if c.added and c.name not in have:
+                    # the declaration as written (NOT NULL DEFAULT 0 fills the older rows), in the backend's type
+                    kind = CELLS_TABLE.c[c.name].type.compile(dialect=con.dialect)
+                    rest = c.sql.split(" ", 1)[1] if " " in c.sql else ""
+                    con.exec_driver_sql(f"ALTER TABLE cells ADD COLUMN {c.name} {kind} {rest}".rstrip())
+        self._ready = True
+
+    def _read(self) -> sa.Connection:
+        self._ensure_schema()
+        return self._connect()
+
+    def _write(self) -> Any:
+        """A write transaction (SQLite: ``BEGIN IMMEDIATE``, so that it waits for other writers up front)."""
+        self._ensure_schema()
+        return self._get_engine().execution_options(write=True).begin()
+
+    def close(self) -> None:
+        """Close the pooled connections (PostgreSQL); the store opens new ones if used again."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    # ------------------------------------------------------------------------------------ cells
 
     def is_complete(self, cell_id: str, config_hash: str) -> bool:
-        with closing(self._connect()) as con:
-            row = con.execute("SELECT config_hash, status FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
+        t = CELLS_TABLE
+        with self._read() as con:
+            row = con.execute(sa.select(t.c.config_hash, t.c.status).where(t.c.cell_id == cell_id)).first()
         return row is not None and row[0] == config_hash and row[1] == "complete"
 
-    def write_cell(self, cell: dict[str, Any], rows: Iterable[dict[str, Any]]) -> None:
-        """Replace the cell and its metrics atomically."""
-        self.write_cells([(cell, rows)])
+    def write_cell(self, cell: dict[str, Any], rows: Iterable[dict[str, Any]], *, force: bool = False) -> bool:
+        """Store a complete cell and its metric rows atomically, and clear its attempt. Returns False (and writes
+        nothing) where the store already holds this cell complete with the same config hash, unless ``force``:
+        another worker finished it first. A cell with another config hash is replaced."""
+        return self.write_cells([(cell, rows)], force=force)[0]
 
-    def write_cells(self, items: Iterable[tuple[dict[str, Any], Iterable[dict[str, Any]]]]) -> None:
-        """Replace each (cell, metric rows) pair, all in one transaction: either every cell lands or none."""
-        items = [(self._cell_row(cell), rows) for cell, rows in items]
-        with closing(self._connect()) as con, con:
-            for cell, rows in items:
-                con.execute("DELETE FROM case_metrics WHERE cell_id = ?", (cell["cell_id"],))
-                con.execute("DELETE FROM cells WHERE cell_id = ?", (cell["cell_id"],))
-                con.execute(
-                    f"INSERT INTO cells ({', '.join(CELL_COLUMNS)}) VALUES ({', '.join('?' * len(CELL_COLUMNS))})",
-                    [cell[c] for c in CELL_COLUMNS],
+    def write_cells(
+        self, items: Iterable[tuple[dict[str, Any], Iterable[dict[str, Any]]]], *, force: bool = False
+    ) -> list[bool]:
+        """:meth:`write_cell` for each (cell, metric rows) pair, all in one transaction: either every cell lands or
+        none. Returns, for each pair, whether it was written (False: already stored complete with its hash). A
+        cell given twice is taken from the later pair."""
+        given = [(self._cell_row(cell), rows) for cell, rows in items]
+        latest = {cell["cell_id"]: (cell, rows) for cell, rows in given}
+        written: dict[str, bool] = {}
+        t, m = CELLS_TABLE, CASE_METRICS
+        insert = pg_insert if self.postgres else sqlite_insert
+        with self._write() as con:
+            for cell_id in sorted(latest):  # one lock order in every job: two jobs' batches cannot deadlock
+                cell, rows = latest[cell_id]
+                new = insert(t).values(**cell)
+                upsert = new.on_conflict_do_update(
+                    index_elements=[t.c.cell_id],
+                    set_={c: new.excluded[c] for c in CELL_COLUMNS if c != "cell_id"},
+                    # write-once: a complete cell with this config hash stays as stored (the update is skipped and
+                    # no row is returned)
+                    where=None if force else (t.c.status != "complete") | (t.c.config_hash != new.excluded.config_hash),
                 )
-                con.executemany(
-                    "INSERT INTO case_metrics VALUES (?, ?, ?, ?, ?)",
-                    [(cell["cell_id"], str(r["case"]), int(r["class"]), r["metric"], float(r["value"])) for r in rows],
-                )
+                written[cell_id] = con.execute(upsert.returning(t.c.cell_id)).first() is not None
+                if written[cell_id]:
+                    con.execute(sa.delete(m).where(m.c.cell_id == cell_id))
+                    values = [
+                        {"cell_id": cell_id, "case_id": str(r["case"]), "class": int(r["class"])}
+                        | {"metric": str(r["metric"]), "value": float(r["value"])}
+                        for r in rows
+                    ]
+                    if values:
+                        con.execute(sa.insert(m), values)
+                con.execute(sa.delete(ATTEMPTS).where(ATTEMPTS.c.cell_id == cell_id))  # complete either way
+        return [written[cell["cell_id"]] if latest[cell["cell_id"]][0] is cell else False for cell, _ in given]
 
     @staticmethod
     def _cell_row(cell: dict[str, Any]) -> dict[str, Any]:
@@ -234,29 +451,70 @@ class ResultsStore:
 
     def cell_ids(self) -> set[str]:
         """The ids of every complete cell."""
-        with closing(self._connect()) as con:
-            return {r[0] for r in con.execute("SELECT cell_id FROM cells WHERE status = 'complete'")}
+        t = CELLS_TABLE
+        with self._read() as con:
+            return set(con.execute(sa.select(t.c.cell_id).where(t.c.status == "complete")).scalars())
 
     def cells(self, suite: str | None = None) -> pd.DataFrame:
-        q, args = "SELECT * FROM cells WHERE status = 'complete'", []
+        t = CELLS_TABLE
+        q = sa.select(t).where(t.c.status == "complete")
         if suite:
-            q += " AND suite = ?"
-            args.append(suite)
-        with closing(self._connect()) as con:
-            return pd.read_sql_query(q, con, params=args)
+            q = q.where(t.c.suite == suite)
+        with self._read() as con:
+            return pd.read_sql_query(q, con)
 
     def metrics(self, suite: str | None = None) -> pd.DataFrame:
         """Per-case metrics joined with their cell's identity (complete cells only)."""
+        t, m = CELLS_TABLE, CASE_METRICS
         q = (
-            f"SELECT {', '.join('c.' + c for c in IDENTITY)}, {', '.join('m.' + c for c in CASE_COLUMNS)} "
-            "FROM case_metrics m JOIN cells c ON c.cell_id = m.cell_id WHERE c.status = 'complete'"
+            sa.select(*(t.c[c] for c in IDENTITY), *(m.c[c] for c in CASE_COLUMNS))
+            .select_from(m.join(t, t.c.cell_id == m.c.cell_id))
+            .where(t.c.status == "complete")
         )
-        args = []
         if suite:
-            q += " AND c.suite = ?"
-            args.append(suite)
-        with closing(self._connect()) as con:
-            return pd.read_sql_query(q, con, params=args)
+            q = q.where(t.c.suite == suite)
+        with self._read() as con:
+            return pd.read_sql_query(q, con)
+
+    # ------------------------------------------------------------------------------------ attempts
+
+    def start_attempt(self, cell_id: str, config_hash: str, host: str, pid: int, job_id: str | None) -> None:
+        """Mark a cell as running here (replacing an earlier attempt's row, failed or running)."""
+        now = _now()
+        row = {"cell_id": cell_id, "config_hash": config_hash, "status": "running", "host": host, "pid": int(pid)}
+        row |= {"job_id": job_id, "started": now, "updated": now, "error": None}
+        insert = pg_insert if self.postgres else sqlite_insert
+        stmt = insert(ATTEMPTS).values(**row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[ATTEMPTS.c.cell_id], set_={c: stmt.excluded[c] for c in ATTEMPT_COLUMNS[1:]}
+        )
+        with self._write() as con:
+            con.execute(stmt)
+
+    def fail_attempt(self, cell_id: str, error: str) -> None:
+        """Mark a cell's attempt as failed, with the error's first line (nothing where no attempt was started)."""
+        a = ATTEMPTS
+        with self._write() as con:
+            con.execute(
+                sa.update(a)
+                .where(a.c.cell_id == cell_id)
+                .values(status="failed", error=_one_line(error)[:1000], updated=_now())
+            )
+
+    def attempts(self) -> pd.DataFrame:
+        """Every cell running or failed (not yet stored complete), one row each: :data:`ATTEMPT_COLUMNS`."""
+        with self._read() as con:
+            return pd.read_sql_query(sa.select(ATTEMPTS).order_by(ATTEMPTS.c.cell_id), con)
+
+
+def _sqlite_connect(dbapi_con: sqlite3.Connection, _record: Any) -> None:
+    dbapi_con.isolation_level = None  # transactions are begun by _sqlite_begin, not by the sqlite3 module
+    dbapi_con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+    dbapi_con.execute("PRAGMA foreign_keys = ON")
+
+
+def _sqlite_begin(con: sa.Connection) -> None:
+    con.exec_driver_sql("BEGIN IMMEDIATE" if con.get_execution_options().get("write") else "BEGIN")
 
 
 # ------------------------------------------------------------------------------------ published results (CSV)
@@ -376,5 +634,5 @@ def import_published(paths: list[str | Path], store, *, replace: bool = False) -
             (r.replaced if cell_id in have else r.added).append(cell_id)
             todo[cell_id] = item
         reports.append(r)
-    store.write_cells(todo.values())
+    store.write_cells(todo.values(), force=replace)  # replace: even a cell imported before (the same hash)
     return reports

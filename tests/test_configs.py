@@ -315,7 +315,7 @@ def test_an_unusable_results_store_is_refused_before_any_work(tmp_path):
         (str(text), "not an SQLite results store"),
         (str(folder), "a directory"),
         (str(text / "results.sqlite"), "is a file"),
-        ("postgresql://host/db", "only SQLite"),
+        ("mysql://host/db", "unknown scheme 'mysql'"),
     ]
     for url, says in cases:
         before = sorted(tmp_path.rglob("*"))

@@ -9,9 +9,10 @@ Every file is checked before anything is written (``bench.results.import_publish
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 from pathlib import Path
+
+import sqlalchemy as sa
 
 from bench.leaderboard.analysis import COMPARISONS_SUFFIX
 from bench.results import ResultsStore, import_published
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument(
         "--store",
         default="runs/results.sqlite",
-        help="results store to import into (default: runs/results.sqlite, run_bench.py's default)",
+        help="results store to import into: a path, sqlite:///PATH or postgresql://user@host:port/db "
+        "(default: runs/results.sqlite, run_bench.py's default)",
     )
     imp.add_argument(
         "--replace",
@@ -50,19 +52,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         store = ResultsStore(args.store)
+        store.check()  # a bad URL or an unreachable server: one line, before any file is read
         reports = import_published(files, store, replace=args.replace)
     except ValueError as e:  # a file that is no published CSV (PublishedCSVError), or a bad store URL
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except sqlite3.DatabaseError as e:
-        print(f"error: {args.store}: not a usable results store ({e}); nothing was imported", file=sys.stderr)
+    except sa.exc.SQLAlchemyError as e:  # not an SQLite file, or a database that refused the write
+        why = ((str(e.orig).strip().splitlines() or [""])[0] if isinstance(e, sa.exc.DBAPIError) else "") or str(e)
+        print(f"error: {store.where}: not a usable results store ({why}); nothing was imported", file=sys.stderr)
         return 2
     for r in reports:
         n = len(r.added) + len(r.replaced) + len(r.kept)
         kept = f", {len(r.kept)} kept (already in the store; --replace overwrites them)" if r.kept else ""
         replaced = f", {len(r.replaced)} replaced" if r.replaced else ""
         print(f"{r.path}: {n} cells ({r.rows} rows): {len(r.added)} added{replaced}{kept}")
-    print(f"into {store.path}; render with: python run_bench.py stage=leaderboard suite=SUITE results.url={store.path}")
+    print(
+        f"into {store.where}; render with: python run_bench.py stage=leaderboard suite=SUITE results.url={store.where}"
+    )
     return 0
 
 
