@@ -11,6 +11,8 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from bench import distributed, leakage
+from bench import distributed, jobs, leakage
 from bench.backbones import build_backbone
 from bench.data import PretrainDataset, Preprocess, PreprocessedCache, match_channels
 from bench.engine import earlier_wall, fit, schedule_config, seed_everything
@@ -39,7 +41,7 @@ from bench.protocols.base import Protocol, TransferContext, resolve_protocol
 from bench.provenance import git_sha
 from bench.registry import DATASETS, METHODS
 from bench.suites import Cell, expand
-from bench.types import PROJECT_ROOT, default_data_dir, load_split_file
+from bench.types import PROJECT_ROOT, default_data_dir, load_split_file, write_text_atomic
 
 __all__ = ["UserError", "make_plan", "run"]
 
@@ -65,7 +67,7 @@ def prepared(plan: Plan, name: str):
 def say(msg: str) -> None:
     """A stage's message, once per job (from the main process)."""
     if distributed.is_main():
-        print(msg)
+        print(msg, flush=True)  # a job's log (SLURM, joblib) shows it when it happens
 
 
 def split_hash(dataset_name: str) -> str:
@@ -136,7 +138,7 @@ def corpus_hashes(plan: Plan, run_dir: Path, method_pretrains: bool) -> set[str]
         cache.save()
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(sorted(hashes)))
+        write_text_atomic(path, json.dumps(sorted(hashes)))
     return hashes
 
 
@@ -175,10 +177,18 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
     h = config_hash(ident)
     run_dir = plan.runs_dir / "pretrain" / plan.method / h
     export = run_dir / "export.pt"
-    if export.is_file():
-        say(f"[pretrain] {plan.method}: cached export {export}")
-        check_leakage(plan, corpus_hashes(plan, run_dir, method_cls_pretrains(plan)), plan.suite.tasks, {})
-        return export, h
+    if not export.is_file():
+        # one job pretrains, others needing the same export wait for it (or take over from a dead holder)
+        with jobs.exclusive(run_dir.parent / f"{h}.lock", f"pretraining {plan.method} {h}", say):
+            if not export.is_file():
+                _pretrain(plan, ident, h, run_dir, export)
+                return export, h
+    say(f"[pretrain] {plan.method}: cached export {export}")
+    check_leakage(plan, corpus_hashes(plan, run_dir, method_cls_pretrains(plan)), plan.suite.tasks, {})
+    return export, h
+
+
+def _pretrain(plan: Plan, ident: dict[str, Any], h: str, run_dir: Path, export: Path) -> None:
     seed_everything(plan.pretrain_seed)
     method_cls = METHODS.get(plan.method)
     backbone = build_backbone(plan.backbone, **plan.backbone_kwargs)
@@ -191,7 +201,7 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
     main = distributed.is_main()  # the one process that writes; the others train alongside it
     run_dir.mkdir(parents=True, exist_ok=True)
     if main:
-        (run_dir / "config.json").write_text(json.dumps(ident, indent=1, default=str))
+        write_text_atomic(run_dir / "config.json", json.dumps(ident, indent=1, default=str))
     meta = {
         "method": plan.method,
         "config_hash": h,
@@ -209,12 +219,12 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
         if main:
             save_export(encoder, export, meta | {"pretrain_steps": 0}, extras=method.export_extras())
         distributed.barrier()  # the export exists before any process reads it
-        return export, h
+        return
     volumes, hashes = load_corpus(plan, backbone.in_channels)
     # fail before hours of pretraining, not after
     check_leakage(plan, hashes, plan.suite.tasks, {})
     if main:
-        (run_dir / CORPUS_HASHES).write_text(json.dumps(sorted(hashes)))
+        write_text_atomic(run_dir / CORPUS_HASHES, json.dumps(sorted(hashes)))
     res = train_method(plan, method, volumes, run_dir)
     if main:
         save_export(
@@ -225,7 +235,6 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
         )
         (run_dir / "last.ckpt").unlink(missing_ok=True)  # the export is the product; keep the disk small
     distributed.barrier()
-    return export, h
 
 
 def load_corpus(plan: Plan, in_channels: int) -> tuple[list[Any], set[str]]:
@@ -413,19 +422,43 @@ def transfer(plan: Plan, export: Path, pretrain_hash: str) -> list[dict[str, Any
             / cell_key(cell, plan.pretrain_seed).replace("/", "_")
             / h
         )
-        row, result = run_cell(plan, cell, proto_cls(pcfg), ident, run_dir, export, cache)
-        row |= {
-            "cell_id": cid,
-            "config_hash": h,
-            "pretrain_hash": pretrain_hash,
-            "leakage_override": int(bool(leaked)),
-            **pretrain_cost,
-        }
-        if distributed.is_main():
-            store_cell(plan, row, result, run_dir)
-        distributed.barrier()  # every process sees the cell complete before it looks at the next
+        # one job runs a cell; another one that wants it waits, then finds it complete
+        with jobs.exclusive(run_dir.parent / f"{h}.lock", f"cell {cid}", say):
+            if plan.store.is_complete(cid, h):
+                say(f"[transfer] skip {cid}: completed by another job")
+                continue
+            with attempt(plan, cid, h):
+                row, result = run_cell(plan, cell, proto_cls(pcfg), ident, run_dir, export, cache)
+                row |= {
+                    "cell_id": cid,
+                    "config_hash": h,
+                    "pretrain_hash": pretrain_hash,
+                    "leakage_override": int(bool(leaked)),
+                    **pretrain_cost,
+                }
+                if distributed.is_main():
+                    store_cell(plan, row, result, run_dir)
+            distributed.barrier()  # every process sees the cell complete before it looks at the next
         done.append(row)
     return done
+
+
+@contextmanager
+def attempt(plan: Plan, cid: str, h: str) -> Iterator[None]:
+    """A cell's run, marked as running in the store (host, pid, SLURM job), and as failed, with its error's first
+    line, when it raises: a sweep's status shows what runs where and what failed. Storing the complete cell clears
+    the mark."""
+    main = distributed.is_main()
+    if main:
+        me = jobs.whoami()
+        plan.store.start_attempt(cid, h, me["host"], me["pid"], me["job_id"])
+    try:
+        yield
+    except BaseException as e:  # KeyboardInterrupt too: a stopped cell is not left "running"
+        if main:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            plan.store.fail_attempt(cid, f"{type(e).__name__}: {first}"[:500])
+        raise
 
 
 def cell_identity(plan: Plan, cell: Cell, pcfg: Any, pretrain_hash: str) -> dict[str, Any]:
@@ -454,8 +487,8 @@ def run_cell(
     ds = prepared(plan, cell.task.dataset)
     run_dir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
-        (run_dir / "config.yaml").write_text(plan.config_yaml)
-        (run_dir / "cell.json").write_text(json.dumps(ident, indent=1, default=str))
+        write_text_atomic(run_dir / "config.yaml", plan.config_yaml)
+        write_text_atomic(run_dir / "cell.json", json.dumps(ident, indent=1, default=str))
     seed_everything(cell.seed)
     if plan.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(plan.device)
@@ -519,8 +552,8 @@ def store_cell(plan: Plan, row: dict[str, Any], result: Any, run_dir: Path) -> N
     """Run directory first, then the store: a row in the store always has its files."""
     import pandas as pd
 
-    (run_dir / "metrics.json").write_text(json.dumps({"summary": result.summary, "cell": row}, indent=1))
-    pd.DataFrame(result.rows).to_csv(run_dir / "per_case.csv", index=False)
+    write_text_atomic(run_dir / "metrics.json", json.dumps({"summary": result.summary, "cell": row}, indent=1))
+    write_text_atomic(run_dir / "per_case.csv", pd.DataFrame(result.rows).to_csv(index=False))
     plan.store.write_cell(row, result.rows)
     say(f"[transfer] {row['cell_id']}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items()))
 
@@ -528,8 +561,13 @@ def store_cell(plan: Plan, row: dict[str, Any], result: Any, run_dir: Path) -> N
 def run(cfg: DictConfig) -> None:
     plan = make_plan(cfg)
     stage = cfg.stage
-    if stage not in ("all", "validate", "pretrain", "transfer", "leaderboard"):
-        raise UserError(f"unknown stage {stage!r}; known: all, validate, pretrain, transfer, leaderboard")
+    if stage not in ("all", "validate", "pretrain", "transfer", "leaderboard", "status"):
+        raise UserError(f"unknown stage {stage!r}; known: all, validate, pretrain, transfer, leaderboard, status")
+    if stage == "status":
+        from bench import status
+
+        say(status.report(plan))
+        return
     board_suite = leaderboard_suite(plan.suite, cfg.get("suite_version"), stage)  # checked before any work
     options = leaderboard_options(cfg)
     if stage in ("all", "validate", "transfer"):

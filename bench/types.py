@@ -26,6 +26,16 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """``path`` holds ``text`` or what it held before, never a part: a crash or a second writer cannot break it."""
+    tmp = temp_sibling(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class DataError(Exception):
     """A problem with the user's data: the message names the file and what is wrong."""
 

@@ -1,0 +1,99 @@
+"""``stage=status``: where a sweep stands, from the results store and the runs folder, without running anything.
+
+For the plan's pretraining(s) and each of its cells: complete, running (host, pid, SLURM job, since when), failed
+(the error's first line) or missing. Rerunning the same command (or sweep) runs exactly the cells that are not
+complete: failed ones are retried, complete ones skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+from bench import runner
+from bench.plan import Plan, cell_id, config_hash, pipeline_plans, protocol_config
+
+
+def _alive(host: Any, pid: Any) -> bool | None:
+    """Whether the process is alive; None when it ran on another host (this one cannot tell)."""
+    if host != socket.gethostname() or pid is None or pid != pid:
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _where(a: dict[str, Any]) -> str:
+    job = f", SLURM job {a['job_id']}" if a.get("job_id") else ""
+    return f"{a.get('host')} pid {a.get('pid')}{job}"
+
+
+def pretraining_state(plan: Plan) -> tuple[str, str]:
+    h = config_hash(runner.pretrain_identity(plan))
+    run_dir = plan.runs_dir / "pretrain" / plan.method / h
+    if (run_dir / "export.pt").is_file():
+        return "complete", f"{plan.method} {h}"
+    owner = run_dir.parent / f"{h}.owner.json"
+    if owner.is_file():
+        try:
+            who = json.loads(owner.read_text())
+            alive = _alive(who.get("host"), who.get("pid"))
+            state = "stopped (its process is gone)" if alive is False else "running"
+            return state, f"{plan.method} {h} on {_where(who)} since {who.get('since')}"
+        except (OSError, ValueError):
+            pass
+    return ("interrupted (resumes from its checkpoint)" if (run_dir / "last.ckpt").is_file() else "missing"), (
+        f"{plan.method} {h}"
+    )
+
+
+def cell_states(plan: Plan) -> list[dict[str, Any]]:
+    attempts = plan.store.attempts()
+    by_id = {r["cell_id"]: r for r in attempts.to_dict("records")} if len(attempts) else {}
+    out = []
+    for pipeline in pipeline_plans(plan):
+        ph = config_hash(runner.pretrain_identity(pipeline))
+        for cell in runner.transfer_cells(pipeline):
+            proto_cls, pcfg = protocol_config(
+                pipeline, cell.protocol, cell.task.kind, cell.task.protocol_options.get(cell.protocol)
+            )
+            ident = runner.cell_identity(pipeline, cell, pcfg, ph)
+            h, cid = config_hash(ident), cell_id(pipeline, cell)
+            row = {"cell": cid, "config_hash": h, "state": "missing", "detail": ""}
+            a = by_id.get(cid)
+            if pipeline.store.is_complete(cid, h):
+                row["state"] = "complete"
+            elif (same := runner.deterministic_repeat(pipeline, cell, ident, proto_cls)) is not None:
+                row |= {"state": "complete", "detail": f"deterministic: the run stored as {same}"}
+            elif a is not None and a["config_hash"] == h and a["status"] == "running":
+                alive = _alive(a.get("host"), a.get("pid"))
+                state = "stopped (its process is gone; rerun to retry)" if alive is False else "running"
+                row |= {"state": state, "detail": f"{_where(a)} since {a.get('started')}"}
+            elif a is not None and a["config_hash"] == h and a["status"] == "failed":
+                row |= {"state": "failed", "detail": f"{a.get('error')} ({_where(a)}, {a.get('updated')})"}
+            out.append(row)
+    return out
+
+
+def report(plan: Plan) -> str:
+    lines = []
+    for pipeline in pipeline_plans(plan):
+        state, what = pretraining_state(pipeline)
+        lines.append(f"pretraining {what}: {state}")
+    cells = cell_states(plan)
+    counts: dict[str, int] = {}
+    for c in cells:
+        key = c["state"].split(" (")[0]
+        counts[key] = counts.get(key, 0) + 1
+    order = ["complete", "running", "stopped", "failed", "missing"]
+    summary = ", ".join(f"{counts.get(k, 0)} {k}" for k in order if counts.get(k) or k in ("complete", "missing"))
+    head = f"[status] suite {plan.suite.name}, method {plan.method}, budget {plan.budget}: {summary}"
+    table = ["| cell | state | where / why |", "|---|---|---|"]
+    table += [f"| {c['cell']} | {c['state']} | {c['detail']} |" for c in cells]
+    return "\n".join([head, *lines, *table])
