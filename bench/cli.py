@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -82,8 +83,11 @@ def preflight(argv: list[str]) -> list[str]:
     if not has_budget:
         import torch
 
-        # first, not last: Hydra's own flags (`--cfg job`) take the arguments after them
-        argv = [f"budget={'standard' if torch.cuda.is_available() else 'quick'}", *argv]
+        # before the first override, not last (Hydra's flags, `--cfg job`, take the arguments after them) and not
+        # first (argparse takes no override before a flag such as -m)
+        budget = f"budget={'standard' if torch.cuda.is_available() else 'quick'}"
+        at = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")), len(argv))
+        argv = [*argv[:at], budget, *argv[at:]]
     return argv
 
 
@@ -109,7 +113,7 @@ def check_override_keys(argv: list[str], cfg: Any) -> None:
         if arg.startswith("-") or "=" not in arg:
             continue
         key = arg.split("=", 1)[0]
-        if key.startswith(("+", "~")) or key == "hydra" or key.startswith("hydra."):
+        if key.startswith(("+", "~", "hydra/")) or key == "hydra" or key.startswith("hydra."):
             continue
         node: Any = cfg
         path: list[str] = []
@@ -179,7 +183,10 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     os._exit(128 + signum)  # no cleanup that could block on the dead peer; every file write is atomic
 
 
-def main() -> int:
+def main(register: Callable[[], None] | None = None) -> int:
+    """``register`` imports the packages that register datasets and methods: called here and in every job a Hydra
+    launcher starts (joblib's and submitit's job processes unpickle the job, not run_bench.py, so the imports at the
+    top of run_bench.py never run there)."""
     from bench import distributed
 
     if distributed.launched():
@@ -187,6 +194,11 @@ def main() -> int:
 
         signal.signal(signal.SIGTERM, _on_sigterm)
     sys.argv = [sys.argv[0]] + _distributed_argv(preflight(sys.argv[1:]))
+    import warnings
+
+    # conf/hydra/launcher/joblib.yaml is named as the plugin's schema on purpose (hydra/launcher=joblib) and is
+    # checked against it: Hydra's notice that this is deprecated is not the user's business
+    warnings.filterwarnings("ignore", message=".*is validated against ConfigStore schema with the same name")
     import hydra
     from omegaconf import DictConfig
 
@@ -196,8 +208,11 @@ def main() -> int:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> None:
+        import bench.protocols  # noqa: F401  (registers the protocols, also in a launcher's job process)
         from bench import distributed, runner
 
+        if register is not None:
+            register()
         try:
             runner.run(cfg)
         except (UserError, DataError, UnknownNameError) as e:
