@@ -178,26 +178,29 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
     run_dir = plan.runs_dir / "pretrain" / plan.method / h
     export = run_dir / "export.pt"
     if not export.is_file():
+        seed_everything(plan.pretrain_seed)
+        method_cls = METHODS.get(plan.method)
+        backbone = build_backbone(plan.backbone, **plan.backbone_kwargs)
+        try:
+            method = method_cls(backbone, method_cls.make_config(plan.method_cfg))
+            # a method that does not pretrain (an external checkpoint) fails here, before any folder is made
+            encoder = None if method.pretrains else method.export_encoder()
+        except (TypeError, ValueError) as e:
+            raise UserError(str(e)) from None
         # one job pretrains, others needing the same export wait for it (or take over from a dead holder)
         with jobs.exclusive(run_dir.parent / f"{h}.lock", f"pretraining {plan.method} {h}", say):
             if not export.is_file():
-                _pretrain(plan, ident, h, run_dir, export)
+                _pretrain(plan, ident, h, run_dir, export, method, encoder)
                 return export, h
     say(f"[pretrain] {plan.method}: cached export {export}")
     check_leakage(plan, corpus_hashes(plan, run_dir, method_cls_pretrains(plan)), plan.suite.tasks, {})
     return export, h
 
 
-def _pretrain(plan: Plan, ident: dict[str, Any], h: str, run_dir: Path, export: Path) -> None:
-    seed_everything(plan.pretrain_seed)
-    method_cls = METHODS.get(plan.method)
-    backbone = build_backbone(plan.backbone, **plan.backbone_kwargs)
-    try:
-        method = method_cls(backbone, method_cls.make_config(plan.method_cfg))
-        # a method that does not pretrain (an external checkpoint) fails here, before its directory exists
-        encoder = None if method.pretrains else method.export_encoder()
-    except (TypeError, ValueError) as e:
-        raise UserError(str(e)) from None
+def _pretrain(
+    plan: Plan, ident: dict[str, Any], h: str, run_dir: Path, export: Path, method: Any, encoder: Any
+) -> None:
+    """Pretrain ``method`` (built and seeded by the caller) and write its export."""
     main = distributed.is_main()  # the one process that writes; the others train alongside it
     run_dir.mkdir(parents=True, exist_ok=True)
     if main:
@@ -220,7 +223,7 @@ def _pretrain(plan: Plan, ident: dict[str, Any], h: str, run_dir: Path, export: 
             save_export(encoder, export, meta | {"pretrain_steps": 0}, extras=method.export_extras())
         distributed.barrier()  # the export exists before any process reads it
         return
-    volumes, hashes = load_corpus(plan, backbone.in_channels)
+    volumes, hashes = load_corpus(plan, method.backbone.in_channels)
     # fail before hours of pretraining, not after
     check_leakage(plan, hashes, plan.suite.tasks, {})
     if main:
