@@ -120,6 +120,13 @@ def per_device(global_batch: int, option: str) -> int:
     return global_batch // n
 
 
+def check_shards(batch: int, what: str) -> None:
+    """Refuse a global batch of fewer ``what`` than processes (a process with an empty shard would have no loss)."""
+    procs = world().size
+    if batch < procs:
+        raise ValueError(f"a batch of {batch} {what} cannot be shared by {procs} processes")
+
+
 def shard(n: int) -> slice:
     """This process's contiguous part of a global batch of ``n`` samples (sizes differ by at most one)."""
     w = world()
@@ -145,15 +152,6 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * w.size
     tdist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any) -> Any:
-    """The main process's ``obj``, on every process."""
-    if not world().distributed:
-        return obj
-    box = [obj]
-    tdist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def mean_(tensor: torch.Tensor) -> torch.Tensor:

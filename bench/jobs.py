@@ -35,31 +35,49 @@ def whoami() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "job_id": job}
 
 
-def _holder(owner: Path) -> str:
+def _lock(work: Path) -> Path:
+    """The lock of the work whose folder is ``work``: beside it, so that taking it makes no folder of the work."""
+    return work.with_name(f"{work.name}.lock")
+
+
+def _owner(work: Path) -> Path:
+    return work.with_name(f"{work.name}.owner.json")
+
+
+def holder(work: Path) -> dict[str, Any] | None:
+    """Who holds the lock of ``work`` (host, pid, job_id, since), or None when nobody does (or it cannot be read)."""
     try:
-        h = json.loads(owner.read_text())
-        job = f", SLURM job {h['job_id']}" if h.get("job_id") else ""
-        return f"{h['host']} pid {h['pid']}{job} since {h['since']}"
-    except (OSError, ValueError, KeyError):
-        return "another job"
+        h = json.loads(_owner(work).read_text())
+    except (OSError, ValueError):
+        return None
+    return h if isinstance(h, dict) else None
+
+
+def describe(who: dict[str, Any]) -> str:
+    """``host pid N, SLURM job J`` of a lock holder or a store's attempt row (the same keys)."""
+    job = f", SLURM job {who['job_id']}" if who.get("job_id") else ""
+    return f"{who.get('host')} pid {who.get('pid')}{job}"
 
 
 @contextmanager
-def exclusive(lock_path: Path, what: str, say: Any = print) -> Iterator[None]:
-    """Hold ``lock_path`` for the block (waiting for another job's hold to end first), telling what it waits for."""
+def exclusive(work: Path, what: str, say: Any = print) -> Iterator[None]:
+    """Hold the lock of the work in folder ``work`` for the block (waiting for another job's hold to end first),
+    telling what it waits for."""
     from filelock import FileLock, Timeout
 
     if not distributed.is_main():
         distributed.barrier()  # the main process holds the job's lock
         yield
         return
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_path))
-    owner = lock_path.with_suffix(".owner.json")
+    work.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(_lock(work)))
+    owner = _owner(work)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        say(f"[jobs] {what}: held by {_holder(owner)}; waiting for it")
+        who = holder(work)
+        held = f"{describe(who)} since {who.get('since')}" if who else "another job"
+        say(f"[jobs] {what}: held by {held}; waiting for it")
         lock.acquire()
     try:
         since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

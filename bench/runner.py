@@ -170,12 +170,17 @@ def check_leakage(plan: Plan, corpus: set[str], tasks, memo: dict[str, dict[str,
     return found
 
 
+def pretrain_dir(plan: Plan, h: str) -> Path:
+    """The run folder of the pretraining with config hash ``h``: its export, checkpoint and files."""
+    return plan.runs_dir / "pretrain" / plan.method / h
+
+
 def pretrain(plan: Plan) -> tuple[Path, str]:
     """Pretrain once per (method, corpus, budget, pretraining seed); return the encoder export path and its hash
     (the seed is part of the pretraining identity, so each pretraining seed has its own export and run directory)."""
     ident = pretrain_identity(plan)
     h = config_hash(ident)
-    run_dir = plan.runs_dir / "pretrain" / plan.method / h
+    run_dir = pretrain_dir(plan, h)
     export = run_dir / "export.pt"
     if not export.is_file():
         seed_everything(plan.pretrain_seed)
@@ -188,7 +193,7 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
         except (TypeError, ValueError) as e:
             raise UserError(str(e)) from None
         # one job pretrains, others needing the same export wait for it (or take over from a dead holder)
-        with jobs.exclusive(run_dir.parent / f"{h}.lock", f"pretraining {plan.method} {h}", say):
+        with jobs.exclusive(run_dir, f"pretraining {plan.method} {h}", say):
             if not export.is_file():
                 _pretrain(plan, ident, h, run_dir, export, method, encoder)
                 return export, h
@@ -248,7 +253,8 @@ def load_corpus(plan: Plan, in_channels: int) -> tuple[list[Any], set[str]]:
 
 
 def _load_corpus(plan: Plan, in_channels: int) -> tuple[list[Any], set[str]]:
-    ds = prepared(plan, plan.suite.pretrain_dataset)
+    ds = dataset(plan, plan.suite.pretrain_dataset)  # not prepared(): this already runs main process first
+    ds.prepare(progress=plan.progress and distributed.is_main())
     pp = suite_preprocess(plan)
     volumes, hashes, cache, disk = [], set(), hash_cache(plan), preprocessed_cache(plan)
     records = [rec for split in plan.suite.pretrain_splits for rec in ds.records(split)]
@@ -397,15 +403,8 @@ def transfer(plan: Plan, export: Path, pretrain_hash: str) -> list[dict[str, Any
     corpus = corpus_hashes(plan, export.parent, method_cls_pretrains(plan))
     eval_hashes: dict[str, dict[str, str]] = {}
     for cell in cells:
-        proto_cls, pcfg = protocol_config(
-            plan, cell.protocol, cell.task.kind, cell.task.protocol_options.get(cell.protocol)
-        )
+        proto_cls, pcfg, ident, h, cid = cell_config(plan, cell, pretrain_hash)
         leaked = check_leakage(plan, corpus, [cell.task], eval_hashes)
-        ident = cell_identity(plan, cell, pcfg, pretrain_hash)
-        # the pretraining seed enters through pretrain_hash (its identity holds the seed), so the config hash of a
-        # cell at pretraining seed 0 is what it was before the seed was part of a cell's identity
-        h = config_hash(ident)
-        cid = cell_id(plan, cell)
         if plan.store.is_complete(cid, h):
             say(f"[transfer] skip {cid}: complete with config {h}")
             continue
@@ -426,7 +425,7 @@ def transfer(plan: Plan, export: Path, pretrain_hash: str) -> list[dict[str, Any
             / h
         )
         # one job runs a cell; another one that wants it waits, then finds it complete
-        with jobs.exclusive(run_dir.parent / f"{h}.lock", f"cell {cid}", say):
+        with jobs.exclusive(run_dir, f"cell {cid}", say):
             if plan.store.is_complete(cid, h):
                 say(f"[transfer] skip {cid}: completed by another job")
                 continue
@@ -462,6 +461,17 @@ def attempt(plan: Plan, cid: str, h: str) -> Iterator[None]:
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             plan.store.fail_attempt(cid, f"{type(e).__name__}: {first}"[:500])
         raise
+
+
+def cell_config(plan: Plan, cell: Cell, pretrain_hash: str) -> tuple[type[Protocol], Any, dict[str, Any], str, str]:
+    """A cell's protocol class and options, its identity, config hash and id: what running it and reporting its
+    status both look it up by. The pretraining seed enters through ``pretrain_hash`` (its identity holds the seed),
+    so the config hash of a cell at pretraining seed 0 is what it was before the seed was part of a cell's
+    identity."""
+    options = cell.task.protocol_options.get(cell.protocol)
+    proto_cls, pcfg = protocol_config(plan, cell.protocol, cell.task.kind, options)
+    ident = cell_identity(plan, cell, pcfg, pretrain_hash)
+    return proto_cls, pcfg, ident, config_hash(ident), cell_id(plan, cell)
 
 
 def cell_identity(plan: Plan, cell: Cell, pcfg: Any, pretrain_hash: str) -> dict[str, Any]:

@@ -7,13 +7,12 @@ complete: failed ones are retried, complete ones skipped.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from typing import Any
 
-from bench import runner
-from bench.plan import Plan, cell_id, config_hash, pipeline_plans, protocol_config
+from bench import jobs, runner
+from bench.plan import Plan, config_hash, pipeline_plans
 
 
 def _alive(host: Any, pid: Any) -> bool | None:
@@ -29,25 +28,16 @@ def _alive(host: Any, pid: Any) -> bool | None:
     return True
 
 
-def _where(a: dict[str, Any]) -> str:
-    job = f", SLURM job {a['job_id']}" if a.get("job_id") else ""
-    return f"{a.get('host')} pid {a.get('pid')}{job}"
-
-
 def pretraining_state(plan: Plan) -> tuple[str, str]:
     h = config_hash(runner.pretrain_identity(plan))
-    run_dir = plan.runs_dir / "pretrain" / plan.method / h
+    run_dir = runner.pretrain_dir(plan, h)
     if (run_dir / "export.pt").is_file():
         return "complete", f"{plan.method} {h}"
-    owner = run_dir.parent / f"{h}.owner.json"
-    if owner.is_file():
-        try:
-            who = json.loads(owner.read_text())
-            alive = _alive(who.get("host"), who.get("pid"))
-            state = "stopped (its process is gone)" if alive is False else "running"
-            return state, f"{plan.method} {h} on {_where(who)} since {who.get('since')}"
-        except (OSError, ValueError):
-            pass
+    who = jobs.holder(run_dir)
+    if who is not None:
+        alive = _alive(who.get("host"), who.get("pid"))
+        state = "stopped (its process is gone)" if alive is False else "running"
+        return state, f"{plan.method} {h} on {jobs.describe(who)} since {who.get('since')}"
     return ("interrupted (resumes from its checkpoint)" if (run_dir / "last.ckpt").is_file() else "missing"), (
         f"{plan.method} {h}"
     )
@@ -60,11 +50,7 @@ def cell_states(plan: Plan) -> list[dict[str, Any]]:
     for pipeline in pipeline_plans(plan):
         ph = config_hash(runner.pretrain_identity(pipeline))
         for cell in runner.transfer_cells(pipeline):
-            proto_cls, pcfg = protocol_config(
-                pipeline, cell.protocol, cell.task.kind, cell.task.protocol_options.get(cell.protocol)
-            )
-            ident = runner.cell_identity(pipeline, cell, pcfg, ph)
-            h, cid = config_hash(ident), cell_id(pipeline, cell)
+            proto_cls, _, ident, h, cid = runner.cell_config(pipeline, cell, ph)
             row = {"cell": cid, "config_hash": h, "state": "missing", "detail": ""}
             a = by_id.get(cid)
             if pipeline.store.is_complete(cid, h):
@@ -74,9 +60,9 @@ def cell_states(plan: Plan) -> list[dict[str, Any]]:
             elif a is not None and a["config_hash"] == h and a["status"] == "running":
                 alive = _alive(a.get("host"), a.get("pid"))
                 state = "stopped (its process is gone; rerun to retry)" if alive is False else "running"
-                row |= {"state": state, "detail": f"{_where(a)} since {a.get('started')}"}
+                row |= {"state": state, "detail": f"{jobs.describe(a)} since {a.get('started')}"}
             elif a is not None and a["config_hash"] == h and a["status"] == "failed":
-                row |= {"state": "failed", "detail": f"{a.get('error')} ({_where(a)}, {a.get('updated')})"}
+                row |= {"state": "failed", "detail": f"{a.get('error')} ({jobs.describe(a)}, {a.get('updated')})"}
             out.append(row)
     return out
 

@@ -306,9 +306,7 @@ class _Batches(torch.utils.data.IterableDataset):
     ) -> None:
         self.data, self.idx, self.batch, self.seed = data, torch.tensor(idx, dtype=torch.long), batch, seed
         self.grid, self.nb, self.augment = grid, nb, augment
-        procs = distributed.world().size
-        if min(batch, len(idx)) < procs:
-            raise ValueError(f"a batch of {min(batch, len(idx))} slice(s) cannot be shared by {procs} processes")
+        distributed.check_shards(min(batch, len(idx)), "slice(s)")
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed)

@@ -28,7 +28,11 @@ with jobs.exclusive(Path(sys.argv[1]), "test work", lambda m: print(m, flush=Tru
 
 def _holder(lock: Path, seconds: float) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(lock), str(seconds)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        # the script names the work's folder; its lock and owner files are beside it
+        [sys.executable, "-c", HOLD, str(lock.with_suffix("")), str(seconds)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -238,9 +238,7 @@ class _Sampler(torch.utils.data.IterableDataset):
 
     def __init__(self, x: torch.Tensor, y: np.ndarray, batch: int, seed: int, augment: bool = False) -> None:
         self.x, self.y, self.batch, self.seed, self.augment = x, torch.from_numpy(np.asarray(y)), batch, seed, augment
-        procs = distributed.world().size
-        if min(batch, len(x)) < procs:
-            raise ValueError(f"a batch of {min(batch, len(x))} training image(s) cannot be shared by {procs} processes")
+        distributed.check_shards(min(batch, len(x)), "training image(s)")
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed)
