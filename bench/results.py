@@ -9,8 +9,10 @@ write of it is a no-op (see :class:`ResultsStore`).
 from __future__ import annotations
 
 import os
+import random
 import re
 import sqlite3
+import time
 from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
@@ -349,11 +351,7 @@ class ResultsStore:
         engine = self._get_engine()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            raw = engine.raw_connection()  # outside a transaction, as SQLite requires; the file keeps the mode
-            try:
-                raw.driver_connection.execute("PRAGMA journal_mode = WAL")  # type: ignore[union-attr]
-            finally:
-                raw.close()
+            _sqlite_wal(engine)
         with engine.execution_options(write=True).begin() as con:
             if self.path is None:
                 con.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
@@ -511,6 +509,28 @@ def _sqlite_connect(dbapi_con: sqlite3.Connection, _record: Any) -> None:
     dbapi_con.isolation_level = None  # transactions are begun by _sqlite_begin, not by the sqlite3 module
     dbapi_con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
     dbapi_con.execute("PRAGMA foreign_keys = ON")
+
+
+def _sqlite_wal(engine: sa.Engine) -> None:
+    """Put the file in WAL mode (the file keeps it). Several jobs opening a new store at once can each hold a shared
+    lock while asking for the exclusive one the switch needs; SQLite answers that deadlock with "database is locked"
+    at once, without waiting out busy_timeout, so the switch is retried here for as long as a writer would wait."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        raw = engine.raw_connection()  # outside a transaction, as SQLite requires
+        try:
+            con = raw.driver_connection
+            assert isinstance(con, sqlite3.Connection)
+            if con.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            con.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        finally:
+            raw.close()
+        time.sleep(random.uniform(0.01, 0.1))  # apart, so the jobs do not meet again at the same instant
 
 
 def _sqlite_begin(con: sa.Connection) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import sqlite3
+import threading
 import time
+from contextlib import closing
 from typing import Any
 
 import pandas as pd
@@ -113,6 +115,31 @@ def test_two_workers_finishing_the_same_cells_store_each_once(backend, request, 
     assert (by_cell["min"] == by_cell["max"]).all()  # one writer's rows, never a mix
     assert by_cell["min"].to_dict() == winner
     assert cells.set_index("cell_id")["wall_s"].to_dict() == winner  # the cell row from the same writer
+
+
+def test_a_new_sqlite_store_opened_while_another_job_holds_a_write_lock_waits_instead_of_failing(tmp_path):
+    """Switching a new file to WAL needs the exclusive lock. While another job holds the write lock, SQLite answers
+    the switch with "database is locked" at once (a possible deadlock, so busy_timeout is not waited out): jobs of a
+    sweep opening a new store together failed that way (1 in 5 races of 8 writers). The switch must wait instead."""
+    path = tmp_path / "results.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+    holder.execute("CREATE TABLE other_job (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other_job VALUES (1)")
+    release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        t0 = time.monotonic()
+        store = ResultsStore(str(path))
+        assert store.write_cell(_cell("c0", wall_s=1.0), _rows(1.0))
+        assert time.monotonic() - t0 >= 0.4  # it waited for the other job's transaction
+    finally:
+        release.join()
+        holder.close()
+    cells, metrics = _counts(str(path))
+    assert list(cells["cell_id"]) == ["c0"] and len(metrics) == ROWS_PER_CELL
+    with closing(sqlite3.connect(path)) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_write_once_keeps_a_complete_cell_with_the_same_hash_and_replaces_another(url):
