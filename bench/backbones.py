@@ -39,6 +39,23 @@ class Backbone(nn.Module):
         return dict(self._build_kwargs)
 
 
+def on_grid(stages: list[torch.Tensor], size: list[int]) -> torch.Tensor:
+    """Stage features [B, C_i, ...] resampled to one grid ``size`` (area average where finer, trilinear where
+    coarser) and concatenated by channel: what the 3D representation probes read, and what supervised pretraining
+    supervises."""
+    out = []
+    for h in stages:
+        finer = [a > b for a, b in zip(h.shape[2:], size)]
+        if all(finer):
+            h = F.interpolate(h, size=size, mode="area")  # an average over each grid cell
+        elif any(finer):
+            raise ValueError(f"stage features {tuple(h.shape[2:])} are finer than the grid {size} on some axes only")
+        elif list(h.shape[2:]) != list(size):
+            h = F.interpolate(h, size=size, mode="trilinear", align_corners=False)
+        out.append(h.float())
+    return torch.cat(out, 1)
+
+
 def _sdpa_window_attention(self: Any, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """MONAI WindowAttention.forward computed with fused scaled-dot-product attention.
 
@@ -81,6 +98,7 @@ class SwinUNETRBackbone(Backbone):
         use_checkpoint: bool = False,
         fused_attention: bool = True,
         depths: tuple[int, ...] = (2, 2, 2, 2),
+        num_heads: tuple[int, ...] = (3, 6, 12, 24),
     ) -> None:
         super().__init__()
         from monai.networks.nets import SwinUNETR
@@ -93,12 +111,14 @@ class SwinUNETRBackbone(Backbone):
             use_checkpoint=use_checkpoint,
             fused_attention=fused_attention,
             depths=tuple(depths),
+            num_heads=tuple(num_heads),
         )
         net = SwinUNETR(
             in_channels=in_channels,
             out_channels=1,
             feature_size=feature_size,
             depths=tuple(depths),
+            num_heads=tuple(num_heads),
             dropout_path_rate=dropout_path_rate,
             use_checkpoint=use_checkpoint,
         )

@@ -71,7 +71,8 @@ def preflight(argv: list[str]) -> list[str]:
                     _fail(f"unknown {key} {v!r}. {FILE_GROUPS[key]}: {', '.join(known)}")
         if key in GROUPS and value not in ("null", ""):
             reg = getattr(registry, GROUPS[key])
-            for v in value.split(","):
+            # a,b: a sweep's values; [a,b]: one list value (protocol=[voxel_probe,knn_seg])
+            for v in value.strip("[]").split(","):
                 if v not in reg:
                     _fail(reg.unknown_message(v))
     from bench.plan import compose

@@ -112,11 +112,13 @@ def random_crop(
 
 
 class PretrainDataset(Dataset):
-    """Unlabelled volumes -> method views; ``samples`` sets the epoch length of a plain sampler.
+    """Corpus volumes -> method views; ``samples`` sets the epoch length of a plain sampler.
 
     Item ``k`` is drawn from ``k`` and ``seed`` alone (which volume, and the method's random views), never from a
     process's or worker's RNG, so that the shards of :class:`bench.distributed.StreamSampler` on N processes hold
-    exactly the samples one process would draw, and a resumed stream continues the same draws.
+    exactly the samples one process would draw, and a resumed stream continues the same draws. ``labels`` (one
+    label map per volume) is given only for a method that pretrains with labels: its sample then holds ``label``
+    too; without it the sample is ``image`` and ``roi`` alone.
     """
 
     def __init__(
@@ -126,16 +128,34 @@ class PretrainDataset(Dataset):
         views: Callable[[dict, np.random.Generator], dict],
         samples: int,
         seed: int,
+        labels: list[np.ndarray] | None = None,
     ) -> None:
+        if labels is not None and len(labels) != len(volumes):
+            raise ValueError(f"{len(labels)} label maps for {len(volumes)} volumes")
         self.volumes, self.roi, self.views, self.samples, self.seed = volumes, tuple(roi), views, samples, seed
+        self.labels = labels
 
     def __len__(self) -> int:
         return self.samples
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, i])
-        vol = self.volumes[int(rng.integers(len(self.volumes)))]
-        return self.views({"image": vol, "roi": self.roi}, rng)
+        k = int(rng.integers(len(self.volumes)))
+        sample = {"image": self.volumes[k], "roi": self.roi}
+        if self.labels is not None:
+            sample["label"] = self.labels[k]
+        return self.views(sample, rng)
+
+
+def compact_label(label: np.ndarray) -> np.ndarray:
+    """A label map in the smallest integer type that holds it (uint8 for up to 255 classes): a corpus's label maps
+    stay in memory for a whole pretraining, at an eighth of their preprocessed int64 size."""
+    lo, hi = (int(label.min()), int(label.max())) if label.size else (0, 0)
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return label.astype(dtype, copy=False)
+    return label
 
 
 POSITIVE_CROPS = ("foreground", "class")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bench import distributed
 from bench.engine import pick_device
@@ -23,7 +23,7 @@ from bench.protocols.base import protocol_values, resolve_protocol
 from bench.registry import DATASETS, METHODS, PROTOCOLS, SUITES
 from bench.results import ResultsStore
 from bench.suites import Cell, Suite
-from bench.types import PROJECT_ROOT
+from bench.types import PROJECT_ROOT, no_corpus_labels
 
 CONF_DIR = PROJECT_ROOT / "conf"
 
@@ -60,7 +60,7 @@ class Plan:
     cache_dir: str | None
     progress: bool
     seeds: tuple[int, ...]
-    protocol: str | None
+    protocol: tuple[str, ...] | None  # protocol=NAME or protocol=[A,B]: only these; None: every protocol
     pretrain_seed: int  # the seed of the pretraining the transfer seeds use (unless tied)
     label_fraction: float | None = None
     task: str | None = None
@@ -146,6 +146,7 @@ def make_plan(cfg: DictConfig) -> Plan:
     budget = cfg.budget
     spatial = DATASETS.get(suite.pretrain_dataset).info.spatial_dims
     _check_method_dims(cfg, suite, spatial)
+    _check_corpus_labels(cfg, suite)
     backbone, roi, suffix = _geometry(cfg, suite, spatial)
     caps = cfg.suite.get("budget_caps") or {}
     _check_scalars(cfg)
@@ -253,6 +254,25 @@ def _check_method_dims(cfg: DictConfig, suite: Suite, spatial: int) -> None:
         raise UserError(f"method {cfg.method.name!r} is a {dims} method; suite {suite.name!r} is {spatial}D")
 
 
+def _check_corpus_labels(cfg: DictConfig, suite: Suite) -> None:
+    """A method that pretrains with labels (``needs_corpus_labels``) on a corpus whose dataset declares none
+    (``has_corpus_labels``) is refused by name, before any data generation; the message names the suites it can
+    run on."""
+    method = METHODS.get(cfg.method.name)
+    if cfg.get("stage") == "leaderboard" or not getattr(method, "needs_corpus_labels", False):
+        return
+    if not getattr(DATASETS.get(suite.pretrain_dataset), "has_corpus_labels", False):
+        usable = [
+            s
+            for s in SUITES.names()
+            if getattr(DATASETS.get(SUITES.get(s).pretrain_dataset), "has_corpus_labels", False)
+        ]
+        raise UserError(
+            f"method {cfg.method.name!r}: {no_corpus_labels(suite.pretrain_dataset)} (the corpus of suite "
+            f"{suite.name!r}); suites with a labelled corpus: {', '.join(usable) or '(none)'}"
+        )
+
+
 def _geometry(cfg: DictConfig, suite: Suite, spatial: int) -> tuple[dict[str, Any], tuple[int, ...], str]:
     """The backbone config, the input size and the key suffix (``""`` or ``"_2d"``). A budget names one backbone
     and input size per dimensionality (its own defaults list composes ``budget.backbone``/``budget.backbone_2d``);
@@ -267,18 +287,24 @@ def _geometry(cfg: DictConfig, suite: Suite, spatial: int) -> tuple[dict[str, An
     return _plain_dict(chosen), roi, suffix
 
 
-def _selection(cfg: DictConfig, suite: Suite) -> tuple[str | None, float | None, str | None]:
-    """``protocol=``, ``label_fraction=`` and ``task=``: each must be one the suite (and the chosen task) offers."""
-    protocol = cfg.get("protocol")
-    if protocol is not None:
-        protocol = str(protocol)
-        PROTOCOLS.get(protocol)
-        protocols = sorted({p for t in suite.tasks for p in t.protocols})
-        if protocol not in protocols:
-            # else a run would pretrain for minutes and then find no cell to run
-            raise UserError(
-                f"protocol={protocol}: no task of suite {suite.name!r} has it; its tasks offer {', '.join(protocols)}"
-            )
+def _selection(cfg: DictConfig, suite: Suite) -> tuple[tuple[str, ...] | None, float | None, str | None]:
+    """``protocol=`` (one name or a list, e.g. ``protocol=[voxel_probe,knn_seg]``: one process runs them all, so
+    the cells share what they cache), ``label_fraction=`` and ``task=``: each must be one the suite (and the chosen
+    task) offers."""
+    value = cfg.get("protocol")
+    protocol: tuple[str, ...] | None = None
+    if value is not None:
+        protocol = tuple(str(p) for p in value) if isinstance(value, ListConfig) else (str(value),)
+        if not protocol:
+            raise UserError("protocol=[]: name at least one protocol, or leave protocol unset for all of them")
+        names = sorted({p for t in suite.tasks for p in t.protocols})
+        for name in protocol:
+            PROTOCOLS.get(name)
+            if name not in names:
+                # else a run would pretrain for minutes and then find no cell to run
+                raise UserError(
+                    f"protocol={name}: no task of suite {suite.name!r} has it; its tasks offer {', '.join(names)}"
+                )
     fraction = cfg.get("label_fraction")
     if fraction is not None:
         offered = sorted({f for t in suite.tasks for f in t.label_fractions})
@@ -297,10 +323,9 @@ def _selection(cfg: DictConfig, suite: Suite) -> tuple[str | None, float | None,
         if task not in names:
             raise UserError(f"task={task}: suite {suite.name!r} has tasks {', '.join(names)}")
         chosen = next(t for t in suite.tasks if t.name == task)
-        if protocol is not None and protocol not in chosen.protocols:
+        for name in [p for p in protocol or () if p not in chosen.protocols]:
             raise UserError(
-                f"task={task} of suite {suite.name!r} has no protocol {protocol!r}; "
-                f"it offers {', '.join(chosen.protocols)}"
+                f"task={task} of suite {suite.name!r} has no protocol {name!r}; it offers {', '.join(chosen.protocols)}"
             )
         if fraction is not None and not any(abs(fraction - f) < 1e-9 for f in chosen.label_fractions):
             raise UserError(
@@ -338,7 +363,7 @@ def _check_protocol_options(plan: Plan) -> None:
         if plan.task not in (None, t.name):
             continue
         for name in t.protocols:
-            if plan.protocol in (None, name):
+            if plan.protocol is None or name in plan.protocol:
                 protocol_config(plan, name, t.kind, t.protocol_options.get(name))
 
 
@@ -379,7 +404,7 @@ def leaderboard_suite(suite: Suite, version: Any, stage: str) -> Suite:
         v = None
     if v is None or isinstance(version, (bool, float)) or not 1 <= v <= suite.version:
         raise UserError(f"suite_version={version!r}: suite {suite.name!r} has versions 1 to {suite.version}")
-    return replace(suite, version=v)
+    return replace(suite, version=v, tasks=suite.tasks_of(v))
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

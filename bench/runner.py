@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from bench import distributed, jobs, leakage
 from bench.backbones import build_backbone
-from bench.data import PretrainDataset, Preprocess, PreprocessedCache, match_channels
+from bench.data import PretrainDataset, Preprocess, PreprocessedCache, compact_label, match_channels
 from bench.engine import earlier_wall, fit, schedule_config, seed_everything
 from bench.export import load_meta, save_export
 from bench.plan import (
@@ -41,7 +41,7 @@ from bench.protocols.base import Protocol, TransferContext, resolve_protocol
 from bench.provenance import git_sha
 from bench.registry import DATASETS, METHODS
 from bench.suites import Cell, expand
-from bench.types import PROJECT_ROOT, default_data_dir, load_split_file, write_text_atomic
+from bench.types import PROJECT_ROOT, DataError, default_data_dir, load_split_file, write_text_atomic
 
 __all__ = ["UserError", "make_plan", "run"]
 
@@ -109,7 +109,7 @@ def pretrain_identity(plan: Plan) -> dict[str, Any]:
         "seed": plan.pretrain_seed,
         # a suite's version goes up when its data change (abdomen v2: the orientation fix), and an encoder
         # pretrained on the old corpus must not be reused; version 1 adds no key, so older caches stay valid
-        **({"suite_version": plan.suite.version} if plan.suite.version != 1 else {}),
+        **({"suite_version": plan.suite.corpus_version} if plan.suite.corpus_version != 1 else {}),
         **({"method_identity": mi} if (mi := method_identity(plan)) else {}),
     }
 
@@ -188,6 +188,8 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
         backbone = build_backbone(plan.backbone, **plan.backbone_kwargs)
         try:
             method = method_cls(backbone, method_cls.make_config(plan.method_cfg))
+            if method.needs_corpus_labels:  # its head, before its parameter groups and any resumed checkpoint
+                method.bind_labels(dict(DATASETS.get(plan.suite.pretrain_dataset).info.labels))
             # a method that does not pretrain (an external checkpoint) fails here, before any folder is made
             encoder = None if method.pretrains else method.export_encoder()
         except (TypeError, ValueError) as e:
@@ -228,12 +230,12 @@ def _pretrain(
             save_export(encoder, export, meta | {"pretrain_steps": 0}, extras=method.export_extras())
         distributed.barrier()  # the export exists before any process reads it
         return
-    volumes, hashes = load_corpus(plan, method.backbone.in_channels)
+    volumes, hashes, labels = load_corpus(plan, method.backbone.in_channels, method.needs_corpus_labels)
     # fail before hours of pretraining, not after
     check_leakage(plan, hashes, plan.suite.tasks, {})
     if main:
         write_text_atomic(run_dir / CORPUS_HASHES, json.dumps(sorted(hashes)))
-    res = train_method(plan, method, volumes, run_dir)
+    res = train_method(plan, method, volumes, run_dir, labels)
     if main:
         save_export(
             method.export_encoder(),
@@ -245,45 +247,73 @@ def _pretrain(
     distributed.barrier()
 
 
-def load_corpus(plan: Plan, in_channels: int) -> tuple[list[Any], set[str]]:
-    """The pretraining corpus, preprocessed (from the disk cache where it can be), and its content hashes. Under
-    torchrun the main process fills the caches first and the others read them."""
+def load_corpus(
+    plan: Plan, in_channels: int, with_labels: bool = False
+) -> tuple[list[Any], set[str], list[Any] | None]:
+    """The pretraining corpus, preprocessed (from the disk cache where it can be), its content hashes, and, for a
+    method that pretrains with labels (``with_labels``), each volume's label map (else None). Under torchrun the
+    main process fills the caches first and the others read them."""
     with distributed.main_first():
-        return _load_corpus(plan, in_channels)
+        return _load_corpus(plan, in_channels, with_labels)
 
 
-def _load_corpus(plan: Plan, in_channels: int) -> tuple[list[Any], set[str]]:
+def _load_corpus(plan: Plan, in_channels: int, with_labels: bool) -> tuple[list[Any], set[str], list[Any] | None]:
     ds = dataset(plan, plan.suite.pretrain_dataset)  # not prepared(): this already runs main process first
-    ds.prepare(progress=plan.progress and distributed.is_main())
+    show = plan.progress and distributed.is_main()
+    ds.prepare(progress=show)
     pp = suite_preprocess(plan)
     volumes, hashes, cache, disk = [], set(), hash_cache(plan), preprocessed_cache(plan)
-    records = [rec for split in plan.suite.pretrain_splits for rec in ds.records(split)]
+    labels: list[Any] | None = [] if with_labels else None
+    records = [rec for split in plan.suite.pretrain_splits for rec in corpus_records(plan, ds, split, with_labels)]
     from tqdm.auto import tqdm
 
-    show = plan.progress and distributed.is_main()
     for rec in tqdm(records, desc=f"load {plan.suite.pretrain_dataset}", disable=not show, unit="vol"):
         # one read serves both the content hash and the preprocessing when either is not cached yet
         entry = disk.entry(ds.registry_name, rec, pp)
         cached = entry is not None and (entry / "meta.json").is_file() and cache.known(rec)
         raw = None if cached else ds.load(rec)
         hashes.add(cache.record_hash(ds, rec, None if raw is None else raw["image"]))
-        image = disk.get(ds, rec, pp, raw)["image"]  # the label too: transfer cells share the entry
+        sample = disk.get(ds, rec, pp, raw)  # the label too: transfer cells share the entry
         try:
-            volumes.append(match_channels(image, in_channels, f"{plan.suite.pretrain_dataset}/{rec.id}"))
+            volumes.append(match_channels(sample["image"], in_channels, f"{plan.suite.pretrain_dataset}/{rec.id}"))
         except ValueError as e:
             raise UserError(str(e)) from None
+        if labels is not None:
+            if sample.get("label") is None:
+                raise UserError(
+                    f"{plan.suite.pretrain_dataset}/{rec.id}: no label map, and method {plan.method} "
+                    f"pretrains with labels"
+                )
+            labels.append(compact_label(sample["label"]))
     cache.save()
     if not volumes:
         raise UserError(f"pretraining corpus {plan.suite.pretrain_dataset} {plan.suite.pretrain_splits} is empty")
-    return volumes, hashes
+    return volumes, hashes, labels
 
 
-def train_method(plan: Plan, method: Any, volumes: list[Any], run_dir: Path) -> Any:
-    """The engine's one loop over the method's views of the corpus, on the method's optimiser recipe."""
+def corpus_records(plan: Plan, ds: Any, split: str, with_labels: bool) -> list[Any]:
+    """A pretraining split's records; with their label maps for a method that pretrains with labels (the dataset's
+    ``corpus_with_labels``, which may generate them first)."""
+    if not with_labels:
+        return ds.records(split)
+    try:
+        return ds.corpus_with_labels(split, progress=plan.progress and distributed.is_main())
+    except DataError as e:
+        raise UserError(f"method {plan.method}: {e}") from None
+
+
+def train_method(plan: Plan, method: Any, volumes: list[Any], run_dir: Path, labels: list[Any] | None = None) -> Any:
+    """The engine's one loop over the method's views of the corpus (with their label maps for a method that
+    pretrains with labels), on the method's optimiser recipe."""
     # the budget's batch is the global batch: under torchrun each process draws its shard of it
     loader = distributed.loader(
         PretrainDataset(
-            volumes, plan.roi, method.views, samples=max(plan.pretrain_batch * 50, 1), seed=plan.pretrain_seed
+            volumes,
+            plan.roi,
+            method.views,
+            samples=max(plan.pretrain_batch * 50, 1),
+            seed=plan.pretrain_seed,
+            labels=labels,
         ),
         plan.pretrain_batch,
         "budget.pretrain.batch_size",

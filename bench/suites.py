@@ -7,7 +7,7 @@ datasets (datasets/), never here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,39 @@ class Suite:
     synthetic: bool = False
     description: str = ""
     preprocessing: dict = field(default_factory=dict, hash=False, compare=False)
+    # the version of the suite's data, which decides whether an encoder pretrained for an earlier version may be
+    # reused; None: ``version``. A version that only adds tasks or protocols keeps the data version of the one before
+    data_version: int | None = None
+    # the task lists of earlier versions that differ from the current one: K -> the tasks of every version up to K
+    # (after any smaller key), so that stage=leaderboard suite_version=K renders a record with the tasks it had
+    tasks_until: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def corpus_version(self) -> int:
+        return self.version if self.data_version is None else self.data_version
+
+    def tasks_of(self, version: int) -> tuple[Task, ...]:
+        """The task list of ``version`` of this suite."""
+        later = [k for k in self.tasks_until if k >= version]
+        return self.tasks_until[min(later)] if later else self.tasks
 
     def task(self, name: str) -> Task:
         for t in self.tasks:
             if t.name == name:
                 return t
         raise KeyError(f"suite {self.name!r} has no task {name!r}; tasks: {[t.name for t in self.tasks]}")
+
+
+def protocols_added(suite: Suite, version: int, protocols: tuple[str, ...]) -> Suite:
+    """``suite``, recording that its ``version`` added ``protocols`` to its tasks: the versions before it had the
+    tasks without them (and a primary table that named one of them was the default one)."""
+
+    def before(task: Task) -> Task:
+        primary = task.primary if task.primary is None or task.primary[0] not in protocols else None
+        return replace(task, protocols=tuple(p for p in task.protocols if p not in protocols), primary=primary)
+
+    older = tuple(before(t) for t in suite.tasks_of(version - 1))
+    return replace(suite, tasks_until=suite.tasks_until | {version - 1: tuple(t for t in older if t.protocols)})
 
 
 @dataclass(frozen=True)
@@ -71,16 +98,17 @@ class Cell:
 def expand(
     suite: Suite,
     seeds: tuple[int, ...] | None = None,
-    protocol: str | None = None,
+    protocol: str | tuple[str, ...] | None = None,
     label_fraction: float | None = None,
     task_name: str | None = None,
 ) -> list[Cell]:
+    chosen = (protocol,) if isinstance(protocol, str) else protocol
     cells = []
     for task in suite.tasks:
         if task_name is not None and task.name != task_name:
             continue
         for proto in task.protocols:
-            if protocol is not None and proto != protocol:
+            if chosen is not None and proto not in chosen:
                 continue
             for frac in task.label_fractions:
                 if label_fraction is not None and abs(frac - label_fraction) > 1e-9:

@@ -67,11 +67,21 @@ class DatasetAdapter(Protocol):
     info: ClassVar[DatasetInfo]
     registry_name: ClassVar[str]
     split_name: ClassVar[str | None]
+    has_corpus_labels: ClassVar[bool]  # corpus_with_labels serves label maps of the pretraining splits
 
     def prepare(self, progress: bool = True) -> None: ...
     def records(self, split: str) -> list[Record]: ...
+    def corpus_with_labels(self, split: str, progress: bool = True) -> list[Record]: ...
     def load(self, record: Record) -> dict[str, Any]: ...
     def validate(self, splits: tuple[str, ...] | None = None) -> list[str]: ...
+
+
+def no_corpus_labels(dataset: str) -> str:
+    """The one wording for a pretraining corpus without labels, asked for by a method that pretrains with them."""
+    return (
+        f"dataset {dataset!r} has no labels for its pretraining corpus; a method that pretrains with labels needs a "
+        f"labelled pretraining corpus"
+    )
 
 
 @dataclass

@@ -8,16 +8,18 @@ same primitives at a random layout per subject, so position-aware pretraining sh
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task
-from datasets.base import DatasetInfo, atomic_write_json
+from bench.suites import Suite, Task, protocols_added
+from datasets.base import DatasetInfo, Record, atomic_write_json
 from datasets.btcv import BTCV, BTCV_LABELS
 from datasets.synthetic import abdomen as gen
-from datasets.synthetic.cache import ensure_generated
+from datasets.synthetic.cache import atomic_save_nifti, ensure_generated
 
 SEED_OFFSET = 100_000  # generator seed = SEED_OFFSET + case number
+CORPUS_LABELS = "labelsCorpus"  # the corpus's label maps, generated on first use (corpus_with_labels)
 
 
 class _SynthAbdomen(BTCV):
@@ -25,12 +27,41 @@ class _SynthAbdomen(BTCV):
     root_env = None
     layout_name = "atlas"
     split_name = "abdomen"
+    has_corpus_labels = True
 
     def default_root(self) -> Path:
         return self.cache_dir / self.registry_name
 
+    def _labelled_ids(self) -> set[str]:
+        return {i for s in ("train", "val", "test") for i in self.split_ids(s)}
+
+    def corpus_with_labels(self, split: str, progress: bool = True) -> list[Record]:
+        """The corpus's label maps, generated on first use into ``labelsCorpus/labelNNNN.nii.gz`` from the seed of
+        each image (with its own checksum manifest there). The corpus images are neither rewritten nor touched:
+        their content hashes key the caches and the leakage check. A case of a labelled split keeps its
+        ``labelsTr`` file."""
+        labelled = self._labelled_ids()
+        folder = self.root / CORPUS_LABELS
+        items = {}
+        for cid in sorted(set(self.split_ids("pretrain")) - labelled):
+
+            def write(path: Path, cid: str = cid) -> None:
+                _image, label, affine = gen.generate_subject(SEED_OFFSET + int(cid[3:]), layout=self.layout_name)
+                atomic_save_nifti(label, affine, path)
+
+            items[f"label{cid[3:]}.nii.gz"] = write
+        version = f"{gen.GENERATOR_VERSION}/{self.layout_name}"
+        ensure_generated(folder, version, items, f"{self.registry_name} corpus labels", progress)
+        _images, labels_tr = self.layout()
+        return [
+            rec
+            if rec.label is not None
+            else replace(rec, label=str((labels_tr if rec.id in labelled else folder) / f"label{rec.id[3:]}.nii.gz"))
+            for rec in self.records(split)
+        ]
+
     def prepare(self, progress: bool = True) -> None:
-        labelled = {i for s in ("train", "val", "test") for i in self.split_ids(s)}
+        labelled = self._labelled_ids()
         corpus = set(self.split_ids("pretrain")) - labelled
         items = {}
         for cid in sorted(labelled | corpus):
@@ -79,10 +110,14 @@ class AbdomenShuffled(_SynthAbdomen):
 
 def _suite(name: str, description: str) -> Suite:
     # version 2: files carry the generator's true (LAS) orientation, so the harness reads the anatomy unmirrored;
-    # version 1's arrays were the mirror image (liver on the patient's left), and its results are not comparable
-    return Suite(
+    # version 1's arrays were the mirror image (liver on the patient's left), and its results are not comparable;
+    # version 3 adds the representation probes (voxel_probe, knn_seg) and makes voxel_probe the primary table: at the
+    # quick budget the finetune and linear_probe tables cannot tell encoders apart (docs/datasets/abdomen.md), while
+    # a probe reads the encoder alone
+    suite = Suite(
         name=name,
-        version=2,
+        version=3,
+        data_version=2,
         synthetic=True,
         pretrain_dataset=name,
         pretrain_splits=("pretrain",),
@@ -92,13 +127,15 @@ def _suite(name: str, description: str) -> Suite:
                 name="organs13",
                 dataset=name,
                 kind="segmentation",
-                protocols=("finetune", "linear_probe"),
+                protocols=("finetune", "linear_probe", "voxel_probe", "knn_seg"),
                 label_fractions=(0.125, 1.0),
                 metric="dice",
+                primary=("voxel_probe", 1.0),
             ),
         ),
         seeds=(0, 1, 2),
     )
+    return protocols_added(suite, 3, ("voxel_probe", "knn_seg"))
 
 
 SUITES.register("abdomen")(_suite("abdomen", "synthetic abdominal CT, 13 BTCV organs"))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task
+from bench.suites import Suite, Task, protocols_added
 from datasets.base import DataError, DatasetAdapter, DatasetInfo, Record, natural_key
 from datasets.msd import ASA_PREPROCESSING, case_id, count_problems, entry_paths, is_junk, read_index
 
@@ -135,26 +135,31 @@ class AMOS(DatasetAdapter):
 
 
 SUITES.register("amos")(
-    Suite(
-        name="amos",
-        version=1,
-        pretrain_dataset="amos",
-        pretrain_splits=("pretrain",),
-        description="AMOS22 CT, 15 organs: label efficiency on 5/10/20/50/100% of the training list (5 draws per "
-        "fraction), tested on the released validation list; pretraining on the training images (ASA); "
-        "ASA preprocessing",
-        tasks=(
-            Task(
-                name="organs15",
-                dataset="amos",
-                kind="segmentation",
-                protocols=("finetune",),
-                label_fractions=(0.05, 0.1, 0.2, 0.5, 1.0),
-                draws=5,
-                metric="dice",
+    protocols_added(
+        Suite(
+            name="amos",
+            version=2,  # 2: the representation probes (voxel_probe, knn_seg)
+            data_version=1,
+            pretrain_dataset="amos",
+            pretrain_splits=("pretrain",),
+            description="AMOS22 CT, 15 organs: label efficiency on 5/10/20/50/100% of the training list (5 draws per "
+            "fraction), tested on the released validation list; pretraining on the training images (ASA); "
+            "ASA preprocessing",
+            tasks=(
+                Task(
+                    name="organs15",
+                    dataset="amos",
+                    kind="segmentation",
+                    protocols=("finetune", "voxel_probe", "knn_seg"),
+                    label_fractions=(0.05, 0.1, 0.2, 0.5, 1.0),
+                    draws=5,
+                    metric="dice",
+                ),
             ),
+            seeds=(0,),
+            preprocessing=dict(ASA_PREPROCESSING),
         ),
-        seeds=(0,),
-        preprocessing=dict(ASA_PREPROCESSING),
+        2,
+        ("voxel_probe", "knn_seg"),
     )
 )

@@ -24,6 +24,7 @@ from bench.types import (
     Record,
     default_data_dir,
     load_split_file,
+    no_corpus_labels,
     temp_sibling,
 )
 
@@ -173,6 +174,9 @@ class DatasetAdapter:
     registry_name: ClassVar[str]
     root_env: ClassVar[str | None] = None
     split_name: ClassVar[str | None] = None  # defaults to the registry name
+    #: True where ``corpus_with_labels`` serves the label maps of the pretraining corpus (a method that pretrains
+    #: with labels, ``supervised``, is refused on any other corpus when its run is planned, before any data work)
+    has_corpus_labels: ClassVar[bool] = False
 
     def __init__(
         self, root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None, **options: Any
@@ -206,6 +210,13 @@ class DatasetAdapter:
 
     def records(self, split: str) -> list[Record]:
         raise NotImplementedError
+
+    def corpus_with_labels(self, split: str, progress: bool = True) -> list[Record]:
+        """The records of the pretraining split ``split`` with their label maps: those of ``records(split)`` (same
+        ids and images), each with a ``label``, for a method that pretrains with labels. A dataset that can serve
+        them sets ``has_corpus_labels`` and overrides this (a synthetic one may generate them here, on first use).
+        Default: the corpus has none, one DataError naming the dataset."""
+        raise DataError(no_corpus_labels(self.registry_name))
 
     def load(self, record: Record) -> dict[str, Any]:
         """One record as {'image': float32 [C, *spatial] raw units, 'label': int array or None, 'spacing'}."""

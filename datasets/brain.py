@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task
+from bench.suites import Suite, Task, protocols_added
 from datasets.base import DatasetAdapter, DatasetInfo, Record, positional_split
 from datasets.synthetic import brain as gen
 from datasets.synthetic.cache import ensure_generated
@@ -103,35 +103,40 @@ class BrainLesion(_SynthBrain):
 
 
 SUITES.register("brain")(
-    Suite(
-        name="brain",
-        version=1,
-        synthetic=True,
-        pretrain_dataset="brain",
-        pretrain_splits=("pretrain",),
-        description="synthetic brain MR (SynthBrainSym): lesion side none/right/left and lesion segmentation; "
-        "pretraining on 300 unlabelled subjects",
-        tasks=(
-            Task(
-                name="side3",
-                dataset="brain",
-                kind="classification",
-                protocols=("linear_probe", "finetune", "knn", "few_shot"),
-                label_fractions=(0.125, 1.0),
-                metric="auroc",
-                protocol_options={"finetune": {"head": "saca"}},
+    protocols_added(
+        Suite(
+            name="brain",
+            version=2,  # 2: the lesion task gains the representation probes (voxel_probe, knn_seg)
+            data_version=1,
+            synthetic=True,
+            pretrain_dataset="brain",
+            pretrain_splits=("pretrain",),
+            description="synthetic brain MR (SynthBrainSym): lesion side none/right/left and lesion segmentation; "
+            "pretraining on 300 unlabelled subjects",
+            tasks=(
+                Task(
+                    name="side3",
+                    dataset="brain",
+                    kind="classification",
+                    protocols=("linear_probe", "finetune", "knn", "few_shot"),
+                    label_fractions=(0.125, 1.0),
+                    metric="auroc",
+                    protocol_options={"finetune": {"head": "saca"}},
+                ),
+                Task(
+                    name="lesion",
+                    dataset="brain_lesion",
+                    kind="segmentation",
+                    protocols=("finetune", "linear_probe", "voxel_probe", "knn_seg"),
+                    label_fractions=(0.125, 1.0),
+                    metric="dice",
+                ),
             ),
-            Task(
-                name="lesion",
-                dataset="brain_lesion",
-                kind="segmentation",
-                protocols=("finetune", "linear_probe"),
-                label_fractions=(0.125, 1.0),
-                metric="dice",
-            ),
+            seeds=(0, 1, 2),
+            preprocessing=dict(PREPROCESSING),
         ),
-        seeds=(0, 1, 2),
-        preprocessing=dict(PREPROCESSING),
+        2,
+        ("voxel_probe", "knn_seg"),
     )
 )
 

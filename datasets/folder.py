@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task
+from bench.suites import Suite, Task, protocols_added
 from datasets.base import DataError, DatasetAdapter, DatasetInfo, Record, read_nifti, spacing_of, wrong_dims
 from datasets.btcv import BTCV
 from datasets.metaimage import read_metaimage_canonical
@@ -90,23 +90,28 @@ class BTCVLiu(BTCV):
 
 
 SUITES.register("btcv")(
-    Suite(
-        name="btcv",
-        version=1,
-        pretrain_dataset="btcv_liu",
-        pretrain_splits=("pretrain",),
-        description="BTCV, 13 organs, ASA Table 1: Liu et al.'s split (test img0023-0028, train the other 24); "
-        "pretraining on the 24 train images; ASA preprocessing (1.5x1.5x2.0 mm, HU -175..250)",
-        tasks=(
-            Task(
-                name="organs13",
-                dataset="btcv_liu",
-                kind="segmentation",
-                protocols=("finetune", "linear_probe"),
-                metric="dice",
+    protocols_added(
+        Suite(
+            name="btcv",
+            version=2,  # 2: the representation probes (voxel_probe, knn_seg)
+            data_version=1,
+            pretrain_dataset="btcv_liu",
+            pretrain_splits=("pretrain",),
+            description="BTCV, 13 organs, ASA Table 1: Liu et al.'s split (test img0023-0028, train the other 24); "
+            "pretraining on the 24 train images; ASA preprocessing (1.5x1.5x2.0 mm, HU -175..250)",
+            tasks=(
+                Task(
+                    name="organs13",
+                    dataset="btcv_liu",
+                    kind="segmentation",
+                    protocols=("finetune", "linear_probe", "voxel_probe", "knn_seg"),
+                    metric="dice",
+                ),
             ),
+            seeds=(0, 1, 2),
+            preprocessing=dict(ASA_PREPROCESSING),
         ),
-        seeds=(0, 1, 2),
-        preprocessing=dict(ASA_PREPROCESSING),
+        2,
+        ("voxel_probe", "knn_seg"),
     )
 )

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task
+from bench.suites import Suite, Task, protocols_added
 from datasets.base import DataError, DatasetAdapter, DatasetInfo, Record
 from datasets.msd import ASA_PREPROCESSING, is_junk
 
@@ -62,23 +62,28 @@ class LiTS(DatasetAdapter):
 
 
 SUITES.register("lits")(
-    Suite(
-        name="lits",
-        version=1,
-        pretrain_dataset="lits",
-        pretrain_splits=("pretrain",),
-        description="LiTS 2017 liver + tumour CT (131 training volumes, committed 91/13/27 split); pretraining on the "
-        "train images; ASA preprocessing",
-        tasks=(
-            Task(
-                name="liver_tumour",
-                dataset="lits",
-                kind="segmentation",
-                protocols=("finetune", "linear_probe"),
-                metric="dice",
+    protocols_added(
+        Suite(
+            name="lits",
+            version=2,  # 2: the representation probes (voxel_probe, knn_seg)
+            data_version=1,
+            pretrain_dataset="lits",
+            pretrain_splits=("pretrain",),
+            description="LiTS 2017 liver + tumour CT (131 training volumes, committed 91/13/27 split); pretraining on "
+            "the train images; ASA preprocessing",
+            tasks=(
+                Task(
+                    name="liver_tumour",
+                    dataset="lits",
+                    kind="segmentation",
+                    protocols=("finetune", "linear_probe", "voxel_probe", "knn_seg"),
+                    metric="dice",
+                ),
             ),
+            seeds=(0, 1, 2),
+            preprocessing=dict(ASA_PREPROCESSING),
         ),
-        seeds=(0, 1, 2),
-        preprocessing=dict(ASA_PREPROCESSING),
+        2,
+        ("voxel_probe", "knn_seg"),
     )
 )

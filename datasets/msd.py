@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task
+from bench.suites import Suite, Task, protocols_added
 from datasets.base import (
     DataError,
     DatasetAdapter,
@@ -229,23 +229,28 @@ def _make(key: str, folder: str, modality: str, channels: int, labels: dict[int,
 MSD_CLASSES = {k: _make(k, *v) for k, v in MSD_TASKS.items()}
 
 SUITES.register("pancreas")(
-    Suite(
-        name="pancreas",
-        version=1,
-        pretrain_dataset="msd_pancreas",
-        pretrain_splits=("pretrain",),
-        description="MSD Task07 pancreas (CT, pancreas + cancer), derived 70/10/20 split of dataset.json's training "
-        "list; pretraining on its train split plus the unlabelled imagesTs scans; ASA preprocessing",
-        tasks=(
-            Task(
-                name="pancreas",
-                dataset="msd_pancreas",
-                kind="segmentation",
-                protocols=("finetune", "linear_probe"),
-                metric="dice",
+    protocols_added(
+        Suite(
+            name="pancreas",
+            version=2,  # 2: the representation probes (voxel_probe, knn_seg)
+            data_version=1,
+            pretrain_dataset="msd_pancreas",
+            pretrain_splits=("pretrain",),
+            description="MSD Task07 pancreas (CT, pancreas + cancer), derived 70/10/20 split of dataset.json's "
+            "training list; pretraining on its train split plus the unlabelled imagesTs scans; ASA preprocessing",
+            tasks=(
+                Task(
+                    name="pancreas",
+                    dataset="msd_pancreas",
+                    kind="segmentation",
+                    protocols=("finetune", "linear_probe", "voxel_probe", "knn_seg"),
+                    metric="dice",
+                ),
             ),
+            seeds=(0, 1, 2),
+            preprocessing=dict(ASA_PREPROCESSING),
         ),
-        seeds=(0, 1, 2),
-        preprocessing=dict(ASA_PREPROCESSING),
+        2,
+        ("voxel_probe", "knn_seg"),
     )
 )

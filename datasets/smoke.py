@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task
+from bench.suites import Suite, Task, protocols_added
 from datasets.base import DatasetAdapter, DatasetInfo, Record
 from datasets.synthetic.cache import atomic_save_nifti, ensure_generated
 
@@ -61,6 +61,7 @@ class SmokeDataset(DatasetAdapter):
         synthetic=True,
         labels={0: "background", 1: "liver", 2: "right kidney", 3: "left kidney"},
     )
+    has_corpus_labels = True  # the corpus is the train images, whose labels are there
 
     def _seed(self, case_id: str) -> int:
         return 1000 + int(case_id.split("_")[1])
@@ -94,16 +95,32 @@ class SmokeDataset(DatasetAdapter):
             for cid in self.split_ids(split)
         ]
 
+    def corpus_with_labels(self, split: str, progress: bool = True) -> list[Record]:
+        """The corpus (the train images) with the train labels."""
+        return self.records("train" if split == "pretrain" else split)
+
 
 SUITES.register("smoke")(
-    Suite(
-        name="smoke",
-        version=2,
-        synthetic=True,
-        pretrain_dataset="smoke",
-        pretrain_splits=("pretrain",),
-        description="tiny generated 3D segmentation set for exercising every code path",
-        tasks=(Task(name="seg3", dataset="smoke", kind="segmentation", protocols=("finetune", "linear_probe")),),
-        seeds=(0,),
+    protocols_added(
+        Suite(
+            name="smoke",
+            version=3,  # 3: the representation probes
+            data_version=2,
+            synthetic=True,
+            pretrain_dataset="smoke",
+            pretrain_splits=("pretrain",),
+            description="tiny generated 3D segmentation set for exercising every code path",
+            tasks=(
+                Task(
+                    name="seg3",
+                    dataset="smoke",
+                    kind="segmentation",
+                    protocols=("finetune", "linear_probe", "voxel_probe", "knn_seg"),
+                ),
+            ),
+            seeds=(0,),
+        ),
+        3,
+        ("voxel_probe", "knn_seg"),
     )
 )

@@ -10,3 +10,4 @@ from methods import lls  # noqa: F401
 from methods import ace  # noqa: F401
 from methods import dino  # noqa: F401
 from methods import mae  # noqa: F401
+from methods import supervised  # noqa: F401

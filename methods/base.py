@@ -36,6 +36,9 @@ class PretrainMethod(nn.Module):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     #: False only for baselines that do no pretraining (``random``).
     pretrains: ClassVar[bool] = True
+    #: True for a method that pretrains with the corpus's label maps (``supervised``, a positive control, not SSL):
+    #: the runner then refuses a corpus without labels, calls ``bind_labels`` and passes each sample's ``label``.
+    needs_corpus_labels: ClassVar[bool] = False
     registry_name: ClassVar[str]
 
     def __init__(self, backbone: Backbone, cfg: Any = None) -> None:
@@ -69,7 +72,8 @@ class PretrainMethod(nn.Module):
     def views(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """Data-side view construction; runs in loader workers.
 
-        ``sample`` holds the preprocessed volume ``image`` [C, *S] (numpy) and the budget's ``roi``.
+        ``sample`` holds the preprocessed volume ``image`` [C, *S] (numpy) and the budget's ``roi``; for a method
+        with ``needs_corpus_labels`` also its label map ``label`` [*S] (integer numpy), never for any other.
         Default: one random ROI crop (padded first if the volume is smaller).
         """
         from bench.data import pad_to, random_crop
@@ -92,6 +96,11 @@ class PretrainMethod(nn.Module):
     def bind_corpus(self, n_volumes: int, volumes_per_step: int) -> None:
         """Told by the runner before training: corpus size and volumes per optimizer step, for schedules
         counted in corpus epochs (ASA's phase blocks). Default: not needed."""
+
+    def bind_labels(self, labels: dict[int, str]) -> None:
+        """Told by the runner before training (before ``param_groups`` and any resumed checkpoint), for a method with
+        ``needs_corpus_labels``: the corpus's label map {id: name}, background 0 included, so that it can build
+        its head for that many classes. Default: not needed."""
 
     def export_extras(self) -> dict[str, Any]:
         """Pre-trained modules beyond the backbone that a protocol may use (SACA's block); default none."""

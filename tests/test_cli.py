@@ -91,14 +91,17 @@ def test_smoke_end_to_end_and_skip_on_rerun(data_dir, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     con = sqlite3.connect(runs / "results.sqlite")
     cells = con.execute("SELECT protocol, method, status, budget FROM cells ORDER BY protocol").fetchall()
-    assert cells == [("finetune", "simmim3d", "complete", "quick"), ("linear_probe", "simmim3d", "complete", "quick")]
+    assert cells == [
+        (protocol, "simmim3d", "complete", "quick")
+        for protocol in ("finetune", "knn_seg", "linear_probe", "voxel_probe")
+    ]
     rows = con.execute("SELECT metric, COUNT(*), MIN(value), MAX(value) FROM case_metrics GROUP BY metric").fetchall()
     by = {r[0]: r[1:] for r in rows}
-    # 2 protocols x 2 test cases x 3 foreground classes
-    assert set(by) == {"dice", "nsd", "hd95"} and all(v[0] == 12 for v in by.values())
+    # 4 protocols x 2 test cases x 3 foreground classes
+    assert set(by) == {"dice", "nsd", "hd95"} and all(v[0] == 24 for v in by.values())
     assert 0.0 <= by["dice"][1] <= by["dice"][2] <= 1.0
     board = (runs / "leaderboards" / "smoke.md").read_text()
-    assert "synthetic data" in board and "finetune" in board and "linear_probe" in board
+    assert "synthetic data" in board and all(p in board for p in ("finetune", "linear_probe", "voxel_probe", "knn_seg"))
     # both cells carry the compute of the one pretraining they transferred, as its export recorded it
     import torch
 
@@ -112,13 +115,15 @@ def test_smoke_end_to_end_and_skip_on_rerun(data_dir, tmp_path):
     assert meta["wall_s"] > 0 and meta["device_type"] == "cpu"
     assert "### Pretraining compute" in board and f"| simmim3d | `{export.parent.name}` |" in board
     run_dirs = list((runs / "cells").rglob("metrics.json"))
-    assert len(run_dirs) == 2
+    assert len(run_dirs) == 4
     for m in run_dirs:
-        for f in ("config.yaml", "per_case.csv", "scalars.jsonl", "cell.json"):
-            assert (m.parent / f).is_file(), f
+        # a trained protocol logs its steps; a probe, how its fit ended
+        fit = "probe.json" if any(p in m.parent.parent.name for p in ("voxel_probe", "knn_seg")) else "scalars.jsonl"
+        for f in ("config.yaml", "per_case.csv", fit, "cell.json"):
+            assert (m.parent / f).is_file(), (m, f)
     again = run_bench(["method=simmim3d", f"runs_dir={runs}", *FAST], data_dir)
     assert again.returncode == 0
-    assert again.stdout.count("[transfer] skip") == 2 and "cached export" in again.stdout
+    assert again.stdout.count("[transfer] skip") == 4 and "cached export" in again.stdout
 
 
 @pytest.mark.slow  # minutes of real training on 2 cores; run by make test-all (CI)

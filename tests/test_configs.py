@@ -143,8 +143,12 @@ def test_method_budget_config_applies_unless_the_user_set_the_option(tmp_path):
 
 def test_every_specialising_config_names_a_real_method_budget_and_option():
     """A misspelt file name would never apply (Hydra's `optional`): each stem must be <method>_<budget> of
-    registered names, and each key an option of that method's config or of a protocol's kind."""
+    registered names, and each key an option of that method's config (``# @package method.config``), of its
+    training recipe (``# @package method.train``) or of a protocol's kind."""
+    from bench.engine import TrainConfig
+
     budgets = {p.stem for p in (CONF / "budget").glob("*.yaml")}
+    train_keys = set(TrainConfig.__dataclass_fields__) | {"warmup_fraction", "lr_reference_batch"}
     for p in (CONF / "method_budget").glob("*.yaml"):
         method, budget = next(
             (m, p.stem[len(m) + 1 :])
@@ -152,8 +156,10 @@ def test_every_specialising_config_names_a_real_method_budget_and_option():
             if p.stem.startswith(m + "_")
         )
         assert budget in budgets, p
+        package = p.read_text().splitlines()[0].removeprefix("# @package ").strip()
+        assert package in ("method.config", "method.train"), p
         fields = {f.name for f in dataclasses.fields(METHODS.get(method).Config)}
-        assert set(OmegaConf.load(p)) <= fields, p
+        assert set(OmegaConf.load(p)) <= (fields if package == "method.config" else train_keys), p
     for p in (CONF / "protocol_budget").glob("*.yaml"):
         assert p.stem in budgets, p
         for name, kinds in OmegaConf.to_container(OmegaConf.load(p)).items():
@@ -191,10 +197,28 @@ def test_a_new_suite_version_never_reuses_an_encoder_pretrained_on_the_old_data(
     from bench import runner
 
     plan = runner.make_plan(_compose(["suite=abdomen", "method=simmim3d", f"runs_dir={tmp_path}"]))
-    assert plan.suite.version == 2 and plan.suite.pretrain_dataset == "abdomen"
-    v1 = dataclasses.replace(plan, suite=dataclasses.replace(plan.suite, version=1))
+    assert plan.suite.version == 3 and plan.suite.corpus_version == 2 and plan.suite.pretrain_dataset == "abdomen"
+    v1 = dataclasses.replace(plan, suite=dataclasses.replace(plan.suite, version=1, data_version=None))
     assert runner.config_hash(runner.pretrain_identity(v1)) != runner.config_hash(runner.pretrain_identity(plan))
     assert "suite_version" not in runner.pretrain_identity(v1)  # the hashes of version-1 caches are unchanged
+    # version 3 only added protocols: an encoder pretrained for version 2 (same data) is reused
+    v2 = dataclasses.replace(plan, suite=dataclasses.replace(plan.suite, version=2, data_version=None))
+    assert runner.pretrain_identity(v2) == runner.pretrain_identity(plan)
+
+
+def test_the_record_of_an_earlier_suite_version_renders_with_the_tasks_it_had(tmp_path):
+    """abdomen v3 added the probes and made voxel_probe its primary table; the v2 record keeps v2's two protocols
+    and its primary table (finetune), declared before its results existed."""
+    from bench.plan import leaderboard_suite
+    from bench.registry import SUITES
+
+    suite = SUITES.get("abdomen")
+    (v3,) = suite.tasks
+    assert v3.protocols[-2:] == ("voxel_probe", "knn_seg") and v3.primary_table == ("voxel_probe", 1.0)
+    for version in (1, 2):
+        (old,) = leaderboard_suite(suite, version, "leaderboard").tasks
+        assert old.protocols == ("finetune", "linear_probe") and old.primary_table == ("finetune", 1.0)
+    assert leaderboard_suite(suite, 3, "leaderboard").tasks == suite.tasks
 
 
 def test_leaderboard_stage_of_a_2d_suite_needs_no_2d_method(tmp_path):
@@ -300,6 +324,23 @@ def test_a_protocol_no_task_of_the_suite_has_is_refused_before_any_work(tmp_path
     ):
         make_plan(_compose(["suite=smoke", "method=random", "protocol=knn", f"runs_dir={tmp_path}"]))
     assert not any(tmp_path.iterdir())  # nothing written: no run directory, no store
+
+
+def test_a_list_of_protocols_runs_exactly_those_in_one_plan(tmp_path):
+    """protocol=[voxel_probe,knn_seg]: one process runs both probes (they share the encoded volumes); a name in the
+    list that the suite lacks is refused like a single one."""
+    from bench.plan import UserError, make_plan
+    from bench.runner import transfer_cells
+
+    plan = make_plan(
+        _compose(["suite=smoke", "method=random", "protocol=[voxel_probe,knn_seg]", f"runs_dir={tmp_path}"])
+    )
+    assert plan.protocol == ("voxel_probe", "knn_seg")
+    assert sorted({c.protocol for c in transfer_cells(plan)}) == ["knn_seg", "voxel_probe"]
+    one = make_plan(_compose(["suite=smoke", "method=random", "protocol=knn_seg", f"runs_dir={tmp_path}"]))
+    assert {c.protocol for c in transfer_cells(one)} == {"knn_seg"}
+    with pytest.raises(UserError, match="protocol=knn: no task of suite 'smoke' has it"):
+        make_plan(_compose(["suite=smoke", "method=random", "protocol=[voxel_probe,knn]", f"runs_dir={tmp_path}"]))
 
 
 def test_an_unusable_results_store_is_refused_before_any_work(tmp_path):

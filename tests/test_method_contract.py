@@ -37,17 +37,31 @@ def _make(name: str, seed: int = 0, dims: int = 3):
     else:
         # one block per stage: the same modules and wiring at half the CPU cost of the (2,2,2,2) default
         bb = build_backbone("swin_unetr_tiny", depths=(1, 1, 1, 1))
-    return cls(bb, cls.make_config({}))
+    m = cls(bb, cls.make_config({}))
+    if m.needs_corpus_labels:  # as the runner does before training: the corpus's label map
+        m.bind_labels(LABELS)
+    return m
+
+
+LABELS = {0: "background", 1: "organ", 2: "lesion"}
+
+
+def _sample(method, image: np.ndarray, roi: tuple[int, ...]) -> dict:
+    """What the runner's PretrainDataset gives ``views``: with a label map only to a method that asks for one."""
+    sample = {"image": image, "roi": roi}
+    if method.needs_corpus_labels:
+        sample["label"] = np.digitize(image[0], [0.5, 0.9]).astype(np.uint8)  # ids 0..2 of LABELS
+    return sample
 
 
 def _batch(method, n: int = 2, seed: int = 0, dims: int = 3) -> dict:
     rng = np.random.default_rng(seed)
     if dims == 2:
         img = rng.random((1, 64, 64), dtype=np.float32)
-        views = [method.views({"image": img, "roi": ROI_2D}, rng) for _ in range(n)]
+        views = [method.views(_sample(method, img, ROI_2D), rng) for _ in range(n)]
     else:
         vol = rng.random((1, 72, 70, 66), dtype=np.float32)
-        views = [method.views({"image": vol, "roi": ROI}, rng) for _ in range(n)]
+        views = [method.views(_sample(method, vol, ROI), rng) for _ in range(n)]
     return torch.utils.data.default_collate(views)
 
 

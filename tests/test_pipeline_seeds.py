@@ -194,7 +194,7 @@ def test_two_pretraining_seeds_are_two_cells_with_their_own_encoders(data_dir, t
         .execute("SELECT cell_id, pretrain_seed, seed, pretrain_hash, run_dir FROM cells ORDER BY cell_id")
         .fetchall()
     )
-    cell = "smoke/v2/random/quick/seg3/linear_probe/f1/d0"
+    cell = "smoke/v3/random/quick/seg3/linear_probe/f1/d0"
     assert [r[:3] for r in rows] == [(f"{cell}/s0", 0, 0), (f"{cell}/s0/p1", 1, 0), (f"{cell}/s1/p1", 1, 1)]
     assert rows[0][3] != rows[1][3] == rows[2][3] and len({r[4] for r in rows}) == 3
     assert len(list(runs.glob("pretrain/random/*/export.pt"))) == 2

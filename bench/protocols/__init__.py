@@ -2,3 +2,4 @@
 
 from bench.protocols import segmentation  # noqa: F401
 from bench.protocols import classification  # noqa: F401
+from bench.protocols import probes  # noqa: F401

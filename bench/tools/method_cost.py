@@ -18,8 +18,9 @@ Steps are grouped by the ``phase`` value a method logs (ASA); steps run until ev
 learning-rate schedule and ``StepInfo.total_steps`` span ``--schedule-steps`` (default: the budget's pretraining
 steps), so the steps run are the first steps of a real pretraining at that budget. With ``--corpus SUITE`` the
 batches are views of the first ``--corpus-volumes`` volumes of the suite's pretraining corpus (preprocessed as
-the runner does), and the table adds the mean loss of the first and last ``--loss-window`` steps of each group;
-without it, the volumes are uniform random noise.
+the runner does; with their label maps for a method that pretrains with labels), and the table adds the mean loss
+of the first and last ``--loss-window`` steps of each group; without it, the volumes are uniform random noise (and
+a method's label maps that noise cut into 14 classes, the abdomen corpus's count).
 
 Defaults are the quick budget (conf/budget/quick.yaml): ``swin_unetr_tiny``, ROI 64^3, batch 2, 2 threads.
 """
@@ -60,18 +61,24 @@ def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]
     return out
 
 
-def corpus_volumes(suite_name: str, n: int, data_dir: str | None) -> list[np.ndarray]:
-    """The first ``n`` volumes of a suite's pretraining corpus, preprocessed as the runner does."""
+def corpus_samples(
+    suite_name: str, n: int, data_dir: str | None, with_labels: bool
+) -> tuple[list[np.ndarray], list[np.ndarray] | None, dict[int, str]]:
+    """The first ``n`` volumes of a suite's pretraining corpus, preprocessed as the runner does, with their label
+    maps for a method that pretrains with labels (else None), and the dataset's label map."""
     import datasets  # noqa: F401  (registers the datasets and suites)
-    from bench.data import Preprocess, preprocess
+    from bench.data import Preprocess, compact_label, preprocess
     from bench.registry import DATASETS, SUITES
 
     suite = SUITES.get(suite_name)
     ds = DATASETS.get(suite.pretrain_dataset)(root=None, cache_dir=data_dir)
     ds.prepare(progress=False)
     pp = Preprocess.from_config(suite.preprocessing)
-    records = [r for split in suite.pretrain_splits for r in ds.records(split)][:n]
-    return [preprocess(ds.load(r) | {"label": None}, pp)["image"] for r in records]
+    split_records = ds.corpus_with_labels if with_labels else ds.records
+    records = [r for split in suite.pretrain_splits for r in split_records(split)][:n]
+    samples = [preprocess(ds.load(r) | ({} if with_labels else {"label": None}), pp) for r in records]
+    labels = [compact_label(s["label"]) for s in samples] if with_labels else None
+    return [s["image"] for s in samples], labels, dict(ds.info.labels)
 
 
 def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
@@ -93,23 +100,34 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     cfg = cast(
         dict[str, Any],
         OmegaConf.to_container(
-            compose([f"method={name}", "budget=quick", f"backbone={opts['backbone']}"]), resolve=True
+            compose([f"method={name}", "budget=quick", f"backbone={opts['backbone']}", *opts["overrides"]]),
+            resolve=True,
         ),
     )
     config = dict(cfg["method"].get("config") or {}) | opts["sets"].get(name, {})
     train = dict(cfg["method"].get("train") or {})
     backbone = build_backbone(cfg["backbone"]["name"], **(cfg["backbone"].get("kwargs") or {}))
-    method = cls(backbone, cls.make_config(config)).to(device)
+    method = cls(backbone, cls.make_config(config))
+    rng = np.random.default_rng(0)
+    labels: list[np.ndarray] | None = None
+    if opts["corpus"]:
+        volumes, labels, label_map = corpus_samples(
+            opts["corpus"], opts["corpus_volumes"], opts["data_dir"], method.needs_corpus_labels
+        )
+    else:
+        volumes = [rng.random((1, *opts["volume"]), dtype=np.float32) for _ in range(max(opts["batch"], 2))]
+        # a method that pretrains with labels: the noise cut into the abdomen corpus's 14 classes (BTCV)
+        label_map = {k: f"class {k}" for k in range(14)}
+        if method.needs_corpus_labels:
+            labels = [np.minimum(v[0] * 14, 13).astype(np.uint8) for v in volumes]
+    if method.needs_corpus_labels:
+        method.bind_labels(label_map)  # its head, before its parameter groups
+    method = method.to(device)
     total = opts["schedule_steps"]
     tcfg = schedule_config(train, total, opts["batch"])
     opt = build_optimizer(method.param_groups(tcfg.weight_decay), tcfg, device)
     base_lrs = [g["lr"] for g in opt.param_groups]
     pairs = method.ema_pairs()
-    rng = np.random.default_rng(0)
-    if opts["corpus"]:
-        volumes = corpus_volumes(opts["corpus"], opts["corpus_volumes"], opts["data_dir"])
-    else:
-        volumes = [rng.random((1, *opts["volume"]), dtype=np.float32) for _ in range(max(opts["batch"], 2))]
     roi = tuple(opts["roi"])
     need = opts["warmup"] + opts["steps"]
     if need > total:
@@ -123,10 +141,11 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         batches = []
         for _ in range(tcfg.accumulate):  # the micro-batches of one optimizer step
-            samples = [
-                method.views({"image": volumes[int(rng.integers(len(volumes)))], "roi": roi}, rng)
-                for _ in range(opts["batch"])
-            ]
+            samples = []
+            for _ in range(opts["batch"]):
+                k = int(rng.integers(len(volumes)))
+                sample = {"image": volumes[k], "roi": roi} | ({} if labels is None else {"label": labels[k]})
+                samples.append(method.views(sample, rng))
             batches.append(to_device(torch.utils.data.default_collate(samples), device))
         t_views = time.perf_counter() - t0
         if device.type == "cuda":
@@ -285,6 +304,12 @@ def main(argv: list[str] | None = None) -> None:
         help=f"comma-separated; default: every 3D method that pretrains ({', '.join(known)})",
     )
     ap.add_argument("--backbone", default=budget["backbone"], help="conf/backbone/<name>.yaml (default: quick's)")
+    ap.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        help="Hydra overrides of the composed config, e.g. backbone.kwargs.num_heads=[3,6,12,24]",
+    )
     ap.add_argument("--roi", type=int, nargs="+", default=list(budget["roi"]), help="ROI side(s) (default: quick's)")
     ap.add_argument("--batch", type=int, default=int(budget["pretrain"]["batch_size"]))
     ap.add_argument("--steps", type=int, default=5, help="timed steps (per phase, for a method that logs one)")
@@ -328,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("error: --steps >= 1, --warmup >= 0 and --batch >= 1 are required")
     opts = {
         "backbone": args.backbone,
+        "overrides": list(args.override),
         "roi": roi,
         "batch": args.batch,
         "steps": args.steps,
@@ -341,8 +367,8 @@ def main(argv: list[str] | None = None) -> None:
         "data_dir": args.data_dir,
         "volume": args.volume,
     }
-    if args.corpus:  # generate the corpus once, before the timed processes
-        corpus_volumes(args.corpus, 1, args.data_dir)
+    if args.corpus:  # generate the corpus (with labels, for a method that pretrains with them) before the timing
+        corpus_samples(args.corpus, 1, args.data_dir, any(METHODS.get(m).needs_corpus_labels for m in names))
     started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
     ctx = mp.get_context("spawn")
@@ -375,7 +401,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     header = (
         f"{started:%Y-%m-%d %H:%M} UTC, {dev_name}, {args.threads or torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}, {args.backbone}, ROI {'x'.join(map(str, roi))}, batch {args.batch}, "
+        f"{torch.__version__}, {' '.join([args.backbone, *args.override])}, ROI {'x'.join(map(str, roi))}, "
+        f"batch {args.batch}, "
         f"{'corpus ' + args.corpus if args.corpus else 'random volumes'}; load average before "
         f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
         f"wall {(finished - started).total_seconds():.0f} s, "

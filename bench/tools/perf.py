@@ -206,11 +206,19 @@ def run(args: argparse.Namespace) -> list[Measure]:
         for path in ("harness", "reference"):
             torch.manual_seed(0)
             method = cls(build_backbone(bb_name, use_checkpoint=args.checkpointing), cls.make_config({}))
+            # a method that pretrains with labels gets the corpus's (make_corpus writes SynthAbdomen, BTCV labels)
+            labels = [c["label"] for c in cached] if cls.needs_corpus_labels else None
+            if labels is not None:
+                from datasets.synthetic.abdomen import LABELS
+
+                method.bind_labels(LABELS)
             method.to(device)
             reset()
             if path == "harness":
                 loader = torch.utils.data.DataLoader(
-                    PretrainDataset([c["image"] for c in cached], roi, method.views, samples=batch * steps, seed=0),
+                    PretrainDataset(
+                        [c["image"] for c in cached], roi, method.views, samples=batch * steps, seed=0, labels=labels
+                    ),
                     batch_size=batch,
                     num_workers=workers,
                     pin_memory=pin,
@@ -232,7 +240,8 @@ def run(args: argparse.Namespace) -> list[Measure]:
                 times, waits = res.step_times[args.warmup :], res.data_waits[args.warmup :]
             else:
                 loader = torch.utils.data.DataLoader(
-                    ReferenceDataset(files, roi, method.views, batch * steps, with_label=False),
+                    # with labels: MONAI's own crops (RandCropByPosNegLabeld), as Swin UNETR's supervised script
+                    ReferenceDataset(files, roi, method.views, batch * steps, with_label=labels is not None),
                     batch_size=batch,
                     num_workers=workers,
                 )
@@ -243,7 +252,9 @@ def run(args: argparse.Namespace) -> list[Measure]:
             b = next(
                 iter(
                     torch.utils.data.DataLoader(
-                        PretrainDataset([c["image"] for c in cached], roi, method.views, samples=batch, seed=1),
+                        PretrainDataset(
+                            [c["image"] for c in cached], roi, method.views, samples=batch, seed=1, labels=labels
+                        ),
                         batch_size=batch,
                     )
                 )
