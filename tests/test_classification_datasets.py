@@ -279,7 +279,7 @@ def test_brain_split_suite_and_generation(tmp_path, monkeypatch):
     suite = SUITES.get("brain")
     kinds = {t.kind: t for t in suite.tasks}
     assert kinds["classification"].metric == "auroc" and kinds["segmentation"].metric == "dice"
-    assert kinds["segmentation"].protocols == ("finetune", "linear_probe")
+    assert kinds["segmentation"].protocols == ("finetune", "linear_probe", "voxel_probe", "knn_seg")
 
     splits = {"train": ["brain0001"], "val": [], "test": ["brain0002"], "pretrain": ["brain0300"]}
     monkeypatch.setattr("datasets.base.load_split_file", lambda name: splits)

@@ -241,7 +241,7 @@ def test_external_checkpoint_short_form_end_to_end(data_dir, tmp_path):
     from bench.backbones import build_backbone
     from bench.export import save_export
 
-    bb = build_backbone("swin_unetr_tiny")
+    bb = build_backbone("swin_unetr_tiny", num_heads=(1, 2, 4, 8))  # as conf/backbone/swin_unetr_tiny.yaml builds it
     save_export(bb, tmp_path / "enc.pt", {"method": "random"})
     p = run_bench(
         [

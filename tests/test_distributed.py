@@ -260,17 +260,18 @@ def test_kill_of_one_process_ends_the_job_and_a_rerun_resumes_to_the_same_result
 
 @pytest.mark.slow
 def test_pipeline_under_torchrun_writes_once(tmp_path):
-    """Pretraining and both segmentation protocols on 2 processes: one row per cell with its world size, one run
-    folder's files, one Hydra run folder, one line per cell on the console."""
+    """Pretraining and the four segmentation protocols on 2 processes (two trained, two probes that the main process
+    runs): one row per cell with its world size, one run folder's files, one Hydra run folder, one line per cell on
+    the console."""
     data, runs = tmp_path / "data", tmp_path / "runs"
     args = [*METHOD_ARGS["simmim3d"], *[a for a in PRETRAIN if a != "stage=pretrain"], "budget.pretrain.steps=2"]
     args += ["budget.transfer.steps=2", "budget.transfer.batch_size=2", "seed=0", f"runs_dir={runs}"]
     p = _run(TORCHRUN + ["run_bench.py", *args], data)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.count("[transfer] smoke/") == 2, p.stdout
+    assert p.stdout.count("[transfer] smoke/") == 4, p.stdout
     with sqlite3.connect(runs / "results.sqlite") as db:
         cells = db.execute("SELECT protocol, world_size, per_device_batch, wall_s, cpu_hours FROM cells").fetchall()
-    assert sorted(c[0] for c in cells) == ["finetune", "linear_probe"]
+    assert sorted(c[0] for c in cells) == ["finetune", "knn_seg", "linear_probe", "voxel_probe"]
     for _, world, per_device, wall, cpu_hours in cells:
         assert (world, per_device) == (2, 1)
         assert cpu_hours == pytest.approx(2 * wall / 3600)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 METHODS = ("random", "simmim3d")
 SEEDS = (0, 1)
-PROTOCOLS = ("finetune", "linear_probe")  # the smoke suite's
+PROTOCOLS = ("finetune", "linear_probe")  # the smoke suite's trained ones (its probes would only add time here)
 FAST = [
     "suite=smoke",
     "budget=quick",  # given: without it run_bench.py would add one
@@ -30,7 +30,13 @@ FAST = [
     "suite.budget_caps.pretrain_steps=2",
     "suite.budget_caps.transfer_steps=2",
 ]
-SWEEP = ["-m", f"method={','.join(METHODS)}", f"seed={','.join(map(str, SEEDS))}", *FAST]
+SWEEP = [
+    "-m",
+    f"method={','.join(METHODS)}",
+    f"seed={','.join(map(str, SEEDS))}",
+    f"protocol=[{','.join(PROTOCOLS)}]",
+    *FAST,
+]
 # a job of the test cluster: one core, no GPU, a small memory request
 SLURM_JOB = [
     "hydra.launcher.gpus_per_node=null",
