@@ -480,7 +480,7 @@ def test_btcv_liu_split_and_suites():
         assert (suite.preprocessing["a_min"], suite.preprocessing["a_max"]) == (-175.0, 250.0)
         assert suite.pretrain_dataset in DATASETS
     btcv = SUITES.get("btcv")
-    assert btcv.tasks[0].protocols == ("finetune", "linear_probe") and btcv.seeds == (0, 1, 2)
+    assert btcv.tasks[0].protocols == ("finetune", "linear_probe", "voxel_probe", "knn_seg") and btcv.seeds == (0, 1, 2)
     assert len(DATASETS.get(btcv.tasks[0].dataset).info.labels) == 14
     amos = SUITES.get("amos").tasks[0]
     assert amos.label_fractions == (0.05, 0.1, 0.2, 0.5, 1.0) and amos.draws == 5
