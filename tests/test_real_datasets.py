@@ -485,4 +485,6 @@ def test_btcv_liu_split_and_suites():
     amos = SUITES.get("amos").tasks[0]
     assert amos.label_fractions == (0.05, 0.1, 0.2, 0.5, 1.0) and amos.draws == 5
     assert SUITES.get("pancreas").tasks[0].dataset == "msd_pancreas"
-    assert {t.protocols for n in ("pancreas", "lits") for t in SUITES.get(n).tasks} == {("finetune", "linear_probe")}
+    assert {t.protocols for n in ("pancreas", "lits") for t in SUITES.get(n).tasks} == {
+        ("finetune", "linear_probe", "voxel_probe", "knn_seg")
+    }
