@@ -70,6 +70,10 @@ class Suite:
         raise KeyError(f"suite {self.name!r} has no task {name!r}; tasks: {[t.name for t in self.tasks]}")
 
 
+# the 3D segmentation representation probes (bench/protocols/probes.py), listed by every 3D segmentation suite
+PROBES_3D = ("voxel_probe", "knn_seg")
+
+
 def protocols_added(suite: Suite, version: int, protocols: tuple[str, ...]) -> Suite:
     """``suite``, recording that its ``version`` added ``protocols`` to its tasks: the versions before it had the
     tasks without them (and a primary table that named one of them was the default one)."""

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task, protocols_added
+from bench.suites import PROBES_3D, Suite, Task, protocols_added
 from datasets.base import DatasetInfo, Record, atomic_write_json
 from datasets.btcv import BTCV, BTCV_LABELS
 from datasets.synthetic import abdomen as gen
@@ -127,7 +127,7 @@ def _suite(name: str, description: str) -> Suite:
                 name="organs13",
                 dataset=name,
                 kind="segmentation",
-                protocols=("finetune", "linear_probe", "voxel_probe", "knn_seg"),
+                protocols=("finetune", "linear_probe", *PROBES_3D),
                 label_fractions=(0.125, 1.0),
                 metric="dice",
                 primary=("voxel_probe", 1.0),
@@ -135,7 +135,7 @@ def _suite(name: str, description: str) -> Suite:
         ),
         seeds=(0, 1, 2),
     )
-    return protocols_added(suite, 3, ("voxel_probe", "knn_seg"))
+    return protocols_added(suite, 3, PROBES_3D)
 
 
 SUITES.register("abdomen")(_suite("abdomen", "synthetic abdominal CT, 13 BTCV organs"))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task, protocols_added
+from bench.suites import PROBES_3D, Suite, Task, protocols_added
 from datasets.base import DataError, DatasetAdapter, DatasetInfo, Record, natural_key
 from datasets.msd import ASA_PREPROCESSING, case_id, count_problems, entry_paths, is_junk, read_index
 
@@ -150,7 +150,7 @@ SUITES.register("amos")(
                     name="organs15",
                     dataset="amos",
                     kind="segmentation",
-                    protocols=("finetune", "voxel_probe", "knn_seg"),
+                    protocols=("finetune", *PROBES_3D),
                     label_fractions=(0.05, 0.1, 0.2, 0.5, 1.0),
                     draws=5,
                     metric="dice",
@@ -160,6 +160,6 @@ SUITES.register("amos")(
             preprocessing=dict(ASA_PREPROCESSING),
         ),
         2,
-        ("voxel_probe", "knn_seg"),
+        PROBES_3D,
     )
 )

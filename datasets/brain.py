@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task, protocols_added
+from bench.suites import PROBES_3D, Suite, Task, protocols_added
 from datasets.base import DatasetAdapter, DatasetInfo, Record, positional_split
 from datasets.synthetic import brain as gen
 from datasets.synthetic.cache import ensure_generated
@@ -127,7 +127,7 @@ SUITES.register("brain")(
                     name="lesion",
                     dataset="brain_lesion",
                     kind="segmentation",
-                    protocols=("finetune", "linear_probe", "voxel_probe", "knn_seg"),
+                    protocols=("finetune", "linear_probe", *PROBES_3D),
                     label_fractions=(0.125, 1.0),
                     metric="dice",
                 ),
@@ -136,7 +136,7 @@ SUITES.register("brain")(
             preprocessing=dict(PREPROCESSING),
         ),
         2,
-        ("voxel_probe", "knn_seg"),
+        PROBES_3D,
     )
 )
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task, protocols_added
+from bench.suites import PROBES_3D, Suite, Task, protocols_added
 from datasets.base import DataError, DatasetAdapter, DatasetInfo, Record, read_nifti, spacing_of, wrong_dims
 from datasets.btcv import BTCV
 from datasets.metaimage import read_metaimage_canonical
@@ -104,7 +104,7 @@ SUITES.register("btcv")(
                     name="organs13",
                     dataset="btcv_liu",
                     kind="segmentation",
-                    protocols=("finetune", "linear_probe", "voxel_probe", "knn_seg"),
+                    protocols=("finetune", "linear_probe", *PROBES_3D),
                     metric="dice",
                 ),
             ),
@@ -112,6 +112,6 @@ SUITES.register("btcv")(
             preprocessing=dict(ASA_PREPROCESSING),
         ),
         2,
-        ("voxel_probe", "knn_seg"),
+        PROBES_3D,
     )
 )

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task, protocols_added
+from bench.suites import PROBES_3D, Suite, Task, protocols_added
 from datasets.base import DataError, DatasetAdapter, DatasetInfo, Record
 from datasets.msd import ASA_PREPROCESSING, is_junk
 
@@ -76,7 +76,7 @@ SUITES.register("lits")(
                     name="liver_tumour",
                     dataset="lits",
                     kind="segmentation",
-                    protocols=("finetune", "linear_probe", "voxel_probe", "knn_seg"),
+                    protocols=("finetune", "linear_probe", *PROBES_3D),
                     metric="dice",
                 ),
             ),
@@ -84,6 +84,6 @@ SUITES.register("lits")(
             preprocessing=dict(ASA_PREPROCESSING),
         ),
         2,
-        ("voxel_probe", "knn_seg"),
+        PROBES_3D,
     )
 )

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task, protocols_added
+from bench.suites import PROBES_3D, Suite, Task, protocols_added
 from datasets.base import (
     DataError,
     DatasetAdapter,
@@ -243,7 +243,7 @@ SUITES.register("pancreas")(
                     name="pancreas",
                     dataset="msd_pancreas",
                     kind="segmentation",
-                    protocols=("finetune", "linear_probe", "voxel_probe", "knn_seg"),
+                    protocols=("finetune", "linear_probe", *PROBES_3D),
                     metric="dice",
                 ),
             ),
@@ -251,6 +251,6 @@ SUITES.register("pancreas")(
             preprocessing=dict(ASA_PREPROCESSING),
         ),
         2,
-        ("voxel_probe", "knn_seg"),
+        PROBES_3D,
     )
 )

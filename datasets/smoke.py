@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from bench.registry import DATASETS, SUITES
-from bench.suites import Suite, Task, protocols_added
+from bench.suites import PROBES_3D, Suite, Task, protocols_added
 from datasets.base import DatasetAdapter, DatasetInfo, Record
 from datasets.synthetic.cache import atomic_save_nifti, ensure_generated
 
@@ -115,12 +115,12 @@ SUITES.register("smoke")(
                     name="seg3",
                     dataset="smoke",
                     kind="segmentation",
-                    protocols=("finetune", "linear_probe", "voxel_probe", "knn_seg"),
+                    protocols=("finetune", "linear_probe", *PROBES_3D),
                 ),
             ),
             seeds=(0,),
         ),
         3,
-        ("voxel_probe", "knn_seg"),
+        PROBES_3D,
     )
 )
