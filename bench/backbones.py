@@ -38,6 +38,35 @@ class Backbone(nn.Module):
         """The registry kwargs that rebuild this backbone (stored in every encoder export)."""
         return dict(self._build_kwargs)
 
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth for a method's training only, linear in depth from 0 to ``rate`` as MONAI and timm
+        build it (a paper's student at 0.1: ASA, DINO). It changes no parameter and no build kwarg: the export
+        rebuilds without it, so every method's encoder is transferred alike."""
+        set_drop_path(self, rate)
+
+
+def set_drop_path(module: nn.Module, rate: float) -> None:
+    """Every residual block's stochastic depth in ``module`` (MONAI Swin blocks' ``drop_path``, timm blocks'
+    ``drop_path1``/``drop_path2``), in forward order, set to ``rate`` * i / (n - 1); ``rate`` 0 removes it."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1); got {rate}")
+    from timm.layers import DropPath
+
+    slots = [
+        (m, name)
+        for m in module.modules()
+        for name in ("drop_path", "drop_path1", "drop_path2")
+        if isinstance(getattr(m, name, None), nn.Module)
+    ]
+    # a timm block's two slots share one rate, as timm builds them
+    blocks = list(dict.fromkeys(m for m, _ in slots))
+    n = len(blocks)
+    for i, m in enumerate(blocks):
+        r = rate * i / (n - 1) if n > 1 else rate
+        for name in ("drop_path", "drop_path1", "drop_path2"):
+            if isinstance(getattr(m, name, None), nn.Module):
+                setattr(m, name, DropPath(r) if r > 0 else nn.Identity())
+
 
 def on_grid(stages: list[torch.Tensor], size: list[int]) -> torch.Tensor:
     """Stage features [B, C_i, ...] resampled to one grid ``size`` (area average where finer, trilinear where

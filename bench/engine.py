@@ -42,6 +42,10 @@ CKPT = "last.ckpt"
 BEST = "best.pt"
 
 
+#: the weight-decay exemptions of a method that states none (``train.no_decay``; methods/base.py ``param_groups``)
+DEFAULT_NO_DECAY: tuple[str, ...] = ("1d", "token", "tokens")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 100
@@ -61,6 +65,7 @@ class TrainConfig:
     max_bad_steps: int = 20  # consecutive non-finite losses before giving up
     fused: bool = True  # fused AdamW on CUDA
     compile: bool = False  # torch.compile the step function (CUDA; fuses the memory-bound ops)
+    no_decay: tuple[str, ...] = DEFAULT_NO_DECAY  # parameters without weight decay: "1d" and/or name suffixes
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -71,6 +76,10 @@ class TrainConfig:
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
+        if "no_decay" in d:
+            if isinstance(d["no_decay"], str) or not all(isinstance(r, str) for r in d["no_decay"]):
+                raise ValueError(f"no_decay must be a list of rules (\"1d\" or a name suffix); got {d['no_decay']!r}")
+            d["no_decay"] = tuple(d["no_decay"])
         return cls(**d)
 
 

@@ -339,7 +339,7 @@ def train_method(plan: Plan, method: Any, volumes: list[Any], run_dir: Path, lab
     return fit(
         method,
         method.training_step,
-        method.param_groups(tcfg.weight_decay),
+        method.param_groups(tcfg.weight_decay, tcfg.no_decay),
         loader,
         tcfg,
         run_dir,

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from bench.backbones import Backbone
+from bench.engine import DEFAULT_NO_DECAY
 from bench.types import StepInfo, StepOutput  # noqa: F401  (part of the method contract)
 
 
@@ -110,15 +112,20 @@ class PretrainMethod(nn.Module):
         """What transfer receives. EMA methods return their teacher backbone, as in the papers."""
         return self.backbone
 
-    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """No weight decay on biases, norms and other 1-D parameters, nor on declared tokens."""
-        decay, no_decay = [], []
+    def param_groups(self, weight_decay: float, no_decay: Sequence[str] = DEFAULT_NO_DECAY) -> list[dict[str, Any]]:
+        """Two groups, with and without weight decay. ``no_decay`` is the method's own rule (its YAML's
+        ``train.no_decay``, the official code's): "1d" exempts every parameter of one dimension or fewer (biases,
+        norms); any other entry exempts the parameters whose name ends with it (``token``,
+        ``relative_position_bias_table``); an empty list decays every parameter (Swin UNETR SSL, sa-swin)."""
+        rules = set(no_decay)
+        suffixes = tuple(r for r in rules if r != "1d")
+        decay, exempt = [], []
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim <= 1 or name.endswith(("token", "tokens")) else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
+            skip = ("1d" in rules and p.ndim <= 1) or (bool(suffixes) and name.endswith(suffixes))
+            (exempt if skip else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 def make_teacher(module: nn.Module) -> nn.Module:
     """A frozen copy of ``module`` for EMA (initialised as the student, as ASA and ACE do)."""

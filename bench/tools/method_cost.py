@@ -125,7 +125,7 @@ def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     method = method.to(device)
     total = opts["schedule_steps"]
     tcfg = schedule_config(train, total, opts["batch"])
-    opt = build_optimizer(method.param_groups(tcfg.weight_decay), tcfg, device)
+    opt = build_optimizer(method.param_groups(tcfg.weight_decay, tcfg.no_decay), tcfg, device)
     base_lrs = [g["lr"] for g in opt.param_groups]
     pairs = method.ema_pairs()
     roi = tuple(opts["roi"])
