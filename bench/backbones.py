@@ -27,6 +27,8 @@ class Backbone(nn.Module):
     feature_dim: int
     in_channels: int
     _build_kwargs: dict[str, Any]
+    #: every input side must be a multiple of this (checked against the budget's ROI before any work)
+    input_multiple: int = 1
 
     def encode(self, x: torch.Tensor, patch_hook: PatchHook | None = None) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -118,6 +120,7 @@ class SwinUNETRBackbone(Backbone):
     """
 
     spatial_dims = 3
+    input_multiple = 32  # patch 2, then four 2x merges: every stage's grid must be whole
 
     def __init__(
         self,
@@ -210,6 +213,18 @@ def swin_unetr_base(**kw: Any) -> SwinUNETRBackbone:
     """Swin UNETR with feature_size 48: the papers' backbone (ASA, Swin UNETR SSL, SA-Swin)."""
     kw.setdefault("feature_size", 48)
     return SwinUNETRBackbone(**kw)
+
+
+def input_multiple(name: str) -> int:
+    """What every input side of backbone ``name`` must be a multiple of, from the class its factory returns (known
+    without building it), 1 where the factory does not say."""
+    import typing
+
+    try:
+        cls = typing.get_type_hints(BACKBONES.get(name)).get("return")
+    except (NameError, TypeError):
+        return 1
+    return int(getattr(cls, "input_multiple", 1))
 
 
 def build_backbone(name: str, **kwargs: Any) -> Backbone:

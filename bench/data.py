@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,8 @@ class PretrainDataset(Dataset):
     process's or worker's RNG, so that the shards of :class:`bench.distributed.StreamSampler` on N processes hold
     exactly the samples one process would draw, and a resumed stream continues the same draws. ``labels`` (one
     label map per volume) is given only for a method that pretrains with labels: its sample then holds ``label``
-    too; without it the sample is ``image`` and ``roi`` alone.
+    too; ``volume_labels`` (one int per volume) only for a method that uses a per-volume label: its sample then holds
+    ``volume_label``; without either the sample is ``image`` and ``roi`` alone.
     """
 
     def __init__(
@@ -129,11 +131,14 @@ class PretrainDataset(Dataset):
         samples: int,
         seed: int,
         labels: list[np.ndarray] | None = None,
+        volume_labels: list[int] | None = None,
     ) -> None:
         if labels is not None and len(labels) != len(volumes):
             raise ValueError(f"{len(labels)} label maps for {len(volumes)} volumes")
+        if volume_labels is not None and len(volume_labels) != len(volumes):
+            raise ValueError(f"{len(volume_labels)} volume labels for {len(volumes)} volumes")
         self.volumes, self.roi, self.views, self.samples, self.seed = volumes, tuple(roi), views, samples, seed
-        self.labels = labels
+        self.labels, self.volume_labels = labels, volume_labels
 
     def __len__(self) -> int:
         return self.samples
@@ -144,6 +149,8 @@ class PretrainDataset(Dataset):
         sample = {"image": self.volumes[k], "roi": self.roi}
         if self.labels is not None:
             sample["label"] = self.labels[k]
+        if self.volume_labels is not None:
+            sample["volume_label"] = self.volume_labels[k]
         return self.views(sample, rng)
 
 
@@ -254,6 +261,7 @@ class PreprocessedCache:
     """
 
     VERSION = 1  # bump when preprocess() changes what it computes
+    _warned = False  # an unwritable cache is said once per process, not once per volume
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
@@ -292,8 +300,13 @@ class PreprocessedCache:
                 out["label"] = np.load(path / "label.npy") if meta["has_label"] else None
                 out.pop("has_label")
                 return out
-            except (OSError, ValueError, KeyError, json.JSONDecodeError):
-                pass  # a damaged entry is only a cache: recompute it below
+            except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+                # a damaged entry (a disk fault, a hand edit) is reported and replaced, not re-read on every run
+                warnings.warn(
+                    f"preprocessing cache entry {path} is damaged ({type(e).__name__}); recomputing and replacing it",
+                    stacklevel=2,
+                )
+                shutil.rmtree(path, ignore_errors=True)
         sample = preprocess(raw if raw is not None else adapter.load(record), pp)
         if path is not None:
             self._write(path, sample)
@@ -323,5 +336,10 @@ class PreprocessedCache:
                 os.rename(tmp, path)
             except OSError:  # another process wrote the same entry first: keep theirs
                 shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:
-            pass  # an unwritable cache folder only costs recomputing next time
+        except OSError as e:  # an unwritable cache folder only costs recomputing next time: said, not hidden
+            if not PreprocessedCache._warned:
+                PreprocessedCache._warned = True
+                warnings.warn(
+                    f"preprocessing cache {self.root} cannot be written ({e}); volumes are recomputed each run",
+                    stacklevel=2,
+                )

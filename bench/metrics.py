@@ -406,3 +406,35 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     if pred.size == 0:
         raise ValueError("accuracy needs at least one sample")
     return float(np.mean(pred == labels))
+
+
+# ------------------------------------------------------------------------------------------- admissible values
+#: The closed interval each stored metric lies in. A value outside it, or one that is not finite, is a failed
+#: computation (a NaN voxel, a diverged model, a damaged file), never a score: it is refused before it is stored,
+#: imported or ranked. A metric not listed here must still be finite.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "dice": (0.0, 1.0),
+    "nsd": (0.0, 1.0),
+    "hd95": (0.0, math.inf),  # mm; an empty prediction scores the image diagonal, never inf
+    "auroc": (0.0, 1.0),
+    "accuracy": (0.0, 1.0),
+    "patient_auroc": (0.0, 1.0),
+    "loc_acc": (0.0, 1.0),
+    "pred_score": (0.0, 1.0),  # a predicted probability
+    "pred_target": (0.0, 1.0),  # a 0-1 label
+}
+RANGE_TOLERANCE = 1e-6  # float rounding of a ratio that is 1 by construction
+
+
+def value_problem(metric: str, value: object) -> str | None:
+    """Why ``value`` cannot be a stored ``metric`` (e.g. "is nan", "is -5, outside [0, 1]"), or None if it can."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return f"is {value!r}, not a number"
+    if not math.isfinite(v):
+        return f"is {v}, not a finite number"
+    lo, hi = METRIC_RANGES.get(metric, (-math.inf, math.inf))
+    if v < lo - RANGE_TOLERANCE or v > hi + RANGE_TOLERANCE:
+        return f"is {v:g}, outside [{lo:g}, {hi:g}]"
+    return None

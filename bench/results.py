@@ -13,7 +13,8 @@ import random
 import re
 import sqlite3
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Collection, Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
+
+from bench.metrics import value_problem
+from bench.types import DataError, folder_problem
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,9 @@ CELLS = (
     Column("pretrain_gpu_hours", "REAL", info=True, added=True),
     Column("pretrain_cpu_hours", "REAL", info=True, added=True),
     Column("pretrain_world_size", "INTEGER", info=True, added=True),
+    # what the pretraining optimised where a method settles it from its corpus (saca: symmetry_target=label on a
+    # corpus with health labels, self elsewhere); NULL for every other method
+    Column("pretrain_objective", "TEXT", info=True, added=True),
     Column("split_hash", "TEXT"),
     Column("peak_memory_mb", "REAL"),
     Column("run_dir", "TEXT"),
@@ -89,6 +96,7 @@ CELL_COLUMNS = tuple(c.name for c in CELLS)
 ADDED_COLUMNS = {c.name: c.sql for c in CELLS if c.added}
 IDENTITY = [c.name for c in CELLS if c.identity]  # what names a cell, in publishing order
 NUMERIC_IDENTITY = [c.name for c in CELLS if c.identity and not c.text]
+NUMERIC_IDENTITY_WHOLE = [c for c in NUMERIC_IDENTITY if c != "label_fraction"]
 CASE_COLUMNS = ["cell_id", "case_id", "class", "metric", "value"]
 METRIC_COLUMNS = IDENTITY + CASE_COLUMNS  # a published row, before its cell's provenance
 CELL_INFO_COLUMNS = [c.name for c in CELLS if c.info]
@@ -310,13 +318,8 @@ class ResultsStore:
             if not os.access(self.path, os.W_OK):
                 raise ValueError(f"{where}: the file is not writable")
             return
-        parent = self.path.parent
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir():
-            raise ValueError(f"{where}: {parent} is a file, so the store's folder cannot be created")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise ValueError(f"{where}: the folder {parent} is not writable")
+        if (why := folder_problem(self.path.parent)) is not None:
+            raise ValueError(f"{where}: the store's folder {self.path.parent}: {why}")
 
     # ------------------------------------------------------------------------------------ connections
 
@@ -401,7 +404,9 @@ class ResultsStore:
         """:meth:`write_cell` for each (cell, metric rows) pair, all in one transaction: either every cell lands or
         none. Returns, for each pair, whether it was written (False: already stored complete with its hash). A
         cell given twice is taken from the later pair."""
-        given = [(self._cell_row(cell), rows) for cell, rows in items]
+        given = [(self._cell_row(cell), list(rows)) for cell, rows in items]
+        for cell, rows in given:  # every way in (a run, an import) is checked here: nothing non-finite is stored
+            check_rows(rows, f"cell {cell['cell_id']}")
         latest = {cell["cell_id"]: (cell, rows) for cell, rows in given}
         written: dict[str, bool] = {}
         t, m = CELLS_TABLE, CASE_METRICS
@@ -537,12 +542,29 @@ def _sqlite_begin(con: sa.Connection) -> None:
     con.exec_driver_sql("BEGIN IMMEDIATE" if con.get_execution_options().get("write") else "BEGIN")
 
 
+class ResultValueError(DataError, ValueError):
+    """A metric value that cannot be a result (not finite, or outside its metric's range): the cell failed."""
+
+
+def check_rows(rows: Iterable[dict[str, Any]], where: str) -> None:
+    """Every value of a cell's metric rows finite and within its metric's range (bench.metrics.METRIC_RANGES), else
+    a :class:`ResultValueError` that begins with ``where`` and names the first bad value and how many there are."""
+    bad = [(r, why) for r in rows if (why := value_problem(str(r["metric"]), r["value"])) is not None]
+    if bad:
+        r, why = bad[0]
+        more = f" ({len(bad)} such values)" if len(bad) > 1 else ""
+        raise ResultValueError(
+            f"{where}: the {r['metric']} of case {r['case']!r}, class {r['class']}, {why}{more}; a metric that is not "
+            "a finite value in its range is a failed computation, not a score, so nothing was stored"
+        )
+
+
 # ------------------------------------------------------------------------------------ published results (CSV)
 
 
-def from_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def from_csv(path: str | Path, *, located: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read a published CSV of result rows (with its ``<suite>_predictions.csv.gz`` beside it, if any) back as
-    (metrics, cells) frames for :func:`render`."""
+    (metrics, cells) frames for :func:`render`; ``located`` keeps each row's file and line (``LOCATION``)."""
     path = Path(path)
     kw = dict(
         dtype={c: str for c in TEXT_COLUMNS},
@@ -550,16 +572,28 @@ def from_csv(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         na_values={c: [""] for c in CELL_INFO_COLUMNS},
         float_precision="round_trip",
     )
-    rows = pd.read_csv(path, **kw)
+    rows = _located(pd.read_csv(path, **kw), path)
     preds = path.with_name(path.name.removesuffix(".csv") + PREDICTIONS_SUFFIX)
     if preds.is_file():
-        rows = pd.concat([rows, pd.read_csv(preds, compression="gzip", **kw)], ignore_index=True)
+        try:
+            more = pd.read_csv(preds, compression="gzip", **kw)
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as e:  # ParserError is a ValueError
+            # a truncated or damaged gzip: the file is named, not left to a traceback
+            raise PublishedCSVError(f"{preds}: not a readable gzip CSV of predictions ({_one_line(e)})") from None
+        rows = pd.concat([rows, _located(more, preds)], ignore_index=True)
     # a CSV published before the pretraining seed was part of a run's identity: every cell pretrained with seed 0
     if "pretrain_seed" not in rows:
         rows["pretrain_seed"] = 0
     # a CSV published before a column existed reads back with that column empty
     cells = rows.reindex(columns=["cell_id", *CELL_INFO_COLUMNS]).drop_duplicates("cell_id")
-    return rows[METRIC_COLUMNS], cells
+    return rows[METRIC_COLUMNS + (LOCATION if located else [])], cells
+
+
+LOCATION = ["_file", "_line"]  # where a row was read: an import error names the file and line
+
+
+def _located(rows: pd.DataFrame, path: Path) -> pd.DataFrame:
+    return rows.assign(_file=str(path), _line=range(2, len(rows) + 2))  # line 1 is the header
 
 
 # A published row does not carry its cell's config hash, so an imported cell never counts as already run: running
@@ -580,10 +614,16 @@ class ImportReport:
     kept: list[str]
 
 
-def read_published(path: str | Path) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+def read_published(
+    path: str | Path, suites: Collection[str] | None = None
+) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
     """A published CSV (with its predictions file beside it, if any) as {cell_id: (cell row, metric rows)} in the
-    results store's layout. Raises :class:`PublishedCSVError` for a file that is missing or is not one."""
+    results store's layout. Raises :class:`PublishedCSVError`, naming the file and line, for a file that is missing
+    or is not one: a blank or non-numeric field, a fractional class or seed, a value that is not finite or outside
+    its metric's range, a row given twice, or (with ``suites``, the registered names) a suite not among them."""
     path = Path(path)
+    if path.is_dir():
+        raise PublishedCSVError(f"{path}: is a directory, not a published results CSV")
     if not path.is_file():
         raise PublishedCSVError(f"{path}: no such file")
     try:
@@ -595,21 +635,60 @@ def read_published(path: str | Path) -> dict[str, tuple[dict[str, Any], list[dic
     if missing:
         raise PublishedCSVError(f"{path}: not a published results CSV: it lacks the column(s) {', '.join(missing)}")
     try:
-        metrics, cells = from_csv(path)
+        metrics, cells = from_csv(path, located=True)
+    except PublishedCSVError:
+        raise
     except ValueError as e:  # pandas' ParserError is one
         raise PublishedCSVError(f"{path}: unreadable rows ({e})") from None
     metrics = metrics.copy()
-    for c in NUMERIC_IDENTITY + ["value"]:
+    raw = metrics.copy()
+
+    def at(i: Any, what: str) -> PublishedCSVError:
+        return PublishedCSVError(f"{raw.at[i, '_file']}, line {raw.at[i, '_line']}: {what}")
+
+    for c in NUMERIC_IDENTITY + ["class"]:
         metrics[c] = pd.to_numeric(metrics[c], errors="coerce")
-    needed = metrics[IDENTITY + ["case_id", "class", "value"]]
+    needed = metrics[IDENTITY + ["case_id", "class", "metric"]]
     blank = needed.isna() | needed.eq("")
     if blank.any(axis=None):
         row = blank.any(axis=1).idxmax()
         col = blank.columns[blank.loc[row]][0]
-        raise PublishedCSVError(
-            f"{path}: a row of cell {metrics.at[row, 'cell_id']!r} has an empty or non-numeric "
-            f"{col} ({int(blank.any(axis=1).sum())} such rows)"
+        raise at(
+            row,
+            f"column {col} of a row of cell {metrics.at[row, 'cell_id']!r} is {raw.at[row, col]!r}: empty or not a "
+            f"number ({int(blank.any(axis=1).sum())} such rows)",
         )
+    whole = NUMERIC_IDENTITY_WHOLE + ["class"]
+    frac = metrics[whole].ne(metrics[whole].round())
+    if frac.any(axis=None):
+        row = frac.any(axis=1).idxmax()
+        col = frac.columns[frac.loc[row]][0]
+        raise at(row, f"column {col} is {raw.at[row, col]!r}: it must be a whole number")
+    for i, (m, v) in enumerate(zip(metrics["metric"], metrics["value"])):
+        if (why := value_problem(str(m), v)) is not None:
+            row = metrics.index[i]
+            raise at(
+                row,
+                f"column value: the {m} of case {raw.at[row, 'case_id']!r} of cell "
+                f"{raw.at[row, 'cell_id']!r} {why}; nothing was imported",
+            )
+    metrics["value"] = pd.to_numeric(metrics["value"])
+    key = ["cell_id", "case_id", "class", "metric"]
+    dup = metrics.duplicated(key)
+    if dup.any():
+        b = metrics.index[dup][0]
+        same = (metrics[key] == metrics.loc[b, key]).all(axis=1)
+        a = metrics.index[same][0]
+        raise at(
+            b,
+            f"repeats the row at line {raw.at[a, '_line']} of {raw.at[a, '_file']} (cell {raw.at[a, 'cell_id']!r}, "
+            f"case {raw.at[a, 'case_id']!r}, class {raw.at[a, 'class']}, {raw.at[a, 'metric']}); a published file "
+            "holds each value once",
+        )
+    unknown = sorted(set(metrics["suite"]) - set(suites)) if suites is not None else []
+    if unknown:
+        row = metrics.index[metrics["suite"].eq(unknown[0])][0]
+        raise at(row, f"suite {unknown[0]!r} is not a registered suite (known: {', '.join(sorted(suites or []))})")
     identity = metrics.groupby("cell_id")[IDENTITY].nunique()
     mixed = identity.index[(identity > 1).any(axis=1)]
     if len(mixed):
@@ -617,7 +696,7 @@ def read_published(path: str | Path) -> dict[str, tuple[dict[str, Any], list[dic
             f"{path}: the rows of cell {mixed[0]!r} disagree on its "
             f"{', '.join(identity.columns[identity.loc[mixed[0]] > 1])}"
         )
-    metrics = metrics.astype({c: int for c in NUMERIC_IDENTITY if c != "label_fraction"} | {"class": int})
+    metrics = metrics.drop(columns=LOCATION).astype({c: int for c in NUMERIC_IDENTITY_WHOLE} | {"class": int})
     info = cells.set_index("cell_id")
     out = {}
     for cell_id, g in metrics.groupby("cell_id", sort=False):
@@ -637,12 +716,14 @@ def read_published(path: str | Path) -> dict[str, tuple[dict[str, Any], list[dic
     return out
 
 
-def import_published(paths: list[str | Path], store, *, replace: bool = False) -> list[ImportReport]:
+def import_published(
+    paths: list[str | Path], store, *, replace: bool = False, suites: Collection[str] | None = None
+) -> list[ImportReport]:
     """Put the cells of published CSVs into a results store, so that new runs join published ones on one
     leaderboard (or a lost store is rebuilt from what was published). Every file is read and checked before
     anything is written, and all cells are written in one transaction. A cell the store already holds is kept
     unless ``replace``; a cell in two of the files is taken from the later one."""
-    read = [(Path(p), read_published(p)) for p in paths]
+    read = [(Path(p), read_published(p, suites)) for p in paths]
     have = store.cell_ids()
     reports, todo = [], {}
     for path, cells in read:

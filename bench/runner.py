@@ -40,6 +40,7 @@ from bench.plan import (
 from bench.protocols.base import Protocol, TransferContext, resolve_protocol
 from bench.provenance import git_sha
 from bench.registry import DATASETS, METHODS
+from bench.results import check_rows
 from bench.suites import Cell, expand
 from bench.types import PROJECT_ROOT, DataError, default_data_dir, load_split_file, write_text_atomic
 
@@ -83,6 +84,18 @@ def suite_preprocess(plan: Plan) -> Preprocess:
     return Preprocess.from_config(pp)
 
 
+def corpus_preprocess(plan: Plan) -> Preprocess:
+    """The pretraining corpus's preprocessing: the suite's, as the method's ``corpus_preprocessing`` adjusts it
+    (its official loader's own window); transfer keeps the suite's."""
+    cls = METHODS.get(plan.method)
+    modality = DATASETS.get(plan.suite.pretrain_dataset).info.modality
+    try:
+        pp = cls.corpus_preprocessing(cls.make_config(plan.method_cfg), asdict(suite_preprocess(plan)), modality)
+        return Preprocess.from_config(pp)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"method {plan.method}, corpus {plan.suite.pretrain_dataset}: {e}") from None
+
+
 def method_identity(plan: Plan) -> dict[str, Any]:
     """What the method itself says decides its export beyond its options (e.g. a checkpoint's sha256)."""
     cls = METHODS.get(plan.method)
@@ -105,13 +118,24 @@ def pretrain_identity(plan: Plan) -> dict[str, Any]:
         "corpus": plan.suite.pretrain_dataset,
         "corpus_splits": plan.suite.pretrain_splits,
         "corpus_split_hash": split_hash(plan.suite.pretrain_dataset),
-        "preprocess": asdict(suite_preprocess(plan)),
+        "preprocess": asdict(corpus_preprocess(plan)),
         "seed": plan.pretrain_seed,
         # a suite's version goes up when its data change (abdomen v2: the orientation fix), and an encoder
         # pretrained on the old corpus must not be reused; version 1 adds no key, so older caches stay valid
         **({"suite_version": plan.suite.corpus_version} if plan.suite.corpus_version != 1 else {}),
         **({"method_identity": mi} if (mi := method_identity(plan)) else {}),
+        # the corpus's per-volume labels change the objective of a method that uses them (saca's auto target);
+        # no key otherwise, so every other cached export keeps its hash
+        **({"volume_labels": True} if uses_volume_labels(plan) else {}),
     }
+
+
+def uses_volume_labels(plan: Plan) -> bool:
+    """Whether the method uses a per-volume label (``wants_volume_labels``) and the corpus has one
+    (``has_volume_labels``): then it is told so and each of its samples carries ``volume_label``."""
+    return bool(getattr(METHODS.get(plan.method), "wants_volume_labels", False)) and bool(
+        getattr(DATASETS.get(plan.suite.pretrain_dataset), "has_volume_labels", False)
+    )
 
 
 def preprocessed_cache(plan: Plan) -> PreprocessedCache:
@@ -142,17 +166,25 @@ def corpus_hashes(plan: Plan, run_dir: Path, method_pretrains: bool) -> set[str]
     return hashes
 
 
+def corpus_problems(plan: Plan) -> list[str]:
+    """The pretraining corpus's files checked as a task's are (values, shapes, spacing): a NaN voxel in the corpus
+    would otherwise reach the loss (about 4 s for abdomen's 200 corpus volumes on 2 cores)."""
+    return list(prepared(plan, plan.suite.pretrain_dataset).validate(tuple(plan.suite.pretrain_splits)))
+
+
 def check_leakage(plan: Plan, corpus: set[str], tasks, memo: dict[str, dict[str, str]]) -> dict[str, list[str]]:
     """Per task, the val/test records whose content is in the pretraining corpus; an error unless allowed."""
     found: dict[str, list[str]] = {}
     cache = hash_cache(plan)
     for task in tasks:
-        if task.dataset not in memo:
+        # the task's own evaluation split too (e.g. BTCV's liu_test): val/test alone would miss a task scored there
+        key = f"{task.dataset}/{task.split}"
+        if key not in memo:
             ds = prepared(plan, task.dataset)
             declared = load_split_file(getattr(ds, "split_name", None) or task.dataset)
-            splits = [s for s in ("val", "test") if s in declared]
-            memo[task.dataset] = leakage.split_hashes(ds, splits, cache)
-        hit = leakage.leaks(corpus, memo[task.dataset])
+            splits = [s for s in dict.fromkeys(("val", "test", task.split)) if s in declared]
+            memo[key] = leakage.split_hashes(ds, splits, cache)
+        hit = leakage.leaks(corpus, memo[key])
         if hit:
             found[task.name] = hit
     cache.save()
@@ -190,14 +222,20 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
             method = method_cls(backbone, method_cls.make_config(plan.method_cfg))
             if method.needs_corpus_labels:  # its head, before its parameter groups and any resumed checkpoint
                 method.bind_labels(dict(DATASETS.get(plan.suite.pretrain_dataset).info.labels))
+            # its objective: a corpus without volume labels is an error only for a method that cannot do without
+            objective = method.bind_volume_labels(uses_volume_labels(plan)) if method.wants_volume_labels else {}
             # a method that does not pretrain (an external checkpoint) fails here, before any folder is made
             encoder = None if method.pretrains else method.export_encoder()
         except (TypeError, ValueError) as e:
             raise UserError(str(e)) from None
+        if method.pretrains:  # the corpus it will read, checked before its run folder is made
+            problems = corpus_problems(plan)
+            if problems:
+                raise UserError(f"{len(problems)} problem(s) in the pretraining corpus: " + " | ".join(problems))
         # one job pretrains, others needing the same export wait for it (or take over from a dead holder)
         with jobs.exclusive(run_dir, f"pretraining {plan.method} {h}", say):
             if not export.is_file():
-                _pretrain(plan, ident, h, run_dir, export, method, encoder)
+                _pretrain(plan, ident, h, run_dir, export, method, encoder, objective)
                 return export, h
     say(f"[pretrain] {plan.method}: cached export {export}")
     check_leakage(plan, corpus_hashes(plan, run_dir, method_cls_pretrains(plan)), plan.suite.tasks, {})
@@ -205,9 +243,17 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
 
 
 def _pretrain(
-    plan: Plan, ident: dict[str, Any], h: str, run_dir: Path, export: Path, method: Any, encoder: Any
+    plan: Plan,
+    ident: dict[str, Any],
+    h: str,
+    run_dir: Path,
+    export: Path,
+    method: Any,
+    encoder: Any,
+    objective: dict[str, Any] | None = None,
 ) -> None:
-    """Pretrain ``method`` (built and seeded by the caller) and write its export."""
+    """Pretrain ``method`` (built and seeded by the caller) and write its export; ``objective`` is what the method
+    settled from the corpus (``bind_volume_labels``), recorded in the export's metadata."""
     main = distributed.is_main()  # the one process that writes; the others train alongside it
     run_dir.mkdir(parents=True, exist_ok=True)
     if main:
@@ -223,7 +269,10 @@ def _pretrain(
         "corpus_split_hash": ident["corpus_split_hash"],
         "preprocess": ident["preprocess"],
         **({"method_identity": ident["method_identity"]} if "method_identity" in ident else {}),
+        **({"objective": objective} if objective else {}),
     }
+    if objective:
+        say(f"[pretrain] {plan.method}: " + ", ".join(f"{k}={v}" for k, v in objective.items()))
     if encoder is not None:
         corpus_hashes(plan, run_dir, False)
         if main:
@@ -235,7 +284,8 @@ def _pretrain(
     check_leakage(plan, hashes, plan.suite.tasks, {})
     if main:
         write_text_atomic(run_dir / CORPUS_HASHES, json.dumps(sorted(hashes)))
-    res = train_method(plan, method, volumes, run_dir, labels)
+    volume_labels = corpus_volume_labels(plan, len(volumes)) if uses_volume_labels(plan) else None
+    res = train_method(plan, method, volumes, run_dir, labels, volume_labels)
     if main:
         save_export(
             method.export_encoder(),
@@ -261,7 +311,7 @@ def _load_corpus(plan: Plan, in_channels: int, with_labels: bool) -> tuple[list[
     ds = dataset(plan, plan.suite.pretrain_dataset)  # not prepared(): this already runs main process first
     show = plan.progress and distributed.is_main()
     ds.prepare(progress=show)
-    pp = suite_preprocess(plan)
+    pp = corpus_preprocess(plan)
     volumes, hashes, cache, disk = [], set(), hash_cache(plan), preprocessed_cache(plan)
     labels: list[Any] | None = [] if with_labels else None
     records = [rec for split in plan.suite.pretrain_splits for rec in corpus_records(plan, ds, split, with_labels)]
@@ -302,9 +352,37 @@ def corpus_records(plan: Plan, ds: Any, split: str, with_labels: bool) -> list[A
         raise UserError(f"method {plan.method}: {e}") from None
 
 
-def train_method(plan: Plan, method: Any, volumes: list[Any], run_dir: Path, labels: list[Any] | None = None) -> Any:
+def corpus_volume_labels(plan: Plan, n_volumes: int) -> list[int]:
+    """Each corpus volume's label (``volume_labels``), in the order ``load_corpus`` reads the volumes."""
+    ds = dataset(plan, plan.suite.pretrain_dataset)
+    out: list[int] = []
+    for split in plan.suite.pretrain_splits:
+        try:
+            labels = ds.volume_labels(split)
+        except DataError as e:
+            raise UserError(f"method {plan.method}: {e}") from None
+        for rec in ds.records(split):
+            if labels.get(rec.id) not in (0, 1):
+                raise UserError(
+                    f"{plan.suite.pretrain_dataset}/{rec.id}: volume label {labels.get(rec.id)!r}, expected 0 "
+                    f"(patient) or 1 (healthy)"
+                )
+            out.append(int(labels[rec.id]))
+    if len(out) != n_volumes:
+        raise UserError(f"{plan.suite.pretrain_dataset}: {len(out)} volume labels for {n_volumes} volumes")
+    return out
+
+
+def train_method(
+    plan: Plan,
+    method: Any,
+    volumes: list[Any],
+    run_dir: Path,
+    labels: list[Any] | None = None,
+    volume_labels: list[int] | None = None,
+) -> Any:
     """The engine's one loop over the method's views of the corpus (with their label maps for a method that
-    pretrains with labels), on the method's optimiser recipe."""
+    pretrains with labels, their volume labels for one that uses them), on the method's optimiser recipe."""
     # the budget's batch is the global batch: under torchrun each process draws its shard of it
     loader = distributed.loader(
         PretrainDataset(
@@ -314,6 +392,7 @@ def train_method(plan: Plan, method: Any, volumes: list[Any], run_dir: Path, lab
             samples=max(plan.pretrain_batch * 50, 1),
             seed=plan.pretrain_seed,
             labels=labels,
+            volume_labels=volume_labels,
         ),
         plan.pretrain_batch,
         "budget.pretrain.batch_size",
@@ -427,7 +506,11 @@ def pretrain_compute(meta: dict[str, Any]) -> dict[str, Any]:
 def transfer(plan: Plan, export: Path, pretrain_hash: str) -> list[dict[str, Any]]:
     """Run every cell of the plan on the exported encoder, skipping complete ones; return the new rows."""
     cells = transfer_cells(plan)
-    pretrain_cost = pretrain_compute(load_meta(export))
+    pretrain_meta = load_meta(export)
+    pretrain_cost = pretrain_compute(pretrain_meta)
+    # what the method settled from its corpus (saca: "symmetry_target=label"), in each cell's metrics.json
+    settled = pretrain_meta.get("objective") or {}
+    objective = {"pretrain_objective": ", ".join(f"{k}={v}" for k, v in settled.items())} if settled else {}
     done: list[dict[str, Any]] = []
     cache: dict[str, Any] = {}
     corpus = corpus_hashes(plan, export.parent, method_cls_pretrains(plan))
@@ -467,6 +550,7 @@ def transfer(plan: Plan, export: Path, pretrain_hash: str) -> list[dict[str, Any
                     "pretrain_hash": pretrain_hash,
                     "leakage_override": int(bool(leaked)),
                     **pretrain_cost,
+                    **objective,
                 }
                 if distributed.is_main():
                     store_cell(plan, row, result, run_dir)
@@ -595,6 +679,12 @@ def store_cell(plan: Plan, row: dict[str, Any], result: Any, run_dir: Path) -> N
     """Run directory first, then the store: a row in the store always has its files."""
     import pandas as pd
 
+    # a NaN voxel or a diverged model gives a NaN metric: the cell failed, and nothing of it is kept as a result
+    check_rows(result.rows, f"cell {row['cell_id']}")
+    check_rows(
+        [{"case": "(summary)", "class": "all", "metric": k, "value": v} for k, v in result.summary.items()],
+        f"cell {row['cell_id']}",
+    )
     write_text_atomic(run_dir / "metrics.json", json.dumps({"summary": result.summary, "cell": row}, indent=1))
     write_text_atomic(run_dir / "per_case.csv", pd.DataFrame(result.rows).to_csv(index=False))
     plan.store.write_cell(row, result.rows)
@@ -619,10 +709,13 @@ def run(cfg: DictConfig) -> None:
         for name in sorted(names):
             ds = prepared(plan, name)
             problems += ds.validate()
+        if stage == "validate":  # the pretraining corpus too; a run checks it only when it pretrains
+            problems = list(dict.fromkeys(problems + corpus_problems(plan)))  # a file in both is said once
         if problems:
             raise UserError(f"{len(problems)} data problem(s): " + " | ".join(problems))
         if stage == "validate":
-            say(f"[validate] {plan.suite.name}: all files of {', '.join(sorted(names))} passed")
+            corpus = f" and the corpus {plan.suite.pretrain_dataset} {list(plan.suite.pretrain_splits)}"
+            say(f"[validate] {plan.suite.name}: all files of {', '.join(sorted(names))}{corpus} passed")
             return
     if stage in ("all", "pretrain", "transfer"):
         # one pretraining per pipeline run: the plan's, or with pretrain_seed=tied one per transfer seed

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -26,12 +29,25 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
 
 
+@contextmanager
+def naming_the_file(path: Path | str) -> Iterator[None]:
+    """An OSError inside names ``path``: a write refused mid-stream (a full disk under gzip or torch.save) raises
+    one without a file name, and the user must learn which file could not be written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        raise
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """``path`` holds ``text`` or what it held before, never a part: a crash or a second writer cannot break it."""
     tmp = temp_sibling(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        with naming_the_file(path):
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -102,6 +118,23 @@ class StepInfo:
     @property
     def progress(self) -> float:
         return min(1.0, self.step / max(1, self.total_steps))
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why the run could not write into folder ``path`` (it, or the nearest part of it that exists, is a file or is
+    not writable), or None. Nothing is created."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        return f"not a folder ({p} is a file)"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return f"{p} is not writable"
+    try:  # access() says yes to root everywhere, even on /proc or a read-only mount: a real try, undone at once
+        os.rmdir(tempfile.mkdtemp(dir=p, prefix=".sslbench-probe-"))
+    except OSError as e:
+        return f"{p} does not take new folders ({e.strerror})"
+    return None
 
 
 def default_data_dir() -> Path:

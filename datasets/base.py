@@ -177,6 +177,9 @@ class DatasetAdapter:
     #: True where ``corpus_with_labels`` serves the label maps of the pretraining corpus (a method that pretrains
     #: with labels, ``supervised``, is refused on any other corpus when its run is planned, before any data work)
     has_corpus_labels: ClassVar[bool] = False
+    #: True where ``volume_labels`` serves a per-volume health label of the pretraining corpus (SA-Swin's official
+    #: symmetry target); a method that can use it (``wants_volume_labels``) then gets it, any other never
+    has_volume_labels: ClassVar[bool] = False
 
     def __init__(
         self, root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None, **options: Any
@@ -217,6 +220,12 @@ class DatasetAdapter:
         them sets ``has_corpus_labels`` and overrides this (a synthetic one may generate them here, on first use).
         Default: the corpus has none, one DataError naming the dataset."""
         raise DataError(no_corpus_labels(self.registry_name))
+
+    def volume_labels(self, split: str) -> dict[str, int]:
+        """Each volume of the pretraining split ``split`` with its health label, {record id: 1 healthy, 0 patient}
+        (the official SA-Swin label: a subject with a finding is a patient), for every id of ``records(split)``.
+        A dataset that knows them sets ``has_volume_labels`` and overrides this. Default: one DataError."""
+        raise DataError(f"dataset {self.registry_name!r} has no per-volume health labels for its pretraining corpus")
 
     def load(self, record: Record) -> dict[str, Any]:
         """One record as {'image': float32 [C, *spatial] raw units, 'label': int array or None, 'spacing'}."""

@@ -8,9 +8,10 @@ The generator (datasets/synthetic/brain.py) writes ``imagesTr/<id>.nii.gz`` (int
 * ``brain_lesion``: binary lesion segmentation of the same subjects (labels 0 background, 1 lesion).
 
 Split: subjects 1..240 are labelled, split by ``positional_split`` (train 168 / val 24 / test 48);
-``pretrain`` = 300 further unlabelled subjects (241..540). Case ``brainNNNN`` has generator seed
-``SEED_OFFSET + NNNN``. About 0.38 s per subject (``datasets.synthetic.brain.measure``), so the whole
-set takes about 3.5 minutes once.
+``pretrain`` = 300 further unlabelled subjects (241..540); ``volume_labels`` gives each its health label (1 no
+lesion, 0 a lesion; SA-Swin's official symmetry target), which only a method that asks for it sees. Case
+``brainNNNN`` has generator seed ``SEED_OFFSET + NNNN``. About 0.38 s per subject
+(``datasets.synthetic.brain.measure``), so the whole set takes about 3.5 minutes once.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def build_split() -> dict:
 
 class _SynthBrain(DatasetAdapter):
     split_name = "brain"
+    has_volume_labels = True  # the generator knows which subjects have a lesion (``gen.health_of``)
 
     def default_root(self) -> Path:
         # both adapters read one generated folder
@@ -84,6 +86,10 @@ class _SynthBrain(DatasetAdapter):
 
     def labelled(self, c: str) -> Record:
         raise NotImplementedError
+
+    def volume_labels(self, split: str) -> dict[str, int]:
+        # from the seed alone, as ``class_of``: the corpus needs neither rendering nor a label file
+        return {c: gen.health_of(seed_of(c)) for c in self.split_ids(split)}
 
 
 @DATASETS.register("brain")

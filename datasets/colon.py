@@ -8,6 +8,9 @@ Records are slices, the classification unit: ``Record(id=f"{patient}_{z:02d}", p
 .npz>, classes=(0|1,), meta={"patient", "slice", "phase", "phases", "n_slices", "loc", "box"})``. ``loc`` is the
 tumour centroid ``(row, col)`` in the slice, normalised to [0, 1) by the image size (any grid of ``g`` cells maps it
 to ``floor(g * loc)``), ``None`` on a negative slice; ``box`` is ``(r0, c0, r1, c1)`` normalised likewise.
+``annotation(patient)["slice_match"][phase][z]`` is the index in ``phase`` of the N slice z (the per-phase slice
+correspondence LooseLocationSS's neighbours use; the identity for the synthetic phases, rendered at the same table
+positions).
 
 How phases are fed (METHODS.md §6): LooseLocationSS is a single-channel slice classifier. Stage 1 pools the N, A and
 P slices as separate images; stage 2 and every evaluation diagnose the non-contrast (N) slice, the other phases only
@@ -93,6 +96,8 @@ class Colon(DatasetAdapter):
                 raise DataError(f"{path}: annotation lacks {sorted(missing)}")
             if MAIN_PHASE not in doc["phases"]:
                 raise DataError(f"{path}: no {MAIN_PHASE} phase among {doc['phases']}")
+            # files generated before the correspondence was recorded: the generator's phases share the slice index
+            doc.setdefault("slice_match", {ph: list(range(len(doc["labels"]))) for ph in doc["phases"]})
             self._ann[patient] = doc
         return self._ann[patient]
 

@@ -45,10 +45,26 @@ Recipe ([P] paper, [V] official code ``jlianglab/ACE``, [I] harness choice):
 - Data-parallel (torchrun): the centre is averaged over the processes' batches (as DINO's code all-reduces it); the
   heads' BatchNorm is synchronised over processes on CUDA (SyncBatchNorm, as DINO's code converts it) and per process
   on the CPU, where PyTorch has no SyncBatchNorm kernel.
-- ``freeze_last_layer`` [V/I]: the code freezes the DINO head's last layer for epoch 0 of 302; here the gradient of
-  the student's last layer is zeroed while training progress < ``freeze_last_layer`` (default 1/302).
+- Centre timing [I]: the code moves the centre inside the loss's forward, once per batch; here the teacher outputs
+  of the step's micro-batches are summed and the centre moves once, in ``after_optimizer_step`` (:class:`StepCentre`):
+  the same centre sequence without accumulation, one update per optimizer step with it.
+- Initialisation [V]: the DINO head as the code's ``DINOHead`` (lightly's: trunc-normal std 0.02 Linear weights,
+  zero biases, weight-normalised last layer with g fixed at 1); the dense head as the code's ``DenseHead``
+  (``kaiming_normal_`` fan-out ReLU 1x1 convolutions, BatchNorm weight 1 / bias 0); decompose and compose at
+  PyTorch's default Linear initialisation, as the code's ``UpsampleLayerMLP`` / ``DownsampleLayerMLP``.
+- ``freeze_last_layer`` [V]: the code's ``cancel_gradients_last_layer`` sets the DINO head's last-layer gradients to
+  None for epoch 0 of 302, so AdamW skips those parameters (no update, no weight decay, no moments). Here, while
+  training progress < ``freeze_last_layer`` (default 1/302), the student's last layer runs outside the autograd
+  graph (:func:`head_forward`), so its ``.grad`` stays None after the engine's backward and the optimizer skips it
+  alike; a zero gradient would not do: AdamW would still decay the weights.
+- Stochastic depth [V]: the code's student has it (ViT: ``--drop_path_rate 0.1``; Swin-B: 0.2 from
+  ``swin_base_img224_window7.yaml``), the teacher none. ``drop_path_rate`` (default 0.1, every budget; 0.2 restores
+  the Swin-B recipe on ``swin_base_2d``) is set on the student backbone (``Backbone.set_drop_path``, linear in
+  depth; no weight or export change); the teacher's is removed.
 - Optimiser [V] (conf/method/ace.yaml): AdamW lr 5e-4 x batch/256, wd 0.04 (the code's cosine 0.04 -> 0.4 wd
-  schedule is not reproduced: the engine has a fixed weight decay), clip 0.8, warmup, cosine.
+  schedule is not reproduced: the engine has a fixed weight decay), clip 0.8 (the engine clips the total norm; the
+  code clips each parameter's gradient to 0.8 separately), warmup, cosine; no weight decay on biases and
+  one-dimensional parameters (``train.no_decay: ["1d"]`` = the code's ``get_params_groups``).
 """
 
 from __future__ import annotations
@@ -204,6 +220,55 @@ def global_loss(h_s: torch.Tensor, h_t: torch.Tensor, center: torch.Tensor, tau_
     return 0.5 * (ce_ls + ce_sl)
 
 
+class StepCentre:
+    """The teacher outputs of one optimizer step, for a centre that moves once per step.
+
+    The official codes (DINO's ``DINOLoss.update_center``, ACE's ``DINOLoss_Overlap``) move the centre in the loss's
+    forward, once per batch, which there is once per optimizer step. ``add`` sums the step's micro-batches and
+    ``apply`` (the method's ``after_optimizer_step``) moves the centre once with their mean over every process: with
+    ``accumulate`` > 1 the micro-batches count as one batch, as the code's one batch does, and a non-finite output
+    leaves the centre's entry as it was instead of poisoning every later step."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.sum: torch.Tensor | None = None
+        self.count = 0
+
+    @torch.compiler.disable  # Python bookkeeping: under the engine's torch.compile it runs eagerly, unguarded
+    def add(self, outputs: torch.Tensor, step: int) -> None:
+        """``outputs`` [N, K]: the teacher's on one micro-batch of optimizer step ``step`` (``StepInfo.step``)."""
+        if step != self.step:
+            self.step, self.sum, self.count = step, None, 0
+        s = outputs.detach().float().sum(0)
+        self.sum = s if self.sum is None else self.sum + s
+        self.count += outputs.shape[0]
+
+    @torch.no_grad()
+    def apply(self, center: torch.Tensor, momentum: float, done: int) -> None:
+        """center <- momentum * center + (1 - momentum) * mean, the mean of optimizer step ``done - 1``
+        (``after_optimizer_step`` is told the steps done)."""
+        buf = center.new_zeros(center.numel() + 1)
+        if self.step == done - 1 and self.sum is not None:
+            buf[:-1] = self.sum.to(buf)
+            buf[-1] = self.count
+        self.step, self.sum, self.count = None, None, 0
+        distributed.mean_(buf)  # on every process, pending or not, so that none waits on another
+        mean = (buf[:-1] / buf[-1]).view_as(center)  # nothing pending anywhere: 0 / 0, kept below
+        new = center * momentum + mean * (1 - momentum)
+        center.copy_(torch.where(torch.isfinite(new), new, center))
+
+
+def head_forward(head: nn.Module, x: torch.Tensor, frozen: bool) -> torch.Tensor:
+    """``head(x)``; ``frozen``: the head's ``last_layer`` parameters stay out of the autograd graph, so that their
+    ``.grad`` is None after backward, as the official ``cancel_gradients_last_layer`` leaves it, and the optimizer
+    skips them (a zero gradient would still let AdamW's weight decay shrink them). Under DDP they count as unused
+    parameters (the engine builds DDP with ``find_unused_parameters``), whose ``.grad`` DDP leaves None."""
+    if not frozen:
+        return head(x)
+    detached = {f"last_layer.{n}": p.detach() for n, p in head.last_layer.named_parameters()}
+    return torch.func.functional_call(head, detached, (x,), strict=False)
+
+
 def matching_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float) -> torch.Tensor:
     """torchvision sigmoid_focal_loss with gamma 0 = alpha-weighted BCE-with-logits, mean over all entries."""
     from torchvision.ops import sigmoid_focal_loss
@@ -221,6 +286,12 @@ class DenseHead(nn.Module):
         for _ in range(3):
             layers += [nn.Conv2d(dim, dim, 1), nn.BatchNorm2d(dim), nn.ReLU(inplace=True)]
         self.net = nn.Sequential(*layers)
+        for m in self.net:  # the code's DenseHead._init_weights (the conv biases keep PyTorch's default)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         """[B, D, G, G] -> [B, G*G, D] unit-norm tokens (row-major)."""
@@ -285,6 +356,7 @@ class ACE(PretrainMethod):
         ema_momentum: float = 0.996
         ema_momentum_end: float = 1.0
         augment: bool = True
+        drop_path_rate: float = 0.1  # the student's stochastic depth (code: ViT 0.1, Swin-B 0.2); the teacher has none
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"2d", "ema"})
 
@@ -319,10 +391,10 @@ class ACE(PretrainMethod):
         self.teacher = nn.ModuleDict(
             {"backbone": make_teacher(backbone), "dino_head": t_head, "dense_head": make_teacher(self.dense_head)}
         )
-        self._freeze_now = False
-        for p in self.dino_head.last_layer.parameters():
-            if p.requires_grad:  # weight_g is fixed at 1 (norm_last_layer)
-                p.register_hook(lambda g: torch.zeros_like(g) if self._freeze_now else g)
+        # the code builds the teacher without stochastic depth (a backbone built with some keeps none here either)
+        self.teacher["backbone"].set_drop_path(0.0)
+        backbone.set_drop_path(cfg.drop_path_rate)
+        self._centre = StepCentre()
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [
@@ -337,6 +409,9 @@ class ACE(PretrainMethod):
 
     def export_encoder(self) -> nn.Module:
         return self.teacher["backbone"]
+
+    def after_optimizer_step(self, step: StepInfo) -> None:
+        self._centre.apply(self.center, self.cfg.center_momentum, step.step)
 
     def train(self, mode: bool = True) -> ACE:
         super().train(mode)
@@ -394,7 +469,6 @@ class ACE(PretrainMethod):
 
     def training_step(self, batch: dict[str, torch.Tensor], step: StepInfo) -> StepOutput:
         cfg = self.cfg
-        self._freeze_now = step.progress < cfg.freeze_last_layer
         x = torch.cat([batch["large"], batch["small"]])  # [2B, C, S, S]: large first
         b = batch["large"].shape[0]
         masks = torch.cat([batch["mask_l"], batch["mask_s"]]).bool()  # [2B, G*G]
@@ -408,7 +482,7 @@ class ACE(PretrainMethod):
             )
         tok_s = fmap_s.flatten(2).transpose(1, 2)
         g_s = cls_s if cls_s is not None else masked_mean(tok_s, masks)
-        h_s = self.dino_head(g_s.float()).reshape(2, b, -1)
+        h_s = head_forward(self.dino_head, g_s.float(), step.progress < cfg.freeze_last_layer).reshape(2, b, -1)
         dense_s = self.dense_head(fmap_s)
         up = self.decompose(dense_s[:b], grid)  # U_s(L): [B, 4G^2, D]
         down = self.compose(dense_s[b:], grid)  # C_s(S): [B, G^2/4, D]
@@ -428,11 +502,8 @@ class ACE(PretrainMethod):
         l_comp = matching_loss(logits_comp, batch["target_comp"], cfg.alpha_comp)
         l_local = 0.5 * (l_dec + l_comp)
         loss = cfg.lambda_global * l_global + cfg.lambda_local * l_local
-        if self.training:
-            with torch.no_grad():
-                batch_center = torch.cat([h_t, h_non]).float().mean(0, keepdim=True)
-                distributed.mean_(batch_center)  # the global batch's centre on every process, as DINO's code does
-                self.center.mul_(cfg.center_momentum).add_(batch_center, alpha=1 - cfg.center_momentum)
+        if self.training:  # the centre moves after the optimizer step (after_optimizer_step)
+            self._centre.add(torch.cat([h_t, h_non]), step.step)
         return StepOutput(
             loss,
             {

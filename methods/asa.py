@@ -44,7 +44,17 @@ Recipe (shared/METHODS.md §1; [P] paper, [V] official code, [I] harness choice)
   both phases, momentum cosine 0.999 -> 1 over the whole run (DINO's ``cosine_scheduler``) [V]. "Once trained,
   the teacher model is transferred" [P]: ``export_encoder`` returns the teacher backbone (encoder + decoder).
 - Optimiser [V] (conf/method/asa.yaml): SGD lr 1e-3, momentum 0.9, weight decay 0, no clipping, 5 warmup epochs
-  of 1000 (warmup_fraction 0.005), cosine.
+  of 1000 (warmup_fraction 0.005), cosine; batch 12 (4 GPUs, DataParallel). The lr is not rescaled with the batch
+  (the code has no scaling rule): ``budget=paper`` runs the code's batch 12 at the code's lr
+  (conf/method_budget/asa_paper.yaml sets ``budget.pretrain.batch_size: 12``, a global batch split over torchrun
+  processes); the smaller budgets run batch 2 at the same lr. Batch 12 at 128^3 on swin_unetr_base needs several
+  GPUs (phase 2 peaked at 34 GiB at batch 2, see Cost: about 16 GiB per volume, so ~190 GiB at 12, estimated);
+  on one GPU ``budget.pretrain.batch_size=2 +method.train.accumulate=6`` gives the same 12 volumes per optimizer
+  step (and the same phase block).
+- Stochastic depth [V]: the code builds student and teacher with ``dropout_path_rate=0.1`` (linear in depth);
+  ``drop_path_rate`` sets it on the student only (``Backbone.set_drop_path``: no weight or export change), 0.1 at
+  ``budget=paper``; 0 at the smaller budgets (unchanged: a regulariser for the paper's long run, not measured
+  over a few hundred steps). The teacher never has it (see Teacher below).
 
 Choices where paper and code differ, or where neither says (each a flag, default first):
 
@@ -58,10 +68,13 @@ Choices where paper and code differ, or where neither says (each a flag, default
   ``resize_mode=area`` to reproduce it.
 - Phase 2 "updates only the student's encoder" [P]: phase 2 never runs the decoder, the restoration conv or the
   order head, so their ``.grad`` stays None (the engine zeroes with ``set_to_none``) and torch optimizers skip
-  them entirely: no update and no stale-momentum drift. Likewise the local projector is untouched in phase 1.
+  them entirely: no update and no stale-momentum drift. The same holds for the last Swin stage (hs[4] feeds only
+  the decoder). Likewise the local projector is untouched in phase 1.
   No ``requires_grad`` is toggled, so no freeze flag is needed.
-- The teacher is kept in eval mode (no stochastic depth), as the code's teacher is after the first validation
-  (epoch 1); the code's EMA also covers the order head, which the teacher never uses: it is not kept here.
+- The teacher is kept in eval mode and has its stochastic depth removed (``drop_path_rate`` is the student's
+  only), as the code's teacher runs after the first validation (epoch 1, when ``test`` puts it in eval mode for
+  good; during epoch 1 the code's teacher still drops paths); the code's EMA also covers the order head, which
+  the teacher never uses: it is not kept here.
 - Random draws (permutation, crop corners) are made in ``views`` from the loader's per-sample generator (cheap
   numpy in workers); the heavy work (cell gather, crops, overlap masks) runs on the device in
   ``training_step``. ``views`` returns both phases' inputs for every sample because it does not know the step.
@@ -295,6 +308,7 @@ class ASA(PretrainMethod):
         ema_momentum: float = 0.999  # teacher momentum at the start ...
         ema_momentum_end: float = 1.0  # ... cosine to this at the end
         resize_mode: str = "trilinear"  # whole-volume resize; the code's MONAI Resized default is "area"
+        drop_path_rate: float = 0.0  # the student's stochastic depth (linear in depth); code: 0.1 (budget=paper)
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"3d", "ema"})
 
@@ -318,6 +332,7 @@ class ASA(PretrainMethod):
             top = 2 ** len(backbone.stage_channels)
             raise ValueError(f"asa: patch_size must be the stride of a Swin stage (2..{top}), got {cfg.patch_size}")
         self.stage = stage
+        backbone.set_drop_path(cfg.drop_path_rate)
         width = backbone.stage_channels[stage]  # 8 * feature_size for hs[3]: 384 at feature_size 48
         self.order_head = nn.Sequential(
             nn.Linear(width, width),
@@ -336,6 +351,8 @@ class ASA(PretrainMethod):
                 "proj_local": make_teacher(self.proj_local),
             }
         )
+        # the deep copy carries the student's stochastic depth: the teacher must run the whole network
+        self.teacher["backbone"].set_drop_path(0.0)
         self.teacher.eval()
         self.epoch_steps: int | None = None  # set by bind_corpus
         self._warned = False

@@ -1,9 +1,10 @@
 """``dino``: self-distillation with no labels (Caron et al., ICCV 2021), the 2D baseline next to ACE.
 
-Built from lightly's blocks [I]: ``DINOProjectionHead`` (D -> 2048 -> 2048 -> 256, L2 norm, weight-normalised
-256 -> 65536, norm_last_layer) and ``DINOLoss`` (teacher softmax with centring at temperature 0.04, student
-temperature 0.1, centre momentum 0.9, every teacher/student view pair except the same view). The recipe follows the
-official DINO ``main_dino.py`` defaults:
+The head is lightly's ``DINOProjectionHead`` [I], the official ``DINOHead`` (D -> 2048 -> 2048 -> 256, trunc-normal
+0.02 Linear weights, L2 norm, weight-normalised 256 -> 65536 with g fixed at 1). The loss is ``main_dino.py``'s
+``DINOLoss`` (:class:`DINOCriterion`): teacher softmax with centring at temperature 0.04, student temperature 0.1,
+every (teacher crop i, student crop j != i) pair, averaged over the pairs; lightly's ``DINOLoss`` computes the same
+but moves the centre in its forward. The recipe follows the official DINO ``main_dino.py`` defaults:
 
 - Multi-crop: 2 global crops (RandomResizedCrop scale 0.4-1, side ``global_size``) seen by teacher and student,
   ``n_local`` = 8 local crops (scale 0.05-0.4, side ``local_size``) seen by the student only. Bicubic resizing,
@@ -14,10 +15,23 @@ official DINO ``main_dino.py`` defaults:
   ``local_size=null`` = global * 96/224 rounded down to a multiple of the backbone's token stride (128 -> 48 on a
   ViT/16). A size that is not a multiple of the token stride raises a ValueError naming the option.
 - The image embedding is ``backbone.pooled`` (the CLS token of a ViT).
-- Teacher: EMA of backbone and head, momentum cosine 0.996 -> 1, no gradient, exported. The last head layer is
-  frozen for the first ``freeze_last_layer`` fraction of training (epoch 1 of 100 in the code).
+- Centre: momentum 0.9 on the mean teacher output of the step's global crops, over every process (the code
+  all-reduces it). The code moves it in the loss's forward, once per batch; here it moves once per optimizer step,
+  in ``after_optimizer_step`` (``methods.ace.StepCentre``): the same centre sequence without accumulation, the step's
+  micro-batches as one batch with it.
+- Teacher: EMA of backbone and head, momentum cosine 0.996 -> 1, no gradient, exported, no stochastic depth.
+- ``freeze_last_layer`` [V]: the code's ``cancel_gradients_last_layer`` sets the head's last-layer gradients to None
+  for epoch 1 of 100, so AdamW skips those parameters. Here, while training progress < ``freeze_last_layer``
+  (0.01), the student's last layer runs outside the autograd graph (``methods.ace.head_forward``): its ``.grad``
+  stays None and the optimizer skips it alike (a zero gradient would still let AdamW's weight decay shrink it).
+- Stochastic depth [V]: ``main_dino.py`` builds the student with ``drop_path_rate=0.1`` and the teacher without.
+  ``drop_path_rate`` (0.1 at every budget: a budget changes the scale, not the recipe; the rate costs nothing and
+  0 turns it off) sets it on the student backbone (``Backbone.set_drop_path``: linear in depth, no weight or export
+  change); the teacher's is removed.
 - Optimiser (conf/method/dino.yaml): AdamW lr 5e-4 x batch/256, wd 0.04 (the code's cosine 0.04 -> 0.4 is not
-  reproduced: the engine's weight decay is fixed), clip 3.0, warmup 10 of 100 epochs, cosine to 1e-6.
+  reproduced: the engine's weight decay is fixed), clip 3.0 (the engine clips the total norm; the code clips each
+  parameter's gradient separately), warmup 10 of 100 epochs, cosine to 1e-6; no weight decay on biases and 1-D
+  parameters (``train.no_decay: ["1d"]`` = the code's ``get_params_groups``).
 """
 
 from __future__ import annotations
@@ -33,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.registry import METHODS
-from methods.ace import _conv, random_resized_crop
+from methods.ace import StepCentre, _conv, head_forward, random_resized_crop
 from methods.base import PretrainMethod, StepInfo, StepOutput, make_teacher
 
 
@@ -85,6 +99,25 @@ def head_pair(make: Any) -> tuple[nn.Module, nn.Module]:
     return student, teacher
 
 
+class DINOCriterion(nn.Module):
+    """``main_dino.py``'s ``DINOLoss`` at a fixed teacher temperature, without its centre update (the method moves
+    ``center`` once per optimizer step). ``center`` is [1, 1, K], as lightly's ``DINOLoss`` kept it."""
+
+    def __init__(self, out_dim: int, teacher_temp: float, student_temp: float) -> None:
+        super().__init__()
+        self.teacher_temp, self.student_temp = teacher_temp, student_temp
+        self.register_buffer("center", torch.zeros(1, 1, out_dim))
+
+    def forward(self, teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+        """teacher [T, B, K] (the global crops), student [S, B, K] (the same global crops first, then the local
+        ones): the mean over the pairs (i, j != i) of CE(softmax((t_i - c) / tau_t), log_softmax(s_j / tau_s))."""
+        p_t = F.softmax((teacher.float() - self.center) / self.teacher_temp, dim=-1)
+        log_p_s = F.log_softmax(student.float() / self.student_temp, dim=-1)
+        ce = -torch.einsum("tbk,sbk->ts", p_t, log_p_s) / teacher.shape[1]  # [T, S], each a batch mean
+        off = ~torch.eye(*ce.shape, dtype=torch.bool, device=ce.device)  # the same crop is never compared
+        return ce[off].mean()
+
+
 @METHODS.register("dino", tags=("2d",))
 class DINO(PretrainMethod):
     @dataclass
@@ -103,12 +136,12 @@ class DINO(PretrainMethod):
         freeze_last_layer: float = 0.01  # fraction of training (epoch 1 of 100)
         ema_momentum: float = 0.996
         ema_momentum_end: float = 1.0
+        drop_path_rate: float = 0.1  # the student's stochastic depth (main_dino.py); the teacher has none
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"2d", "ema"})
 
     def __init__(self, backbone: Any, cfg: Config | None = None) -> None:
         super().__init__(backbone, cfg)
-        from lightly.loss import DINOLoss
         from lightly.models.modules.heads import DINOProjectionHead
 
         cfg = self.cfg
@@ -121,17 +154,11 @@ class DINO(PretrainMethod):
             lambda: DINOProjectionHead(dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim, norm_last_layer=True)
         )
         self.teacher = nn.ModuleDict({"backbone": make_teacher(backbone), "head": t_head})
-        self.criterion = DINOLoss(
-            output_dim=cfg.out_dim,
-            warmup_teacher_temp=cfg.teacher_temp,
-            teacher_temp=cfg.teacher_temp,
-            student_temp=cfg.student_temp,
-            center_momentum=cfg.center_momentum,
-        )
-        self._freeze_now = False
-        for p in self.head.last_layer.parameters():
-            if p.requires_grad:
-                p.register_hook(lambda g: torch.zeros_like(g) if self._freeze_now else g)
+        # main_dino.py builds the teacher without stochastic depth (a backbone built with some keeps none here either)
+        self.teacher["backbone"].set_drop_path(0.0)
+        backbone.set_drop_path(cfg.drop_path_rate)
+        self.criterion = DINOCriterion(cfg.out_dim, cfg.teacher_temp, cfg.student_temp)
+        self._centre = StepCentre()
         self.sizes(None)  # validate explicit sizes now
 
     def sizes(self, roi: Sequence[int] | None) -> tuple[int, int]:
@@ -175,19 +202,25 @@ class DINO(PretrainMethod):
         return out
 
     def training_step(self, batch: dict[str, torch.Tensor], step: StepInfo) -> StepOutput:
-        self._freeze_now = step.progress < self.cfg.freeze_last_layer
+        frozen = step.progress < self.cfg.freeze_last_layer
         glob = batch["global"]  # [B, 2, C, g, g]
         b = glob.shape[0]
-        student = [self.head(self.backbone.pooled(glob.transpose(0, 1).flatten(0, 1)).float()).reshape(2, b, -1)]
+        crops = glob.transpose(0, 1).flatten(0, 1)  # [2B]: every image's crop 1, then every image's crop 2
+        student = [head_forward(self.head, self.backbone.pooled(crops).float(), frozen).reshape(2, b, -1)]
         if "local" in batch:
             loc = batch["local"]  # [B, n, C, l, l]
             n = loc.shape[1]
-            student.append(self.head(self.backbone.pooled(loc.transpose(0, 1).flatten(0, 1)).float()).reshape(n, b, -1))
+            pooled = self.backbone.pooled(loc.transpose(0, 1).flatten(0, 1)).float()
+            student.append(head_forward(self.head, pooled, frozen).reshape(n, b, -1))
         with torch.no_grad():
-            t = self.teacher["head"](self.teacher["backbone"].pooled(glob.transpose(0, 1).flatten(0, 1)).float())
-        entropy = _entropy(t, self.criterion.center, self.cfg.teacher_temp)  # before the loss moves the centre
-        loss = self.criterion(list(t.reshape(2, b, -1).unbind(0)), list(torch.cat(student).unbind(0)))
-        return StepOutput(loss, {"teacher_entropy": entropy})
+            t = self.teacher["head"](self.teacher["backbone"].pooled(crops).float())  # the global crops only
+        loss = self.criterion(t.reshape(2, b, -1), torch.cat(student))
+        if self.training:  # the centre moves after the optimizer step (after_optimizer_step)
+            self._centre.add(t, step.step)
+        return StepOutput(loss, {"teacher_entropy": _entropy(t, self.criterion.center, self.cfg.teacher_temp)})
+
+    def after_optimizer_step(self, step: StepInfo) -> None:
+        self._centre.apply(self.criterion.center, self.cfg.center_momentum, step.step)
 
     def train(self, mode: bool = True) -> DINO:
         super().train(mode)

@@ -9,12 +9,16 @@ Model (§6.3): the export's backbone; an image head (linear on ``backbone.pooled
 patch head (1x1 conv C->hidden, BN, ReLU, 1x1 conv hidden->hidden/2, BN, ReLU, 1x1 conv ->2) on the last feature map
 of ``backbone.encode`` (one cell per feature-map position: 7x7 for ConvNeXt at 224, 8x8 for a ViT/16 at 128).
 
-Stage 1 (§6.5, ``--mode NAP``): image-level CE on slices of every phase, pooled as separate 1-channel images.
-Stage 2 (``--mode N --p_cls``), from the stage-1 weights selected on val: main input the non-contrast (N) slice, with
-its neighbour volume [first other phase at z, N at z-1, N at z+1, second other phase at z] (§6.1: [A, N-1, N+1, P]);
+Stage 1 (§6.5, ``--mode NAP``): image-level CE on slices of every phase, pooled as separate 1-channel images; it trains
+the backbone and the image head (the patch head is in neither its graph nor its optimizer).
+Stage 2 (``--mode N --p_cls``), from the stage-1 weights selected on val, trains all three: main input the
+non-contrast (N) slice, with its neighbour volume [first other phase at the matched z, N at z-1, N at z+1, second
+other phase at the matched z] (§6.1: [A, N-1, N+1, P]; the matched z is the dataset's per-phase slice
+correspondence, ``annotation(patient)["slice_match"]``, as the release reads each phase's own lesion slice index;
+the identity where a dataset gives none, and on the synthetic colon suite, whose phases share their table positions);
 ``L = w_cls * L_cls + w_con * (L_patch + L_tm) + w_loop * L_loop`` with (§6.4)
 
-- ``L_cls``: CE of the image logits;
+- ``L_cls``: CE of the image logits of the (augmented) main slices;
 - ``L_patch``: negatives: every cell -> class 0; the first ``floor(annotation_ratio * n_pos)`` positives of the
   batch: CE against the one-hot lesion cell; the other positives: the fuzzy loss mean(p0 * p1);
 - ``L_tm`` (positives only): per-cell JS divergence (KL with eps over the 2 classes) between M*p_j and M*p_c for each
@@ -23,14 +27,27 @@ its neighbour volume [first other phase at z, N at z-1, N at z+1, second other p
 - ``L_loop`` (positives only): the input region of the argmax cell is zeroed and the masked slice, re-classified by
   the image head, is pushed to "normal".
 
+Augmentation (§6.2, ``augment=release``, both stages, :class:`ReleaseAugment`): the release's albumentations
+pipeline re-implemented on torch sampling grids, HorizontalFlip 0.5, ShiftScaleRotate 0.5 (shift 0.0625, scale 0.1,
+45 deg), GaussNoise 0.5 (variance up to 0.01, clipped to [0, 1]), OneOf(GridDistortion 5 steps +-0.3,
+ElasticTransform's alpha_affine=50 px at 224 px) 0.75; the lesion box moves with the slice (its pixels warped as a
+mask, as albumentations does for distortions) and so does the centroid, so the supervised cell is the one of the
+lesion in the augmented slice. One sampling grid composes the warps (one interpolation instead of three), reflection
+padding stands for reflect-101, the noise is added after the distortion rather than before it, and ElasticTransform's
+field (alpha=1, sigma=50: under 0.01 px) is left out.
+
 Deviations from the released code, each following the paper or fixing a defect:
 
 - The release computes ``loss_cls`` before the forward pass defines the outputs (and validates with ``len_sup``
   before assigning it); here every loss is computed after the forward pass, as the paper describes.
 - The supervised cell is the lesion's centroid cell, not the cell of the box's top-left corner read with x as the
-  row (the release's ``box[0], box[1]``, a likely x/y swap); the paper describes a lesion-location cell.
-- Neighbour slices get the same (intensity-only) augmentation as the main slice: the release draws them
-  independently, so its neighbour maps are not aligned with the main slice (METHODS.md §6.2 observation).
+  row (the release's ``box[0], box[1]``, a likely x/y swap); the paper describes a lesion-location cell
+  (``supervised_cell=release_corner`` restores the release's).
+- Neighbour slices get the main slice's warp (``neighbour_augment=shared``, no noise): the release rotates each
+  sample's neighbour volume by its own angle of {0, +-15, +-30, +-60} deg, so its neighbour maps are not aligned with
+  the main slice (METHODS.md §6.2 observation; ``neighbour_augment=release`` restores it).
+- The cross-phase correspondence is used for every slice; the release has it for lesion slices only and takes the
+  same index for the others (identical on the colon suite).
 - A neighbour that does not exist (the first/last slice of a volume, a patient without an arterial phase) is left
   out of the mean instead of being padded.
 - Schedule: the harness's warmup + cosine AdamW via the one engine (``weight_decay=0`` is Adam); the heads use
@@ -50,7 +67,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,18 +100,44 @@ def neighbour_plan(phases: Sequence[str], main: str = "N") -> list[tuple[str | N
     return [(others[0], 0), (main, -1), (main, +1), (others[1], 0)]
 
 
-def neighbour_indices(items: Sequence[tuple[str, str, int]], plan: Sequence[tuple[str | None, int]]) -> np.ndarray:
+def neighbour_indices(
+    items: Sequence[tuple[str, str, int]],
+    plan: Sequence[tuple[str | None, int]],
+    match: Mapping[str, Mapping[str, Sequence[int | None]]] | None = None,
+) -> np.ndarray:
     """For each item (patient, phase, z) of a flat list, the flat indices of its neighbours; -1 where none exists.
 
-    Neighbours are looked up by (same patient, phase, z + offset), so they never cross patients, and a slice past
-    either end of its volume, or a phase the patient lacks, is -1.
+    A neighbour in the item's own phase is (same patient, phase, z + offset). One in another phase is that phase's
+    slice matched to z, ``match[patient][phase][z]`` (the release reads the match from per-phase annotation files,
+    §6.1: the phases of one patient are separate acquisitions whose slice indices need not agree), plus the offset;
+    without a match for the patient, the same index. Neighbours never cross patients; a slice past either end of
+    its volume, an unmatched slice (None) or a phase the patient lacks is -1.
     """
     index = {it: i for i, it in enumerate(items)}
     out = np.full((len(items), len(plan)), -1, np.int64)
-    for i, (pid, _, z) in enumerate(items):
+    for i, (pid, own, z) in enumerate(items):
         for j, (ph, dz) in enumerate(plan):
-            if ph is not None:
-                out[i, j] = index.get((pid, ph, z + dz), -1)
+            if ph is None:
+                continue
+            zz: int | None = z
+            if ph != own and match is not None and pid in match:
+                m = match[pid].get(ph)
+                zz = m[z] if m is not None and 0 <= z < len(m) else None
+            if zz is not None:
+                out[i, j] = index.get((pid, ph, zz + dz), -1)
+    return out
+
+
+def slice_match(ann: dict[str, Any], main: str, n_slices: int) -> dict[str, list[int | None]]:
+    """Per phase, the index of the main phase's slice z in that phase (``ann["slice_match"]``, the dataset's
+    per-phase correspondence; the identity where the annotation has none)."""
+    given = ann.get("slice_match") or {}
+    out = {}
+    for ph in ann["phases"]:
+        m = list(range(n_slices)) if ph == main or ph not in given else list(given[ph])
+        if len(m) != n_slices:
+            raise ValueError(f"slice_match[{ph!r}] has {len(m)} entries for {n_slices} {main} slices")
+        out[ph] = [None if v is None else int(v) for v in m]
     return out
 
 
@@ -109,6 +152,25 @@ def lesion_cell(loc: Sequence[float] | None, grid: tuple[int, int]) -> tuple[int
         min(grid[0] - 1, max(0, int(math.floor(loc[0] * grid[0])))),
         min(grid[1] - 1, max(0, int(math.floor(loc[1] * grid[1])))),
     )
+
+
+def corner_cell(box: Sequence[float] | None, grid: tuple[int, int]) -> tuple[int, int]:
+    """The release's supervised cell: ``floor(g * box[0]), floor(g * box[1])`` of an (x_min, y_min, ...) box used as
+    (row, col), i.e. in this harness's (r0, c0, r1, c1) boxes the row from c0 and the column from r0 (§6.4, a likely
+    x/y swap, kept here only to reproduce the release); (-1, -1) for none."""
+    if box is None:
+        return (-1, -1)
+    return (
+        min(grid[0] - 1, max(0, int(math.floor(box[1] * grid[0])))),
+        min(grid[1] - 1, max(0, int(math.floor(box[0] * grid[1])))),
+    )
+
+
+def supervised_cell(
+    loc: Sequence[float] | None, box: Sequence[float] | None, grid: tuple[int, int], rule: str
+) -> tuple[int, int]:
+    """The lesion cell L_patch supervises: the centroid's cell (``centroid``) or the release's corner cell."""
+    return lesion_cell(loc, grid) if rule == "centroid" else corner_cell(box, grid)
 
 
 def argmax_cells(p: torch.Tensor) -> torch.Tensor:
@@ -188,6 +250,231 @@ def patch_loss(logits: torch.Tensor, y: torch.Tensor, cells: torch.Tensor, ratio
     return loss
 
 
+# ------------------------------------------------------------------------------------------------ augmentation
+
+AUGMENT_MODES = ("release", "intensity", "none")
+NEIGHBOUR_MODES = ("shared", "release")
+CELL_RULES = ("centroid", "release_corner")
+
+
+@dataclass(frozen=True)
+class ReleaseAugment:
+    """The release's box-aware training augmentation (§6.2), re-implemented on torch sampling grids.
+
+    The release composes albumentations' HorizontalFlip(p=0.5), ShiftScaleRotate(p=0.5), GaussNoise(var_limit=0.01,
+    p=0.5) and OneOf([GridDistortion, ElasticTransform], p=0.75), every other argument at the albumentations 1.x
+    default; pixel sizes here are fractions of the side, the release's at its 224-px slices.
+    """
+
+    p_flip: float = 0.5  # HorizontalFlip: the columns
+    p_ssr: float = 0.5  # ShiftScaleRotate
+    shift: float = 0.0625  # shift_limit: up to this fraction of the side per axis
+    scale: float = 0.1  # scale_limit: zoom 1 +- this
+    rotate: float = 45.0  # rotate_limit, degrees
+    p_noise: float = 0.5  # GaussNoise
+    noise_var: float = 0.01  # var_limit: variance ~ U(0, this) on the [0, 1] image, then clipped to [0, 1]
+    p_distort: float = 0.75  # OneOf: GridDistortion or ElasticTransform, with equal odds
+    grid_steps: int = 5  # GridDistortion num_steps
+    grid_limit: float = 0.3  # distort_limit: each grid step stretched by 1 +- this
+    # ElasticTransform: alpha_affine=50 px (at 224 px) jitters three anchor points a third of the side from the
+    # centre; its field (alpha=1, sigma=50 px) moves pixels by under 0.01 px and is left out
+    elastic_affine: float = 50 / 224
+    # the neighbour volume's own rotation in the release (scipy ndimage.rotate, reshape=False, clipped to [0, 1])
+    neighbour_angles: tuple[float, ...] = (-60.0, -30.0, -15.0, 0.0, 15.0, 30.0, 60.0)
+
+
+def _centred(lin: torch.Tensor, shift: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[n, 3, 3] forward pixel maps x -> c + lin (x - c) + shift about the image centre c, in (x=col, y=row)."""
+    h, w = size
+    c = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=lin.dtype)
+    m = torch.zeros(len(lin), 3, 3, dtype=lin.dtype)
+    m[:, :2, :2] = lin
+    m[:, :2, 2] = c - lin @ c + shift
+    m[:, 2, 2] = 1.0
+    return m
+
+
+def _rotations(deg: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    t = torch.deg2rad(deg.double())
+    cos, sin = torch.cos(t) * scale, torch.sin(t) * scale
+    return torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
+
+
+def _pixels(n: int, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """[n, h, w, 2] pixel-centre coordinates (x = column, y = row)."""
+    h, w = size
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32, device=device),
+        torch.arange(w, dtype=torch.float32, device=device),
+        indexing="ij",
+    )
+    return torch.stack([xs, ys], -1).expand(n, h, w, 2).clone()
+
+
+def _pull(m: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Where each output point of pts [n, h, w, 2] comes from under the forward maps m [n, 3, 3]: m^-1 pts."""
+    inv = torch.linalg.inv(m.double()).float().to(pts.device)
+    return torch.einsum("nij,nhwj->nhwi", inv[:, :2, :2], pts) + inv[:, None, None, :2, 2]
+
+
+def _grid_axis(stretch: np.ndarray, length: int) -> np.ndarray:
+    """GridDistortion along one axis: the output is cut into ``len(stretch)`` steps of ``length // steps`` pixels,
+    step k fetches a stretch[k] times longer stretch of the input, piecewise linearly; a remainder at the end
+    runs to the image edge."""
+    k = len(stretch)
+    step = length // k
+    out_knots = [j * step for j in range(k + 1)]
+    in_knots = np.concatenate([[0.0], np.cumsum(step * stretch)])
+    if k * step < length:
+        out_knots.append(length)
+        in_knots = np.append(in_knots, float(length))
+    return np.interp(np.arange(length, dtype=np.float64), out_knots, in_knots)
+
+
+def release_geometry(
+    n: int, size: tuple[int, int], g: torch.Generator, aug: ReleaseAugment, device: torch.device | None = None
+) -> torch.Tensor:
+    """Source pixel coordinates [n, h, w, 2] (x = column, y = row) of every output pixel of n slices.
+
+    The release flips, then shifts-scales-rotates, then distorts, so an output pixel is fetched through the
+    distortion's pull-back first and the flip's last. Every draw is made for every slice on the CPU generator,
+    whatever applies, so the stream and the result do not depend on the outcome or on the device.
+    """
+    h, w = size
+    device = device or torch.device("cpu")
+    side = float(min(h, w))
+    flip = torch.rand(n, generator=g) < aug.p_flip
+    ssr = torch.rand(n, generator=g) < aug.p_ssr
+    deg = (2 * torch.rand(n, generator=g) - 1) * aug.rotate
+    zoom = 1 + (2 * torch.rand(n, generator=g, dtype=torch.float64) - 1) * aug.scale
+    shift = (2 * torch.rand(n, 2, generator=g, dtype=torch.float64) - 1) * aug.shift * torch.tensor([w, h])
+    distort = torch.rand(n, generator=g) < aug.p_distort
+    use_grid = torch.rand(n, generator=g) < 0.5
+    stretch = 1 + (2 * torch.rand(n, 2, aug.grid_steps, generator=g, dtype=torch.float64) - 1) * aug.grid_limit
+    jitter = (2 * torch.rand(n, 3, 2, generator=g, dtype=torch.float64) - 1) * aug.elastic_affine * side
+
+    pts = _pixels(n, size, device)
+    c = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=torch.float64)
+    arm = side / 3
+    anchors = torch.stack([c + arm, c + torch.tensor([arm, -arm]), c - arm])  # three points about the centre
+    lhs = torch.cat([anchors, torch.ones(3, 1, dtype=torch.float64)], 1)
+    for i in torch.nonzero(distort).flatten().tolist():
+        if use_grid[i]:
+            gx = torch.from_numpy(_grid_axis(stretch[i, 0].numpy(), w)).float().to(device)
+            gy = torch.from_numpy(_grid_axis(stretch[i, 1].numpy(), h)).float().to(device)
+            pts[i, ..., 0], pts[i, ..., 1] = gx[None, :].expand(h, w), gy[:, None].expand(h, w)
+        else:
+            m = torch.eye(3, dtype=torch.float64)
+            m[:2] = torch.linalg.solve(lhs, anchors + jitter[i]).T  # the affine taking the anchors to their jitter
+            pts[i] = _pull(m[None], pts[i : i + 1])[0]
+    if ssr.any():
+        keep = ssr.to(device)
+        pts[keep] = _pull(_centred(_rotations(deg[ssr], zoom[ssr]), shift[ssr], size), pts[keep])
+    pts[..., 0] = torch.where(flip.to(device)[:, None, None], (w - 1) - pts[..., 0], pts[..., 0])
+    return pts
+
+
+def _grid(src: torch.Tensor) -> torch.Tensor:
+    """grid_sample's normalised grid (align_corners=False) of source pixel coordinates [n, h, w, 2]."""
+    h, w = src.shape[1:3]
+    return (src + 0.5) * torch.tensor([2.0 / w, 2.0 / h], device=src.device) - 1.0
+
+
+def _sample(img: torch.Tensor, grid: torch.Tensor, padding: str) -> torch.Tensor:
+    return F.grid_sample(img, grid.to(img.dtype), mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+def warp_boxes(
+    boxes: Sequence[Sequence[float] | None], locs: Sequence[Sequence[float] | None], src: torch.Tensor
+) -> tuple[list[tuple[float, ...] | None], list[tuple[float, float] | None]]:
+    """The lesion boxes and centroids (normalised (r0, c0, r1, c1), (row, col)) after the warp whose source pixel
+    coordinates are src [n, h, w, 2]: a box is the extent of its pixels warped as a mask (zeros outside the image,
+    so a mirrored copy is not the lesion), a centroid the output pixel that fetches from nearest to it. A lesion
+    warped out of the image has neither."""
+    n, h, w, _ = src.shape
+    out_b: list[tuple[float, ...] | None] = [None] * n
+    out_l: list[tuple[float, float] | None] = [None] * n
+    have = [i for i in range(n) if boxes[i] is not None]
+    if have:
+        masks = torch.zeros(len(have), 1, h, w, device=src.device)
+        for k, i in enumerate(have):
+            r0, c0, r1, c1 = boxes[i]
+            span = slice(int(math.floor(r0 * h)), int(math.ceil(r1 * h)))
+            masks[k, 0, span, int(math.floor(c0 * w)) : int(math.ceil(c1 * w))] = 1
+        warped = (_sample(masks, _grid(src[have]), "zeros")[:, 0] > 1e-3).cpu()
+        for k, i in enumerate(have):
+            rows, cols = torch.nonzero(warped[k].any(1)).flatten(), torch.nonzero(warped[k].any(0)).flatten()
+            if len(rows):
+                r0, r1, c0, c1 = rows[0].item(), rows[-1].item() + 1, cols[0].item(), cols[-1].item() + 1
+                out_b[i] = (r0 / h, c0 / w, r1 / h, c1 / w)
+    for i, loc in enumerate(locs):
+        if loc is None or (boxes[i] is not None and out_b[i] is None):
+            continue
+        p = torch.tensor([loc[1] * w - 0.5, loc[0] * h - 0.5], device=src.device)
+        at = int(((src[i] - p) ** 2).sum(-1).flatten().argmin())
+        out_l[i] = ((at // w + 0.5) / h, (at % w + 0.5) / w)
+    return out_b, out_l
+
+
+def augment_batch(
+    x: torch.Tensor,
+    g: torch.Generator,
+    mode: str,
+    nb: torch.Tensor | None = None,
+    boxes: Sequence[Any] | None = None,
+    locs: Sequence[Any] | None = None,
+    neighbour_mode: str = "shared",
+    aug: ReleaseAugment = ReleaseAugment(),
+) -> tuple[torch.Tensor, torch.Tensor | None, list[Any] | None, list[Any] | None]:
+    """Augment main slices x [n, 1, h, w], their neighbours nb [n, K, 1, h, w] and lesion boxes / centroids, on
+    x's device with every random draw from the CPU generator g.
+
+    ``release``: the release's geometric and noise augmentation of the main slice, the box and centroid moved with
+    it; neighbours either get the main slice's warp (``shared``: aligned, no noise) or, as in the release, their own
+    rotation by an angle of ``aug.neighbour_angles`` (zeros outside, clipped to [0, 1]; not aligned with the main
+    slice). ``intensity``: one random scale and shift per slice, shared with its neighbours, nothing moves.
+    ``none``: unchanged.
+    """
+    boxes = None if boxes is None else list(boxes)
+    locs = None if locs is None else list(locs)
+    n, dev = len(x), x.device
+    if mode == "none":
+        return x, nb, boxes, locs
+    if mode == "intensity":
+        scale = (0.9 + 0.2 * torch.rand((n, 1, 1, 1), generator=g)).to(dev)
+        shift = (0.1 * torch.rand((n, 1, 1, 1), generator=g) - 0.05).to(dev)
+        return x * scale + shift, (None if nb is None else nb * scale[:, None] + shift[:, None]), boxes, locs
+    if mode != "release":
+        raise ValueError(f"augment must be one of {AUGMENT_MODES}; got {mode!r}")
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    src = release_geometry(n, size, g, aug, dev)
+    grid = _grid(src)
+    out = _sample(x, grid, "reflection")
+    noisy = torch.rand(n, generator=g) < aug.p_noise
+    sigma = (torch.rand(n, generator=g) * aug.noise_var).sqrt()
+    if noisy.any():
+        k = int(noisy.sum())
+        noise = torch.randn((k, *out.shape[1:]), generator=g) * sigma[noisy][:, None, None, None]
+        out[noisy.to(dev)] += noise.to(dev, out.dtype)
+    out = out.clamp(0.0, 1.0)
+    if nb is not None:
+        if neighbour_mode == "shared":
+            nb = _sample(nb.flatten(1, 2), grid, "reflection").view(nb.shape)
+        elif neighbour_mode == "release":
+            angles = torch.tensor(aug.neighbour_angles, dtype=torch.float64)
+            deg = angles[torch.randint(len(angles), (n,), generator=g)]
+            m = _centred(
+                _rotations(deg, torch.ones(n, dtype=torch.float64)), torch.zeros(n, 2, dtype=torch.float64), size
+            )
+            rot = _grid(_pull(m, _pixels(n, size, dev)))
+            nb = _sample(nb.flatten(1, 2), rot, "zeros").clamp(0.0, 1.0).view(nb.shape)
+        else:
+            raise ValueError(f"neighbour_augment must be one of {NEIGHBOUR_MODES}; got {neighbour_mode!r}")
+    if boxes is not None:
+        boxes, locs = warp_boxes(boxes, locs if locs is not None else [None] * n, src)
+    return out, nb, boxes, locs
+
+
 # ------------------------------------------------------------------------------------------------------ model
 
 
@@ -226,9 +513,15 @@ class LLSNet(nn.Module):
 
 
 class SliceSet:
-    """The N/A/P slices of some patients, preprocessed, as one flat tensor with (patient, phase, z) items."""
+    """The N/A/P slices of some patients, preprocessed, as one flat tensor with (patient, phase, z) items.
 
-    def __init__(self, ctx: TransferContext, patients: list[str], phase_order: Sequence[str]) -> None:
+    ``match[patient][phase][z]`` is the index in ``phase`` of the main phase's slice z (the dataset's per-phase
+    correspondence, :func:`slice_match`), ``main_z[i]`` the main-phase slice item i stands for (-1: none matches it);
+    a slice's label is its main-phase slice's (the diagnosed phase defines it)."""
+
+    def __init__(
+        self, ctx: TransferContext, patients: list[str], phase_order: Sequence[str], main_phase: str = "N"
+    ) -> None:
         ds = ctx.dataset
         for need in ("annotation", "volume"):
             if not hasattr(ds, need):
@@ -237,6 +530,8 @@ class SliceSet:
                     f"(e.g. 'colon'); dataset {ds.registry_name!r} has none"
                 )
         self.items: list[tuple[str, str, int]] = []
+        self.main_z: list[int] = []
+        self.match: dict[str, dict[str, list[int | None]]] = {}
         self.labels: list[int] = []
         self.locs: list[Any] = []
         self.boxes: list[Any] = []
@@ -244,12 +539,16 @@ class SliceSet:
         for pid in patients:
             ann = ds.annotation(pid)
             vol = _preprocessed_volume(ctx, pid)  # [P, Z, h, w]
-            for _pi, ph in enumerate(ann["phases"]):
+            self.match[pid] = slice_match(ann, main_phase, len(ann["labels"]))
+            for ph in ann["phases"]:
                 if ph not in phase_order:
                     raise ValueError(f"patient {pid}: phase {ph!r} not in {list(phase_order)}")
+                inverse = {zp: z for z, zp in enumerate(self.match[pid][ph]) if zp is not None}
                 for z in range(vol.shape[1]):
+                    mz = inverse.get(z, -1)
                     self.items.append((pid, ph, z))
-                    self.labels.append(int(ann["labels"][z]))
+                    self.main_z.append(mz)
+                    self.labels.append(int(ann["labels"][mz]) if mz >= 0 else 0)
                     self.locs.append(ann["loc"][ph][z])
                     self.boxes.append(ann["box"][ph][z])
             chunks.append(vol.reshape(-1, *vol.shape[2:]))
@@ -258,6 +557,10 @@ class SliceSet:
 
     def where(self, phase: str, keep: set[tuple[str, int]] | None = None) -> list[int]:
         return [i for i, (pid, ph, z) in enumerate(self.items) if ph == phase and (keep is None or (pid, z) in keep)]
+
+    def at_positions(self, keep: set[tuple[str, int]]) -> list[int]:
+        """Every phase's slice at the kept (patient, main-phase z) positions, matched per phase."""
+        return [i for i, (pid, _, _) in enumerate(self.items) if (pid, self.main_z[i]) in keep]
 
 
 def _preprocessed_volume(ctx: TransferContext, pid: str) -> np.ndarray:
@@ -292,7 +595,11 @@ def paper_positions(ds, patients: list[str], keep: set[tuple[str, int]], seed: i
 
 
 class _Batches(torch.utils.data.IterableDataset):
-    """Endless shuffled batches from a SliceSet: stage 1 (x, y) or stage 2 (x, y, cell, nb, nb_valid)."""
+    """Endless shuffled batches from a SliceSet: stage 1 (x, y) or stage 2 (x, y, cell, nb, nb_valid).
+
+    ``cell`` is the supervised lesion cell of the main slice's box / centroid after the augmentation actually applied
+    (-1 without a lesion, or when the warp moved it out of the image); ``nb`` [B, K, 1, h, w] the neighbours in the
+    plan's order, a missing one zero with ``nb_valid`` False."""
 
     def __init__(
         self,
@@ -302,10 +609,17 @@ class _Batches(torch.utils.data.IterableDataset):
         seed: int,
         grid: tuple[int, int] | None,
         nb: np.ndarray | None,
-        augment: bool,
+        augment: str = "none",
+        neighbour_augment: str = "shared",
+        cell_rule: str = "centroid",
+        aug: ReleaseAugment = ReleaseAugment(),
+        device: torch.device | None = None,
     ) -> None:
         self.data, self.idx, self.batch, self.seed = data, torch.tensor(idx, dtype=torch.long), batch, seed
         self.grid, self.nb, self.augment = grid, nb, augment
+        self.neighbour_augment, self.cell_rule, self.aug = neighbour_augment, cell_rule, aug
+        # the warps run where the model trains (a loader without workers iterates in the training process)
+        self.device = device or torch.device("cpu")
         distributed.check_shards(min(batch, len(idx)), "slice(s)")
 
     def __iter__(self):
@@ -317,21 +631,30 @@ class _Batches(torch.utils.data.IterableDataset):
             perm = self.idx[torch.randperm(n, generator=g)]
             for s in range(0, n - bs + 1, bs):
                 ids = perm[s : s + bs]
-                x = d.images[ids]
-                scale, shift = torch.ones(bs, 1, 1, 1), torch.zeros(bs, 1, 1, 1)
-                if self.augment:  # intensity only: a geometric one would move the lesion cell
-                    scale = 0.9 + 0.2 * torch.rand((bs, 1, 1, 1), generator=g)
-                    shift = 0.1 * torch.rand((bs, 1, 1, 1), generator=g) - 0.05
-                out = {"x": x * scale + shift, "y": d.y[ids]}
-                if self.nb is not None:
+                out = {"y": d.y[ids]}
+                if self.nb is None:
+                    out["x"] = augment_batch(d.images[ids].to(self.device), g, self.augment, aug=self.aug)[0]
+                else:
                     nb = torch.from_numpy(self.nb[ids.numpy()])  # [B, K]
                     valid = nb >= 0
-                    imgs = d.images[nb.clamp_min(0)]  # [B, K, 1, h, w]
-                    out["nb"] = (imgs * scale[:, None] + shift[:, None]) * valid[..., None, None, None]
+                    x, nbx, boxes, locs = augment_batch(
+                        d.images[ids].to(self.device),
+                        g,
+                        self.augment,
+                        nb=d.images[nb.clamp_min(0)].to(self.device),  # [B, K, 1, h, w]
+                        boxes=[d.boxes[i] for i in ids.tolist()],
+                        locs=[d.locs[i] for i in ids.tolist()],
+                        neighbour_mode=self.neighbour_augment,
+                        aug=self.aug,
+                    )
+                    assert nbx is not None and boxes is not None and locs is not None
+                    out["x"] = x
+                    out["nb"] = nbx * valid.to(nbx.device)[..., None, None, None]
                     out["nb_valid"] = valid
                     out["cell"] = torch.tensor(
-                        [lesion_cell(d.locs[i], self.grid) for i in ids.tolist()], dtype=torch.long
-                    )
+                        [supervised_cell(lo, bo, self.grid, self.cell_rule) for lo, bo in zip(locs, boxes)],
+                        dtype=torch.long,
+                    ).view(-1, 2)
                 part = distributed.shard(bs)  # under torchrun: this process's shard of the global batch
                 yield {k: v[part] for k, v in out.items()}
 
@@ -361,7 +684,22 @@ class LLSTwoStage(Protocol):
         main_phase: str = "N"
         phase_order: tuple[str, ...] = ("N", "A", "P")
         paper_sampling: bool = True
-        augment: bool = True
+        augment: str = (
+            "release"  # release (flip, shift-scale-rotate, noise, grid/elastic; box moves) | intensity | none
+        )
+        neighbour_augment: str = "shared"  # shared: the main slice's warp | release: own rotation, not aligned
+        supervised_cell: str = "centroid"  # centroid | release_corner (the box's top-left corner, x read as row)
+
+        def __post_init__(self) -> None:
+            for key, allowed in (
+                ("augment", AUGMENT_MODES),
+                ("neighbour_augment", NEIGHBOUR_MODES),
+                ("supervised_cell", CELL_RULES),
+            ):
+                if getattr(self, key) not in allowed:
+                    raise ValueError(
+                        f"lls_two_stage {key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}"
+                    )
 
     def run(self, ctx: TransferContext) -> ProtocolResult:
         from bench.export import load_export  # bench.engine imports methods: load it at run time, not import time
@@ -405,15 +743,17 @@ class LLSTwoStage(Protocol):
         steps: int,
         val_score: Callable[[], float] | None,
     ) -> None:
-        """Stage 1 (§6.5, NAP): image-level CE on the kept slices of every phase, each a separate 1-channel image;
-        stage 2 starts from the weights it selects on val."""
-        idx1 = [i for i, (pid, ph, z) in enumerate(train.items) if (pid, z) in keep]
+        """Stage 1 (§6.5, NAP): image-level CE on every phase's slice at the kept positions (matched per phase),
+        each a separate 1-channel image, training the backbone and the image head; stage 2 starts from the weights
+        it selects on val."""
+        idx1 = train.at_positions(keep)
         loader1 = torch.utils.data.DataLoader(
-            _Batches(train, idx1, ctx.batch_size, ctx.cell.seed, None, None, self.cfg.augment), batch_size=None
+            _Batches(train, idx1, ctx.batch_size, ctx.cell.seed, None, None, self.cfg.augment, device=ctx.device),
+            batch_size=None,
         )
 
         def step1(batch: dict[str, torch.Tensor], info: StepInfo) -> StepOutput:
-            return StepOutput(F.cross_entropy(model.image_logits(batch["x"]).float(), batch["y"]))
+            return _stage1_loss(model, batch)
 
         self._fit(ctx, model, step1, heads, loader1, steps, "stage1", val_score)
 
@@ -433,11 +773,21 @@ class LLSTwoStage(Protocol):
         weights; the patch head joins the optimizer only here, where it gets a loss."""
         cfg = self.cfg
         plan = neighbour_plan(cfg.phase_order, cfg.main_phase)
-        nb = neighbour_indices(train.items, plan)
-        idx2 = [i for i in train.where(cfg.main_phase) if (train.items[i][0], train.items[i][2]) in keep]
-        loader2 = torch.utils.data.DataLoader(
-            _Batches(train, idx2, ctx.batch_size, ctx.cell.seed + 1, grid, nb, cfg.augment), batch_size=None
+        nb = neighbour_indices(train.items, plan, train.match)
+        idx2 = train.where(cfg.main_phase, keep)
+        batches = _Batches(
+            train,
+            idx2,
+            ctx.batch_size,
+            ctx.cell.seed + 1,
+            grid,
+            nb,
+            cfg.augment,
+            cfg.neighbour_augment,
+            cfg.supervised_cell,
+            device=ctx.device,
         )
+        loader2 = torch.utils.data.DataLoader(batches, batch_size=None)
 
         def step2(batch: dict[str, torch.Tensor], info: StepInfo) -> StepOutput:
             return _stage2_loss(model, batch, cfg, grid, size)
@@ -492,9 +842,9 @@ def _slices(ctx: TransferContext, cfg: Any) -> tuple[set[tuple[str, int]], Slice
     train_p = sorted({p for p, _ in keep})
     val_p = sorted({r.patient_id for r in ds.records("val")})
     test_p = sorted({r.patient_id for r in ds.records("test")})
-    train = SliceSet(ctx, train_p, cfg.phase_order)
-    val = SliceSet(ctx, val_p, cfg.phase_order) if val_p else None
-    test = SliceSet(ctx, test_p, cfg.phase_order)
+    train = SliceSet(ctx, train_p, cfg.phase_order, cfg.main_phase)
+    val = SliceSet(ctx, val_p, cfg.phase_order, cfg.main_phase) if val_p else None
+    test = SliceSet(ctx, test_p, cfg.phase_order, cfg.main_phase)
     if cfg.paper_sampling:
         keep = paper_positions(ds, train_p, keep, ctx.cell.seed)
     return keep, train, val, test
@@ -545,6 +895,11 @@ def _val_scorer(
         return -1.0 if np.isnan(s) else s
 
     return val_score
+
+
+def _stage1_loss(model: LLSNet, batch: dict[str, torch.Tensor]) -> StepOutput:
+    """Stage 1's image-level CE (the patch head is outside its graph and its optimizer)."""
+    return StepOutput(F.cross_entropy(model.image_logits(batch["x"]).float(), batch["y"]))
 
 
 def _stage2_loss(

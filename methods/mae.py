@@ -13,10 +13,17 @@ follows the official ``main_pretrain.py`` defaults:
   and 16 heads, LayerNorm, Linear 512 -> p^2 C.
 - Loss: MSE on the masked patches only, against per-patch normalised pixels (``norm_pix_loss=True``, the paper's
   better setting).
-- The encoder's position embedding is initialised to 2D sine-cosine (lightly's strategy) but stays learnable:
-  MAE's code freezes it, the harness's backbone keeps one definition for every method [I].
+- The encoder's position embedding is set to the 2D sine-cosine table and frozen during pretraining, as MAE's
+  ``pos_embed`` (``requires_grad=False``); the backbone keeps one definition for every method (the table is an
+  ordinary weight of the export, trainable in transfer). At a budget whose image size differs from the backbone's
+  build size (224) timm resamples the table to the token grid.
+- Initialisation: timm's (trunc-normal 0.02 Linear weights, CLS token N(0, 1e-6)) for the encoder and PyTorch's
+  for the decoder, unless ``mae_init`` (budget=paper): MAE's ``initialize_weights``, xavier-uniform Linear weights
+  (the patch embedding's conv as a Linear) with zero biases, LayerNorm weight 1 and bias 0, CLS and mask tokens
+  N(0, 0.02), over the encoder and the decoder alike.
 - Optimiser (conf/method/mae.yaml): AdamW lr 1.5e-4 x batch/256, wd 0.05, betas (0.9, 0.95), warmup 40 of 800
-  epochs, cosine.
+  epochs, cosine to 0, no gradient clipping; no weight decay on biases and norms (timm ``add_weight_decay``: the
+  CLS and mask tokens are decayed, the frozen position embeddings are not optimised at all).
 
 Needs a ViT backbone (``vit_*_2d``); any other raises a ValueError.
 """
@@ -80,6 +87,7 @@ class MAE(PretrainMethod):
         decoder_heads: int = 16
         norm_pix_loss: bool = True
         scale: tuple[float, float] = (0.2, 1.0)
+        mae_init: bool = False  # True: MAE's initialize_weights instead of timm's / PyTorch's (budget=paper)
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"2d"})
 
@@ -101,6 +109,7 @@ class MAE(PretrainMethod):
             utils.initialize_positional_embedding(
                 pe, strategy="sincos", num_prefix_tokens=backbone.net.num_prefix_tokens
             )
+            pe.requires_grad_(False)  # MAE's fixed table; lightly's helper freezes it too, this does not rely on it
         self.patch = backbone.token_stride
         self.decoder = MAEDecoder(
             backbone.feature_dim,
@@ -110,6 +119,26 @@ class MAE(PretrainMethod):
             self.patch,
             backbone.in_channels,
         )
+        if cfg.mae_init:
+            self._mae_init()
+
+    @torch.no_grad()
+    def _mae_init(self) -> None:
+        # MAE's initialize_weights; the sine-cosine position embedding above is no Linear and keeps its values
+        net = self.backbone.net
+        for module in (net, self.decoder):
+            for m in module.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+        w = net.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a Linear: MAE's "instead of nn.Conv2d"
+        nn.init.normal_(net.cls_token, std=0.02)
+        nn.init.normal_(self.decoder.mask_token, std=0.02)
 
     def views(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         cfg = self.cfg

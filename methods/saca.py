@@ -28,7 +28,12 @@ SSL ops (rotation, cutout, heads, NT-Xent) are shared with ``swinunetr_ssl`` (``
 
 The symmetry target (``symmetry_target``):
 
-- ``"self"`` (default [I], no labels needed): pairs of a clean crop and its clean counterpart are symmetric
+- ``"auto"`` (default): ``"label"`` where the pretraining corpus has per-volume health labels (the dataset's
+  ``volume_labels``; the brain suite's generator knows which subjects have a lesion), else ``"self"``. The runner
+  settles it before training (``bind_volume_labels``), records it in the export's metadata (``objective``) and in
+  each cell's ``metrics.json`` (``pretrain_objective``), and keys the pretraining cache with the labels' presence.
+  Unbound (outside the runner) it is ``"self"``.
+- ``"self"`` ([I], no labels needed): pairs of a clean crop and its clean counterpart are symmetric
   (target 1, a healthy-like pair); synthetic asymmetric pairs are the crop with one random local intensity blob
   and the clean counterpart (target 0): the pair differs from the symmetric pair only on the crop's side, inside
   the blob's box (``add_blob``: a Gaussian bump, sigma ``blob_sigma`` x ROI side per axis, amplitude
@@ -37,10 +42,11 @@ The symmetry target (``symmetry_target``):
   at random. The pairs use the rotated views x1, x2 *before* cutout (a cut-out crop is itself asymmetric to its
   counterpart), so self mode encodes 6N volumes per step instead of 4N (the anchors a1, a2 added to v1, v2, x~1, x~2);
   ``symmetry_views=1`` keeps only the view-1 term (5N encoded; round(negative_fraction * N) negatives).
-- ``"label"`` (the official code): the pairs are (cut-out v_r, clean x~_r) and the target is the volume's health
-  label (1 healthy, 0 patient; the code's ``label_health = 1 - label``). The batch must carry a ``health`` tensor:
-  ``views`` passes ``sample["health"]`` through when the dataset provides it; the harness's pretraining loader does
-  not yet (see the issue note), so ``label`` raises a clear error without it.
+- ``"label"`` (the official code [V]): the pairs are (cut-out v_r, clean x~_r) and the target is the volume's
+  health label (1 healthy, 0 patient; the code's ``label_health = 1 - label``): ``views`` turns the sample's
+  ``volume_label`` into the batch's ``health``. The run is refused on a corpus without volume labels. This is the
+  official recipe, and it pretrains with a per-volume label: on brain the label is "has a lesion", which the side
+  task's classes refine (none vs right/left), on disjoint subjects.
 
 Symmetry loss variants (``symmetry_loss``) [V], s = cos(e, e~), h = target:
 
@@ -97,7 +103,7 @@ from methods._swin_ssl import (
 from methods.base import PretrainMethod, StepInfo, StepOutput
 
 SYMMETRY_LOSSES = ("cosine_nce", "siamese", "cosine")
-SYMMETRY_TARGETS = ("self", "label")
+SYMMETRY_TARGETS = ("auto", "self", "label")
 
 
 # --- symmetric counterpart ------------------------------------------------------------------------------------------
@@ -275,7 +281,7 @@ def init_trunc_normal(module: nn.Module) -> None:
 class SACA(PretrainMethod):
     @dataclass
     class Config:
-        symmetry_target: str = "self"  # self (no labels) | label (the code: per-volume health labels)
+        symmetry_target: str = "auto"  # auto: label where the corpus has volume labels, else self | self | label (code)
         symmetry_loss: str = "cosine_nce"  # cosine_nce (code default) | siamese | cosine
         symmetry_tau: float = 0.07  # `cosine` variant only
         negative_fraction: float = 0.5  # self: share of asymmetric pairs
@@ -295,9 +301,10 @@ class SACA(PretrainMethod):
         w_con: float = 1.0
         w_rec: float = 1.0
         w_sym: float = 0.5
-        crops_per_volume: int = 1  # code: sw_batch_size = 2
+        crops_per_volume: int = 1  # code: sw_batch_size = 2 (budget=paper: 2)
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"3d"})
+    wants_volume_labels: ClassVar[bool] = True  # the official symmetry target is the volume's health label
 
     def __init__(self, backbone: SwinUNETRBackbone, cfg: Config | None = None) -> None:
         super().__init__(backbone, cfg)
@@ -317,6 +324,8 @@ class SACA(PretrainMethod):
         if cfg.symmetry_views not in (1, 2):
             raise ValueError(f"saca: symmetry_views must be 1 or 2; got {cfg.symmetry_views}")
         check_rotation(cfg.rotation_axis, (1, 1, 1))
+        # the target in use: auto stays self until the runner says the corpus has volume labels
+        self.symmetry_target = "label" if cfg.symmetry_target == "label" else "self"
         dim = backbone.feature_dim
         self.heads = SSLHeads(dim, backbone.in_channels, cfg.proj_dim)
         self.aaw_head = nn.Linear(dim, cfg.proj_dim)  # the symmetry-aware head
@@ -326,6 +335,17 @@ class SACA(PretrainMethod):
         init_trunc_normal(self.saca)
         if cfg.init_encoder:
             init_trunc_normal(backbone.encoder)
+
+    def bind_volume_labels(self, available: bool) -> dict[str, Any]:
+        """Settle ``auto`` (label where the corpus has volume labels); ``label`` without them is an error."""
+        want = self.cfg.symmetry_target
+        if want == "label" and not available and self.cfg.w_sym != 0:
+            raise ValueError(
+                "saca: symmetry_target=label (the official target) needs per-volume health labels, which this "
+                "pretraining corpus does not have (brain has them); use method.config.symmetry_target=auto or self"
+            )
+        self.symmetry_target = "label" if want == "label" or (want == "auto" and available) else "self"
+        return {"symmetry_target": self.symmetry_target}
 
     def export_extras(self) -> dict[str, Any]:
         """The pre-trained SACA block for downstream use (``SACAClassifier.from_extras``); plain tensors and
@@ -344,8 +364,8 @@ class SACA(PretrainMethod):
         k = self.cfg.crops_per_volume
         crop, counterpart = symmetric_views(sample["image"], tuple(sample["roi"]), rng, k)
         out: dict[str, Any] = {"image": crop, "image_sym": counterpart}
-        if sample.get("health") is not None:
-            h = torch.tensor(float(sample["health"]))
+        if sample.get("volume_label") is not None:  # 1 healthy, 0 patient (the runner's, where the corpus has it)
+            h = torch.tensor(float(sample["volume_label"]))
             out["health"] = h if k == 1 else h.repeat(k)
         return out
 
@@ -353,9 +373,8 @@ class SACA(PretrainMethod):
         if "health" not in batch:
             raise ValueError(
                 "saca: symmetry_target='label' needs a per-sample 'health' tensor in the batch "
-                "(1 = healthy, 0 = patient), which this pretraining corpus does not provide; "
-                "use method.config.symmetry_target=self (no labels) or a loader that passes "
-                "sample['health'] to views()"
+                "(1 = healthy, 0 = patient; views() makes it from the sample's 'volume_label'), which this "
+                "pretraining corpus does not provide; use method.config.symmetry_target=self (no labels)"
             )
         h = batch["health"].reshape(-1).float()
         if h.numel() != n:
@@ -370,7 +389,7 @@ class SACA(PretrainMethod):
         check_roi(x.shape[2:], "saca")
         n = x.shape[0]
         use_sym = cfg.w_sym != 0
-        label_mode = cfg.symmetry_target == "label"
+        label_mode = self.symmetry_target == "label"
         health = self._health(batch, n) if use_sym and label_mode else None
         rng = step_rng()
         spec = CutoutSpec(cfg.max_drop, cfg.max_block, cfg.tolerance)
@@ -394,6 +413,7 @@ class SACA(PretrainMethod):
         if use_sym:
             if label_mode:
                 pairs = [(f1, fs1, health), (f2, fs2, health)]
+                logs["sym_healthy"] = health.mean().detach()  # the batch's share of healthy volumes
             else:
                 pairs = list(zip(tok[4:], [fs1, fs2], targets))
             cos, tgt = [], []

@@ -7,11 +7,17 @@ Recipe (shared/METHODS.md §2):
   data-parallel job trains on it;
 - after the patch embedding the masked tokens are replaced by a learned ``mask_token``
   (trunc-normal std 0.02, no weight decay), as in SimMIM and ASA's ``SwinTransformer_MIM``;
-- the full Swin UNETR CNN decoder + a 1-channel conv reconstructs the voxels;
-- loss: L1 on masked voxels only, sum / (n_masked + 1e-5) / in_channels (SimMIM normalisation).
+- the full Swin UNETR CNN decoder + a 1x1x1 conv to the input channels reconstructs the voxels (ASA's port: 1 channel);
+- loss: L1 between the reconstruction and the *original* volume on masked voxels only,
+  sum / (n_masked voxel positions + 1e-5) / in_channels (SimMIM's ``models/simmim.py``).
 - Optimiser (conf/method/simmim3d.yaml; ASA reports none): AdamW lr 1e-4 taken as the rate of the run's batch, wd
-  0.05, warmup 10 %, cosine, clip 5. METHODS.md suggests 1e-4 scaled by batch/512 (the 2D SimMIM rule, set with
-  ``lr_reference_batch: 512``); at the 3D budgets' batch of 2 that is 4e-7, too small to train in any budget here.
+  0.05, betas (0.9, 0.999), warmup 10 %, cosine, clip 5. METHODS.md suggests 1e-4 scaled by batch/512 (the 2D
+  SimMIM rule, set with ``lr_reference_batch: 512``); at the 3D budgets' batch of 2 that is 4e-7, too small to train
+  in any budget here. No weight decay on 1-D parameters (biases, norms), the mask token and the relative position
+  bias tables (``train.no_decay``), as SimMIM's ``build_pretrain_optimizer``.
+- The cosine ends at ``train.min_lr``: 0 by default, 5 % of the peak at budget=paper (SimMIM's cosine recipe:
+  MIN_LR 1e-5 at BASE_LR 2e-4; conf/method_budget/simmim3d_paper.yaml). With ``lr_reference_batch`` set, scale
+  ``min_lr`` by hand: SimMIM scales it with the batch as it scales the lr, the engine keeps it absolute.
 
 Deviation from ASA's 3D port (recorded as a flag): its full-resolution conv skip ``encoder1``
 receives the *unmasked* input, so the decoder can copy the masked voxels. By default the masked
@@ -60,6 +66,12 @@ class SimMIM3D(PretrainMethod):
         mask_patch: int = 16  # voxels per mask block side (3D analogue of SimMIM's 32 px / 4 px)
         leak_stem: bool = False  # True: ASA port's unmasked conv stem (leaks the answer)
 
+        def __post_init__(self) -> None:
+            if not 0 < self.mask_ratio < 1:
+                raise ValueError(f"mask_ratio={self.mask_ratio}: expected a fraction in (0, 1)")
+            if self.mask_patch < 2 or self.mask_patch % 2:  # whole tokens: Swin UNETR embeds 2^3-voxel patches
+                raise ValueError(f"mask_patch={self.mask_patch}: expected an even number of voxels >= 2")
+
     capabilities: ClassVar[frozenset[str]] = frozenset({"3d", "masked"})
 
     def __init__(self, backbone: SwinUNETRBackbone, cfg: Config | None = None) -> None:
@@ -94,5 +106,6 @@ class SimMIM3D(PretrainMethod):
         hs = self.backbone.encode(x_in, patch_hook=replace_masked)
         recon = self.head(self.backbone.decode(x_in, hs))
         err = (recon.float() - x.float()).abs() * voxel_mask
-        loss = err.sum() / (voxel_mask.sum() * c + 1e-5)
+        # SimMIM's normalisation: the mask counts positions (channels broadcast), the channels divide after the eps
+        loss = err.sum() / (voxel_mask.sum() + 1e-5) / c
         return StepOutput(loss, {"masked_fraction": voxel_mask.mean().detach()})

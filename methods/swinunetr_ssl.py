@@ -3,9 +3,10 @@
 Recipe (shared/METHODS.md §3; [V] official code MONAI research-contributions ``SwinUNETR/Pretrain``, [P] paper,
 [I] harness choice). The shared ops are in ``methods/_swin_ssl.py``.
 
-- Data [V]: random ROI crops of the preprocessed volume (``views``; the official loader pads to the ROI, crops the
-  foreground and draws ``sw_batch_size`` = 2 random crops per volume). ``crops_per_volume`` (default 1 [I]) sets
-  how many crops one loader sample holds; the contrastive batch is N = batch_size * crops_per_volume crops.
+- Data [V]: random ROI crops of the preprocessed volume (``views``; the official loader windows HU [-1000, 1000] to
+  [0, 1], pads to the ROI, crops the foreground and draws ``sw_batch_size`` = 2 random crops per volume).
+  ``crops_per_volume`` (default 1 [I]; 2 at budget=paper) sets how many crops one loader sample holds; the
+  contrastive batch is N = batch_size * crops_per_volume crops.
 - Per step, on the device [V]: two views per crop with independent rotations, x1 = rot(x), x2 = rot'(x) (k*90
   degrees per sample, 4 classes), then v1 = cutout(x1), v2 = cutout(x2) (noise boxes, then an in-batch paste).
 - Network [V]: the backbone's Swin encoder, hs[4] flattened to tokens; rotation Linear(D, 4) on token 0, contrastive
@@ -22,6 +23,23 @@ Choices where paper and code differ (each a flag, default = the code):
 - ``rotation_axis="x"``: rot90 in the plane of the sample's tensor dims (2, 3), i.e. about the first spatial axis
   (X, left-right under RAS+), as ``rot_rand`` does. The paper says "along the z-axis": ``rotation_axis="z"``
   rotates in the (X, Y) plane instead.
+
+Departures from the official loader, each a flag (default = the harness's, the official value at budget=paper,
+conf/method_budget/swinunetr_ssl_paper.yaml):
+
+- ``corpus_window`` (default None: the suite's window, e.g. HU [-175, 250], which serves the transfer task): the
+  pretraining corpus's intensity window, ``[-1000, 1000]`` as the official ``ScaleIntensityRanged`` (to [0, 1],
+  clipped). An HU window: refused unless the corpus's modality is CT (``corpus_preprocessing``, which the runner
+  calls). It changes the corpus's preprocessing and thus the pretraining cache key; transfer keeps the suite's
+  window.
+- ``foreground_crop`` (default False): before the random crops, the official ``CropForegroundd`` (``k_divisible`` =
+  the ROI; ``foreground_crop``): the bounding box of the voxels > 0 after the window, i.e. above its lower bound
+  (HU -1000 with the official window), grown about its centre to a multiple of the ROI and zero-padded. A volume
+  with no such voxel is kept whole (MONAI would crop it to nothing). Per sample in the loader workers, as the
+  official loader does; it reads only the windowed volume, so it also works on a non-CT corpus.
+- No flag: the corpus keeps the suite's spacing (e.g. 1.5 x 1.5 x 2 mm), where the official loader does not
+  resample (its ``Spacingd`` arguments are unused): the ROI then covers the transfer task's physical extent, and
+  native-resolution CT would multiply the corpus the runner holds in memory several times over.
 
 Harness notes [I]:
 
@@ -41,6 +59,7 @@ Harness notes [I]:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -66,6 +85,36 @@ from methods._swin_ssl import (
 from methods.base import PretrainMethod, StepInfo, StepOutput
 
 
+def foreground_crop(image: np.ndarray, k: Sequence[int]) -> np.ndarray:
+    """MONAI's ``CropForeground(k_divisible=k)`` of [C, *S] (select ``x > 0`` over all channels, margin 0): the box
+    of the positive voxels, grown about its centre (the extra floor-halved before it) to a multiple of ``k`` per
+    axis, zero-padded where it leaves the volume. Without a positive voxel the volume is returned as it is.
+
+    The official loader pads to the ROI first (``SpatialPadd``); that changes nothing here: the padding is background
+    and the grown box is zero-padded where it leaves the volume alike."""
+    fg = (image > 0).any(0)
+    if not fg.any():
+        return image
+    box = []
+    for ax in range(fg.ndim):
+        hit = np.flatnonzero(fg.any(axis=tuple(a for a in range(fg.ndim) if a != ax)))
+        lo, size = int(hit[0]), int(hit[-1]) + 1 - int(hit[0])
+        grown = -(-size // k[ax]) * k[ax]
+        lo -= (grown - size) // 2
+        box.append((lo, lo + grown))
+    inside = image[(slice(None),) + tuple(slice(max(a, 0), min(b, s)) for (a, b), s in zip(box, fg.shape))]
+    pads = [(0, 0)] + [(max(-a, 0), max(b - s, 0)) for (a, b), s in zip(box, fg.shape)]
+    return np.pad(inside, pads) if any(p != (0, 0) for p in pads) else inside
+
+
+def check_window(window: Sequence[float] | None) -> tuple[float, float] | None:
+    if window is None:
+        return None
+    if len(window) != 2 or not float(window[0]) < float(window[1]):
+        raise ValueError(f"swinunetr_ssl: corpus_window must be [a_min, a_max] with a_min < a_max; got {window!r}")
+    return float(window[0]), float(window[1])
+
+
 def random_crops(image: np.ndarray, roi: tuple[int, ...], rng: np.random.Generator, k: int) -> torch.Tensor:
     """``k`` random ROI crops of [C, *S] (padded symmetrically first): [C, *roi] for k = 1, else [k, C, *roi]."""
     image = pad_to(image, roi)
@@ -88,6 +137,11 @@ class SwinUNETRSSL(PretrainMethod):
         w_con: float = 1.0
         w_rec: float = 1.0
         crops_per_volume: int = 1  # code: sw_batch_size = 2 crops per volume
+        corpus_window: tuple[float, float] | None = None  # None: the suite's; code: HU [-1000, 1000] (CT only)
+        foreground_crop: bool = False  # code: CropForegroundd (k_divisible = ROI) before the random crops
+
+        def __post_init__(self) -> None:
+            self.corpus_window = check_window(self.corpus_window)
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"3d"})
 
@@ -98,8 +152,23 @@ class SwinUNETRSSL(PretrainMethod):
             raise ValueError(f"swinunetr_ssl: crops_per_volume must be >= 1; got {self.cfg.crops_per_volume}")
         self.heads = SSLHeads(backbone.feature_dim, backbone.in_channels, self.cfg.proj_dim)
 
+    @classmethod
+    def corpus_preprocessing(cls, cfg: Config, suite: dict[str, Any], modality: str) -> dict[str, Any]:
+        if cfg.corpus_window is None:
+            return suite
+        if modality != "CT":
+            raise ValueError(
+                f"corpus_window={list(cfg.corpus_window)} is an HU window, for a CT corpus; the pretraining corpus "
+                f"is {modality}: method.config.corpus_window=null keeps the suite's window"
+            )
+        return dict(suite, a_min=cfg.corpus_window[0], a_max=cfg.corpus_window[1])
+
     def views(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        return {"image": random_crops(sample["image"], tuple(sample["roi"]), rng, self.cfg.crops_per_volume)}
+        roi = tuple(sample["roi"])
+        image = sample["image"]
+        if self.cfg.foreground_crop:
+            image = foreground_crop(image, roi)
+        return {"image": random_crops(image, roi, rng, self.cfg.crops_per_volume)}
 
     def training_step(self, batch: dict[str, torch.Tensor], step: StepInfo) -> StepOutput:
         cfg = self.cfg

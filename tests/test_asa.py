@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.backbones import build_backbone
+from bench.backbones import build_backbone, set_drop_path
 from bench.registry import METHODS
 from methods.asa import (
     ASA,
@@ -37,9 +37,11 @@ ROI = (64, 64, 64)
 
 @pytest.fixture(scope="module")
 def asa() -> ASA:
-    """swin_unetr_tiny with narrow projectors: the mechanisms, not the 8192-wide heads, are under test."""
+    """swin_unetr_tiny (one block per stage) with narrow projectors: the mechanisms, not the 8192-wide heads,
+    are under test."""
     torch.manual_seed(0)
-    return ASA(build_backbone("swin_unetr_tiny"), ASA.make_config({"global_dim": 32, "local_dim": 16}))
+    bb = build_backbone("swin_unetr_tiny", depths=(1, 1, 1, 1))
+    return ASA(bb, ASA.make_config({"global_dim": 32, "local_dim": 16}))
 
 
 class MockBackbone(torch.nn.Module):
@@ -63,6 +65,9 @@ class MockBackbone(torch.nn.Module):
 
     def decode(self, x, hs):
         return self.dec(x)
+
+    def set_drop_path(self, rate):
+        set_drop_path(self, rate)  # no residual blocks: nothing changes
 
 
 @pytest.fixture()

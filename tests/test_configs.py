@@ -144,7 +144,8 @@ def test_method_budget_config_applies_unless_the_user_set_the_option(tmp_path):
 def test_every_specialising_config_names_a_real_method_budget_and_option():
     """A misspelt file name would never apply (Hydra's `optional`): each stem must be <method>_<budget> of
     registered names, and each key an option of that method's config (``# @package method.config``), of its
-    training recipe (``# @package method.train``) or of a protocol's kind."""
+    training recipe (``# @package method.train``), of both or of the budget's own keys (``# @package _global_``), or
+    of a protocol's kind."""
     from bench.engine import TrainConfig
 
     budgets = {p.stem for p in (CONF / "budget").glob("*.yaml")}
@@ -157,8 +158,17 @@ def test_every_specialising_config_names_a_real_method_budget_and_option():
         )
         assert budget in budgets, p
         package = p.read_text().splitlines()[0].removeprefix("# @package ").strip()
-        assert package in ("method.config", "method.train"), p
         fields = {f.name for f in dataclasses.fields(METHODS.get(method).Config)}
+        if package == "_global_":  # a block that also sets its budget's values (asa_paper.yaml: the code's batch)
+            values = OmegaConf.to_container(OmegaConf.load(p))
+            known = OmegaConf.to_container(OmegaConf.load(CONF / "budget" / f"{budget}.yaml"))
+            assert set(values) <= {"method", "budget"} and set(values.get("method", {})) <= {"config", "train"}, p
+            assert set(values.get("method", {}).get("config", {})) <= fields, p
+            assert set(values.get("method", {}).get("train", {})) <= train_keys, p
+            for key, value in values.get("budget", {}).items():
+                assert key in known and (not isinstance(value, dict) or set(value) <= set(known[key])), p
+            continue
+        assert package in ("method.config", "method.train"), p
         assert set(OmegaConf.load(p)) <= (fields if package == "method.config" else train_keys), p
     for p in (CONF / "protocol_budget").glob("*.yaml"):
         assert p.stem in budgets, p

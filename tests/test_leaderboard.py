@@ -356,7 +356,8 @@ def test_identical_methods_are_marked_at_about_alpha():
 
 def test_the_bayesian_view_is_offered_with_the_same_margin():
     rng = np.random.default_rng(6)
-    frames = _frame({"random": _runs(rng, 4), "better": _runs(rng, 4, shift=0.2)})
+    # a Dice lies in [0, 1]: the store and the board refuse anything else
+    frames = _frame({"random": _runs(rng, 4), "better": np.clip(_runs(rng, 4, shift=0.2), 0, 1)})
     md = render(*frames, options=leaderboard.Options(bayesian=True))
     header = md.split("| method |", 1)[1].splitlines()[0]
     assert "Bayes P(worse / equiv. / better)" in header
@@ -922,6 +923,17 @@ def test_import_keeps_the_stores_own_cells_unless_told_to_replace_them(frames, t
     assert m == pytest.approx(metrics.sort_values(["cell_id", "case_id", "class"])["value"].to_numpy())
 
 
+@pytest.fixture
+def fixture_suite_registered(monkeypatch):
+    """`bench.tools.results import` refuses rows of a suite that is not registered; the fixture's suite is one
+    only while a test needs it."""
+    from bench.registry import SUITES
+
+    monkeypatch.setitem(SUITES._items, SUITE.name, SUITE)
+    monkeypatch.setitem(SUITES._tags, SUITE.name, frozenset())
+
+
+@pytest.mark.usefixtures("fixture_suite_registered")
 def test_import_of_a_published_folder_glob_skips_the_comparisons_and_renders_the_same(frames, tmp_path, capsys):
     """`python -m bench.tools.results import leaderboards/*.csv`: the glob also matches <suite>_comparisons.csv,
     which holds tests derived from the rows, not rows; it is skipped by name and the board renders as published."""
@@ -956,12 +968,13 @@ def test_import_of_a_published_folder_glob_skips_the_comparisons_and_renders_the
     "spoil, says",
     [
         (lambda d: d[["suite", "value"]], "lacks the column(s) suite_version"),
-        (lambda d: d.assign(value=d["value"].astype(object).where(d.index != 5, "")), "empty or non-numeric value"),
+        (lambda d: d.assign(value=d["value"].astype(object).where(d.index != 5, "")), "line 7: column value"),
         (lambda d: d.assign(seed=d["seed"].where(d.index != 0, 7)), "disagree on its seed"),
         (lambda d: d.assign(world_size=2.5), "world_size 2.5 is not a whole number"),
         (None, "no such file"),
     ],
 )
+@pytest.mark.usefixtures("fixture_suite_registered")
 def test_import_of_a_bad_file_is_one_error_and_writes_nothing(frames, tmp_path, capsys, spoil, says):
     from bench.tools import results
 
@@ -974,7 +987,7 @@ def test_import_of_a_bad_file_is_one_error_and_writes_nothing(frames, tmp_path, 
     db = tmp_path / "b.sqlite"
     rc = results.main(["import", str(out / "fixture.csv"), str(bad), "--store", str(db)])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith(f"error: {bad}: ") and says in err and err.count("\n") == 1, err
+    assert rc == 2 and err.startswith(f"error: {bad}") and says in err and err.count("\n") == 1, err
     assert not db.exists() or not ResultsStore(db).cell_ids()  # the good file before it did not land either
 
 
@@ -1059,12 +1072,12 @@ def test_options_come_from_the_config_and_bad_ones_are_one_error():
     cfg = OmegaConf.create(
         {
             "suite": {"margins": {"dice": 0.02, "nsd": 0.05}},
-            "leaderboard": {"baseline": "scratch", "alpha": 0.1, "margins": {"dice": 0.03}},
+            "leaderboard": {"baseline": "supervised", "alpha": 0.1, "margins": {"dice": 0.03}},
         }
     )
     o = leaderboard_options(cfg)
     assert (o.baseline, o.alpha, o.margin("dice"), o.margin("nsd"), o.margin("auroc")) == (
-        "scratch",
+        "supervised",
         0.1,
         0.03,
         0.05,
@@ -1078,3 +1091,20 @@ def test_options_come_from_the_config_and_bad_ones_are_one_error():
             c.leaderboard[bad[0]] = bad[2]
         with pytest.raises(UserError, match=re.escape(says)):
             leaderboard_options(c)
+
+
+def test_the_pretraining_table_says_which_objective_an_export_used_only_where_one_was_settled(frames):
+    """saca settles its symmetry objective from the corpus (label on brain, self elsewhere): the board says which,
+    per export; a board without such a method has no objective column (the golden file above)."""
+    metrics, cells = frames
+    assert "objective" not in render(metrics, cells).split("### Pretraining compute", 1)[1].split("\n\n", 2)[1]
+    cells = cells.copy()
+    method_of = metrics.drop_duplicates("cell_id").set_index("cell_id")["method"]
+    first = method_of.iloc[0]
+    cells["pretrain_objective"] = np.where(cells["cell_id"].map(method_of) == first, "symmetry_target=label", None)
+    md = render(metrics, cells)
+    table = md.split("### Pretraining compute", 1)[1].split("| method | export |", 1)[1].split("\n\n", 1)[0]
+    assert table.splitlines()[0].rstrip().endswith("cells | objective |")
+    rows = [ln for ln in table.splitlines()[2:] if ln.startswith("| ")]
+    assert any(ln.startswith(f"| {first} |") and ln.endswith(" symmetry_target=label |") for ln in rows)
+    assert all(ln.endswith(" — |") for ln in rows if not ln.startswith(f"| {first} |"))

@@ -47,6 +47,43 @@ def test_neighbours_are_adjacent_slices_and_other_phases_of_the_same_patient():
         assert all(items[j][0] == items[i][0] for j in row if j >= 0)
 
 
+def test_other_phase_neighbours_follow_the_slice_match():
+    plan = lls.neighbour_plan(("N", "A", "P"), "N")
+    items = _items("p1", "NAP", 4)
+    at = {it: i for i, it in enumerate(items)}
+    match = {"p1": {"A": [1, 2, 3, None], "P": [None, 0, 1, 2]}}
+    nb = lls.neighbour_indices(items, plan, match)
+    assert nb[at[("p1", "N", 1)]].tolist() == [
+        at[("p1", "A", 2)],
+        at[("p1", "N", 0)],
+        at[("p1", "N", 2)],
+        at[("p1", "P", 0)],
+    ]
+    assert nb[at[("p1", "N", 3)]][0] == -1 and nb[at[("p1", "N", 0)]][3] == -1  # unmatched: no neighbour
+    # a patient without a match keeps the same index
+    assert lls.neighbour_indices(items, plan, {})[at[("p1", "N", 1)]][0] == at[("p1", "A", 1)]
+
+
+def test_slice_match_defaults_to_the_identity_and_checks_its_length():
+    ann = {"phases": ["N", "P"], "slice_match": {"P": [None, 0, 1]}}
+    assert lls.slice_match(ann, "N", 3) == {"N": [0, 1, 2], "P": [None, 0, 1]}
+    assert lls.slice_match({"phases": ["N", "A"]}, "N", 2) == {"N": [0, 1], "A": [0, 1]}
+    with pytest.raises(ValueError, match="slice_match"):
+        lls.slice_match(ann, "N", 4)
+
+
+def test_colon_data_records_its_per_phase_slice_correspondence(tmp_path):
+    from tests.test_synthetic_colon import SMALL
+
+    ann = gen.generate_patient(3, SMALL)["annotation"]
+    assert ann["slice_match"] == {ph: list(range(SMALL.slices)) for ph in ann["phases"]}
+    ds = TinyColon(cache_dir=tmp_path)
+    ds.root.mkdir(parents=True)
+    legacy = {k: v for k, v in ann.items() if k != "slice_match"}  # a file written before the field existed
+    (ds.root / "c009.json").write_text(json.dumps(legacy))
+    assert ds.annotation("c009")["slice_match"] == ann["slice_match"]
+
+
 def test_lesion_cell_and_loopback_mask_cover_the_predicted_cell():
     assert lls.lesion_cell((0.51, 0.99), (4, 4)) == (2, 3)
     assert lls.lesion_cell(None, (4, 4)) == (-1, -1)
@@ -222,15 +259,23 @@ def test_yaml_defaults_equal_the_config_dataclass():
     assert cfg == lls.LLSTwoStage.Config()
 
 
+def test_release_corner_cell_reads_x_as_the_row():
+    # box (r0, c0, r1, c1) = (0.1, 0.6, 0.3, 0.9): the release's (x_min, y_min) = (0.6, 0.1) -> cell (2, 0) of 4 x 4
+    assert lls.corner_cell((0.1, 0.6, 0.3, 0.9), (4, 4)) == (2, 0)
+    assert lls.supervised_cell((0.2, 0.75), (0.1, 0.6, 0.3, 0.9), (4, 4), "centroid") == (0, 3)
+    assert lls.corner_cell(None, (4, 4)) == (-1, -1)
+
+
 def test_stage2_batches_carry_aligned_neighbours_with_the_main_slice_augmentation():
     class Data:  # a SliceSet stand-in: items N0 N1 N2 P0 P1 P2 of one patient, item i filled with the value i + 1
         items = _items("p1", "NP", 3)
         images = torch.arange(1.0, 7.0).view(6, 1, 1, 1).expand(6, 1, 4, 4).clone()
         y = torch.tensor([1, 0, 0, 1, 0, 0])
         locs = [(0.1, 0.9), None, None, (0.1, 0.9), None, None]
+        boxes = [(0.0, 0.8, 0.2, 1.0), None, None, (0.0, 0.8, 0.2, 1.0), None, None]
 
     nb = lls.neighbour_indices(Data.items, lls.neighbour_plan(("N", "A", "P"), "N"))
-    batch = next(iter(lls._Batches(Data(), [0, 1, 2], 3, seed=0, grid=(2, 2), nb=nb, augment=True)))
+    batch = next(iter(lls._Batches(Data(), [0, 1, 2], 3, seed=0, grid=(2, 2), nb=nb, augment="intensity")))
     x, nbx, valid = batch["x"][:, 0, 0, 0].tolist(), batch["nb"][:, :, 0, 0, 0].tolist(), batch["nb_valid"]
     assert valid[:, 0].sum() == 0  # no arterial phase: that neighbour is absent, zeroed
     assert torch.all(batch["nb"][:, 0] == 0)

@@ -83,10 +83,10 @@ def test_views_emit_the_pair_health_and_crops_per_volume():
     m = SACA(StubBackbone())
     v = m.views({"image": vol, "roi": ROI}, np.random.default_rng(0))
     assert set(v) == {"image", "image_sym"} and v["image"].shape == v["image_sym"].shape == (1, *ROI)
-    v = m.views({"image": vol, "roi": ROI, "health": 1}, np.random.default_rng(0))
+    v = m.views({"image": vol, "roi": ROI, "volume_label": 1}, np.random.default_rng(0))
     assert float(v["health"]) == 1.0
     m2 = SACA(StubBackbone(), SACA.Config(crops_per_volume=2))
-    v = m2.views({"image": vol, "roi": ROI, "health": 0}, np.random.default_rng(0))
+    v = m2.views({"image": vol, "roi": ROI, "volume_label": 0}, np.random.default_rng(0))
     assert v["image"].shape == (2, 1, *ROI) and v["health"].tolist() == [0.0, 0.0]
 
 
@@ -178,7 +178,7 @@ def test_saca_block_is_the_post_ln_bert_layer_with_cross_attention_to_the_mirror
 def test_config_defaults_and_errors():
     cfg = METHODS.get("saca").make_config({})
     assert (cfg.symmetry_target, cfg.symmetry_loss, cfg.w_sym, cfg.w_rot, cfg.w_con, cfg.w_rec) == (
-        "self",
+        "auto",
         "cosine_nce",
         0.5,
         1.0,

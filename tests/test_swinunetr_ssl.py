@@ -6,6 +6,7 @@ Fast: the networks are exercised on a stand-in backbone; the real-backbone step 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.registry import METHODS
+from bench.data import pad_to
+from bench.registry import DATASETS, METHODS
 from methods._swin_ssl import (
     CutoutSpec,
     SSLHeads,
@@ -27,7 +29,7 @@ from methods._swin_ssl import (
     vae_decoder,
 )
 from methods.base import StepInfo
-from methods.swinunetr_ssl import SwinUNETRSSL, random_crops
+from methods.swinunetr_ssl import SwinUNETRSSL, foreground_crop, random_crops
 
 
 class StubBackbone(nn.Module):
@@ -244,3 +246,128 @@ def test_a_zero_weight_skips_its_head():
     out.loss.backward()
     assert float(out.logs["loss_rec"]) == 0.0
     assert all(p.grad is None for p in m.heads.conv.parameters())
+
+
+# --- the official loader's window and foreground crop (flags; the official values at budget=paper) -------------------
+def _blob_volume(shape, box, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """Zeros (the window's floor: background) with positive noise inside ``box`` (slices) of the last channel."""
+    rng = np.random.default_rng(seed)
+    vol = np.zeros((channels, *shape), np.float32)
+    vol[(channels - 1,) + box] = rng.uniform(0.1, 1.0, size=vol[(channels - 1,) + box].shape)
+    return vol
+
+
+def _window(vol: np.ndarray, start, size) -> np.ndarray:
+    """vol[:, start : start + size] per axis, zeros where the window leaves the volume."""
+    out = np.zeros((vol.shape[0], *size), vol.dtype)
+    src = tuple(slice(max(a, 0), min(a + n, s)) for a, n, s in zip(start, size, vol.shape[1:]))
+    dst = tuple(slice(sl.start - a, sl.stop - a) for sl, a in zip(src, start))
+    out[(slice(None),) + dst] = vol[(slice(None),) + src]
+    return out
+
+
+CROP_CASES = [
+    # shape, blob box, channels; the expected box by hand (start, size per axis, in the ROI-padded volume): each
+    # side of the blob's box rounded up to a multiple of 16, the extra split floor-first before it
+    pytest.param((40, 30, 20), (slice(10, 25), slice(5, 12), slice(3, 18)), 1, (10, 1, 3), (16, 16, 16), id="inside"),
+    pytest.param((40, 30, 20), (slice(0, 3), slice(25, 30), slice(17, 20)), 1, (-6, 20, 11), (16,) * 3, id="edges"),
+    # padded to (16, 30, 16) first, (2, 0, 5) before: the blob is at [4, 11) x [1, 29) x [5, 10) there
+    pytest.param((12, 30, 5), (slice(2, 9), slice(1, 29), slice(0, 5)), 1, (0, -1, 0), (16, 32, 16), id="small"),
+    pytest.param((40, 30, 20), (slice(30, 40), slice(0, 8), slice(9, 10)), 2, (27, -4, 2), (16,) * 3, id="2-channels"),
+]
+
+
+@pytest.mark.parametrize("shape,box,channels,start,size", CROP_CASES)
+def test_foreground_crop_grows_the_foreground_box_to_multiples_of_the_roi(shape, box, channels, start, size):
+    roi = (16, 16, 16)
+    vol = _blob_volume(shape, box, channels)
+    vol[0, 0, 0, 0] = -0.5  # below the window's floor: background
+    # the official loader pads to the ROI first; the crop of the unpadded volume is the same
+    assert np.array_equal(foreground_crop(vol, roi), _window(pad_to(vol, roi), start, size))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape,box,channels,start,size", CROP_CASES)
+def test_foreground_crop_is_monai_crop_foreground_after_spatial_pad(shape, box, channels, start, size):
+    """The official loader's SpatialPadd(ROI) then CropForegroundd(k_divisible=ROI, allow_smaller=True); slow only
+    for importing monai.transforms."""
+    from monai.transforms import CropForeground, SpatialPad
+
+    roi = (16, 16, 16)
+    vol = _blob_volume(shape, box, channels)
+    vol[0, 0, 0, 0] = -0.5
+    official = CropForeground(k_divisible=list(roi), allow_smaller=True)(SpatialPad(list(roi))(torch.from_numpy(vol)))
+    assert np.array_equal(foreground_crop(vol, roi), np.asarray(official))
+
+
+def test_foreground_crop_keeps_a_volume_without_foreground():
+    vol = np.zeros((1, 20, 20, 20), np.float32)
+    assert foreground_crop(vol, (16, 16, 16)) is vol  # MONAI would return an empty crop
+
+
+def test_foreground_crop_flag_draws_every_crop_from_the_foreground_box():
+    roi = (32, 32, 32)
+    # one blob in a long volume: its box (20 x 20 x 30) grows about its centre to the single ROI [114, 146) x
+    # [4, 36) x [4, 36), so every crop is that region; without the flag most crops miss the blob
+    vol = _blob_volume((160, 40, 40), (slice(120, 140), slice(10, 30), slice(5, 35)))
+    region = vol[:, 114:146, 4:36, 4:36]
+    on = SwinUNETRSSL(StubBackbone(), SwinUNETRSSL.Config(foreground_crop=True))
+    off = SwinUNETRSSL(StubBackbone())
+    for seed in range(6):
+        crop = on.views({"image": vol, "roi": roi}, np.random.default_rng(seed))["image"]
+        assert np.array_equal(crop.numpy(), region)
+    misses = [
+        float(off.views({"image": vol, "roi": roi}, np.random.default_rng(s))["image"].max()) == 0.0 for s in range(6)
+    ]
+    assert any(misses)
+
+
+def test_corpus_window_is_an_hu_window_for_ct_corpora_only():
+    cls = SwinUNETRSSL
+    suite = {"a_min": -175.0, "a_max": 250.0, "spacing": (1.5, 1.5, 2.0), "size": None}
+    assert cls.corpus_preprocessing(cls.make_config({}), suite, "CT") == suite  # default: the suite's
+    official = cls.make_config({"corpus_window": [-1000, 1000]})
+    assert official.corpus_window == (-1000.0, 1000.0)
+    assert cls.corpus_preprocessing(official, suite, "CT") == dict(suite, a_min=-1000.0, a_max=1000.0)
+    with pytest.raises(ValueError, match="corpus_window.*HU window.*MR"):
+        cls.corpus_preprocessing(official, suite, "MR")
+    for bad in ([1000, -1000], [0], [0, 1, 2]):
+        with pytest.raises(ValueError, match="corpus_window"):
+            cls.make_config({"corpus_window": bad})
+
+
+def test_budget_paper_restores_the_official_loader():
+    from bench.plan import compose
+
+    paper = compose(["method=swinunetr_ssl", "budget=paper"]).method.config
+    assert list(paper.corpus_window) == [-1000, 1000] and paper.foreground_crop and paper.crops_per_volume == 2
+    quick = compose(["method=swinunetr_ssl", "budget=quick"]).method.config
+    assert quick.corpus_window is None and not quick.foreground_crop and quick.crops_per_volume == 1
+
+
+def test_the_runner_windows_the_pretraining_corpus_with_the_flag_only(data_dir, tmp_path):
+    """The smoke corpus (CT) through the runner: the flag's window on the pretraining volumes and in the
+    pretraining identity (the cache key), the suite's window for transfer; an MR corpus refuses the flag."""
+    from bench import runner
+    from bench.plan import compose
+
+    def plan(*extra):
+        return runner.make_plan(
+            compose(["method=swinunetr_ssl", f"runs_dir={tmp_path}", "device=cpu", "progress=false", *extra])
+        )
+
+    base, win = plan("suite=smoke"), plan("suite=smoke", "method.config.corpus_window=[-1000,1000]")
+    assert runner.corpus_preprocess(base) == runner.suite_preprocess(base) == runner.suite_preprocess(win)
+    assert (runner.corpus_preprocess(win).a_min, runner.corpus_preprocess(win).a_max) == (-1000.0, 1000.0)
+    assert runner.pretrain_identity(win)["preprocess"] == asdict(runner.corpus_preprocess(win))
+    assert runner.pretrain_identity(base)["preprocess"] == asdict(runner.suite_preprocess(base))
+    v_base, h_base, _ = runner.load_corpus(base, 1)
+    v_win, h_win, _ = runner.load_corpus(win, 1)
+    assert h_base == h_win  # the same records, differently windowed
+    ds = DATASETS.get("smoke")()
+    for rec, a, b in zip(ds.records("train"), v_base, v_win):
+        raw = ds.load(rec)["image"].astype(np.float32)
+        assert np.allclose(a, np.clip((raw + 175) / 425, 0, 1), atol=1e-6)
+        assert np.allclose(b, np.clip((raw + 1000) / 2000, 0, 1), atol=1e-6)
+    with pytest.raises(runner.UserError, match="corpus brain.*corpus_window.*MR"):
+        runner.corpus_preprocess(plan("suite=brain", "method.config.corpus_window=[-1000,1000]"))

@@ -257,6 +257,7 @@ class Pretraining:
     cpu_hours: float | None
     processes: int | None  # 1 for a pretraining from before data-parallel training was recorded
     cells: int  # the section's cells that transferred this export
+    objective: str | None = None  # what it optimised where the method settles that from its corpus (saca)
 
 
 @dataclass
@@ -475,6 +476,9 @@ def _pretraining(cells: pd.DataFrame) -> list[Pretraining]:
                 value("pretrain_cpu_hours"),
                 None if pd.isna(processes) else int(processes),
                 len(g),
+                None
+                if "pretrain_objective" not in g or pd.isna(first["pretrain_objective"])
+                else str(first["pretrain_objective"]) or None,
             )
         )
     return out

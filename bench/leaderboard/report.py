@@ -440,6 +440,8 @@ def _controls_md(s: Section, o: Options) -> list[str]:
 def _pretraining_md(rows: list[Pretraining]) -> list[str]:
     if not rows:
         return []
+    # a column only where a method settled its objective from the corpus (saca's symmetry target)
+    objective = any(r.objective for r in rows)
     out = [
         "### Pretraining compute",
         "",
@@ -451,8 +453,9 @@ def _pretraining_md(rows: list[Pretraining]) -> list[str]:
         "carries (so a later cell can show almost 0). Each export below is one pretraining, transferred by the "
         "cells counted beside it whatever their task, protocol or seed:",
         "",
-        "| method | export | device | processes | wall h | GPU h | CPU h | cells |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| method | export | device | processes | wall h | GPU h | CPU h | cells |"
+        + (" objective |" if objective else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|" + ("---|" if objective else ""),
     ]
     for r in rows:
         if r.wall_s is None:
@@ -466,12 +469,23 @@ def _pretraining_md(rows: list[Pretraining]) -> list[str]:
                 _num(r.gpu_hours, ".3f"),
                 _num(r.cpu_hours, ".3f"),
             ]
-        out.append(f"| {r.method} | `{r.export}` | " + " | ".join(cost) + f" | {r.cells} |")
+        out.append(
+            f"| {r.method} | `{r.export}` | "
+            + " | ".join(cost)
+            + f" | {r.cells} |"
+            + (f" {r.objective or '—'} |" if objective else "")
+        )
     out += [
         "",
         "wall h: the pretraining's training time (a resumed run includes the interrupted process's "
         "time); processes: how many trained it (1 for a pretraining from before data-parallel training was "
-        "recorded); GPU h / CPU h: wall h × processes; `export` is the config hash under `runs/pretrain/<method>/`.",
+        "recorded); GPU h / CPU h: wall h × processes; `export` is the config hash under `runs/pretrain/<method>/`"
+        + (
+            "; objective: what the pretraining optimised, settled from its corpus (saca: `symmetry_target=label` "
+            "with the corpus's health labels, `self` with synthetic asymmetries)."
+            if objective
+            else "."
+        ),
         "",
     ]
     return out

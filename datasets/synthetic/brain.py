@@ -199,6 +199,11 @@ def class_of(seed: int, cfg: BrainConfig = BrainConfig()) -> int:
     return 0 if not has else (1 if right else 2)
 
 
+def health_of(seed: int, cfg: BrainConfig = BrainConfig()) -> int:
+    """SA-Swin's per-volume health label of ``seed``: 1 healthy (no lesion), 0 patient (a lesion on either side)."""
+    return int(class_of(seed, cfg) == 0)
+
+
 def _grid_mm(cfg: BrainConfig):
     o = cfg.origin_mm
     s = cfg.spacing_mm

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.types import temp_sibling
+from bench.types import naming_the_file, write_text_atomic
 from datasets.base import DataError
 from datasets.synthetic._common import atomic_save_nifti  # noqa: F401  (one NIfTI writer for every generator)
 
@@ -74,9 +73,8 @@ def ensure_generated(
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         if id(items[rel]) not in done:
-            items[rel](p)
+            with naming_the_file(p):  # a full disk names the file it refused
+                items[rel](p)
             done.add(id(items[rel]))
     files = {rel: (old[rel] if rel not in todo else sha256(root / rel)) for rel in items}
-    tmp = temp_sibling(manifest_path)
-    tmp.write_text(json.dumps({"version": version, "files": files}, indent=1))
-    os.replace(tmp, manifest_path)
+    write_text_atomic(manifest_path, json.dumps({"version": version, "files": files}, indent=1))

@@ -29,9 +29,13 @@ Labels: a slice is positive when the tumour covers at least ``min_tumour_px`` pi
 tumour's centroid and bounding box in that slice and phase, normalised to [0, 1] by the image size (so any grid
 size maps it to a cell: ``floor(g * loc)``).
 
+Cross-phase slice correspondence (``slice_match``, per phase the index of the N slice z in that phase; the release
+of LooseLocationSS reads it from per-phase annotation files): the phases are rendered at the same table positions,
+so it is the identity here. Files written before it was recorded lack it and read as the identity.
+
 Files (``write_patient``): ``<pid>.npz`` holding ``image`` int16 HU [P, Z, H, W], and ``<pid>.json`` with the
-phases, spacing and per-slice labels and locations. ``python -m datasets.synthetic.colon --preview PNG`` writes a
-montage; ``--time N`` measures seconds per patient.
+phases, spacing, per-slice labels and locations and the slice correspondence. ``python -m datasets.synthetic.colon
+--preview PNG`` writes a montage; ``--time N`` measures seconds per patient.
 """
 
 from __future__ import annotations
@@ -407,6 +411,9 @@ def generate_patient(seed: int, cfg: ColonConfig = ColonConfig()) -> dict:
         "labels": labels,
         "loc": locs,
         "box": boxes,
+        # per phase, the index of N's slice z in that phase: every phase is rendered at the same table positions
+        # (registered up to the in-plane shift), so the identity; a real scan's phases need not agree
+        "slice_match": {p: list(range(Z)) for p in pt.phases},
     }
     return {"image": np.stack(images), "annotation": ann}
 
