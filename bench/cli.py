@@ -5,6 +5,7 @@ User mistakes (an unknown name, a bad option, unreadable data) print one line an
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from collections.abc import Callable
@@ -13,7 +14,12 @@ from typing import Any
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = {"method": "METHODS", "suite": "SUITES", "backbone": "BACKBONES", "protocol": "PROTOCOLS"}
 # config groups with no registry: their options are the files in conf/<group>/ (the words of the error's list)
-FILE_GROUPS = {"budget": "Known budgets", "experiment": "Known experiments (conf/experiment/)"}
+FILE_GROUPS = {
+    "budget": "Known budgets",
+    "experiment": "Known experiments (conf/experiment/)",
+    "results": "Known results stores (conf/results/; any other store is results.url=...)",
+    "hydra/launcher": "Known launchers (conf/hydra/launcher/)",
+}
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -23,6 +29,36 @@ def _fail(msg: str, code: int = 2) -> None:
     who = f"rank {w.rank} of {w.size}: " if w.distributed else ""
     print(f"error: {who}{msg}", file=sys.stderr)
     raise SystemExit(code)
+
+
+#: the errors of a file system that will not take a write: full, over quota, too large, read-only, not allowed, no
+#: such folder (a path under /proc or a deleted mount)
+UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT}
+
+
+def _forget_hydra_dir(cfg: Any) -> None:
+    """A refused command leaves nothing behind: Hydra's own folder for this job (its config copy and log, which hold
+    nothing the error line does not say) goes, and so do the folders above it that it alone filled, up to and
+    including ``runs_dir``. Folders holding anything else stay."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        out = Path(HydraConfig.get().runtime.output_dir).resolve()
+        top = Path(str(cfg.runs_dir)).resolve()
+    except (ValueError, TypeError):  # no Hydra job context (a direct call of the app): nothing of Hydra's to remove
+        return
+    if top not in out.parents:
+        return  # a hydra.run.dir outside runs_dir is the user's choice: left alone
+    shutil.rmtree(out, ignore_errors=True)
+    for d in out.parents:
+        if d == top.parent:
+            break
+        try:
+            d.rmdir()  # only an empty folder: another job's or the user's files are never touched
+        except OSError:
+            break
 
 
 def _distributed_argv(argv: list[str]) -> list[str]:
@@ -51,6 +87,13 @@ def preflight(argv: list[str]) -> list[str]:
     import bench.protocols  # noqa: F401  (registers protocols)
     from bench import registry
 
+    from bench.types import folder_problem
+
+    # Hydra makes its own log folder under runs_dir before the app runs: a runs_dir that cannot be one is refused
+    # here, by name, instead of in Hydra's traceback
+    runs = next((a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("runs_dir=")), "runs")
+    if "," not in runs and (why := folder_problem(Path(runs))) is not None:
+        _fail(f"runs_dir={runs}: {why}")
     has_budget = False
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
@@ -64,7 +107,7 @@ def preflight(argv: list[str]) -> list[str]:
             )
         if key in FILE_GROUPS:
             # an experiment pins its own budget: a default added here would override it from the command line
-            has_budget = True
+            has_budget = has_budget or key in ("budget", "experiment")
             for v in value.split(","):
                 if not (CONF_DIR / key / f"{v}.yaml").is_file():
                     known = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
@@ -217,7 +260,18 @@ def main(register: Callable[[], None] | None = None) -> int:
         try:
             runner.run(cfg)
         except (UserError, DataError, UnknownNameError) as e:
+            _forget_hydra_dir(cfg)
             _fail(str(e))
+        except OSError as e:
+            if e.errno not in UNWRITABLE or (e.filename is None and e.errno == errno.ENOENT):
+                raise  # not the machine's refusal to store a file: a bug, shown with its traceback
+            _forget_hydra_dir(cfg)
+            code = errno.errorcode.get(e.errno or 0, e.errno)
+            _fail(
+                f"{e.filename or 'a file'}: {e.strerror} (errno {code}); what was being "
+                "written was left as it was before (every file is written whole or not at all): free space or "
+                "choose another folder, then rerun the same command to resume"
+            )
         except RuntimeError as e:
             if not _lost_peer(e):
                 raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -77,8 +78,10 @@ class HashCache:
             tmp.write_text(json.dumps(self.memo))
             os.replace(tmp, self.path)
             self.dirty = False
-        except OSError:
-            pass  # an unwritable cache folder only costs re-reading next time
+        except OSError as e:  # an unwritable cache folder only costs re-reading next time: said, not hidden
+            warnings.warn(
+                f"content-hash cache {self.path} cannot be written ({e}); files are hashed again next run", stacklevel=2
+            )
 
 
 def split_hashes(ds: DatasetAdapter, splits: Iterable[str], cache: HashCache) -> dict[str, str]:

@@ -18,12 +18,13 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bench import distributed
-from bench.engine import pick_device
+from bench.backbones import build_backbone, input_multiple
+from bench.engine import pick_device, schedule_config
 from bench.protocols.base import protocol_values, resolve_protocol
 from bench.registry import DATASETS, METHODS, PROTOCOLS, SUITES
 from bench.results import ResultsStore
 from bench.suites import Cell, Suite
-from bench.types import PROJECT_ROOT, no_corpus_labels
+from bench.types import PROJECT_ROOT, DataError, default_data_dir, folder_problem, no_corpus_labels
 
 CONF_DIR = PROJECT_ROOT / "conf"
 
@@ -150,9 +151,13 @@ def make_plan(cfg: DictConfig) -> Plan:
     backbone, roi, suffix = _geometry(cfg, suite, spatial)
     caps = cfg.suite.get("budget_caps") or {}
     _check_scalars(cfg)
+    _check_budget(cfg, backbone, roi, suffix, spatial)
     seeds = suite.seeds if cfg.seed is None else (int(cfg.seed),)
     pretrain_seed = parse_pretrain_seed(cfg.get("pretrain_seed", 0))
     protocol, fraction, task = _selection(cfg, suite)
+    _check_folder(Path(str(cfg.runs_dir)), "runs_dir")
+    cache = cfg.data.get("cache_dir")
+    _check_folder(Path(str(cache)) if cache else default_data_dir(), "data.cache_dir" if cache else "SSLBENCH_DATA")
     try:
         store = ResultsStore(cfg.results.url)
         store.check()  # before any data generation or training, not after hours of it
@@ -197,9 +202,21 @@ def make_plan(cfg: DictConfig) -> Plan:
     _check_world(plan, suffix)
     if cfg.get("stage") != "leaderboard":
         try:  # the method's options, before any data generation (else a typo surfaces only at pretraining)
-            METHODS.get(plan.method).make_config(plan.method_cfg)
+            cls = METHODS.get(plan.method)
+            mcfg = cls.make_config(plan.method_cfg)
+        except (TypeError, ValueError) as e:
+            said = str(e).startswith(f"{plan.method}: ")  # a method's own message may name it already
+            raise UserError(str(e) if said else f"method {plan.method}: {e}") from None
+        try:  # the files it names (a released checkpoint), read before any work
+            cls.check_inputs(mcfg, lambda: build_backbone(plan.backbone, **plan.backbone_kwargs))
+        except DataError as e:
+            raise UserError(str(e)) from None
         except (TypeError, ValueError) as e:
             raise UserError(f"method {plan.method}: {e}") from None
+        try:
+            schedule_config(plan.method_train, plan.pretrain_steps, plan.pretrain_batch)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"method {plan.method} train options (method.train): {e}") from None
         _check_protocol_options(plan)
     return plan
 
@@ -243,6 +260,43 @@ def _check_scalars(cfg: DictConfig) -> None:
             raise UserError(f"device={device}: this machine has no CUDA device (use device=cpu or device=auto)")
         if index and int(index) >= count:
             raise UserError(f"device={device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+
+
+def _check_folder(path: Path, key: str) -> None:
+    """A folder the run will write into: refused by name before any work (nothing is created here)."""
+    if (why := folder_problem(path)) is not None:
+        raise UserError(f"{key}={path}: {why}")
+
+
+def _whole(value: Any, key: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UserError(f"{key}={value!r}: expected a whole number >= {least}")
+    return value
+
+
+def _check_budget(cfg: DictConfig, backbone: dict[str, Any], roi: tuple, suffix: str, spatial: int) -> None:
+    """The budget's step counts, batch sizes, workers and ROI, refused by name before any work: a negative step
+    count would otherwise run a whole job that trains nothing, a zero batch fail inside the data loader, an ROI
+    the backbone cannot tile fail at the first forward pass."""
+    budget = cfg.budget
+    caps = cfg.suite.get("budget_caps") or {}
+    for stage in ("pretrain", "transfer"):
+        _whole(budget[stage].get("steps"), f"budget.{stage}.steps", 1)
+        key = f"batch_size{suffix}" if f"batch_size{suffix}" in budget[stage] else "batch_size"
+        _whole(budget[stage].get(key), f"budget.{stage}.{key}", 1)
+        if caps.get(f"{stage}_steps") is not None:
+            _whole(caps.get(f"{stage}_steps"), f"suite.budget_caps.{stage}_steps", 1)
+    _whole(budget.get("num_workers", 0), "budget.num_workers", 0)
+    if budget.get("threads") is not None:
+        _whole(budget.get("threads"), "budget.threads", 1)
+    key = f"budget.roi{suffix}" if not caps.get(f"roi{suffix}") else f"suite.budget_caps.roi{suffix}"
+    if len(roi) != spatial or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in roi):
+        raise UserError(f"{key}={list(roi)}: expected {spatial} whole numbers >= 1, one per axis")
+    multiple = input_multiple(str(backbone.get("name")))
+    if any(r % multiple for r in roi):
+        raise UserError(
+            f"{key}={list(roi)}: backbone {backbone.get('name')!r} needs every side a multiple of {multiple}"
+        )
 
 
 def _check_method_dims(cfg: DictConfig, suite: Suite, spatial: int) -> None:
@@ -380,8 +434,14 @@ def leaderboard_options(cfg: DictConfig) -> Any:
     alpha = lb.get("alpha", 0.05)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise UserError(f"leaderboard.alpha={alpha!r}: must be a number in (0, 1)")
+    baseline = str(lb.get("baseline", "random"))
+    if baseline not in METHODS:  # else the board renders with no baseline column and says nothing
+        raise UserError(f"leaderboard.baseline={baseline!r}: not a method; known: {', '.join(METHODS.names())}")
+    bayesian = lb.get("bayesian", False)
+    if not isinstance(bayesian, bool):
+        raise UserError(f"leaderboard.bayesian={bayesian!r}: expected true or false")
     return Options(
-        baseline=str(lb.get("baseline", "random")),
+        baseline=baseline,
         alpha=float(alpha),
         bayesian=bool(lb.get("bayesian", False)),
         margins={k: float(v) for k, v in margins.items()},

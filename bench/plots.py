@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench.types import temp_sibling
+from bench.types import naming_the_file, temp_sibling
 
 DPI = 150
 
@@ -32,8 +32,12 @@ def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
-    fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
-    tmp.replace(path)
+    try:
+        with naming_the_file(path):
+            fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+            tmp.replace(path)
+    finally:  # a failed write leaves no partial temporary behind
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -253,6 +253,13 @@ class External(PretrainMethod):
         checkpoint: str | None = None  # path of the released weights
         format: str = "swinunetr_ssl"  # swinunetr_ssl | saswin | asa | bench
 
+        def __post_init__(self) -> None:
+            # checked when the plan is made, before any data generation: not after the corpus is prepared
+            if self.format not in FORMATS:
+                raise ValueError(f"external: unknown format {self.format!r}; known formats: {', '.join(FORMATS)}")
+            if self.checkpoint is not None:
+                _check_file(str(self.checkpoint))
+
     capabilities: ClassVar[frozenset[str]] = frozenset({"3d"})
     pretrains: ClassVar[bool] = False
     #: exports only with a user-supplied checkpoint (the method contract skips its default-config export)
@@ -265,6 +272,13 @@ class External(PretrainMethod):
         self.report: dict[str, Any] | None = None
         if self.cfg.checkpoint is not None:
             self.report = load_external(backbone, self.cfg.checkpoint, self.cfg.format)
+
+    @classmethod
+    def check_inputs(cls, cfg: Config, make_backbone: Any) -> None:
+        """The checkpoint loads into the plan's backbone in its format (a corrupt file or another layout is refused
+        before the corpus is prepared, not after)."""
+        if cfg.checkpoint is not None:
+            load_external(make_backbone(), cfg.checkpoint, cfg.format)
 
     @classmethod
     def cache_identity(cls, cfg: Config) -> dict[str, Any]:

@@ -280,3 +280,47 @@ def test_two_processes_saving_the_same_file_at_once_both_succeed(tmp_path):
     value = float(torch.load(target, weights_only=True)["w"][0, 0])
     assert value in (1.0, 2.0)  # one whole file, never a mix or a truncation
     assert not list(tmp_path.glob("*.tmp"))  # no temporary file left behind
+
+
+def test_a_tensorboard_that_fails_to_start_is_said_and_jsonl_still_written(tmp_path, monkeypatch):
+    import torch.utils.tensorboard as tb
+
+    from bench.engine import ScalarLogger
+
+    def broken(*a, **k):
+        raise OSError("disk quota exceeded")
+
+    monkeypatch.setattr(tb, "SummaryWriter", broken)
+    with pytest.warns(UserWarning, match=r"TensorBoard logging is off .*OSError: disk quota exceeded"):
+        log = ScalarLogger(tmp_path, "pretrain")
+    log.log(1, {"loss": 0.5})
+    log.close()
+    assert '"pretrain/loss": 0.5' in (tmp_path / "scalars.jsonl").read_text()
+
+
+def test_seeded_cpu_runs_are_bit_reproducible_on_several_threads():
+    """The backward of indexing with repeated indices (Swin's relative-position bias gather) adds in a thread-
+    dependent order unless deterministic kernels are on: seed_everything turns them on for the CPU, so that a killed
+    and resumed run can equal an uninterrupted one bit for bit (tests/test_kill_resume.py)."""
+    from bench.engine import seed_everything
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seed_everything(0)
+        w = 7  # one 7^3 window: each of the 13^3 offsets repeats up to 343 times
+        coords = torch.stack(torch.meshgrid(*[torch.arange(w)] * 3, indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (w - 1)
+        index = (rel[..., 0] * (2 * w - 1) ** 2 + rel[..., 1] * (2 * w - 1) + rel[..., 2]).reshape(-1)
+        table = torch.randn((2 * w - 1) ** 3, 1, requires_grad=True)
+        g = torch.randn(index.numel(), 1)
+
+        def grad() -> torch.Tensor:
+            table.grad = None
+            table[index].backward(g)
+            return table.grad.clone()
+
+        first = grad()
+        assert all(torch.equal(grad(), first) for _ in range(30))
+    finally:
+        torch.set_num_threads(threads)

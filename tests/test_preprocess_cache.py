@@ -69,7 +69,8 @@ def test_a_damaged_entry_is_recomputed_and_leftovers_of_a_killed_write_are_ignor
     cache.get(ds, rec, PP)
     entry = cache.entry("toy", rec, PP)
     (entry / "image.npy").write_bytes(b"garbage")
-    assert cache.get(ds, rec, PP)["image"].shape == (1, 3, 2, 4) and ds.loads == 2
+    with pytest.warns(UserWarning, match="is damaged"):
+        assert cache.get(ds, rec, PP)["image"].shape == (1, 3, 2, 4) and ds.loads == 2
     # a write killed before its rename leaves only a .tmp-* folder, which is never read as an entry
     other = Record("case 2", "p2", rec.image)
     half = cache.entry("toy", other, PP).parent / ".tmp-killed"
@@ -95,3 +96,28 @@ def test_records_without_a_plain_file_and_unwritable_folders_still_work(tmp_path
         assert out["image"].shape == (1, 3, 2, 4)
     finally:
         os.chmod(ro, 0o700)
+
+
+def test_a_damaged_entry_is_reported_once_and_replaced(tmp_path, rec):
+    """Not ignored and recomputed on every run: the entry is named, replaced by a good one, and read from then on."""
+    ds, cache = Counting(), PreprocessedCache(tmp_path / "pp")
+    cache.get(ds, rec, PP)
+    entry = cache.entry("toy", rec, PP)
+    (entry / "image.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.warns(UserWarning, match=r"preprocessing cache entry .* is damaged .*replacing it"):
+        again = cache.get(ds, rec, PP)
+    np.testing.assert_array_equal(again["image"], preprocess(Counting().load(rec), PP)["image"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the replacement is good: no second report
+        cache.get(ds, rec, PP)
+    assert ds.loads == 2
+
+
+def test_an_unwritable_cache_is_said_not_hidden(tmp_path, rec, monkeypatch):
+    ds = Counting()
+    (tmp_path / "file").write_bytes(b"x")
+    monkeypatch.setattr(PreprocessedCache, "_warned", False)
+    with pytest.warns(UserWarning, match=r"preprocessing cache .*file.* cannot be written"):
+        PreprocessedCache(tmp_path / "file" / "pp").get(ds, rec, PP)

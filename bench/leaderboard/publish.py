@@ -14,9 +14,10 @@ from bench.leaderboard.analysis import Leaderboard
 from bench.leaderboard.report import markdown
 from bench.provenance import git_sha
 from bench.registry import DATASETS, SUITES, UnknownNameError
-from bench.results import PREDICTION_METRICS, PREDICTIONS_SUFFIX
+from bench.metrics import value_problem
+from bench.results import PREDICTION_METRICS, PREDICTIONS_SUFFIX, check_rows
 from bench.suites import Suite
-from bench.types import temp_sibling
+from bench.types import naming_the_file, temp_sibling
 
 
 def render(
@@ -33,17 +34,34 @@ def render(
     """The leaderboard Markdown. ``now`` and ``git`` default to the current time and commit; ``class_names``
     maps task -> {class id: name} and defaults to the labels of the task's registered dataset (``{}``: ids);
     ``figures`` links the PNGs that :func:`publish` writes."""
+    refuse_bad_values(metrics)
     lb = analyse(_suite(suite), metrics, cells, options)
     return _markdown(lb, now, git, class_names, figures)
+
+
+def refuse_bad_values(metrics: pd.DataFrame) -> None:
+    """A board is never rendered over a value that is not a result (a store written before the checks at every
+    way in, or edited by hand): one non-finite value would make its method's mean NaN and its CI nonsense."""
+    bad = [
+        r
+        for r in metrics[["cell_id", "case_id", "class", "metric", "value"]].to_dict("records")
+        if value_problem(str(r["metric"]), r["value"]) is not None
+    ]
+    if bad:
+        r = bad[0]
+        check_rows(
+            [r | {"case": r["case_id"]}], f"the results store's cell {r['cell_id']} (the board was not rendered)"
+        )
 
 
 def write(suite_name: str | Suite, store, out_dir: Path, **kwargs: Any) -> Path:
     """Write ``<out_dir>/<stem>.md`` (no figures; stem: :func:`file_stem`) and return its path."""
     suite = _suite(suite_name)
     out_dir = Path(out_dir)
+    text = render(suite, store.metrics(suite.name), store.cells(suite.name), **kwargs)  # a refusal writes nothing
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{file_stem(suite)}.md"
-    _atomic_write(path, render(suite, store.metrics(suite.name), store.cells(suite.name), **kwargs))
+    _atomic_write(path, text)
     return path
 
 
@@ -65,8 +83,10 @@ def publish(
 
     suite = _suite(suite_name)
     out_dir = Path(out_dir)
+    metrics = store.metrics(suite.name)
+    refuse_bad_values(metrics)  # before any file is touched
+    lb = analyse(suite, metrics, store.cells(suite.name), options)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lb = analyse(suite, store.metrics(suite.name), store.cells(suite.name), options)
     stem = file_stem(suite)
     files = figure_files(lb)
     fig_dir = out_dir / _slug(stem)
@@ -93,8 +113,14 @@ def publish(
 def _atomic_csv(rows: pd.DataFrame, path: Path) -> None:
     tmp = temp_sibling(path)
     # mtime 0: the same rows give the same bytes, so a republished file only shows in a diff when it changed
-    rows.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0} if path.name.endswith(".gz") else None)
-    tmp.replace(path)
+    try:
+        with naming_the_file(path):
+            rows.to_csv(
+                tmp, index=False, compression={"method": "gzip", "mtime": 0} if path.name.endswith(".gz") else None
+            )
+            tmp.replace(path)
+    finally:  # a failed write leaves no partial temporary behind
+        tmp.unlink(missing_ok=True)
 
 
 def _markdown(lb: Leaderboard, now, git, class_names, figures: bool) -> str:
@@ -129,5 +155,9 @@ def dataset_class_names(suite: Suite) -> dict[str, dict[int, str]]:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = temp_sibling(path)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        with naming_the_file(path):
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.data import Preprocess, PreprocessedCache, preprocess
+from bench.options import check_types
 from bench.registry import PROTOCOLS
 from bench.suites import Cell
 from bench.types import DatasetAdapter
@@ -90,6 +91,7 @@ class Protocol:
                 f"protocol {cls.registry_name!r} has no option(s) {', '.join(unknown)}; "
                 f"valid options: {', '.join(sorted(valid))}"
             )
+        check_types(cls.Config, values)
         return cls.Config(**values)
 
     def run(self, ctx: TransferContext) -> ProtocolResult:

@@ -50,10 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print("error: no published CSV of result rows given (leaderboards/<suite>.csv)", file=sys.stderr)
         return 2
+    import datasets  # noqa: F401  (registers the suites, as run_bench.py does: rows of an unknown one are refused)
+    from bench.registry import SUITES
+
     try:
         store = ResultsStore(args.store)
         store.check()  # a bad URL or an unreachable server: one line, before any file is read
-        reports = import_published(files, store, replace=args.replace)
+        reports = import_published(files, store, replace=args.replace, suites=SUITES.names())
     except ValueError as e:  # a file that is no published CSV (PublishedCSVError), or a bad store URL
         print(f"error: {e}", file=sys.stderr)
         return 2
