@@ -209,10 +209,9 @@ def make_plan(cfg: DictConfig) -> Plan:
             raise UserError(str(e) if said else f"method {plan.method}: {e}") from None
         try:  # the files it names (a released checkpoint), read before any work
             cls.check_inputs(mcfg, lambda: build_backbone(plan.backbone, **plan.backbone_kwargs))
-        except DataError as e:
-            raise UserError(str(e)) from None
-        except (TypeError, ValueError) as e:
-            raise UserError(f"method {plan.method}: {e}") from None
+        except (DataError, TypeError, ValueError) as e:
+            said = isinstance(e, DataError) or str(e).startswith(f"{plan.method}: ")
+            raise UserError(str(e) if said else f"method {plan.method}: {e}") from None
         try:
             schedule_config(plan.method_train, plan.pretrain_steps, plan.pretrain_batch)
         except (TypeError, ValueError) as e:

@@ -200,7 +200,8 @@ class DatasetAdapter:
     def prepare(self, progress: bool = True) -> None:
         """Make the data available (generate a synthetic set); real datasets only check the root."""
         if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset root of {self.registry_name!r} does not exist")
+            what = "is a file, not a folder" if Path(self.root).is_file() else "does not exist"
+            raise DataError(f"{self.root}: dataset root of {self.registry_name!r} {what}")
 
     def split_ids(self, split: str) -> list[str]:
         splits = load_split_file(self.split_name or self.registry_name)

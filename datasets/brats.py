@@ -54,7 +54,8 @@ class _BraTS(DatasetAdapter):
 
     def case_dirs(self) -> dict[str, Path]:
         if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset root of {self.registry_name!r} does not exist")
+            what = "is a file, not a folder" if Path(self.root).is_file() else "does not exist"
+            raise DataError(f"{self.root}: dataset root of {self.registry_name!r} {what}")
         for base in [self.root] + sorted(p for p in self.root.iterdir() if p.is_dir()):
             found = {p.name: p for p in base.iterdir() if p.is_dir() and re.fullmatch(self.case_pattern, p.name)}
             if found:

@@ -553,7 +553,7 @@ def test_bad_dataset_file(brk, words, tmp_path):
     "root, words",
     [
         pytest.param(lambda d: d / "nope", ("nope",), id="root-missing"),
-        pytest.param(lambda d: _write(d / "afile", b"x"), ("afile",), id="root-a-file"),
+        pytest.param(lambda d: _write(d / "afile", b"x"), ("afile", "is a file"), id="root-a-file"),
         pytest.param(lambda d: (d / "empty").mkdir() or d / "empty", ("empty",), id="root-empty"),
     ],
 )
