@@ -45,14 +45,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # as tests/test_cli.py makes a run small: the smoke suite, 2 pretraining and 2 transfer steps, the quick budget, CPU
-FAST = [
-    "suite=smoke",
-    "suite.budget_caps.pretrain_steps=2",
-    "suite.budget_caps.transfer_steps=2",
-    "progress=false",
-    "budget=quick",
-    "device=cpu",
-]
+from test_cli import FAST  # noqa: E402
+
 # The machine's threads (two on CI): bench.engine.seed_everything turns on PyTorch's deterministic CPU kernels, without
 # which the backward of Swin's relative-position bias gather sums in a thread-dependent order and two uninterrupted
 # runs already differ in the last bits (tests/test_engine.py); bit equality after a kill is checked on top of that.

@@ -21,16 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_cli import FAST  # the smoke suite, 2 + 2 steps, quick budget, CPU: as the CLI tests run
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = [
-    "suite=smoke",
-    "suite.budget_caps.pretrain_steps=2",
-    "suite.budget_caps.transfer_steps=2",
-    "progress=false",
-    "budget=quick",
-    "device=cpu",
-]
 
 
 @dataclass
