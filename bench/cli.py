@@ -18,7 +18,7 @@ FILE_GROUPS = {
     "budget": "Known budgets",
     "experiment": "Known experiments (conf/experiment/)",
     "results": "Known results stores (conf/results/; any other store is results.url=...)",
-    "hydra/launcher": "Known launchers (conf/hydra/launcher/)",
+    "hydra/launcher": "Known launchers (conf/hydra/launcher/ and Hydra's installed plugins)",
 }
 
 
@@ -34,6 +34,19 @@ def _fail(msg: str, code: int = 2) -> None:
 #: the errors of a file system that will not take a write: full, over quota, too large, read-only, not allowed, no
 #: such folder (a path under /proc or a deleted mount)
 UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT}
+
+
+def _plugin_options(group: str) -> set[str]:
+    """The options of a config group that installed Hydra plugins register (e.g. hydra/launcher=submitit_local from
+    hydra-submitit-launcher), beside the project's own files in conf/<group>/."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # discovers the installed plugins, which register their configs
+    node: Any = ConfigStore.instance().repo
+    for part in group.split("/"):
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return {str(k).removesuffix(".yaml") for k in node} if isinstance(node, dict) else set()
 
 
 def _forget_hydra_dir(cfg: Any) -> None:
@@ -109,8 +122,8 @@ def preflight(argv: list[str]) -> list[str]:
             # an experiment pins its own budget: a default added here would override it from the command line
             has_budget = has_budget or key in ("budget", "experiment")
             for v in value.split(","):
-                if not (CONF_DIR / key / f"{v}.yaml").is_file():
-                    known = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+                if not (CONF_DIR / key / f"{v}.yaml").is_file() and v not in _plugin_options(key):
+                    known = sorted({p.stem for p in (CONF_DIR / key).glob("*.yaml")} | _plugin_options(key))
                     _fail(f"unknown {key} {v!r}. {FILE_GROUPS[key]}: {', '.join(known)}")
         if key in GROUPS and value not in ("null", ""):
             reg = getattr(registry, GROUPS[key])
