@@ -23,7 +23,8 @@ checksums, the export's weights) are compared too, which points at the stage if 
 Every run uses a copy of the code in a temporary folder: ``publish=true`` writes into the code's own
 ``leaderboards/`` (never this checkout's), and the runs of the module all see one version of the code.
 
-Each trial is written to a Markdown table (``$KILL_RESUME_REPORT``, default /tmp/kill_resume_report.md).
+Each trial is written to a Markdown table (``$KILL_RESUME_REPORT``, default ``runs/kill_resume_report.md`` in the
+checkout, the git-ignored folder of run outputs).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ ARGS = ["method=simmim3d", "protocol=finetune", "seed=0", *FAST]
 PUBLISH = [*ARGS, "stage=leaderboard", "publish=true"]
 SUITE = "smoke"
 CELL = "smoke/v3/simmim3d/quick/seg3/finetune/f1/d0/s0"
-REPORT = Path(os.environ.get("KILL_RESUME_REPORT", "/tmp/kill_resume_report.md"))
+REPORT = Path(os.environ.get("KILL_RESUME_REPORT", ROOT / "runs" / "kill_resume_report.md"))
 CODE = ("bench", "conf", "datasets", "methods", "run_bench.py")
 
 BOOT = r'''
@@ -172,6 +173,7 @@ def write_report(rec: Record) -> None:
     lines += [f"- {k}: {v:.0f} s" for k, v in rec.timings.items()]
     lines += [f"- whole module: {time.time() - rec.t0:.0f} s", "", "## Notes", ""]
     lines += [f"- {n}" for n in rec.notes] or ["- none"]
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text("\n".join(lines) + "\n")
 
 

@@ -326,8 +326,10 @@ def test_centre_moves_once_after_the_step_with_every_teacher_output(monkeypatch)
     assert torch.equal(m.center, c1)
 
 
-def _engine_step(m, b, step, steps=10):
-    cfg = TrainConfig(steps=steps, lr=1e-2, weight_decay=0.5, grad_clip=0.8, amp=False, no_decay=("1d",))
+def engine_step(m, b, step, steps=10, grad_clip=0.8):
+    """One step of the engine's own loop (backward, clipping, AdamW with weight decay 0.5, EMA, after_step) on ``m``
+    (ACE here, DINO in tests/test_wiring_dino.py with its own clip)."""
+    cfg = TrainConfig(steps=steps, lr=1e-2, weight_decay=0.5, grad_clip=grad_clip, amp=False, no_decay=("1d",))
     opt = build_optimizer(m.param_groups(cfg.weight_decay, cfg.no_decay), cfg, torch.device("cpu"))
     return train_step(
         m,
@@ -351,12 +353,12 @@ def test_frozen_last_layer_has_no_gradient_and_adamw_with_weight_decay_leaves_it
     b = _batch(m)
     v = m.dino_head.last_layer.weight_v
     before, other = v.detach().clone(), m.dino_head.layers[0].weight.detach().clone()
-    res, opt = _engine_step(m, b, 1)  # progress 0.1 < 0.15
+    res, opt = engine_step(m, b, 1)  # progress 0.1 < 0.15
     assert res.finite
     assert v.grad is None and v not in opt.state
     assert torch.equal(v, before)
     assert not torch.equal(m.dino_head.layers[0].weight, other)
-    _engine_step(m, b, 2)  # progress 0.2: the layer trains
+    engine_step(m, b, 2)  # progress 0.2: the layer trains
     assert v.grad is not None and not torch.equal(v, before)
 
 

@@ -36,9 +36,9 @@ from omegaconf import OmegaConf
 from timm.layers import DropPath
 
 from bench.backbones import build_backbone
-from bench.engine import TrainConfig, build_optimizer, train_step
 from bench.registry import METHODS
 from methods.base import StepInfo
+from test_wiring_ace import engine_step  # the engine's own step, with DINO's clip 3.0
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SMALL = {
@@ -166,24 +166,6 @@ def test_centre_moves_after_the_step_with_the_teachers_outputs(monkeypatch):
     assert torch.equal(m.criterion.center, c1)
 
 
-def _engine_step(m, b, step, steps=10):
-    cfg = TrainConfig(steps=steps, lr=1e-2, weight_decay=0.5, grad_clip=3.0, amp=False, no_decay=("1d",))
-    opt = build_optimizer(m.param_groups(cfg.weight_decay, cfg.no_decay), cfg, torch.device("cpu"))
-    return train_step(
-        m,
-        m.training_step,
-        iter([b]),
-        opt,
-        cfg,
-        step,
-        device=torch.device("cpu"),
-        base_lrs=[g["lr"] for g in opt.param_groups],
-        ema_pairs=m.ema_pairs(),
-        ema_momentum=m.ema_momentum,
-        after_step=m.after_optimizer_step,
-    ), opt
-
-
 def test_frozen_last_layer_has_no_gradient_and_adamw_with_weight_decay_leaves_it():
     """main_dino.py's cancel_gradients_last_layer sets .grad = None for the first epoch, so AdamW neither updates
     nor decays the layer; the engine's own step (AdamW, weight decay 0.5) must leave it as it was."""
@@ -191,12 +173,12 @@ def test_frozen_last_layer_has_no_gradient_and_adamw_with_weight_decay_leaves_it
     b = _batch(m)
     v = m.head.last_layer.weight_v
     before, other = v.detach().clone(), m.head.layers[0].weight.detach().clone()
-    res, opt = _engine_step(m, b, 1)  # progress 0.1 < 0.15
+    res, opt = engine_step(m, b, 1, grad_clip=3.0)  # progress 0.1 < 0.15
     assert res.finite
     assert v.grad is None and v not in opt.state
     assert torch.equal(v, before)
     assert not torch.equal(m.head.layers[0].weight, other)
-    _engine_step(m, b, 2)  # progress 0.2: the layer trains
+    engine_step(m, b, 2, grad_clip=3.0)  # progress 0.2: the layer trains
     assert v.grad is not None and not torch.equal(v, before)
 
 
