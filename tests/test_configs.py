@@ -377,3 +377,37 @@ def test_an_unusable_results_store_is_refused_before_any_work(tmp_path):
     # a store that does not exist yet is fine and is not created by the check
     make_plan(_compose(["suite=smoke", "method=random", f"results.url={tmp_path / 'new' / 'r.sqlite'}"]))
     assert not (tmp_path / "new").exists()
+
+
+def _bench_args() -> list[str]:
+    """`make bench`'s run_bench.py arguments, as the Makefile's shell passes them."""
+    import shlex
+
+    makefile = (CONF.parent / "Makefile").read_text()
+    line = next(x for x in makefile.splitlines() if x.startswith("BENCH_ARGS ?="))
+    return shlex.split(line.split("?=", 1)[1])
+
+
+def test_the_main_job_compares_its_method_with_random_under_a_probe(tmp_path):
+    """`make bench` is a sweep over the method with `random` first (each job writes the board; the last one then
+    holds both), at the laptop budget, under representation probes only, with tied pretraining seeds: the
+    suite's three seeds, so that its board tests a difference instead of showing a lone number. Every job's plan
+    is accepted as composed (a renamed option or protocol fails here, not after 15 minutes of `make bench`)."""
+    from bench.plan import make_plan, pipeline_plans
+    from bench.runner import transfer_cells
+    from bench.suites import PROBES_3D
+
+    args = _bench_args()
+    assert args[0] == "-m", "make bench must sweep over methods (multirun)"
+    sweep = next(a for a in args[1:] if a.startswith("method="))
+    methods = sweep.split("=", 1)[1].split(",")
+    assert methods[0] == "random" and len(methods) == 2, methods
+    rest = [a for a in args[1:] if a != sweep]
+    for method in methods:
+        cfg = _compose([f"method={method}", *rest, f"runs_dir={tmp_path}"])
+        assert cfg.budget.name == "laptop"
+        plan = make_plan(cfg)
+        runs = pipeline_plans(plan)
+        assert [r.pretrain_seed for r in runs] == list(plan.suite.seeds) and len(runs) >= 3
+        protocols = {c.protocol for r in runs for c in transfer_cells(r)}
+        assert protocols and protocols <= set(PROBES_3D), protocols
