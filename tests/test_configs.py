@@ -392,7 +392,7 @@ def test_the_main_job_compares_its_method_with_random_under_a_probe(tmp_path):
     """`make bench` is a sweep over the method with `random` first (each job writes the board; the last one then
     holds both), at the laptop budget, under representation probes only, with tied pretraining seeds: the
     suite's three seeds, so that its board tests a difference instead of showing a lone number. Every job's plan
-    is accepted as composed (a renamed option or protocol fails here, not after 15 minutes of `make bench`)."""
+    is accepted as composed (a renamed option or protocol fails here, not 18 minutes into `make bench`)."""
     from bench.plan import make_plan, pipeline_plans
     from bench.runner import transfer_cells
     from bench.suites import PROBES_3D
