@@ -42,7 +42,14 @@ from bench.provenance import git_sha
 from bench.registry import DATASETS, METHODS
 from bench.results import check_rows
 from bench.suites import Cell, expand
-from bench.types import PROJECT_ROOT, DataError, default_data_dir, load_split_file, write_text_atomic
+from bench.types import (
+    PROJECT_ROOT,
+    DataError,
+    corpus_label_map,
+    default_data_dir,
+    load_split_file,
+    write_text_atomic,
+)
 
 __all__ = ["UserError", "make_plan", "run"]
 
@@ -221,7 +228,7 @@ def pretrain(plan: Plan) -> tuple[Path, str]:
         try:
             method = method_cls(backbone, method_cls.make_config(plan.method_cfg))
             if method.needs_corpus_labels:  # its head, before its parameter groups and any resumed checkpoint
-                method.bind_labels(dict(DATASETS.get(plan.suite.pretrain_dataset).info.labels))
+                method.bind_labels(corpus_label_map(DATASETS.get(plan.suite.pretrain_dataset)))
             # its objective: a corpus without volume labels is an error only for a method that cannot do without
             objective = method.bind_volume_labels(uses_volume_labels(plan)) if method.wants_volume_labels else {}
             # a method that does not pretrain (an external checkpoint) fails here, before any folder is made

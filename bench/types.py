@@ -84,12 +84,21 @@ class DatasetAdapter(Protocol):
     registry_name: ClassVar[str]
     split_name: ClassVar[str | None]
     has_corpus_labels: ClassVar[bool]  # corpus_with_labels serves label maps of the pretraining splits
+    corpus_labels: ClassVar[dict[int, str] | None]  # their label map where it is not info.labels (corpus_label_map)
 
     def prepare(self, progress: bool = True) -> None: ...
     def records(self, split: str) -> list[Record]: ...
     def corpus_with_labels(self, split: str, progress: bool = True) -> list[Record]: ...
     def load(self, record: Record) -> dict[str, Any]: ...
     def validate(self, splits: tuple[str, ...] | None = None) -> list[str]: ...
+
+
+def corpus_label_map(adapter: Any) -> dict[int, str]:
+    """The label map {id: name} (background 0 included) of the label maps that ``corpus_with_labels`` serves: the
+    dataset's ``corpus_labels`` where it names one, else its own ``info.labels``. A corpus may be labelled for
+    another task than its dataset's own: ``brain`` classifies a lesion's side, its corpus's label maps are the
+    lesion masks."""
+    return dict(getattr(adapter, "corpus_labels", None) or adapter.info.labels)
 
 
 def no_corpus_labels(dataset: str) -> str:

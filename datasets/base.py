@@ -177,6 +177,9 @@ class DatasetAdapter:
     #: True where ``corpus_with_labels`` serves the label maps of the pretraining corpus (a method that pretrains
     #: with labels, ``supervised``, is refused on any other corpus when its run is planned, before any data work)
     has_corpus_labels: ClassVar[bool] = False
+    #: the label map of those label maps where it is not ``info.labels`` (a classification corpus whose label maps
+    #: segment something); None: ``info.labels`` (``bench.types.corpus_label_map`` reads it)
+    corpus_labels: ClassVar[dict[int, str] | None] = None
     #: True where ``volume_labels`` serves a per-volume health label of the pretraining corpus (SA-Swin's official
     #: symmetry target); a method that can use it (``wants_volume_labels``) then gets it, any other never
     has_volume_labels: ClassVar[bool] = False

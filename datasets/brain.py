@@ -12,23 +12,29 @@ Split: subjects 1..240 are labelled, split by ``positional_split`` (train 168 / 
 lesion, 0 a lesion; SA-Swin's official symmetry target), which only a method that asks for it sees. Case
 ``brainNNNN`` has generator seed ``SEED_OFFSET + NNNN``. About 0.38 s per subject
 (``datasets.synthetic.brain.measure``), so the whole set takes about 3.5 minutes once.
+
+The corpus's label maps (``corpus_with_labels``, for a method that pretrains with labels: ``supervised``) are the
+pretraining subjects' lesion masks, labelled with ``gen.LABELS`` (``corpus_labels``) on either adapter: rendered on
+first use into ``labelsCorpus/<id>.nii.gz`` (about 2 minutes once for the 300 subjects).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from bench.registry import DATASETS, SUITES
 from bench.suites import PROBES_3D, Suite, Task, protocols_added
 from datasets.base import DatasetAdapter, DatasetInfo, Record, positional_split
 from datasets.synthetic import brain as gen
-from datasets.synthetic.cache import ensure_generated
+from datasets.synthetic.cache import atomic_save_nifti, ensure_generated
 
 SEED_OFFSET = 200_000
 N_LABELLED = 240
 N_PRETRAIN = 300
 # the generator stores WM at 700..1300 (int16) and the bright lesion ring a little above; 0 is background
 PREPROCESSING = {"a_min": 0.0, "a_max": 1600.0}
+CORPUS_LABELS = "labelsCorpus"  # the corpus's lesion masks, generated on first use (corpus_with_labels)
 
 
 def case_id(n: int) -> str:
@@ -55,13 +61,20 @@ def build_split() -> dict:
 class _SynthBrain(DatasetAdapter):
     split_name = "brain"
     has_volume_labels = True  # the generator knows which subjects have a lesion (``gen.health_of``)
+    has_corpus_labels = True  # and renders each subject's lesion mask from its seed
+    # the masks' map on both adapters: ``brain``'s own labels are the classes none/right/left of its volumes, no map
+    # of a mask, and a method that pretrains with labels builds its head from this one (background and lesion)
+    corpus_labels = dict(gen.LABELS)
 
     def default_root(self) -> Path:
         # both adapters read one generated folder
         return self.cache_dir / "brain"
 
+    def _labelled_ids(self) -> set[str]:
+        return {i for s in ("train", "val", "test") for i in self.split_ids(s)}
+
     def prepare(self, progress: bool = True) -> None:
-        labelled = {i for s in ("train", "val", "test") for i in self.split_ids(s)}
+        labelled = self._labelled_ids()
         corpus = set(self.split_ids("pretrain")) - labelled
         items = {}
         for cid in sorted(labelled | corpus):
@@ -73,6 +86,32 @@ class _SynthBrain(DatasetAdapter):
             if cid in labelled:
                 items[f"labelsTr/{cid}.nii.gz"] = write
         ensure_generated(self.root, gen.GENERATOR_VERSION, items, "brain", progress)
+
+    def corpus_with_labels(self, split: str, progress: bool = True) -> list[Record]:
+        """The corpus's lesion masks, rendered on first use into ``labelsCorpus/<id>.nii.gz`` from the seed of each
+        image (with its own checksum manifest there). The corpus images and the folder's manifest are neither
+        rewritten nor touched: the images' content hashes key the caches and the leakage check. A case of a
+        labelled split keeps its ``labelsTr`` file."""
+        labelled = self._labelled_ids()
+        folder = self.root / CORPUS_LABELS
+        items = {}
+        for cid in sorted(set(self.split_ids("pretrain")) - labelled):
+
+            def write(path: Path, cid: str = cid) -> None:
+                # the mask ``write_layout`` would store beside the image: the same render, the same writer
+                subj = gen.generate_subject(seed_of(cid))
+                atomic_save_nifti(subj["lesion"], subj["affine"], path)
+
+            items[f"{cid}.nii.gz"] = write
+        ensure_generated(folder, gen.GENERATOR_VERSION, items, f"{self.registry_name} corpus labels", progress)
+        return [
+            rec
+            if rec.label is not None
+            else replace(
+                rec, label=str((self.root / "labelsTr" if rec.id in labelled else folder) / f"{rec.id}.nii.gz")
+            )
+            for rec in self.records(split)
+        ]
 
     def image_path(self, cid: str) -> str:
         return str(self.root / "imagesTr" / f"{cid}.nii.gz")

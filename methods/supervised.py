@@ -3,8 +3,8 @@
 A representation probe (linear probe, kNN, a voxel probe) that cannot rank this encoder above ``random`` cannot
 tell good representations from bad ones: supervised pretraining on the corpus's own label maps is the reference
 it must find. The method needs a corpus with labels (``needs_corpus_labels``): the synthetic suites generate
-theirs (``abdomen``, ``abdomen_shuffled``; ``smoke`` uses its train labels); on any other corpus the run is
-refused when it is planned, with one line naming the dataset.
+theirs (``abdomen``, ``abdomen_shuffled``; ``brain``: its subjects' lesion masks; ``smoke`` uses its train
+labels); on any other corpus the run is refused when it is planned, with one line naming the dataset.
 
 Recipe: Swin UNETR's supervised segmentation training (BTCV) [0], as the ``finetune`` protocol trains:
 - the backbone's encoder and UNETR decoder (``backbone(x)``) and a 1x1x1 conv head for the corpus's classes

@@ -142,7 +142,7 @@ OPTIONS: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("/nonexistent.pt", "not exist"),
     ),
     ("external checkpoint a folder", ["method=external", "checkpoint=/tmp"], ("/tmp", "directory")),
-    ("corpus labels the corpus lacks", ["--raw", "method=supervised", "suite=brain"], ("supervised", "brain")),
+    ("corpus labels the corpus lacks", ["--raw", "method=supervised", "suite=lits"], ("supervised", "lits")),
     ("2D method on a 3D suite", ["method=dino"], ("dino", "2D", "3D")),
     ("leaderboard bayesian not a boolean", ["stage=leaderboard", "leaderboard.bayesian=maybe"], ("bayesian",)),
     ("margin negative", ["stage=leaderboard", "+leaderboard.margins.dice=-0.1"], ("margins.dice",)),

@@ -69,9 +69,9 @@ def test_abdomen_corpus_labels_are_the_generators_and_leave_the_images_alone(cls
 
 
 def test_a_corpus_without_labels_is_one_data_error_naming_the_dataset(tmp_path):
-    ds = DATASETS.get("brain")(root=tmp_path)
+    ds = DATASETS.get("lits")(root=tmp_path)
     assert not ds.has_corpus_labels
-    with pytest.raises(DataError, match=r"dataset 'brain' has no labels for its pretraining corpus"):
+    with pytest.raises(DataError, match=r"dataset 'lits' has no labels for its pretraining corpus"):
         ds.corpus_with_labels("pretrain")
 
 
@@ -79,20 +79,20 @@ def test_the_plan_refuses_a_corpus_without_labels(tmp_path):
     from bench.plan import UserError, make_plan
 
     with pytest.raises(UserError) as e:
-        make_plan(compose(["method=supervised", "suite=brain", f"runs_dir={tmp_path}", "device=cpu"]))
+        make_plan(compose(["method=supervised", "suite=lits", f"runs_dir={tmp_path}", "device=cpu"]))
     msg = str(e.value)
-    assert "method 'supervised'" in msg and "dataset 'brain'" in msg and "abdomen, abdomen_shuffled" in msg
+    assert "method 'supervised'" in msg and "dataset 'lits'" in msg and "abdomen, abdomen_shuffled, brain" in msg
     assert "\n" not in msg
     make_plan(compose(["method=supervised", "suite=abdomen", f"runs_dir={tmp_path}", "device=cpu"]))
 
 
 def test_cli_refuses_a_corpus_without_labels_in_one_line_before_any_work(data_dir, tmp_path):
     runs = tmp_path / "runs"
-    p = run_bench(["method=supervised", "suite=brain", f"runs_dir={runs}", "progress=false", "device=cpu"], data_dir)
+    p = run_bench(["method=supervised", "suite=lits", f"runs_dir={runs}", "progress=false", "device=cpu"], data_dir)
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
-    assert "dataset 'brain'" in lines[0] and "labelled pretraining corpus" in lines[0]
-    assert "Traceback" not in p.stderr and not (data_dir / "brain").exists()  # before data generation
+    assert "dataset 'lits'" in lines[0] and "labelled pretraining corpus" in lines[0]
+    assert "Traceback" not in p.stderr and not (data_dir / "lits").exists()  # before any data work
     assert not runs.exists() or {q.name for q in runs.iterdir()} <= {"hydra"}
 
 

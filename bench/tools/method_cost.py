@@ -65,10 +65,11 @@ def corpus_samples(
     suite_name: str, n: int, data_dir: str | None, with_labels: bool
 ) -> tuple[list[np.ndarray], list[np.ndarray] | None, dict[int, str]]:
     """The first ``n`` volumes of a suite's pretraining corpus, preprocessed as the runner does, with their label
-    maps for a method that pretrains with labels (else None), and the dataset's label map."""
+    maps for a method that pretrains with labels (else None), and the label map of the corpus's label maps."""
     import datasets  # noqa: F401  (registers the datasets and suites)
     from bench.data import Preprocess, compact_label, preprocess
     from bench.registry import DATASETS, SUITES
+    from bench.types import corpus_label_map
 
     suite = SUITES.get(suite_name)
     ds = DATASETS.get(suite.pretrain_dataset)(root=None, cache_dir=data_dir)
@@ -78,7 +79,7 @@ def corpus_samples(
     records = [r for split in suite.pretrain_splits for r in split_records(split)][:n]
     samples = [preprocess(ds.load(r) | ({} if with_labels else {"label": None}), pp) for r in records]
     labels = [compact_label(s["label"]) for s in samples] if with_labels else None
-    return [s["image"] for s in samples], labels, dict(ds.info.labels)
+    return [s["image"] for s in samples], labels, corpus_label_map(ds)
 
 
 def run_method(name: str, opts: dict[str, Any]) -> dict[str, Any]:
