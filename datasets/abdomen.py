@@ -32,15 +32,12 @@ class _SynthAbdomen(BTCV):
     def default_root(self) -> Path:
         return self.cache_dir / self.registry_name
 
-    def _labelled_ids(self) -> set[str]:
-        return {i for s in ("train", "val", "test") for i in self.split_ids(s)}
-
     def corpus_with_labels(self, split: str, progress: bool = True) -> list[Record]:
         """The corpus's label maps, generated on first use into ``labelsCorpus/labelNNNN.nii.gz`` from the seed of
         each image (with its own checksum manifest there). The corpus images are neither rewritten nor touched:
         their content hashes key the caches and the leakage check. A case of a labelled split keeps its
         ``labelsTr`` file."""
-        labelled = self._labelled_ids()
+        labelled = self.labelled_ids()
         folder = self.root / CORPUS_LABELS
         items = {}
         for cid in sorted(set(self.split_ids("pretrain")) - labelled):
@@ -61,7 +58,7 @@ class _SynthAbdomen(BTCV):
         ]
 
     def prepare(self, progress: bool = True) -> None:
-        labelled = self._labelled_ids()
+        labelled = self.labelled_ids()
         corpus = set(self.split_ids("pretrain")) - labelled
         items = {}
         for cid in sorted(labelled | corpus):

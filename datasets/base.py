@@ -215,6 +215,10 @@ class DatasetAdapter:
             )
         return list(splits[split])
 
+    def labelled_ids(self) -> set[str]:
+        """The cases of the labelled splits (train, val, test): a corpus case among them keeps its own label file."""
+        return {i for s in ("train", "val", "test") for i in self.split_ids(s)}
+
     def records(self, split: str) -> list[Record]:
         raise NotImplementedError
 

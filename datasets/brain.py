@@ -70,11 +70,8 @@ class _SynthBrain(DatasetAdapter):
         # both adapters read one generated folder
         return self.cache_dir / "brain"
 
-    def _labelled_ids(self) -> set[str]:
-        return {i for s in ("train", "val", "test") for i in self.split_ids(s)}
-
     def prepare(self, progress: bool = True) -> None:
-        labelled = self._labelled_ids()
+        labelled = self.labelled_ids()
         corpus = set(self.split_ids("pretrain")) - labelled
         items = {}
         for cid in sorted(labelled | corpus):
@@ -92,7 +89,7 @@ class _SynthBrain(DatasetAdapter):
         image (with its own checksum manifest there). The corpus images and the folder's manifest are neither
         rewritten nor touched: the images' content hashes key the caches and the leakage check. A case of a
         labelled split keeps its ``labelsTr`` file."""
-        labelled = self._labelled_ids()
+        labelled = self.labelled_ids()
         folder = self.root / CORPUS_LABELS
         items = {}
         for cid in sorted(set(self.split_ids("pretrain")) - labelled):

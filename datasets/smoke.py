@@ -67,7 +67,7 @@ class SmokeDataset(DatasetAdapter):
         return 1000 + int(case_id.split("_")[1])
 
     def prepare(self, progress: bool = True) -> None:
-        ids = sorted({i for s in ("train", "val", "test") for i in self.split_ids(s)})
+        ids = sorted(self.labelled_ids())
         items = {}
         for cid in ids:
 
