@@ -8,15 +8,15 @@ same primitives at a random layout per subject, so position-aware pretraining sh
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bench.registry import DATASETS, SUITES
 from bench.suites import PROBES_3D, Suite, Task, protocols_added
 from datasets.base import DatasetInfo, Record, atomic_write_json
 from datasets.btcv import BTCV, BTCV_LABELS
 from datasets.synthetic import abdomen as gen
-from datasets.synthetic.cache import atomic_save_nifti, ensure_generated
+from datasets.synthetic.cache import corpus_label_records, ensure_generated
 
 SEED_OFFSET = 100_000  # generator seed = SEED_OFFSET + case number
 CORPUS_LABELS = "labelsCorpus"  # the corpus's label maps, generated on first use (corpus_with_labels)
@@ -33,29 +33,24 @@ class _SynthAbdomen(BTCV):
         return self.cache_dir / self.registry_name
 
     def corpus_with_labels(self, split: str, progress: bool = True) -> list[Record]:
-        """The corpus's label maps, generated on first use into ``labelsCorpus/labelNNNN.nii.gz`` from the seed of
-        each image (with its own checksum manifest there). The corpus images are neither rewritten nor touched:
-        their content hashes key the caches and the leakage check. A case of a labelled split keeps its
-        ``labelsTr`` file."""
-        labelled = self.labelled_ids()
-        folder = self.root / CORPUS_LABELS
-        items = {}
-        for cid in sorted(set(self.split_ids("pretrain")) - labelled):
-
-            def write(path: Path, cid: str = cid) -> None:
-                _image, label, affine = gen.generate_subject(SEED_OFFSET + int(cid[3:]), layout=self.layout_name)
-                atomic_save_nifti(label, affine, path)
-
-            items[f"label{cid[3:]}.nii.gz"] = write
-        version = f"{gen.GENERATOR_VERSION}/{self.layout_name}"
-        ensure_generated(folder, version, items, f"{self.registry_name} corpus labels", progress)
+        """The corpus with a label map per case (``labelsCorpus/labelNNNN.nii.gz``, rendered on first use; see
+        ``corpus_label_records``)."""
         _images, labels_tr = self.layout()
-        return [
-            rec
-            if rec.label is not None
-            else replace(rec, label=str((labels_tr if rec.id in labelled else folder) / f"label{rec.id[3:]}.nii.gz"))
-            for rec in self.records(split)
-        ]
+
+        def render(cid: str) -> tuple[Any, Any]:
+            _image, label, affine = gen.generate_subject(SEED_OFFSET + int(cid[3:]), layout=self.layout_name)
+            return label, affine
+
+        return corpus_label_records(
+            self,
+            split,
+            self.root / CORPUS_LABELS,
+            labels_tr,
+            lambda cid: f"label{cid[3:]}.nii.gz",
+            render,
+            f"{gen.GENERATOR_VERSION}/{self.layout_name}",
+            progress,
+        )
 
     def prepare(self, progress: bool = True) -> None:
         labelled = self.labelled_ids()

@@ -20,14 +20,14 @@ first use into ``labelsCorpus/<id>.nii.gz`` (about 2 minutes once for the 300 su
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bench.registry import DATASETS, SUITES
 from bench.suites import PROBES_3D, Suite, Task, protocols_added
 from datasets.base import DatasetAdapter, DatasetInfo, Record, positional_split
 from datasets.synthetic import brain as gen
-from datasets.synthetic.cache import atomic_save_nifti, ensure_generated
+from datasets.synthetic.cache import corpus_label_records, ensure_generated
 
 SEED_OFFSET = 200_000
 N_LABELLED = 240
@@ -85,30 +85,24 @@ class _SynthBrain(DatasetAdapter):
         ensure_generated(self.root, gen.GENERATOR_VERSION, items, "brain", progress)
 
     def corpus_with_labels(self, split: str, progress: bool = True) -> list[Record]:
-        """The corpus's lesion masks, rendered on first use into ``labelsCorpus/<id>.nii.gz`` from the seed of each
-        image (with its own checksum manifest there). The corpus images and the folder's manifest are neither
-        rewritten nor touched: the images' content hashes key the caches and the leakage check. A case of a
-        labelled split keeps its ``labelsTr`` file."""
-        labelled = self.labelled_ids()
-        folder = self.root / CORPUS_LABELS
-        items = {}
-        for cid in sorted(set(self.split_ids("pretrain")) - labelled):
+        """The corpus with a lesion mask per case (``labelsCorpus/<id>.nii.gz``, rendered on first use; see
+        ``corpus_label_records``)."""
 
-            def write(path: Path, cid: str = cid) -> None:
-                # the mask ``write_layout`` would store beside the image: the same render, the same writer
-                subj = gen.generate_subject(seed_of(cid))
-                atomic_save_nifti(subj["lesion"], subj["affine"], path)
+        def render(cid: str) -> tuple[Any, Any]:
+            # the mask ``write_layout`` would store beside the image: the same render, the same writer
+            subj = gen.generate_subject(seed_of(cid))
+            return subj["lesion"], subj["affine"]
 
-            items[f"{cid}.nii.gz"] = write
-        ensure_generated(folder, gen.GENERATOR_VERSION, items, f"{self.registry_name} corpus labels", progress)
-        return [
-            rec
-            if rec.label is not None
-            else replace(
-                rec, label=str((self.root / "labelsTr" if rec.id in labelled else folder) / f"{rec.id}.nii.gz")
-            )
-            for rec in self.records(split)
-        ]
+        return corpus_label_records(
+            self,
+            split,
+            self.root / CORPUS_LABELS,
+            self.root / "labelsTr",
+            lambda cid: f"{cid}.nii.gz",
+            render,
+            gen.GENERATOR_VERSION,
+            progress,
+        )
 
     def image_path(self, cid: str) -> str:
         return str(self.root / "imagesTr" / f"{cid}.nii.gz")

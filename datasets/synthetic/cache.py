@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bench.types import naming_the_file, write_text_atomic
-from datasets.base import DataError
+from datasets.base import DataError, DatasetAdapter, Record
 from datasets.synthetic._common import atomic_save_nifti  # noqa: F401  (one NIfTI writer for every generator)
 
 MANIFEST = "manifest.json"
@@ -78,3 +80,42 @@ def ensure_generated(
             done.add(id(items[rel]))
     files = {rel: (old[rel] if rel not in todo else sha256(root / rel)) for rel in items}
     write_text_atomic(manifest_path, json.dumps({"version": version, "files": files}, indent=1))
+
+
+def corpus_label_records(
+    adapter: DatasetAdapter,
+    split: str,
+    folder: Path,
+    labels_tr: Path,
+    file_name: Callable[[str], str],
+    render: Callable[[str], tuple[Any, Any]],
+    version: str,
+    progress: bool = True,
+) -> list[Record]:
+    """A synthetic suite's corpus with a label map per record (the ``supervised`` positive control's input).
+
+    The maps of the unlabelled corpus cases are rendered from each case's seed on first use into ``folder`` (with its
+    own checksum manifest there): the corpus images are neither rewritten nor touched, because their content hashes
+    key the caches and the leakage check. A case of a labelled split keeps its file in ``labels_tr``.
+
+    Args:
+        file_name: case id -> the label file's name (the same name in ``folder`` and ``labels_tr``).
+        render: case id -> (label array, affine), from the same seed that generated the image.
+        version: the generator version the maps depend on; another version renders them again.
+    """
+    labelled = adapter.labelled_ids()
+    items = {}
+    for cid in sorted(set(adapter.split_ids("pretrain")) - labelled):
+
+        def write(path: Path, cid: str = cid) -> None:
+            label, affine = render(cid)
+            atomic_save_nifti(label, affine, path)
+
+        items[file_name(cid)] = write
+    ensure_generated(folder, version, items, f"{adapter.registry_name} corpus labels", progress)
+    return [
+        rec
+        if rec.label is not None
+        else replace(rec, label=str((labels_tr if rec.id in labelled else folder) / file_name(rec.id)))
+        for rec in adapter.records(split)
+    ]
