@@ -122,8 +122,11 @@ def preflight(argv: list[str]) -> list[str]:
             # an experiment pins its own budget: a default added here would override it from the command line
             has_budget = has_budget or key in ("budget", "experiment")
             for v in value.split(","):
-                if not (CONF_DIR / key / f"{v}.yaml").is_file() and v not in _plugin_options(key):
-                    known = sorted({p.stem for p in (CONF_DIR / key).glob("*.yaml")} | _plugin_options(key))
+                if (CONF_DIR / key / f"{v}.yaml").is_file():
+                    continue
+                plugins = _plugin_options(key)  # discovering the plugins imports them: only when a file is missing
+                if v not in plugins:
+                    known = sorted({p.stem for p in (CONF_DIR / key).glob("*.yaml")} | plugins)
                     _fail(f"unknown {key} {v!r}. {FILE_GROUPS[key]}: {', '.join(known)}")
         if key in GROUPS and value not in ("null", ""):
             reg = getattr(registry, GROUPS[key])
