@@ -19,7 +19,6 @@ from datasets.synthetic import abdomen as gen
 from datasets.synthetic.cache import corpus_label_records, ensure_generated
 
 SEED_OFFSET = 100_000  # generator seed = SEED_OFFSET + case number
-CORPUS_LABELS = "labelsCorpus"  # the corpus's label maps, generated on first use (corpus_with_labels)
 
 
 class _SynthAbdomen(BTCV):
@@ -44,7 +43,6 @@ class _SynthAbdomen(BTCV):
         return corpus_label_records(
             self,
             split,
-            self.root / CORPUS_LABELS,
             labels_tr,
             lambda cid: f"label{cid[3:]}.nii.gz",
             render,

@@ -34,7 +34,6 @@ N_LABELLED = 240
 N_PRETRAIN = 300
 # the generator stores WM at 700..1300 (int16) and the bright lesion ring a little above; 0 is background
 PREPROCESSING = {"a_min": 0.0, "a_max": 1600.0}
-CORPUS_LABELS = "labelsCorpus"  # the corpus's lesion masks, generated on first use (corpus_with_labels)
 
 
 def case_id(n: int) -> str:
@@ -96,7 +95,6 @@ class _SynthBrain(DatasetAdapter):
         return corpus_label_records(
             self,
             split,
-            self.root / CORPUS_LABELS,
             self.root / "labelsTr",
             lambda cid: f"{cid}.nii.gz",
             render,

@@ -43,7 +43,7 @@ def test_corpus_masks_are_the_generators_and_leave_the_images_alone(name, tiny, 
     assert [r.id for r in recs] == CORPUS and [Path(r.image) for r in recs] == list(images.values())
     lesions = []
     for rec in recs:
-        assert Path(rec.label) == ds.root / br.CORPUS_LABELS / f"{rec.id}.nii.gz"
+        assert Path(rec.label) == ds.root / "labelsCorpus" / f"{rec.id}.nii.gz"
         # the independent reference: the generator itself, at the seed the image was generated from
         subj = gen.generate_subject(br.SEED_OFFSET + int(rec.id.removeprefix("brain")))
         written = nib.load(rec.label)

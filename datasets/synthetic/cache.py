@@ -19,6 +19,7 @@ from datasets.base import DataError, DatasetAdapter, Record
 from datasets.synthetic._common import atomic_save_nifti  # noqa: F401  (one NIfTI writer for every generator)
 
 MANIFEST = "manifest.json"
+CORPUS_LABELS = "labelsCorpus"  # beside a synthetic suite's images: its corpus's label maps (corpus_label_records)
 
 
 def sha256(path: Path) -> str:
@@ -85,7 +86,6 @@ def ensure_generated(
 def corpus_label_records(
     adapter: DatasetAdapter,
     split: str,
-    folder: Path,
     labels_tr: Path,
     file_name: Callable[[str], str],
     render: Callable[[str], tuple[Any, Any]],
@@ -94,16 +94,18 @@ def corpus_label_records(
 ) -> list[Record]:
     """A synthetic suite's corpus with a label map per record (the ``supervised`` positive control's input).
 
-    The maps of the unlabelled corpus cases are rendered from each case's seed on first use into ``folder`` (with its
-    own checksum manifest there): the corpus images are neither rewritten nor touched, because their content hashes
-    key the caches and the leakage check. A case of a labelled split keeps its file in ``labels_tr``.
+    The maps of the unlabelled corpus cases are rendered from each case's seed on first use into the adapter's
+    ``labelsCorpus`` folder (with its own checksum manifest there): the corpus images are neither rewritten nor
+    touched, because their content hashes key the caches and the leakage check. A case of a labelled split keeps
+    its file in ``labels_tr``.
 
     Args:
-        file_name: case id -> the label file's name (the same name in ``folder`` and ``labels_tr``).
+        file_name: case id -> the label file's name (the same name in ``labelsCorpus`` and ``labels_tr``).
         render: case id -> (label array, affine), from the same seed that generated the image.
         version: the generator version the maps depend on; another version renders them again.
     """
     labelled = adapter.labelled_ids()
+    folder = adapter.root / CORPUS_LABELS
     items = {}
     for cid in sorted(set(adapter.split_ids("pretrain")) - labelled):
 
