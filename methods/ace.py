@@ -265,8 +265,10 @@ def head_forward(head: nn.Module, x: torch.Tensor, frozen: bool) -> torch.Tensor
     parameters (the engine builds DDP with ``find_unused_parameters``), whose ``.grad`` DDP leaves None."""
     if not frozen:
         return head(x)
-    detached = {f"last_layer.{n}": p.detach() for n, p in head.last_layer.named_parameters()}
-    return torch.func.functional_call(head, detached, (x,), strict=False)
+    # every parameter and buffer named, so that strict=True refuses a name that no longer matches the head
+    tensors: dict[str, torch.Tensor] = dict(head.named_buffers())
+    tensors.update((n, p.detach() if n.startswith("last_layer.") else p) for n, p in head.named_parameters())
+    return torch.func.functional_call(head, tensors, (x,), strict=True)
 
 
 def matching_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float) -> torch.Tensor:
