@@ -219,6 +219,11 @@ class DatasetAdapter:
         """The cases of the labelled splits (train, val, test): a corpus case among them keeps its own label file."""
         return {i for s in ("train", "val", "test") for i in self.split_ids(s)}
 
+    def corpus_ids(self) -> set[str]:
+        """The pretraining cases outside the labelled splits: those whose label map, if any, is not on disk with the
+        labelled ones (a synthetic suite renders them; see ``corpus_label_records``)."""
+        return set(self.split_ids("pretrain")) - self.labelled_ids()
+
     def records(self, split: str) -> list[Record]:
         raise NotImplementedError
 

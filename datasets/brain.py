@@ -71,7 +71,7 @@ class _SynthBrain(DatasetAdapter):
 
     def prepare(self, progress: bool = True) -> None:
         labelled = self.labelled_ids()
-        corpus = set(self.split_ids("pretrain")) - labelled
+        corpus = self.corpus_ids()
         items = {}
         for cid in sorted(labelled | corpus):
 

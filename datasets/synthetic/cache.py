@@ -107,7 +107,7 @@ def corpus_label_records(
     labelled = adapter.labelled_ids()
     folder = adapter.root / CORPUS_LABELS
     items = {}
-    for cid in sorted(set(adapter.split_ids("pretrain")) - labelled):
+    for cid in sorted(adapter.corpus_ids()):
 
         def write(path: Path, cid: str = cid) -> None:
             label, affine = render(cid)
