@@ -164,7 +164,8 @@ def test_bad_option(args, words, tmp_path):
 # A real published file (leaderboards/smoke.csv, 132 rows) with one thing wrong; `python -m bench.tools.results
 # import` must name the file, the line and what is wrong, and leave the store as it was (here: not created).
 PUBLISHED = ROOT / "leaderboards" / "smoke.csv"
-WITH_PREDICTIONS = ROOT / "leaderboards" / "brain.csv"  # and brain_predictions.csv.gz beside it
+# brain v1's record keeps the classification predictions (version 2's board is segmentation only)
+WITH_PREDICTIONS = ROOT / "leaderboards" / "brain_v1.csv"  # and brain_v1_predictions.csv.gz beside it
 
 
 def run_import(args: list[str]) -> Result:
@@ -261,8 +262,9 @@ def _brain_with(tmp_path: Path, damage: Callable[[bytes], bytes]) -> Path:
     d.mkdir()
     csv = d / "brain.csv"
     csv.write_bytes(WITH_PREDICTIONS.read_bytes())
-    preds = WITH_PREDICTIONS.with_name("brain_predictions.csv.gz")
-    (d / preds.name).write_bytes(damage(preds.read_bytes()))
+    preds = WITH_PREDICTIONS.with_name("brain_v1_predictions.csv.gz")
+    # renamed beside the renamed CSV: the importer reads <stem>_predictions.csv.gz
+    (d / "brain_predictions.csv.gz").write_bytes(damage(preds.read_bytes()))
     return csv
 
 
