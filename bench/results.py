@@ -737,3 +737,10 @@ def import_published(
         reports.append(r)
     store.write_cells(todo.values(), force=replace)  # replace: even a cell imported before (the same hash)
     return reports
+
+
+if __name__ == "__main__":
+    # `python -m bench.results import` is the spelling people reach for; without this it would run nothing, silently
+    from bench.tools.results import main
+
+    raise SystemExit(main())

@@ -1108,3 +1108,25 @@ def test_the_pretraining_table_says_which_objective_an_export_used_only_where_on
     rows = [ln for ln in table.splitlines()[2:] if ln.startswith("| ")]
     assert any(ln.startswith(f"| {first} |") and ln.endswith(" symmetry_target=label |") for ln in rows)
     assert all(ln.endswith(" — |") for ln in rows if not ln.startswith(f"| {first} |"))
+
+
+def test_python_m_bench_results_import_rebuilds_a_lost_store_from_every_published_board(tmp_path):
+    """`python -m bench.results import`, the spelling the docs give for a lost store, once ran the module and did
+    nothing (exit 0, no store); it must import every board the checkout publishes, from any working directory."""
+    import subprocess
+    import sys
+
+    published = Path(__file__).resolve().parents[1] / "leaderboards"
+    rows = [p for p in sorted(published.glob("*.csv")) if not p.name.endswith("_comparisons.csv")]
+    want = set().union(*(set(pd.read_csv(p, usecols=["cell_id"])["cell_id"]) for p in rows))
+    db = tmp_path / "lost.sqlite"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.results", "import", "--store", str(db)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert set(ResultsStore(db).cells()["cell_id"]) == want
+    assert "_comparisons.csv: skipped" in run.stdout

@@ -1,6 +1,7 @@
 """Put published leaderboard rows back into a results store.
 
     python -m bench.tools.results import leaderboards/<suite>.csv [...] [--store runs/results.sqlite] [--replace]
+    python -m bench.tools.results import        # every board published in the checkout's leaderboards/
 
 So that your own runs join published ones on one leaderboard, or a lost store is rebuilt from what was published.
 Every file is checked before anything is written (``bench.results.import_published``).
@@ -17,6 +18,8 @@ import sqlalchemy as sa
 from bench.leaderboard.analysis import COMPARISONS_SUFFIX
 from bench.results import ResultsStore, import_published
 
+PUBLISHED = Path(__file__).resolve().parents[2] / "leaderboards"
+
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.tools.results import leaderboards/<suite>.csv [...] [--store runs/results.sqlite]``."""
@@ -28,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="import published CSVs into a results store")
-    imp.add_argument("csv", nargs="+", type=Path, help="published CSV(s) of result rows")
+    imp.add_argument(
+        "csv",
+        nargs="*",
+        type=Path,
+        help="published CSV(s) of result rows (default: every one in the checkout's leaderboards/)",
+    )
     imp.add_argument(
         "--store",
         default="runs/results.sqlite",
@@ -41,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         help="replace cells the store already holds (default: keep them and skip the imported copy)",
     )
     args = parser.parse_args(argv)
+    if not args.csv:  # rebuilding a lost store is the common case: everything the checkout publishes
+        args.csv = sorted(PUBLISHED.glob("*.csv"))
     # `leaderboards/*.csv` also matches each board's comparisons: tests derived from the rows, recomputed whenever a
     # board is rendered, so they are no results to import
     derived = [p for p in args.csv if p.name.endswith(COMPARISONS_SUFFIX)]
