@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LEADERBOARDS = PROJECT_ROOT / "leaderboards"  # where publish=true writes; the tools read published boards here
 
 
 def git_sha() -> str:

@@ -38,12 +38,11 @@ from bench.plan import (
     protocol_config,
 )
 from bench.protocols.base import Protocol, TransferContext, resolve_protocol
-from bench.provenance import git_sha
+from bench.provenance import LEADERBOARDS, git_sha
 from bench.registry import DATASETS, METHODS
 from bench.results import check_rows
 from bench.suites import Cell, expand
 from bench.types import (
-    PROJECT_ROOT,
     DataError,
     corpus_label_map,
     default_data_dir,
@@ -737,7 +736,7 @@ def run(cfg: DictConfig) -> None:
 
         # one analysis per run (its bootstraps are the slow part): the published board, else the working copy
         if cfg.publish:
-            pub = leaderboard.publish(board_suite, plan.store, PROJECT_ROOT / "leaderboards", options=options)
+            pub = leaderboard.publish(board_suite, plan.store, LEADERBOARDS, options=options)
             print(f"[leaderboard] published {pub}")
         else:
             path = leaderboard.write(board_suite, plan.store, plan.runs_dir / "leaderboards", options=options)

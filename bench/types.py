@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from bench.provenance import PROJECT_ROOT
+
 SPLITS_DIR = PROJECT_ROOT / "datasets" / "splits"  # committed split files, one JSON per dataset
 
 

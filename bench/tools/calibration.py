@@ -47,9 +47,8 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from bench import stats
+from bench.provenance import LEADERBOARDS, PROJECT_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-LEADERBOARDS = ROOT / "leaderboards"
 TABLE = ["suite", "suite_version", "budget", "task", "protocol", "label_fraction", "metric"]  # one table
 RUN = ["draw", "seed"]  # one run of a cell (runs of different methods pair by position)
 OVERALL_CLASS = -1  # a classification case's overall value
@@ -506,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"no CSV given and none under {LEADERBOARDS}")
     components = variance_components(read_csvs(paths))
     shown = [
-        str(Path(x).relative_to(ROOT)) if Path(x).resolve().is_relative_to(ROOT) else str(x)
+        str(Path(x).relative_to(PROJECT_ROOT)) if Path(x).resolve().is_relative_to(PROJECT_ROOT) else str(x)
         for x in (Path(q).resolve() for q in paths)
     ]
     command = " ".join(

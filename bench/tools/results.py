@@ -16,9 +16,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bench.leaderboard.analysis import COMPARISONS_SUFFIX
+from bench.provenance import LEADERBOARDS
 from bench.results import ResultsStore, import_published
-
-PUBLISHED = Path(__file__).resolve().parents[2] / "leaderboards"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if not args.csv:  # rebuilding a lost store is the common case: everything the checkout publishes
-        args.csv = sorted(PUBLISHED.glob("*.csv"))
+        args.csv = sorted(LEADERBOARDS.glob("*.csv"))
     # `leaderboards/*.csv` also matches each board's comparisons: tests derived from the rows, recomputed whenever a
     # board is rendered, so they are no results to import
     derived = [p for p in args.csv if p.name.endswith(COMPARISONS_SUFFIX)]
