@@ -11,7 +11,9 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from bench.provenance import PROJECT_ROOT
+
+CONF_DIR = PROJECT_ROOT / "conf"
 GROUPS = {"method": "METHODS", "suite": "SUITES", "backbone": "BACKBONES", "protocol": "PROTOCOLS"}
 # config groups with no registry: their options are the files in conf/<group>/ (the words of the error's list)
 FILE_GROUPS = {
