@@ -213,13 +213,16 @@ def pretrain_dir(plan: Plan, h: str) -> Path:
     return plan.runs_dir / "pretrain" / plan.method / h
 
 
+EXPORT = "export.pt"
+
+
 def pretrain(plan: Plan) -> tuple[Path, str]:
     """Pretrain once per (method, corpus, budget, pretraining seed); return the encoder export path and its hash
     (the seed is part of the pretraining identity, so each pretraining seed has its own export and run directory)."""
     ident = pretrain_identity(plan)
     h = config_hash(ident)
     run_dir = pretrain_dir(plan, h)
-    export = run_dir / "export.pt"
+    export = run_dir / EXPORT
     if not export.is_file():
         seed_everything(plan.pretrain_seed)
         method_cls = METHODS.get(plan.method)
@@ -442,10 +445,11 @@ def method_cls_pretrains(plan: Plan) -> bool:
     return bool(getattr(METHODS.get(plan.method), "pretrains", True))
 
 
-def transfer_cells(plan: Plan) -> list[Cell]:
+def transfer_cells(plan: Plan, quiet: bool = False) -> list[Cell]:
     """The plan's cells, less those of protocols that ignore the label fraction below the task's largest one, and
     less the repeats of a deterministic protocol (kNN): given one encoder its result is the same for every transfer
-    seed, so it runs at the first of the plan's seeds only (per label fraction and draw), and says so."""
+    seed, so it runs at the first of the plan's seeds only (per label fraction and draw), and says so (unless
+    ``quiet``)."""
     cells: list[Cell] = []
     repeats: dict[str, set[int]] = {}
     for cell in expand(plan.suite, plan.seeds, plan.protocol, plan.label_fraction, plan.task):
@@ -463,7 +467,7 @@ def transfer_cells(plan: Plan) -> list[Cell]:
                 f"{max(cell.task.label_fractions):g} only (task {cell.task.name!r}); drop label_fraction="
                 f"{plan.label_fraction:g}"
             )
-    for protocol, seeds in repeats.items():
+    for protocol, seeds in ({} if quiet else repeats).items():
         rest = ", ".join(map(str, sorted(seeds)))
         say(
             f"[transfer] {protocol} is deterministic given the encoder: seeds {plan.seeds[0]}, {rest} are one run, "
@@ -483,6 +487,19 @@ def deterministic_repeat(plan: Plan, cell: Cell, ident: dict[str, Any], proto_cl
         if plan.store.is_complete(cell_id(plan, other), config_hash(ident | {"seed": seed})):
             return cell_id(plan, other)
     return None
+
+
+def cells_all_complete(plan: Plan) -> bool:
+    """Whether the store holds every cell of the plan complete (or, for a deterministic protocol, its run at another
+    transfer seed) under the config the plan would run now. Computed without the export: a cell's config hash
+    takes the pretraining's hash, not its weights, so a pipeline whose export was deleted (to free the disk, or on
+    another machine writing to the same store) need not pretrain again only to skip every cell."""
+    h = config_hash(pretrain_identity(plan))
+    for cell in transfer_cells(plan, quiet=True):
+        proto_cls, _, ident, ch, cid = cell_config(plan, cell, h)
+        if not plan.store.is_complete(cid, ch) and deterministic_repeat(plan, cell, ident, proto_cls) is None:
+            return False
+    return True
 
 
 def pretrain_compute(meta: dict[str, Any]) -> dict[str, Any]:
@@ -728,6 +745,13 @@ def run(cfg: DictConfig) -> None:
         for pipeline in pipeline_plans(plan):
             if plan.tied_pretrain_seed:
                 say(f"[pipeline] pretraining seed {pipeline.pretrain_seed}, transfer seed {pipeline.seeds[0]}")
+            gone = pretrain_dir(pipeline, config_hash(pretrain_identity(pipeline))) / EXPORT
+            if stage in ("all", "transfer") and not gone.is_file() and cells_all_complete(pipeline):
+                say(
+                    f"[pipeline] pretraining seed {pipeline.pretrain_seed}: no export at {gone.parent}, but every "
+                    "cell it would run is complete in the store; not pretrained again"
+                )
+                continue
             export, h = pretrain(pipeline)
             if stage in ("all", "transfer"):
                 transfer(pipeline, export, h)

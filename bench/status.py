@@ -31,7 +31,7 @@ def _alive(host: Any, pid: Any) -> bool | None:
 def pretraining_state(plan: Plan) -> tuple[str, str]:
     h = config_hash(runner.pretrain_identity(plan))
     run_dir = runner.pretrain_dir(plan, h)
-    if (run_dir / "export.pt").is_file():
+    if (run_dir / runner.EXPORT).is_file():
         return "complete", f"{plan.method} {h}"
     who = jobs.holder(run_dir)
     if who is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -124,6 +125,18 @@ def test_smoke_end_to_end_and_skip_on_rerun(data_dir, tmp_path):
     again = run_bench(["method=simmim3d", f"runs_dir={runs}", *FAST], data_dir)
     assert again.returncode == 0
     assert again.stdout.count("[transfer] skip") == 4 and "cached export" in again.stdout
+    # the export deleted (disk freed, or another machine writing to the same store): every cell is complete, so the
+    # rerun does not pretrain again only to skip them all
+    shutil.rmtree(export.parent)
+    gone = run_bench(["method=simmim3d", f"runs_dir={runs}", *FAST], data_dir)
+    assert gone.returncode == 0, gone.stderr[-3000:]
+    assert "not pretrained again" in gone.stdout and "[transfer] smoke/" not in gone.stdout, gone.stdout
+    assert not export.parent.exists()
+    # but a cell the store lacks (finetune at transfer seed 1) needs the encoder: it pretrains, then runs that one
+    more = run_bench(["method=simmim3d", f"runs_dir={runs}", *FAST, "protocol=finetune", "seed=1"], data_dir)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert export.is_file() and "not pretrained again" not in more.stdout
+    assert con.execute("SELECT COUNT(*) FROM cells WHERE seed = 1").fetchone()[0] == 1
 
 
 @pytest.mark.slow  # minutes of real training on 2 cores; run by make test-all (CI)
