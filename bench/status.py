@@ -38,9 +38,11 @@ def pretraining_state(plan: Plan) -> tuple[str, str]:
         alive = _alive(who.get("host"), who.get("pid"))
         state = "stopped (its process is gone)" if alive is False else "running"
         return state, f"{plan.method} {h} on {jobs.describe(who)} since {who.get('since')}"
-    return ("interrupted (resumes from its checkpoint)" if (run_dir / "last.ckpt").is_file() else "missing"), (
-        f"{plan.method} {h}"
-    )
+    if (run_dir / "last.ckpt").is_file():
+        return "interrupted (resumes from its checkpoint)", f"{plan.method} {h}"
+    if runner.cells_all_complete(plan):  # the runner will not pretrain it again (bench.runner.run)
+        return "not needed (no export, but every cell is complete)", f"{plan.method} {h}"
+    return "missing", f"{plan.method} {h}"
 
 
 def cell_states(plan: Plan) -> list[dict[str, Any]]:

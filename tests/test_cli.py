@@ -132,6 +132,8 @@ def test_smoke_end_to_end_and_skip_on_rerun(data_dir, tmp_path):
     assert gone.returncode == 0, gone.stderr[-3000:]
     assert "not pretrained again" in gone.stdout and "[transfer] smoke/" not in gone.stdout, gone.stdout
     assert not export.parent.exists()
+    status = run_bench(["method=simmim3d", f"runs_dir={runs}", *FAST, "stage=status"], data_dir)
+    assert status.returncode == 0 and "not needed (no export, but every cell is complete)" in status.stdout, status
     # but a cell the store lacks (finetune at transfer seed 1) needs the encoder: it pretrains, then runs that one
     more = run_bench(["method=simmim3d", f"runs_dir={runs}", *FAST, "protocol=finetune", "seed=1"], data_dir)
     assert more.returncode == 0, more.stderr[-3000:]
