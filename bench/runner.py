@@ -216,10 +216,12 @@ def pretrain_dir(plan: Plan, h: str) -> Path:
 EXPORT = "export.pt"
 
 
-def pretrain(plan: Plan) -> tuple[Path, str]:
+def pretrain(plan: Plan, ident: dict[str, Any] | None = None) -> tuple[Path, str]:
     """Pretrain once per (method, corpus, budget, pretraining seed); return the encoder export path and its hash
-    (the seed is part of the pretraining identity, so each pretraining seed has its own export and run directory)."""
-    ident = pretrain_identity(plan)
+    (the seed is part of the pretraining identity, so each pretraining seed has its own export and run directory).
+    ``ident``: the plan's :func:`pretrain_identity` where the caller has it (an external checkpoint's identity
+    hashes the whole file)."""
+    ident = pretrain_identity(plan) if ident is None else ident
     h = config_hash(ident)
     run_dir = pretrain_dir(plan, h)
     export = run_dir / EXPORT
@@ -489,14 +491,14 @@ def deterministic_repeat(plan: Plan, cell: Cell, ident: dict[str, Any], proto_cl
     return None
 
 
-def cells_all_complete(plan: Plan) -> bool:
+def cells_all_complete(plan: Plan, pretrain_hash: str) -> bool:
     """Whether the store holds every cell of the plan complete (or, for a deterministic protocol, its run at another
     transfer seed) under the config the plan would run now. Computed without the export: a cell's config hash
     takes the pretraining's hash, not its weights, so a pipeline whose export was deleted (to free the disk, or on
-    another machine writing to the same store) need not pretrain again only to skip every cell."""
-    h = config_hash(pretrain_identity(plan))
+    another machine writing to the same store) need not pretrain again only to skip every cell. ``pretrain_hash``:
+    the config hash of the plan's :func:`pretrain_identity`."""
     for cell in transfer_cells(plan, quiet=True):
-        proto_cls, _, ident, ch, cid = cell_config(plan, cell, h)
+        proto_cls, _, ident, ch, cid = cell_config(plan, cell, pretrain_hash)
         if not plan.store.is_complete(cid, ch) and deterministic_repeat(plan, cell, ident, proto_cls) is None:
             return False
     return True
@@ -745,14 +747,16 @@ def run(cfg: DictConfig) -> None:
         for pipeline in pipeline_plans(plan):
             if plan.tied_pretrain_seed:
                 say(f"[pipeline] pretraining seed {pipeline.pretrain_seed}, transfer seed {pipeline.seeds[0]}")
-            gone = pretrain_dir(pipeline, config_hash(pretrain_identity(pipeline))) / EXPORT
-            if stage in ("all", "transfer") and not gone.is_file() and cells_all_complete(pipeline):
+            ident = pretrain_identity(pipeline)
+            ph = config_hash(ident)
+            run_dir = pretrain_dir(pipeline, ph)
+            if stage in ("all", "transfer") and not (run_dir / EXPORT).is_file() and cells_all_complete(pipeline, ph):
                 say(
-                    f"[pipeline] pretraining seed {pipeline.pretrain_seed}: no export at {gone.parent}, but every "
+                    f"[pipeline] pretraining seed {pipeline.pretrain_seed}: no export at {run_dir}, but every "
                     "cell it would run is complete in the store; not pretrained again"
                 )
                 continue
-            export, h = pretrain(pipeline)
+            export, h = pretrain(pipeline, ident)
             if stage in ("all", "transfer"):
                 transfer(pipeline, export, h)
     if stage in ("all", "transfer", "leaderboard") and distributed.is_main():

@@ -40,7 +40,7 @@ def pretraining_state(plan: Plan) -> tuple[str, str]:
         return state, f"{plan.method} {h} on {jobs.describe(who)} since {who.get('since')}"
     if (run_dir / "last.ckpt").is_file():
         return "interrupted (resumes from its checkpoint)", f"{plan.method} {h}"
-    if runner.cells_all_complete(plan):  # the runner will not pretrain it again (bench.runner.run)
+    if runner.cells_all_complete(plan, h):  # the runner will not pretrain it again (bench.runner.run)
         return "not needed (no export, but every cell is complete)", f"{plan.method} {h}"
     return "missing", f"{plan.method} {h}"
 
