@@ -83,7 +83,10 @@ def test_run_with_tied_pretrains_and_transfers_one_seed_at_a_time(tmp_path, monk
     monkeypatch.setattr(
         runner,
         "pretrain",
-        lambda p: (calls.append(("pretrain", p.pretrain_seed, p.seeds)), (Path("export.pt"), f"h{p.pretrain_seed}"))[1],
+        lambda p, ident=None: (
+            calls.append(("pretrain", p.pretrain_seed, p.seeds)),
+            (Path("export.pt"), f"h{p.pretrain_seed}"),
+        )[1],
     )
     monkeypatch.setattr(runner, "transfer", lambda p, export, h: calls.append(("transfer", h, p.seeds)))
     from bench import leaderboard
