@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import threading
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -231,10 +232,15 @@ def _lost_peer(e: BaseException) -> bool:
     )
 
 
+_STOPPING = threading.Lock()
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     """torchrun stops the other processes of a job with SIGTERM when one fails: say so in one line, not silently."""
     import os
 
+    if not _STOPPING.acquire(blocking=False):  # the other path (handler or watcher) is already stopping the process
+        return
     rank, size = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
     print(
         f"error: rank {rank} of {size}: stopped by torchrun because another process of this job failed (torchrun's "
@@ -245,6 +251,36 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     os._exit(128 + signum)  # no cleanup that could block on the dead peer; every file write is atomic
 
 
+def _stop_on_sigterm() -> None:
+    """Install :func:`_on_sigterm` so that it runs even while the main thread waits inside a collective.
+
+    Python runs a signal handler only between the main thread's bytecodes; a rank blocked in a gloo receive from its
+    dead peer never gets there, and torchrun kills it 30 s later without the line. Python's C-level handler still
+    writes the signal's number to the wakeup fd at once, and a thread reading it acts then (the GIL is free: the
+    blocked collective released it). The Python-level handler stays as the path for a main thread that is running."""
+    import os
+    import signal
+
+    r, w = os.pipe()
+    os.set_blocking(w, False)  # the C handler must never block on a full pipe
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while data := os.read(r, 64):
+            if signal.SIGTERM in data:
+                _on_sigterm(signal.SIGTERM, None)
+
+    threading.Thread(target=watch, name="sigterm-watch", daemon=True).start()
+
+    def forked_child() -> None:
+        # a forked worker (a DataLoader's) shares the pipe but not the watcher: its SIGTERM would stop this rank
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    os.register_at_fork(after_in_child=forked_child)
+
+
 def main(register: Callable[[], None] | None = None) -> int:
     """``register`` imports the packages that register datasets and methods: called here and in every job a Hydra
     launcher starts (joblib's and submitit's job processes unpickle the job, not run_bench.py, so the imports at the
@@ -252,9 +288,7 @@ def main(register: Callable[[], None] | None = None) -> int:
     from bench import distributed
 
     if distributed.launched():
-        import signal
-
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        _stop_on_sigterm()
     sys.argv = [sys.argv[0]] + _distributed_argv(preflight(sys.argv[1:]))
     import warnings
 

@@ -229,6 +229,81 @@ def _rank_pid(parent: int, rank: int) -> int | None:
     return None
 
 
+BLOCKED_RANK = """
+import sys, time
+import torch, torch.distributed as dist
+from bench import cli
+cli._stop_on_sigterm()
+dist.init_process_group("gloo")
+if dist.get_rank() == 1:
+    time.sleep(600)
+print("rank 0 waits in a receive", file=sys.stderr, flush=True)
+dist.recv(torch.zeros(4), src=1)
+"""
+
+
+FORKED_WORKER = """
+import os, signal, sys, time
+from bench import cli
+cli._stop_on_sigterm()
+pid = os.fork()
+if pid == 0:
+    time.sleep(60)
+    os._exit(0)
+time.sleep(0.5)
+os.kill(pid, signal.SIGTERM)
+_, status = os.waitpid(pid, 0)
+time.sleep(1)  # the watcher would have stopped this process by now
+print("parent alive", os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)
+"""
+
+
+def test_a_forked_workers_sigterm_does_not_stop_its_rank(tmp_path):
+    """A forked child shares the wakeup pipe: without the at-fork reset its SIGTERM would reach the parent's watcher
+    and end the rank with the torchrun message."""
+    script = tmp_path / "fork.py"
+    script.write_text(FORKED_WORKER)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "parent alive True", (done.stdout, done.stderr)
+    assert "stopped by torchrun" not in done.stderr
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_rank_blocked_in_a_collective_says_why_it_stops_on_sigterm(tmp_path):
+    """torchrun gives the other ranks of a failed job 30 s after SIGTERM, then SIGKILL. A rank waiting in a gloo
+    receive does not return to Python, so a plain Python signal handler never ran there (the CI once lost the line
+    that way); the watcher thread of cli._stop_on_sigterm must act at once."""
+    script = tmp_path / "blocked.py"
+    script.write_text(BLOCKED_RANK)
+    env = dict(_env(tmp_path / "data"), PYTHONPATH=str(ROOT))
+    job = subprocess.Popen(TORCHRUN + [str(script)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert job.stderr is not None
+        for line in job.stderr:  # rank 0 is in its receive once it said so (the receive blocks on rank 1's sleep)
+            if "rank 0 waits in a receive" in line:
+                break
+        time.sleep(1)
+        pid = _rank_pid(job.pid, 0)
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.time() + 20  # well inside torchrun's 30 s grace
+        while _running(pid) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _running(pid), "rank 0 ignored SIGTERM while blocked in a receive"
+        _, err = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert "error: rank 0 of 2: stopped by torchrun because another process of this job failed" in err, err[-2000:]
+
+
 @pytest.mark.slow
 def test_kill_of_one_process_ends_the_job_and_a_rerun_resumes_to_the_same_result(tmp_path):
     data = tmp_path / "data"
