@@ -28,8 +28,9 @@ def _alive(host: Any, pid: Any) -> bool | None:
     return True
 
 
-def pretraining_state(plan: Plan) -> tuple[str, str]:
-    h = config_hash(runner.pretrain_identity(plan))
+def pretraining_state(plan: Plan, h: str, cells_complete: bool) -> tuple[str, str]:
+    """``h``: the config hash of the plan's pretraining; ``cells_complete``: whether every cell it feeds is complete
+    (then a deleted export is not pretrained again, as in bench.runner.run)."""
     run_dir = runner.pretrain_dir(plan, h)
     if (run_dir / runner.EXPORT).is_file():
         return "complete", f"{plan.method} {h}"
@@ -40,41 +41,55 @@ def pretraining_state(plan: Plan) -> tuple[str, str]:
         return state, f"{plan.method} {h} on {jobs.describe(who)} since {who.get('since')}"
     if (run_dir / "last.ckpt").is_file():
         return "interrupted (resumes from its checkpoint)", f"{plan.method} {h}"
-    if runner.cells_all_complete(plan, h):  # the runner will not pretrain it again (bench.runner.run)
+    if cells_complete:
         return "not needed (no export, but every cell is complete)", f"{plan.method} {h}"
     return "missing", f"{plan.method} {h}"
 
 
-def cell_states(plan: Plan) -> list[dict[str, Any]]:
+def _attempts_by_cell(plan: Plan) -> dict[str, dict[str, Any]]:
     attempts = plan.store.attempts()
-    by_id = {r["cell_id"]: r for r in attempts.to_dict("records")} if len(attempts) else {}
+    return {r["cell_id"]: r for r in attempts.to_dict("records")} if len(attempts) else {}
+
+
+def _pipeline_cell_states(pipeline: Plan, ph: str, by_id: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    for pipeline in pipeline_plans(plan):
-        ph = config_hash(runner.pretrain_identity(pipeline))
-        for cell in runner.transfer_cells(pipeline):
-            proto_cls, _, ident, h, cid = runner.cell_config(pipeline, cell, ph)
-            row = {"cell": cid, "config_hash": h, "state": "missing", "detail": ""}
-            a = by_id.get(cid)
-            if pipeline.store.is_complete(cid, h):
-                row["state"] = "complete"
-            elif (same := runner.deterministic_repeat(pipeline, cell, ident, proto_cls)) is not None:
-                row |= {"state": "complete", "detail": f"deterministic: the run stored as {same}"}
-            elif a is not None and a["config_hash"] == h and a["status"] == "running":
-                alive = _alive(a.get("host"), a.get("pid"))
-                state = "stopped (its process is gone; rerun to retry)" if alive is False else "running"
-                row |= {"state": state, "detail": f"{jobs.describe(a)} since {a.get('started')}"}
-            elif a is not None and a["config_hash"] == h and a["status"] == "failed":
-                row |= {"state": "failed", "detail": f"{a.get('error')} ({jobs.describe(a)}, {a.get('updated')})"}
-            out.append(row)
+    for cell in runner.transfer_cells(pipeline):
+        proto_cls, _, ident, h, cid = runner.cell_config(pipeline, cell, ph)
+        row = {"cell": cid, "config_hash": h, "state": "missing", "detail": ""}
+        a = by_id.get(cid)
+        if pipeline.store.is_complete(cid, h):
+            row["state"] = "complete"
+        elif (same := runner.deterministic_repeat(pipeline, cell, ident, proto_cls)) is not None:
+            row |= {"state": "complete", "detail": f"deterministic: the run stored as {same}"}
+        elif a is not None and a["config_hash"] == h and a["status"] == "running":
+            alive = _alive(a.get("host"), a.get("pid"))
+            state = "stopped (its process is gone; rerun to retry)" if alive is False else "running"
+            row |= {"state": state, "detail": f"{jobs.describe(a)} since {a.get('started')}"}
+        elif a is not None and a["config_hash"] == h and a["status"] == "failed":
+            row |= {"state": "failed", "detail": f"{a.get('error')} ({jobs.describe(a)}, {a.get('updated')})"}
+        out.append(row)
     return out
 
 
+def cell_states(plan: Plan) -> list[dict[str, Any]]:
+    by_id = _attempts_by_cell(plan)
+    return [
+        row
+        for pipeline in pipeline_plans(plan)
+        for row in _pipeline_cell_states(pipeline, config_hash(runner.pretrain_identity(pipeline)), by_id)
+    ]
+
+
 def report(plan: Plan) -> str:
-    lines = []
+    lines, cells = [], []
+    by_id = _attempts_by_cell(plan)
     for pipeline in pipeline_plans(plan):
-        state, what = pretraining_state(pipeline)
+        # one identity per pipeline (an external checkpoint's hashes the whole file), one walk over its cells
+        ph = config_hash(runner.pretrain_identity(pipeline))
+        rows = _pipeline_cell_states(pipeline, ph, by_id)
+        state, what = pretraining_state(pipeline, ph, all(r["state"] == "complete" for r in rows))
         lines.append(f"pretraining {what}: {state}")
-    cells = cell_states(plan)
+        cells += rows
     counts: dict[str, int] = {}
     for c in cells:
         key = c["state"].split(" (")[0]
