@@ -279,8 +279,8 @@ def _running(pid: int) -> bool:
 @pytest.mark.slow
 def test_a_rank_blocked_in_a_collective_says_why_it_stops_on_sigterm(tmp_path):
     """torchrun gives the other ranks of a failed job 30 s after SIGTERM, then SIGKILL. A rank waiting in a gloo
-    receive does not return to Python, so a plain Python signal handler never ran there (the CI once lost the line
-    that way); the watcher thread of cli._stop_on_sigterm must act at once."""
+    receive does not return to Python, so a plain Python signal handler never runs there and the line is lost; the
+    watcher thread of cli._stop_on_sigterm must act at once."""
     script = tmp_path / "blocked.py"
     script.write_text(BLOCKED_RANK)
     env = dict(_env(tmp_path / "data"), PYTHONPATH=str(ROOT))
